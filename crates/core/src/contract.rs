@@ -170,9 +170,31 @@ impl IoQueues {
     pub fn drain_commands(&mut self) -> std::vec::Drain<'_, Command> {
         self.commands.drain(..)
     }
+    /// Takes the command queue out whole, so the engine can queue events (send
+    /// notifications) while it works through the commands. Give it back, empty, with
+    /// [`IoQueues::restore_commands`]; its capacity is kept, so nothing allocates.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        std::mem::take(&mut self.commands)
+    }
+    /// Puts back the queue taken by [`IoQueues::take_commands`].
+    ///
+    /// # Panics
+    /// If `commands` still holds commands: they would be lost.
+    pub fn restore_commands(&mut self, commands: Vec<Command>) {
+        assert!(
+            commands.is_empty(),
+            "restoring a command queue with commands left"
+        );
+        debug_assert!(self.commands.is_empty() && self.commands.capacity() == 0);
+        self.commands = commands;
+    }
     /// A context for one `run_io` call.
     pub fn context<'a>(&'a mut self, now_ns: u64, pool: &'a mut PacketPool) -> IoContext<'a> {
-        IoContext { now_ns, queues: self, pool }
+        IoContext {
+            now_ns,
+            queues: self,
+            pool,
+        }
     }
 }
 
@@ -246,7 +268,12 @@ impl IoContext<'_> {
         if self.queues.commands.len() >= self.queues.limits.commands_max {
             return Err((SendError::CommandQueueFull, buf));
         }
-        self.queues.commands.push(Command::SendTo { buf, local_port, to, notify });
+        self.queues.commands.push(Command::SendTo {
+            buf,
+            local_port,
+            to,
+            notify,
+        });
         Ok(())
     }
     /// Room left for commands in this batch.
@@ -258,7 +285,9 @@ impl IoContext<'_> {
         if self.queues.commands.len() >= self.queues.limits.commands_max {
             return Err(SendError::CommandQueueFull);
         }
-        self.queues.commands.push(Command::ArmTimer { token, deadline_ns });
+        self.queues
+            .commands
+            .push(Command::ArmTimer { token, deadline_ns });
         Ok(())
     }
 }
@@ -271,8 +300,16 @@ mod tests {
 
     #[test]
     fn commands_are_bounded_and_buffers_come_back() {
-        let mut pool = PacketPool::new(PoolConfig { frame_size: 256, frame_count: 8, headroom: 64 }).unwrap();
-        let mut queues = IoQueues::new(ContractLimits { events_max: 2, commands_max: 2 });
+        let mut pool = PacketPool::new(PoolConfig {
+            frame_size: 256,
+            frame_count: 8,
+            headroom: 64,
+        })
+        .unwrap();
+        let mut queues = IoQueues::new(ContractLimits {
+            events_max: 2,
+            commands_max: 2,
+        });
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
         let mut io = queues.context(5, &mut pool);
         assert_eq!(io.now_ns(), 5);
@@ -298,9 +335,15 @@ mod tests {
 
     #[test]
     fn events_are_bounded() {
-        let mut queues = IoQueues::new(ContractLimits { events_max: 1, commands_max: 1 });
+        let mut queues = IoQueues::new(ContractLimits {
+            events_max: 1,
+            commands_max: 1,
+        });
         queues.push_event(Event::Timer { token: 1 }).unwrap();
-        assert_eq!(queues.push_event(Event::Timer { token: 2 }), Err(Event::Timer { token: 2 }));
+        assert_eq!(
+            queues.push_event(Event::Timer { token: 2 }),
+            Err(Event::Timer { token: 2 })
+        );
         assert_eq!(queues.events_room(), 0);
         assert_eq!(queues.pop_event(), Some(Event::Timer { token: 1 }));
     }

@@ -71,7 +71,11 @@ impl PoolConfig {
     /// times a generous margin for the NIC's own rings (AF_XDP fill and completion rings of
     /// 2048 each are the largest consumer).
     pub const fn default_engine() -> Self {
-        Self { frame_size: 2048, frame_count: 4096, headroom: 256 }
+        Self {
+            frame_size: 2048,
+            frame_count: 4096,
+            headroom: 256,
+        }
     }
 
     /// Total bytes of memory the pool needs.
@@ -174,7 +178,11 @@ impl PacketBuf {
     /// # Panics
     /// If `n > start`: callers check [`PacketBuf::start`] (the headroom) first.
     pub fn prepend(&mut self, n: usize) {
-        assert!(n <= self.start(), "prepend {n} past headroom of {}", self.start);
+        assert!(
+            n <= self.start(),
+            "prepend {n} past headroom of {}",
+            self.start
+        );
         self.start -= n as u16;
         self.len += n as u16;
     }
@@ -183,7 +191,11 @@ impl PacketBuf {
     /// # Panics
     /// If `len` is larger than the current window.
     pub fn truncate(&mut self, len: usize) {
-        assert!(len <= self.len(), "truncate to {len} beyond window of {}", self.len);
+        assert!(
+            len <= self.len(),
+            "truncate to {len} beyond window of {}",
+            self.len
+        );
         self.len = len as u16;
     }
     /// Byte offset of the window's start from the start of the pool memory; the address an
@@ -195,7 +207,11 @@ impl PacketBuf {
     /// (an AF_XDP ring) or a peer process. The frame stays allocated;
     /// [`PacketPool::from_raw`] makes a handle again.
     pub fn into_raw(self) -> RawBuf {
-        RawBuf { index: self.index, start: self.start, len: self.len }
+        RawBuf {
+            index: self.index,
+            start: self.start,
+            len: self.len,
+        }
     }
 }
 
@@ -244,12 +260,21 @@ impl PacketPool {
         config.validate()?;
         let have = memory.bytes().len();
         if have < config.memory_len() {
-            return Err(PoolError::MemoryTooSmall { have, need: config.memory_len() });
+            return Err(PoolError::MemoryTooSmall {
+                have,
+                need: config.memory_len(),
+            });
         }
         // Hand out low indexes first: they are the ones most recently touched.
         let free: Vec<u32> = (0..config.frame_count as u32).rev().collect();
         let allocated = vec![0u64; config.frame_count.div_ceil(64)];
-        Ok(Self { memory, config, free, allocated, exhausted: 0 })
+        Ok(Self {
+            memory,
+            config,
+            free,
+            allocated,
+            exhausted: 0,
+        })
     }
 
     /// The pool's sizes.
@@ -288,9 +313,16 @@ impl PacketPool {
             self.exhausted += 1;
             return None;
         };
-        debug_assert!(!self.is_allocated(index), "free frame {index} marked allocated");
+        debug_assert!(
+            !self.is_allocated(index),
+            "free frame {index} marked allocated"
+        );
         self.mark(index, true);
-        Some(PacketBuf { index, start: self.config.headroom as u16, len: 0 })
+        Some(PacketBuf {
+            index,
+            start: self.config.headroom as u16,
+            len: 0,
+        })
     }
 
     /// Takes a frame with its window covering the whole frame: what a NIC receives into.
@@ -322,14 +354,27 @@ impl PacketPool {
         if !in_range || !self.is_allocated(raw.index) {
             return None;
         }
-        Some(PacketBuf { index: raw.index, start: raw.start, len: raw.len })
+        Some(PacketBuf {
+            index: raw.index,
+            start: raw.start,
+            len: raw.len,
+        })
     }
 
     /// Sets a buffer's window, checked against the frame size.
-    pub fn set_window(&self, buf: &mut PacketBuf, start: usize, len: usize) -> Result<(), PoolError> {
+    pub fn set_window(
+        &self,
+        buf: &mut PacketBuf,
+        start: usize,
+        len: usize,
+    ) -> Result<(), PoolError> {
         let frame_size = self.config.frame_size;
         if start.checked_add(len).is_none_or(|end| end > frame_size) {
-            return Err(PoolError::Window { start, len, frame_size });
+            return Err(PoolError::Window {
+                start,
+                len,
+                frame_size,
+            });
         }
         buf.start = start as u16;
         buf.len = len as u16;
@@ -381,7 +426,12 @@ mod tests {
     use super::*;
 
     fn small() -> PacketPool {
-        PacketPool::new(PoolConfig { frame_size: 256, frame_count: 4, headroom: 64 }).unwrap()
+        PacketPool::new(PoolConfig {
+            frame_size: 256,
+            frame_count: 4,
+            headroom: 64,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -437,7 +487,13 @@ mod tests {
         let a = pool.alloc().unwrap();
         let raw = a.into_raw();
         assert!(pool.from_raw(RawBuf { index: 9, ..raw }).is_none());
-        assert!(pool.from_raw(RawBuf { start: 250, len: 10, ..raw }).is_none());
+        assert!(pool
+            .from_raw(RawBuf {
+                start: 250,
+                len: 10,
+                ..raw
+            })
+            .is_none());
         let a = pool.from_raw(raw).unwrap();
         pool.free(a);
         assert!(pool.from_raw(raw).is_none());
@@ -445,14 +501,39 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected() {
-        assert!(PacketPool::new(PoolConfig { frame_size: 0, frame_count: 1, headroom: 64 }).is_err());
-        assert!(PacketPool::new(PoolConfig { frame_size: 256, frame_count: 0, headroom: 64 }).is_err());
-        assert!(PacketPool::new(PoolConfig { frame_size: 256, frame_count: 1, headroom: 8 }).is_err());
+        assert!(PacketPool::new(PoolConfig {
+            frame_size: 0,
+            frame_count: 1,
+            headroom: 64
+        })
+        .is_err());
+        assert!(PacketPool::new(PoolConfig {
+            frame_size: 256,
+            frame_count: 0,
+            headroom: 64
+        })
+        .is_err());
+        assert!(PacketPool::new(PoolConfig {
+            frame_size: 256,
+            frame_count: 1,
+            headroom: 8
+        })
+        .is_err());
         let err = PacketPool::with_memory(
-            PoolConfig { frame_size: 256, frame_count: 4, headroom: 64 },
+            PoolConfig {
+                frame_size: 256,
+                frame_count: 4,
+                headroom: 64,
+            },
             Box::new(vec![0u8; 100]),
         )
         .unwrap_err();
-        assert_eq!(err, PoolError::MemoryTooSmall { have: 100, need: 1024 });
+        assert_eq!(
+            err,
+            PoolError::MemoryTooSmall {
+                have: 100,
+                need: 1024
+            }
+        );
     }
 }

@@ -13,7 +13,9 @@ pub struct LinearHistogram {
 impl LinearHistogram {
     /// A histogram for values `0..=max`.
     pub fn new(max: usize) -> Self {
-        Self { counts: vec![0; max + 1] }
+        Self {
+            counts: vec![0; max + 1],
+        }
     }
     /// Counts one value.
     pub fn record(&mut self, value: usize) {
@@ -34,7 +36,12 @@ impl LinearHistogram {
         if total == 0 {
             return 0.0;
         }
-        let sum: u64 = self.counts.iter().enumerate().map(|(v, &c)| v as u64 * c).sum();
+        let sum: u64 = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(v, &c)| v as u64 * c)
+            .sum();
         sum as f64 / total as f64
     }
     /// Adds another histogram's counts (sizes must match).

@@ -67,7 +67,11 @@ impl<T> TimerWheel<T> {
         let entries = (0..timers_max)
             .map(|i| Entry {
                 deadline_tick: 0,
-                next: if i + 1 < timers_max { i as u32 + 1 } else { NIL },
+                next: if i + 1 < timers_max {
+                    i as u32 + 1
+                } else {
+                    NIL
+                },
                 value: None,
             })
             .collect();
@@ -166,7 +170,8 @@ impl<T> TimerWheel<T> {
         if self.due_head != NIL {
             return Some(self.elapsed_tick * self.tick_ns);
         }
-        self.next_expiration().map(|(_, _, start)| start * self.tick_ns)
+        self.next_expiration()
+            .map(|(_, _, start)| start * self.tick_ns)
     }
 
     /// Yields one timer whose deadline is at or before `now_ns`, oldest slot first.
@@ -181,7 +186,10 @@ impl<T> TimerWheel<T> {
                 if self.due_head == NIL {
                     self.due_tail = NIL;
                 }
-                let value = entry.value.take().expect("an entry on the due list holds a value");
+                let value = entry
+                    .value
+                    .take()
+                    .expect("an entry on the due list holds a value");
                 entry.next = self.free_head;
                 self.free_head = index;
                 self.len -= 1;

@@ -1,0 +1,182 @@
+//! `melange loadgen`: a UDP load generator on Melange engines.
+
+use crate::util::{cpu_for, parse_duration, us, Backend};
+use anyhow::{anyhow, Context, Result};
+use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport};
+use melange_core::{PacketPool, PoolConfig};
+use melange_engine::{Engine, EngineConfig};
+use melange_runtime::{
+    spawn_engine, IdlePolicy, KernelQueueOptions, KernelUdpQueue, ShellConfig, StopSignal,
+};
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+/// Arguments of `melange loadgen`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadgenArgs {
+    /// NIC backend.
+    #[arg(long, value_enum, default_value_t = Backend::Kernel)]
+    pub backend: Backend,
+    /// Server address, IP:PORT.
+    #[arg(long)]
+    pub target: SocketAddrV4,
+    /// Local address to send from.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: Ipv4Addr,
+    /// Request payload bytes (at least 24).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Requests in flight, in all (closed loop), or the most allowed (open loop).
+    #[arg(long, default_value_t = 32)]
+    pub inflight: usize,
+    /// Open loop: requests per second, in all. Without it the loop is closed.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Measured time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before.
+    #[arg(long, default_value = "0.5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// A request unanswered this long is a timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Engines (threads), each with its own socket and share of the load.
+    #[arg(long, default_value_t = 1)]
+    pub engines: usize,
+    /// Cores to pin engines to, e.g. `1`.
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+    /// Idle policy of the load generator's engines.
+    #[arg(long, default_value = "spin")]
+    pub idle: IdlePolicy,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The JSON form of a run.
+#[derive(Debug, Serialize)]
+pub struct LoadgenOutput<'a> {
+    /// Target.
+    pub target: String,
+    /// Payload bytes.
+    pub payload: usize,
+    /// In flight.
+    pub inflight: usize,
+    /// Open-loop rate, if any.
+    pub rate: Option<f64>,
+    /// The measurements.
+    #[serde(flatten)]
+    pub report: &'a LoadgenReport,
+}
+
+/// Entry point of the subcommand.
+pub fn main(args: LoadgenArgs) -> Result<()> {
+    let report = run(&args)?;
+    if args.json {
+        let output = LoadgenOutput {
+            target: args.target.to_string(),
+            payload: args.payload,
+            inflight: args.inflight,
+            rate: args.rate,
+            report: &report,
+        };
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else {
+        print_report(&args, &report);
+    }
+    Ok(())
+}
+
+/// Prints a report for people.
+pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
+    println!(
+        "loadgen -> {} payload {} B, {} in flight{}, {:.1}s measured",
+        args.target,
+        args.payload,
+        args.inflight,
+        args.rate
+            .map(|r| format!(", open loop {r:.0}/s"))
+            .unwrap_or_default(),
+        r.window_ns as f64 / 1e9
+    );
+    println!("  requests/s   {:.0}", r.requests_per_s);
+    println!(
+        "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        us(r.latency.p50_ns),
+        us(r.latency.p90_ns),
+        us(r.latency.p99_ns),
+        us(r.latency.p999_ns),
+        us(r.latency.max_ns)
+    );
+    println!(
+        "  sent {}  received {}  timeouts {}  corrupt {}  unexpected {}  send failures {}",
+        r.sent, r.received, r.timeouts, r.corrupt, r.unexpected, r.send_failures
+    );
+}
+
+/// Runs the load generator and returns the merged report.
+pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
+    if args.engines == 0 {
+        return Err(anyhow!("--engines must be at least 1"));
+    }
+    let stop = StopSignal::new();
+    let mut handles = Vec::new();
+    for id in 0..args.engines {
+        // Split the load: engine i gets its share of the window and of the rate.
+        let inflight =
+            (args.inflight / args.engines + usize::from(id < args.inflight % args.engines)).max(1);
+        let config = LoadgenConfig {
+            target: args.target,
+            local_port: 0,
+            payload_len: args.payload,
+            inflight,
+            rate_per_s: args.rate.map(|r| r / args.engines as f64),
+            warmup_ns: args.warmup.as_nanos() as u64,
+            duration_ns: args.duration.as_nanos() as u64,
+            timeout_ns: args.timeout.as_nanos() as u64,
+            drain_ns: args.timeout.as_nanos().min(200_000_000) as u64,
+            stream: id as u32,
+        };
+        let bind = SocketAddrV4::new(args.bind, 0);
+        let shell = ShellConfig {
+            name: format!("loadgen-{id}"),
+            cpu: cpu_for(&args.cpus, id),
+            idle: args.idle,
+        };
+        let handle = spawn_engine(shell, stop.clone(), move |now| {
+            let options = KernelQueueOptions {
+                reuse_port: false,
+                ..KernelQueueOptions::default()
+            };
+            let nic =
+                KernelUdpQueue::bind(bind, options).map_err(|e| format!("binding {bind}: {e}"))?;
+            let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
+            Engine::new(
+                EngineConfig::new(id),
+                nic,
+                pool,
+                LoadgenApp::new(config),
+                now,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .context("starting a load generator engine")?;
+        handles.push(handle);
+    }
+    let mut reports = Vec::new();
+    for (id, handle) in handles.into_iter().enumerate() {
+        let outcome = handle
+            .join()
+            .map_err(|_| anyhow!("load generator engine {id} panicked"))?;
+        let outcome = outcome.map_err(|e| {
+            stop.stop();
+            anyhow!("load generator engine {id}: {e}")
+        })?;
+        tracing::debug!("loadgen engine {id}: {:?}", outcome.counters);
+        reports.push(outcome.app.report());
+    }
+    LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
+}

@@ -1,0 +1,52 @@
+//! The `melange` command: run Melange's apps on its engines, and measure them.
+//!
+//! Subcommands are thin: argument parsing and reporting live here, everything else in the
+//! library crates, so tests and benchmarks drive the same code paths users do.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod demo;
+mod echo;
+mod loadgen;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Melange: a protected user-space I/O dataplane.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `melange=debug`.
+    #[arg(long, global = true, default_value = "info", env = "MELANGE_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// UDP echo server on Melange engines.
+    Echo(echo::EchoArgs),
+    /// UDP load generator: closed loop (requests in flight) or open loop (a rate).
+    Loadgen(loadgen::LoadgenArgs),
+    /// Benchmarks that run Melange and its baseline side by side and report ratios.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// The main job: echo on Melange against the Linux baseline, with a result table.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Echo(args) => echo::run(args),
+        Command::Loadgen(args) => loadgen::main(args),
+        Command::Bench(command) => bench::run(command),
+        Command::Demo(args) => demo::run(args),
+    }
+}

@@ -1,0 +1,100 @@
+//! Small helpers shared by the subcommands: durations, backends, CPU lists, tables.
+
+use anyhow::{bail, Result};
+use std::time::Duration;
+
+/// Which NIC backend engines use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Ordinary UDP sockets with recvmmsg/sendmmsg (the kernel does IP and UDP). No privileges.
+    Kernel,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `100us`, `10ns`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("duration '{s}': expected e.g. 5s or 250ms"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        "m" => value * 60.0,
+        _ => bail!("duration '{s}': unknown unit '{unit}' (use ns, us, ms, s or m)"),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        bail!("duration '{s}' must be a non-negative number");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The core for engine `i` given an optional list.
+pub fn cpu_for(cpus: &Option<Vec<usize>>, i: usize) -> Option<usize> {
+    cpus.as_ref()
+        .filter(|c| !c.is_empty())
+        .map(|c| c[i % c.len()])
+}
+
+/// Formats nanoseconds as microseconds with one decimal.
+pub fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1e3)
+}
+
+/// Prints a table with aligned columns.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        println!("  {}", parts.join("  "));
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// The median of a list (the lower middle for even lengths); 0 for an empty list.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[(values.len() - 1) / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn median_of_three() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}

@@ -1,0 +1,18 @@
+//! Melange's OS shell around the pure engine.
+//!
+//! The engine ([`melange_engine::Engine`]) makes no system calls; this crate gives it a thread
+//! pinned to a core, a clock, an idle policy, a way to stop, and backends that talk to the
+//! kernel through `melange-sys` (the only crate with `unsafe`). The simulator is the other
+//! shell; the two drive the same engine.
+//!
+//! - [`shell`]: engine threads, idle policies (busy-poll, or sleep on the queue's wakeup fd
+//!   after a configurable spin), stop signals.
+//! - [`kernel`]: the portable backend: ordinary UDP sockets with batched `recvmmsg` and
+//!   `sendmmsg`, one socket per engine with `SO_REUSEPORT`. It needs no privileges.
+#![forbid(unsafe_code)]
+
+pub mod kernel;
+pub mod shell;
+
+pub use kernel::{KernelQueueCounters, KernelQueueOptions, KernelUdpQueue};
+pub use shell::{spawn_engine, spin_ns, EngineOutcome, IdlePolicy, ShellConfig, StopSignal};

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what Melange's tests and benchmarks need from the distribution's packages.
+# Idempotent; needs root (apt-get). Nothing else is installed by hand anywhere.
+set -euo pipefail
+
+packages=(sockperf iproute2 iputils-ping)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: ${packages[*]} already installed"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: need root to install: ${missing[*]} (run: sudo $0)" >&2
+  exit 1
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null

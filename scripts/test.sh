@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one gate: formatting, lints, the whole test suite (unit, property, simulation and
+# end-to-end), and a short bounded fuzz run. CI runs exactly this (.ci/run); so can you.
+#
+#   ./scripts/test.sh            # everything
+#   FUZZ_SECONDS=0 ./scripts/test.sh   # skip the libFuzzer run (property tests still run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzz_seconds=${FUZZ_SECONDS:-10}
+
+if [ "$(id -u)" -eq 0 ]; then
+  ./scripts/setup.sh
+else
+  echo "test: not root, skipping package installation (end-to-end tests say what they miss)"
+fi
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== build"
+cargo build --workspace --release
+echo "== tests (unit, property, simulation, end-to-end)"
+cargo test --workspace --release
+
+echo "== fuzz (bounded: ${fuzz_seconds}s per target)"
+if [ "$fuzz_seconds" -gt 0 ]; then
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+      cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+    fi
+    for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+      mkdir -p "fuzz/corpus/$target"
+      cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" fuzz/seeds -- \
+        -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 2
+    done
+  else
+    echo "fuzz: no nightly toolchain here, so no libFuzzer run; the same fuzz bodies ran as property tests above"
+  fi
+fi
+echo "== all gates passed"
