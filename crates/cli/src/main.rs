@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod echo;
+mod lab;
 mod loadgen;
 mod util;
 
@@ -35,6 +36,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// The main job: echo on Melange against the Linux baseline, with a result table.
     Demo(demo::DemoArgs),
+    /// The namespace lab: two network namespaces joined by a veth pair.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +52,6 @@ fn main() -> Result<()> {
         Command::Loadgen(args) => loadgen::main(args),
         Command::Bench(command) => bench::run(command),
         Command::Demo(args) => demo::run(args),
+        Command::Lab(command) => lab::run(command),
     }
 }

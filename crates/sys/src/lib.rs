@@ -64,6 +64,9 @@ pub mod eventfd;
 pub mod mmap;
 pub mod poll;
 pub mod process;
+pub mod bpf;
+pub mod xsk;
+pub mod netdev;
 pub mod udp;
 
 pub use clock::monotonic_ns;
