@@ -58,16 +58,16 @@ macro_rules! syscall {
     }};
 }
 
+pub mod bpf;
 pub mod clock;
 pub mod cpu;
 pub mod eventfd;
 pub mod mmap;
+pub mod netdev;
 pub mod poll;
 pub mod process;
-pub mod bpf;
-pub mod xsk;
-pub mod netdev;
 pub mod udp;
+pub mod xsk;
 
 pub use clock::monotonic_ns;
 pub use cpu::{
@@ -76,8 +76,13 @@ pub use cpu::{
 };
 pub use eventfd::EventFd;
 pub use mmap::{has_cap_ipc_lock, memlock_limit, Region, RegionOptions};
+pub use netdev::{enter_netns, LinkInfo, NetnsGuard, PacketSocket};
 pub use poll::{wait_readable, wait_readable_mask, POLL_FDS_MAX};
 pub use udp::{RecvSlot, SendSlot, UdpBatchSocket, UdpSocketOptions, BATCH_MAX_LIMIT};
+pub use xsk::{
+    BindMode, BoundMode, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters, XskError,
+    XskSocket, XskStatistics,
+};
 
 /// The error convention of a libc return type, used by `syscall!`.
 ///
