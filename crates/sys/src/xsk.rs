@@ -12,9 +12,14 @@
 //! | tx         | us       | kernel   | [`XdpDesc`]   | "send these bytes"                   |
 //! | completion | kernel   | us       | UMEM address  | "done sending this frame, reuse it"  |
 //!
-//! [`Umem`] owns the memory (a [`Region`], taken by value so it cannot be unmapped while the
-//! kernel holds it) and its geometry. [`XskSocket::new`] takes the `Umem` by value too, registers
-//! it, sizes and maps the rings, and binds. One UMEM per socket: sharing a UMEM between sockets
+//! [`Umem`] owns the memory (a [`Region`]) and its geometry. [`XskSocket::new`] borrows the
+//! `Umem` only to register it, then sizes and maps the rings and binds; the socket keeps the
+//! geometry, not the memory. That lets the engine's packet pool own the UMEM as its memory while
+//! the NIC queue owns the socket. It is sound in either drop order: registration pins the pages
+//! (`pin_user_pages`) and the kernel reaches them through its own mapping (`vmap`), never
+//! through our virtual addresses, so unmapping the region before closing the socket leaves the
+//! kernel writing to pages it still holds, not to memory we reuse; and the socket itself never
+//! dereferences the UMEM. One UMEM per socket: sharing a UMEM between sockets
 //! (`XDP_SHARED_UMEM`) was left out because it makes the fill and completion rings shared state
 //! between sockets, and the engines are one socket per core with no sharing anyway.
 //!
@@ -955,14 +960,13 @@ fn transmit_ring(
 /// [`XskSocket::new`]. Insert [`XskSocket::fd`] into an `XSKMAP` to have an XDP program redirect
 /// frames to it.
 pub struct XskSocket {
-    // Field order is drop order: rings are unmapped, then the socket is closed, then the UMEM
-    // region is unmapped, so the kernel lets go of the UMEM before we do.
+    // Field order is drop order: rings are unmapped, then the socket is closed (which unpins
+    // the UMEM pages; see the module documentation for why the UMEM may go first).
     fill: ProdRing<u64>,
     completion: ConsRing<u64>,
     rx: ConsRing<XdpDesc>,
     tx: ProdRing<XdpDesc>,
     fd: OwnedFd,
-    umem: Umem,
     geometry: Geometry,
     ifindex: u32,
     queue_id: u32,
@@ -983,7 +987,6 @@ impl std::fmt::Debug for XskSocket {
             .field("ifindex", &self.ifindex)
             .field("queue_id", &self.queue_id)
             .field("bound_mode", &self.bound_mode)
-            .field("umem", &self.umem)
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -1000,7 +1003,7 @@ impl XskSocket {
     /// `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK`), the queue ([`XskError::QueueBusy`],
     /// [`XskError::QueueOutOfRange`] naming the count), the mode
     /// ([`XskError::ZeroCopyUnsupported`]) or the device ([`XskError::NoSuchDevice`]).
-    pub fn new(ifindex: u32, queue_id: u32, umem: Umem, config: SocketConfig) -> io::Result<Self> {
+    pub fn new(ifindex: u32, queue_id: u32, umem: &Umem, config: SocketConfig) -> io::Result<Self> {
         check_ring_size("rx", config.rx_ring_size)?;
         check_ring_size("tx", config.tx_ring_size)?;
         let kind = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
@@ -1010,7 +1013,7 @@ impl XskSocket {
         // SAFETY: `raw` is a descriptor we just created and nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        register_umem(fd.as_fd(), &umem)?;
+        register_umem(fd.as_fd(), umem)?;
         let ucfg = *umem.config();
         set_opt(fd.as_fd(), libc::XDP_UMEM_FILL_RING, &ucfg.fill_ring_size)
             .map_err(setup_error("XDP_UMEM_FILL_RING"))?;
@@ -1079,7 +1082,6 @@ impl XskSocket {
             rx: ConsRing::new(rx),
             tx: ProdRing::new(tx),
             fd,
-            umem,
             geometry,
             ifindex,
             queue_id,
@@ -1106,16 +1108,6 @@ impl XskSocket {
     /// The socket descriptor: insert it into an `XSKMAP`, or poll it for readability.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
-    }
-
-    /// The UMEM, to read received frames.
-    pub fn umem(&self) -> &Umem {
-        &self.umem
-    }
-
-    /// The UMEM, to write frames before transmitting them.
-    pub fn umem_mut(&mut self) -> &mut Umem {
-        &mut self.umem
     }
 
     /// Places a prefix of `addrs` on the fill ring for the kernel to receive into, and returns
@@ -1798,13 +1790,9 @@ mod tests {
         assert_eq!(netdev::mtu("vb").unwrap(), 1500);
 
         // 80 frames: 0..64 go to the 64-entry fill ring, 64..80 stay with us for transmit.
-        let mut xsk = XskSocket::new(
-            vb,
-            0,
-            small_umem(80, 64),
-            socket_config(64, BindMode::ZeroCopyOrCopy),
-        )
-        .unwrap();
+        let mut umem = small_umem(80, 64);
+        let mut xsk =
+            XskSocket::new(vb, 0, &umem, socket_config(64, BindMode::ZeroCopyOrCopy)).unwrap();
         assert_eq!(xsk.bound_mode(), BoundMode::Copy, "veth has no zero-copy");
         assert_eq!((xsk.ifindex(), xsk.queue_id()), (vb, 0));
 
@@ -1825,14 +1813,13 @@ mod tests {
         let sniffer = PacketSocket::bind(va).unwrap();
         let frame = test_frame(vb_mac, b"mlg-xsk1", 7);
         let addr = 70 * u64::from(FRAME) + 256;
-        xsk.umem_mut().as_mut_slice()[addr as usize..addr as usize + frame.len()]
-            .copy_from_slice(&frame);
+        umem.as_mut_slice()[addr as usize..addr as usize + frame.len()].copy_from_slice(&frame);
         let desc = XdpDesc {
             addr,
             len: frame.len() as u32,
             options: 0,
         };
-        assert_eq!(xsk.umem().packet(&desc), Some(&frame[..]));
+        assert_eq!(umem.packet(&desc), Some(&frame[..]));
         assert_eq!(xsk.tx_free(), 64);
         assert!(xsk.needs_tx_wakeup(), "copy mode always wants a tx kick");
         assert_eq!(xsk.transmit(&[desc]), 1);
@@ -1853,7 +1840,7 @@ mod tests {
         }
 
         // Out-of-UMEM and frame-crossing descriptors are rejected and counted.
-        let umem_len = xsk.umem().len();
+        let umem_len = umem.len();
         let outside = XdpDesc {
             addr: umem_len,
             len: 60,
@@ -1886,20 +1873,14 @@ mod tests {
         let vb = netdev::ifindex("vb").unwrap();
         let mac = netdev::mac_address("vb").unwrap();
         const FRAMES: u32 = 256;
-        let mut xsk = XskSocket::new(
-            vb,
-            1,
-            small_umem(FRAMES, 256),
-            socket_config(256, BindMode::Copy),
-        )
-        .unwrap();
+        let mut umem = small_umem(FRAMES, 256);
+        let mut xsk = XskSocket::new(vb, 1, &umem, socket_config(256, BindMode::Copy)).unwrap();
         assert_eq!(xsk.bound_mode(), BoundMode::Copy);
         let mut descs = Vec::new();
         for seq in 0..FRAMES {
             let frame = test_frame(mac, b"mlg-xsk2", seq);
             let addr = u64::from(seq * FRAME);
-            xsk.umem_mut().as_mut_slice()[addr as usize..addr as usize + 60]
-                .copy_from_slice(&frame);
+            umem.as_mut_slice()[addr as usize..addr as usize + 60].copy_from_slice(&frame);
             descs.push(XdpDesc {
                 addr,
                 len: 60,
@@ -1938,20 +1919,20 @@ mod tests {
         let vb = netdev::ifindex("vb").unwrap();
         let config = socket_config(64, BindMode::ZeroCopyOrCopy);
 
-        let err = XskSocket::new(vb, 5, small_umem(64, 64), config).unwrap_err();
+        let err = XskSocket::new(vb, 5, &small_umem(64, 64), config).unwrap_err();
         let message = err.to_string();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{message}");
         assert!(message.contains("has 2 queues"), "{message}");
 
-        let _first = XskSocket::new(vb, 0, small_umem(64, 64), config).unwrap();
-        let err = XskSocket::new(vb, 0, small_umem(64, 64), config).unwrap_err();
+        let _first = XskSocket::new(vb, 0, &small_umem(64, 64), config).unwrap();
+        let err = XskSocket::new(vb, 0, &small_umem(64, 64), config).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         assert!(err.to_string().contains("already bound"), "{err}");
 
         let err = XskSocket::new(
             vb,
             1,
-            small_umem(64, 64),
+            &small_umem(64, 64),
             socket_config(64, BindMode::ZeroCopy),
         )
         .unwrap_err();
@@ -1963,10 +1944,10 @@ mod tests {
         );
 
         // Queue 1 is still free after the refused zero-copy bind.
-        let second = XskSocket::new(vb, 1, small_umem(64, 64), config).unwrap();
+        let second = XskSocket::new(vb, 1, &small_umem(64, 64), config).unwrap();
         assert_eq!(second.bound_mode(), BoundMode::Copy);
 
-        let err = XskSocket::new(999_999, 0, small_umem(64, 64), config).unwrap_err();
+        let err = XskSocket::new(999_999, 0, &small_umem(64, 64), config).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
@@ -1981,7 +1962,7 @@ mod tests {
         // 16 MiB: twice the 8 MiB RLIMIT_MEMLOCK of the reference machine.
         let umem = small_umem(8192, 64);
         let (soft, _) = crate::mmap::memlock_limit().unwrap();
-        match XskSocket::new(vb, 0, umem, socket_config(64, BindMode::Copy)) {
+        match XskSocket::new(vb, 0, &umem, socket_config(64, BindMode::Copy)) {
             Ok(_) => assert!(crate::mmap::has_cap_ipc_lock() || soft >= 16 << 20),
             Err(err) => {
                 let message = err.to_string();
@@ -2001,7 +1982,13 @@ mod tests {
         let xsk = {
             let _inside = netdev::enter_netns(&ns.name).unwrap();
             let vb = netdev::ifindex("vb").unwrap();
-            XskSocket::new(vb, 0, small_umem(64, 64), socket_config(64, BindMode::Copy)).unwrap()
+            XskSocket::new(
+                vb,
+                0,
+                &small_umem(64, 64),
+                socket_config(64, BindMode::Copy),
+            )
+            .unwrap()
         };
         // The socket stays in its namespace after this thread left it, and can move threads.
         let mut xsk = std::thread::spawn(move || xsk).join().unwrap();
