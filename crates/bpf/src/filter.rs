@@ -1,0 +1,474 @@
+//! The XDP program of Melange's control plane and the layout of its maps.
+//!
+//! # Design
+//!
+//! Arrakis gives each application a virtual NIC guarded by hardware filters created with
+//! `create_filter(flags, peers, services)`. On Linux the "hardware" is one XDP program per
+//! interface (the kernel here has no `ext` programs, so no libxdp dispatcher and no program per
+//! filter): the program is fixed, and filters are *data* in its maps. Adding or removing a
+//! filter is a few map writes, never a program reload, and the program's cost does not grow
+//! with the number of filters.
+//!
+//! Per packet, the program does:
+//!
+//! 1. Ethernet: ARP goes to the kernel or to a fixed slot ([`FilterProgramSpec::arp`]); any
+//!    other ethertype but IPv4 (802.1Q tags, IPv6, ...) goes to the kernel.
+//! 2. IPv4: version 4 and IHL >= 5 or the frame is malformed; options are skipped using IHL;
+//!    fragments (MF set or non-zero offset) go to the kernel, which reassembles them (RFC 791
+//!    section 3.2). UDP and TCP continue; any other protocol (ICMP, ...) goes where
+//!    [`FilterProgramSpec::other_ipv4`] says.
+//! 3. Service lookup: the `services` ARRAY has [`SERVICES_LEN`] `u32` entries indexed by
+//!    [`service_index`]`(protocol, destination port)`; the entry is `filter_id + 1`, 0 for "no
+//!    filter". One array lookup, O(1), no loop for the verifier to bound; a port range is just
+//!    several entries written by the control plane. A hash keyed by port was rejected: it costs
+//!    a hash per packet and a range would still need one entry per port.
+//! 4. Filter lookup: the `filters` ARRAY holds a [`FilterEntry`] `{flags, slot}` per filter.
+//! 5. Peer check, if the filter restricts peers: the `peers` LPM trie is keyed by
+//!    [`peer_key`] `{prefixlen, filter_id (big-endian), source address}`. The filter id is part
+//!    of every stored prefix (prefix length 32 + n), so one trie serves all filters and a
+//!    lookup with the full 64 bits finds only the filter's own prefixes.
+//! 6. `bpf_redirect_map(&xsks, slot * queues_max + rx_queue_index, XDP_PASS)`: to the AF_XDP
+//!    socket of the filter's slot (application/socket group) on the queue the packet arrived
+//!    on, or, if no socket is registered there, to the kernel.
+//!
+//! Every path ends in one tail that adds 1 to a [`Counter`] in the `stats` ARRAY and returns.
+//! The counters tell apart outcomes that share an XDP action: "matched but no socket" and "no
+//! filter" are both `XDP_PASS`. The stats map is a plain array updated with atomic adds; a
+//! per-CPU array would avoid the shared cache line, but its user-space values are one per
+//! possible CPU, and at the rates of a 2-vCPU machine the atomic costs a few nanoseconds.
+//!
+//! Every packet read is preceded by the `data + n > data_end` check the verifier demands; the
+//! tests load the program into the real verifier, so a missing check fails the build.
+//!
+//! Register use: `r6` = context for the whole program; `r2`/`r3` = packet and packet end while
+//! parsing; then `r7` = filter id, `r8` = filter flags, `r9` = slot across helper calls; in the
+//! tail, `r7` = counter and `r8` = the XDP action to return.
+//!
+//! Safety contract: none (pure code generation); the verifier is the judge.
+
+use crate::asm::{AluOp, Asm, AsmError, Cond, Helper, Size, R0, R1, R2, R3, R4, R5, R6};
+use crate::asm::{R10, R7, R8, R9};
+
+/// `XDP_PASS`: hand the packet to the kernel's stack.
+pub const XDP_PASS: u32 = 2;
+/// `XDP_REDIRECT`: what `bpf_redirect_map` returns when it found the key.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Number of entries of the `services` array: one per (protocol, port).
+pub const SERVICES_LEN: u32 = 2 * 65536;
+/// Bytes of a `services` value (`u32`: `filter_id + 1`, or 0).
+pub const SERVICE_VALUE_SIZE: u32 = 4;
+/// Bytes of a `filters` value ([`FilterEntry`]).
+pub const FILTER_VALUE_SIZE: u32 = 8;
+/// Bytes of a `peers` key ([`peer_key`]).
+pub const PEER_KEY_SIZE: u32 = 12;
+/// Bytes of a `peers` value (unused; the trie is a set).
+pub const PEER_VALUE_SIZE: u32 = 4;
+/// Bytes of a `stats` value (`u64` packet count).
+pub const STAT_VALUE_SIZE: u32 = 8;
+/// Bytes of an `xsks` value (an AF_XDP socket descriptor).
+pub const XSK_VALUE_SIZE: u32 = 4;
+/// [`FilterEntry::flags`] bit: the filter accepts only the peers in the `peers` trie.
+pub const FILTER_F_RESTRICT_PEERS: u32 = 1;
+
+/// The transport protocols filters can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// UDP (IP protocol 17).
+    Udp,
+    /// TCP (IP protocol 6).
+    Tcp,
+}
+
+impl Protocol {
+    /// The protocol's row in the `services` array.
+    pub const fn index(self) -> u32 {
+        match self {
+            Self::Udp => 0,
+            Self::Tcp => 1,
+        }
+    }
+
+    /// The IPv4 protocol number.
+    pub const fn ip_number(self) -> u8 {
+        match self {
+            Self::Udp => 17,
+            Self::Tcp => 6,
+        }
+    }
+}
+
+/// The `services` index of `(protocol, destination port)`.
+pub const fn service_index(protocol: Protocol, port: u16) -> u32 {
+    protocol.index() * 65536 + port as u32
+}
+
+/// A `filters` array value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterEntry {
+    /// `FILTER_F_*` bits.
+    pub flags: u32,
+    /// The slot (application/socket group) matched packets are redirected to.
+    pub slot: u32,
+}
+
+impl FilterEntry {
+    /// The value's bytes as the program reads them (`flags` at 0, `slot` at 4, host order).
+    pub fn to_bytes(self) -> [u8; FILTER_VALUE_SIZE as usize] {
+        let mut b = [0u8; FILTER_VALUE_SIZE as usize];
+        b[..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b[4..].copy_from_slice(&self.slot.to_ne_bytes());
+        b
+    }
+}
+
+/// The `peers` trie key for `filter_id` and the prefix `addr/prefix_len`: `{prefixlen: u32
+/// (host order) = 32 + prefix_len, filter_id: u32 big-endian, addr: [u8; 4]}`. The program
+/// looks up `{64, filter_id, source}`.
+///
+/// # Panics
+///
+/// If `prefix_len > 32` (callers validate prefixes first).
+pub fn peer_key(filter_id: u32, addr: [u8; 4], prefix_len: u8) -> [u8; PEER_KEY_SIZE as usize] {
+    assert!(prefix_len <= 32, "IPv4 prefix length {prefix_len} > 32");
+    let mut k = [0u8; PEER_KEY_SIZE as usize];
+    k[..4].copy_from_slice(&(32 + u32::from(prefix_len)).to_ne_bytes());
+    k[4..8].copy_from_slice(&filter_id.to_be_bytes());
+    k[8..].copy_from_slice(&addr);
+    k
+}
+
+/// The packet counters of the `stats` array, by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Redirected to an AF_XDP socket.
+    Redirected = 0,
+    /// Matched a filter (or a steering rule) but no socket is registered for its slot and the
+    /// packet's queue: passed to the kernel.
+    NoSocket = 1,
+    /// UDP/TCP to a port no filter covers: passed to the kernel.
+    NoFilter = 2,
+    /// Matched a port whose filter does not accept the source address: passed to the kernel.
+    PeerRejected = 3,
+    /// Not for the filters by policy (non-IPv4 ethertype, ARP or other IP protocols steered to
+    /// the kernel): passed.
+    Kernel = 4,
+    /// An IPv4 fragment: passed to the kernel for reassembly.
+    Fragment = 5,
+    /// Truncated or invalid headers: passed to the kernel, which drops and counts them.
+    Malformed = 6,
+}
+
+impl Counter {
+    /// All counters, in index order.
+    pub const ALL: [Counter; 7] = [
+        Self::Redirected,
+        Self::NoSocket,
+        Self::NoFilter,
+        Self::PeerRejected,
+        Self::Kernel,
+        Self::Fragment,
+        Self::Malformed,
+    ];
+
+    /// The counter's index in the `stats` array.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Number of entries of the `stats` array.
+pub const STATS_LEN: u32 = Counter::ALL.len() as u32;
+
+/// Where the program sends packets that filters do not decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steer {
+    /// `XDP_PASS` to the kernel's stack.
+    Kernel,
+    /// Redirect to this slot's socket on the packet's queue (falls back to the kernel if none
+    /// is registered), so the dataplane handles it.
+    Slot(u32),
+}
+
+/// The knobs baked into the program as immediates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterProgramSpec {
+    /// What to do with ARP. Redirect everything but ARP and the kernel stops answering ARP for
+    /// the address; pass ARP up unless the dataplane answers it.
+    pub arp: Steer,
+    /// What to do with IPv4 that is neither UDP nor TCP (ICMP, ...).
+    pub other_ipv4: Steer,
+    /// The number of receive queues per slot in the `xsks` map: a slot's sockets occupy keys
+    /// `slot * queues_max .. (slot + 1) * queues_max`.
+    pub queues_max: u32,
+}
+
+impl Default for FilterProgramSpec {
+    fn default() -> Self {
+        Self {
+            arp: Steer::Kernel,
+            other_ipv4: Steer::Kernel,
+            queues_max: 64,
+        }
+    }
+}
+
+/// The descriptors of the program's maps, as the kernel returned them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterMapFds {
+    /// ARRAY, `u32` key, `u32` value, [`SERVICES_LEN`] entries.
+    pub services: i32,
+    /// ARRAY, `u32` filter id, [`FilterEntry`] value.
+    pub filters: i32,
+    /// LPM_TRIE, [`peer_key`] key, `u32` value.
+    pub peers: i32,
+    /// XSKMAP, `u32` key `slot * queues_max + queue`, socket value.
+    pub xsks: i32,
+    /// ARRAY, `u32` [`Counter`] index, `u64` value, [`STATS_LEN`] entries.
+    pub stats: i32,
+}
+
+// Stack layout below r10.
+/// `services` key.
+const STACK_SERVICE_KEY: i16 = -4;
+/// `peers` key: prefixlen at -16, filter id at -12, source address at -8.
+const STACK_PEER_KEY: i16 = -16;
+const STACK_PEER_KEY_FILTER: i16 = -12;
+const STACK_PEER_KEY_ADDR: i16 = -8;
+/// `filters` key.
+const STACK_FILTER_KEY: i16 = -20;
+/// `stats` key.
+const STACK_STATS_KEY: i16 = -24;
+
+// Offsets in `struct xdp_md`.
+const MD_DATA: i16 = 0;
+const MD_DATA_END: i16 = 4;
+const MD_RX_QUEUE_INDEX: i16 = 16;
+
+// Frame offsets.
+const ETH_HLEN: i32 = 14;
+const ETH_TYPE: i16 = 12;
+const IP_VER_IHL: i16 = 14;
+const IP_FRAG: i16 = 20;
+const IP_PROTO: i16 = 23;
+const IP_SRC: i16 = 26;
+const IP_MIN_END: i32 = ETH_HLEN + 20;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+/// The MF flag and the fragment offset of the IPv4 flags/fragment field.
+const IP_FRAG_MASK: u16 = 0x3fff;
+
+/// A 16-bit network-order field as an `ldxh` on this (little-endian) host reads it.
+const fn wire16(v: u16) -> i32 {
+    v.swap_bytes() as i32
+}
+
+/// Assembles the filter program for `spec` over the maps in `maps`.
+///
+/// # Errors
+///
+/// [`AsmError`] only if this generator has a bug (the tests assemble and load every variant).
+pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+
+    // Entry: r1 = ctx.
+    a.mov64(R6, R1)
+        .ldx(Size::W, R2, R6, MD_DATA)
+        .ldx(Size::W, R3, R6, MD_DATA_END);
+
+    // Ethernet header.
+    a.mov64(R4, R2)
+        .alu64_imm(AluOp::Add, R4, ETH_HLEN)
+        .jmp_reg(Cond::Gt, R4, R3, "malformed")
+        .ldx(Size::H, R5, R2, ETH_TYPE)
+        .jmp_imm(Cond::Eq, R5, wire16(ETHERTYPE_ARP), "arp")
+        .jmp_imm(Cond::Ne, R5, wire16(ETHERTYPE_IPV4), "kernel");
+
+    // IPv4 fixed header.
+    a.mov64(R4, R2)
+        .alu64_imm(AluOp::Add, R4, IP_MIN_END)
+        .jmp_reg(Cond::Gt, R4, R3, "malformed")
+        .ldx(Size::B, R5, R2, IP_VER_IHL)
+        .mov64(R4, R5)
+        .alu64_imm(AluOp::Rsh, R4, 4)
+        .jmp_imm(Cond::Ne, R4, 4, "malformed")
+        // r5 = header length in bytes, 20..=60 after the check.
+        .alu64_imm(AluOp::And, R5, 0x0f)
+        .alu64_imm(AluOp::Lsh, R5, 2)
+        .jmp_imm(Cond::Lt, R5, 20, "malformed")
+        .ldx(Size::H, R4, R2, IP_FRAG)
+        .alu64_imm(AluOp::And, R4, wire16(IP_FRAG_MASK))
+        .jmp_imm(Cond::Ne, R4, 0, "fragment")
+        .ldx(Size::B, R4, R2, IP_PROTO)
+        .mov64_imm(R7, Protocol::Udp.index() as i32)
+        .jmp_imm(Cond::Eq, R4, i32::from(Protocol::Udp.ip_number()), "l4")
+        .mov64_imm(R7, Protocol::Tcp.index() as i32)
+        .jmp_imm(Cond::Eq, R4, i32::from(Protocol::Tcp.ip_number()), "l4")
+        .ja("other_ipv4");
+
+    // UDP/TCP: both have the destination port at bytes 2..4 of their header.
+    a.label("l4")
+        .ldx(Size::W, R4, R2, IP_SRC)
+        .stx(Size::W, R10, STACK_PEER_KEY_ADDR, R4)
+        .alu64_imm(AluOp::Add, R2, ETH_HLEN)
+        .alu64(AluOp::Add, R2, R5)
+        .mov64(R4, R2)
+        .alu64_imm(AluOp::Add, R4, 4)
+        .jmp_reg(Cond::Gt, R4, R3, "malformed")
+        .ldx(Size::H, R5, R2, 2)
+        .to_be(R5, 16)
+        .alu64_imm(AluOp::Lsh, R7, 16)
+        .alu64(AluOp::Add, R7, R5)
+        .stx(Size::W, R10, STACK_SERVICE_KEY, R7);
+
+    // services[proto * 65536 + port] = filter_id + 1, or 0.
+    a.ld_map_fd(R1, maps.services)
+        .mov64(R2, R10)
+        .alu64_imm(AluOp::Add, R2, i32::from(STACK_SERVICE_KEY))
+        .call(Helper::MapLookupElem)
+        .jmp_imm(Cond::Eq, R0, 0, "no_filter")
+        .ldx(Size::W, R7, R0, 0)
+        .jmp_imm(Cond::Eq, R7, 0, "no_filter")
+        .alu64_imm(AluOp::Add, R7, -1)
+        .stx(Size::W, R10, STACK_FILTER_KEY, R7);
+
+    // filters[filter_id] = {flags, slot}.
+    a.ld_map_fd(R1, maps.filters)
+        .mov64(R2, R10)
+        .alu64_imm(AluOp::Add, R2, i32::from(STACK_FILTER_KEY))
+        .call(Helper::MapLookupElem)
+        .jmp_imm(Cond::Eq, R0, 0, "no_filter")
+        .ldx(Size::W, R8, R0, 0)
+        .ldx(Size::W, R9, R0, 4)
+        .mov64(R1, R8)
+        .alu64_imm(AluOp::And, R1, FILTER_F_RESTRICT_PEERS as i32)
+        .jmp_imm(Cond::Eq, R1, 0, "redirect");
+
+    // peers: longest prefix match on {64, filter_id (BE), source}.
+    a.st_imm(Size::W, R10, STACK_PEER_KEY, 64)
+        .mov64(R1, R7)
+        .to_be(R1, 32)
+        .stx(Size::W, R10, STACK_PEER_KEY_FILTER, R1)
+        .ld_map_fd(R1, maps.peers)
+        .mov64(R2, R10)
+        .alu64_imm(AluOp::Add, R2, i32::from(STACK_PEER_KEY))
+        .call(Helper::MapLookupElem)
+        .jmp_imm(Cond::Eq, R0, 0, "peer_rejected");
+
+    // Redirect to xsks[slot * queues_max + rx_queue_index], falling back to XDP_PASS.
+    // Entered with r6 = ctx, r9 = slot.
+    a.label("redirect")
+        .ldx(Size::W, R2, R6, MD_RX_QUEUE_INDEX)
+        .mov64(R1, R9)
+        .alu64_imm(AluOp::Mul, R1, spec.queues_max as i32)
+        .alu64(AluOp::Add, R2, R1)
+        .ld_map_fd(R1, maps.xsks)
+        .mov64_imm(R3, XDP_PASS as i32)
+        .call(Helper::RedirectMap)
+        .mov64(R8, R0)
+        .mov64_imm(R7, Counter::Redirected.index() as i32)
+        .jmp_imm(Cond::Eq, R0, XDP_REDIRECT as i32, "count")
+        .mov64_imm(R7, Counter::NoSocket.index() as i32)
+        .ja("count");
+
+    // Steering of what the filters do not decide.
+    for (label, steer) in [("arp", spec.arp), ("other_ipv4", spec.other_ipv4)] {
+        a.label(label);
+        match steer {
+            Steer::Kernel => pass(&mut a, Counter::Kernel),
+            Steer::Slot(slot) => {
+                a.mov64_imm(R9, slot as i32).ja("redirect");
+            }
+        }
+    }
+    for (label, counter) in [
+        ("kernel", Counter::Kernel),
+        ("fragment", Counter::Fragment),
+        ("malformed", Counter::Malformed),
+        ("no_filter", Counter::NoFilter),
+        ("peer_rejected", Counter::PeerRejected),
+    ] {
+        a.label(label);
+        pass(&mut a, counter);
+    }
+
+    // Tail: stats[r7] += 1; return r8.
+    a.label("count")
+        .stx(Size::W, R10, STACK_STATS_KEY, R7)
+        .ld_map_fd(R1, maps.stats)
+        .mov64(R2, R10)
+        .alu64_imm(AluOp::Add, R2, i32::from(STACK_STATS_KEY))
+        .call(Helper::MapLookupElem)
+        .jmp_imm(Cond::Eq, R0, 0, "out")
+        .mov64_imm(R1, 1)
+        .atomic_add(Size::DW, R0, 0, R1)
+        .label("out")
+        .mov64(R0, R8)
+        .exit();
+
+    a.finish()
+}
+
+/// Emits "count `counter`, return `XDP_PASS`".
+fn pass(a: &mut Asm, counter: Counter) {
+    a.mov64_imm(R7, counter.index() as i32)
+        .mov64_imm(R8, XDP_PASS as i32)
+        .ja("count");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asm::Insn;
+
+    const FDS: FilterMapFds = FilterMapFds {
+        services: 10,
+        filters: 11,
+        peers: 12,
+        xsks: 13,
+        stats: 14,
+    };
+
+    #[test]
+    fn builds_for_every_steering() {
+        for arp in [Steer::Kernel, Steer::Slot(3)] {
+            for other_ipv4 in [Steer::Kernel, Steer::Slot(0)] {
+                let spec = FilterProgramSpec {
+                    arp,
+                    other_ipv4,
+                    queues_max: 4,
+                };
+                let code = build(&spec, &FDS).unwrap();
+                assert!(code.len() < 200, "{} slots", code.len());
+                assert_eq!(Insn::decode(*code.last().unwrap()), Insn::exit());
+            }
+        }
+    }
+
+    #[test]
+    fn map_references_use_the_given_fds() {
+        let code = build(&FilterProgramSpec::default(), &FDS).unwrap();
+        let mut fds: Vec<i32> = code
+            .iter()
+            .map(|&raw| Insn::decode(raw))
+            .filter(|i| i.code == 0x18 && i.src == crate::asm::PSEUDO_MAP_FD)
+            .map(|i| i.imm)
+            .collect();
+        fds.sort_unstable();
+        fds.dedup();
+        assert_eq!(fds, vec![10, 11, 12, 13, 14]);
+    }
+
+    #[test]
+    fn key_layouts() {
+        assert_eq!(service_index(Protocol::Udp, 7), 7);
+        assert_eq!(service_index(Protocol::Tcp, 65535), SERVICES_LEN - 1);
+        let k = peer_key(0x0102_0304, [10, 0, 0, 0], 8);
+        assert_eq!(&k[..4], &40u32.to_ne_bytes());
+        assert_eq!(&k[4..], &[1, 2, 3, 4, 10, 0, 0, 0]);
+        let e = FilterEntry { flags: 1, slot: 2 };
+        assert_eq!(e.to_bytes()[..4], 1u32.to_ne_bytes());
+        assert_eq!(e.to_bytes()[4..], 2u32.to_ne_bytes());
+        assert_eq!(wire16(0x0800), 0x0008);
+    }
+}
