@@ -3,7 +3,10 @@
 # Idempotent; needs root (apt-get). Nothing else is installed by hand anywhere.
 set -euo pipefail
 
-packages=(sockperf iproute2 iputils-ping)
+# iproute2: ip netns/link/addr for `melange lab`; nftables: `melange lab impair` (there is no netem);
+# iputils-ping and python3: the lab test pings and runs a UDP echo across the veth;
+# ethtool: `lab up` and `lab status` record offloads.
+packages=(sockperf iproute2 iputils-ping nftables ethtool python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
