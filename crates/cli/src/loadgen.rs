@@ -21,9 +21,21 @@ pub struct LoadgenArgs {
     /// Server address, IP:PORT.
     #[arg(long)]
     pub target: SocketAddrV4,
-    /// Local address to send from.
+    /// Local address to send from (with af_xdp: the interface's own address).
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: Ipv4Addr,
+    /// af_xdp: the interface, e.g. mlg-va.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// af_xdp: first local UDP port; engine i sends from this plus i, on queue i.
+    #[arg(long, default_value_t = 40000)]
+    pub local_port: u16,
+    /// af_xdp: prefix length of the interface's subnet.
+    #[arg(long, default_value_t = 24)]
+    pub prefix: u8,
+    /// af_xdp: attach the XDP program in generic (skb) mode instead of native mode.
+    #[arg(long)]
+    pub generic_xdp: bool,
     /// Request payload bytes (at least 24).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -117,29 +129,96 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
     );
 }
 
+/// Engine `id`'s share of the load.
+fn engine_config(args: &LoadgenArgs, id: usize, local_port: u16) -> LoadgenConfig {
+    let inflight =
+        (args.inflight / args.engines + usize::from(id < args.inflight % args.engines)).max(1);
+    LoadgenConfig {
+        target: args.target,
+        local_port,
+        payload_len: args.payload,
+        inflight,
+        rate_per_s: args.rate.map(|r| r / args.engines as f64),
+        warmup_ns: args.warmup.as_nanos() as u64,
+        duration_ns: args.duration.as_nanos() as u64,
+        timeout_ns: args.timeout.as_nanos() as u64,
+        drain_ns: args.timeout.as_nanos().min(200_000_000) as u64,
+        stream: id as u32,
+    }
+}
+
 /// Runs the load generator and returns the merged report.
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
     if args.engines == 0 {
         return Err(anyhow!("--engines must be at least 1"));
     }
+    match args.backend {
+        Backend::Kernel => run_kernel(args),
+        Backend::AfXdp => run_af_xdp(args),
+    }
+}
+
+fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
+    let interface = args
+        .interface
+        .clone()
+        .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
+    if args.bind.is_unspecified() {
+        return Err(anyhow!(
+            "--backend af_xdp needs --bind with the interface's address"
+        ));
+    }
+    let last_port = args
+        .local_port
+        .checked_add(args.engines as u16 - 1)
+        .ok_or_else(|| anyhow!("--local-port + engines exceeds 65535"))?;
+    // The control plane resolves the server once, through the kernel, before the engines start.
+    let server_mac = crate::xdp::kernel_neighbor(*args.target.ip())?;
+    let setup = crate::xdp::XdpSetup {
+        interface,
+        addr: args.bind,
+        prefix_len: args.prefix,
+        queues: (0..args.engines as u32).collect(),
+        ports: melange_bpf::PortRange::new(args.local_port, last_port)?,
+        static_arp: vec![(*args.target.ip(), server_mac)],
+        batch: 64,
+        cpus: args.cpus.clone(),
+        idle: args.idle,
+        mode: if args.generic_xdp {
+            melange_sys::bpf::XdpMode::Generic
+        } else {
+            melange_sys::bpf::XdpMode::Native
+        },
+    };
+    let stop = StopSignal::new();
+    let run = crate::xdp::start(&setup, &stop, |id, _queue| {
+        let port = args.local_port + id as u16;
+        (LoadgenApp::new(engine_config(args, id, port)), vec![port])
+    })?;
+    let mut reports = Vec::new();
+    for (id, handle) in run.handles.into_iter().enumerate() {
+        let outcome = handle
+            .join()
+            .map_err(|_| anyhow!("load generator engine {id} panicked"))?;
+        let outcome = outcome.map_err(|e| {
+            stop.stop();
+            anyhow!("load generator engine {id}: {e}")
+        })?;
+        tracing::debug!(
+            "loadgen engine {id}: {:?} {:?}",
+            outcome.counters,
+            outcome.nic.counters()
+        );
+        reports.push(outcome.app.report());
+    }
+    LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
+}
+
+fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let stop = StopSignal::new();
     let mut handles = Vec::new();
     for id in 0..args.engines {
-        // Split the load: engine i gets its share of the window and of the rate.
-        let inflight =
-            (args.inflight / args.engines + usize::from(id < args.inflight % args.engines)).max(1);
-        let config = LoadgenConfig {
-            target: args.target,
-            local_port: 0,
-            payload_len: args.payload,
-            inflight,
-            rate_per_s: args.rate.map(|r| r / args.engines as f64),
-            warmup_ns: args.warmup.as_nanos() as u64,
-            duration_ns: args.duration.as_nanos() as u64,
-            timeout_ns: args.timeout.as_nanos() as u64,
-            drain_ns: args.timeout.as_nanos().min(200_000_000) as u64,
-            stream: id as u32,
-        };
+        let config = engine_config(args, id, 0);
         let bind = SocketAddrV4::new(args.bind, 0);
         let shell = ShellConfig {
             name: format!("loadgen-{id}"),

@@ -10,6 +10,7 @@ mod echo;
 mod lab;
 mod loadgen;
 mod util;
+mod xdp;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

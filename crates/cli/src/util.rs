@@ -8,6 +8,9 @@ use std::time::Duration;
 pub enum Backend {
     /// Ordinary UDP sockets with recvmmsg/sendmmsg (the kernel does IP and UDP). No privileges.
     Kernel,
+    /// AF_XDP sockets steered by Melange's XDP program: kernel bypass. Needs root.
+    #[value(name = "af_xdp", alias = "af-xdp")]
+    AfXdp,
 }
 
 /// Parses `250ms`, `5s`, `2m`, `100us`, `10ns`; a bare number is seconds.

@@ -26,6 +26,9 @@ pub struct EngineConfig {
     /// UDP ports the app listens on (bound in the stack on Ethernet queues; on UDP queues
     /// the backend's socket decides).
     pub udp_ports: Vec<u16>,
+    /// Neighbours the control plane resolved already (through the kernel's neighbour table,
+    /// say), installed in the stack's ARP cache as entries that do not expire.
+    pub static_arp: Vec<(Ipv4Addr, melange_net::EthernetAddress)>,
 }
 
 impl EngineConfig {
@@ -41,6 +44,7 @@ impl EngineConfig {
             timers_max: 4096,
             interface: None,
             udp_ports: Vec::new(),
+            static_arp: Vec::new(),
         }
     }
 
@@ -187,7 +191,7 @@ impl<N: NicQueue, A: App> Engine<N, A> {
     pub fn new(
         config: EngineConfig,
         nic: N,
-        pool: PacketPool,
+        mut pool: PacketPool,
         app: A,
         now_ns: u64,
     ) -> Result<Self, EngineError> {
@@ -206,6 +210,9 @@ impl<N: NicQueue, A: App> Engine<N, A> {
                         port,
                         reason: e.to_string(),
                     })?;
+                }
+                for &(ip, mac) in &config.static_arp {
+                    iface.add_static_arp(&mut pool, ip, mac);
                 }
                 Some(iface)
             }

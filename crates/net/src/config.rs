@@ -74,11 +74,17 @@ pub struct InterfaceConfig {
     pub accept_partial_udp_checksum: bool,
     /// Largest IPv4 datagram we send, in bytes (Ethernet: 1500).
     pub mtu: u16,
+    /// Learn an on-link sender's MAC address from the IPv4 datagrams it sends us (as well as
+    /// from ARP). With AF_XDP the kernel usually answers ARP for the shared address and each
+    /// engine has its own cache, so a server engine could otherwise never learn where its
+    /// clients are without an ARP round trip of its own. The source MAC of a frame from an
+    /// on-link host is that host's address; off-link sources are not learned.
+    pub learn_from_ip: bool,
 }
 
 impl InterfaceConfig {
     /// A configuration with the defaults: no gateway, [`ArpConfig::default`], a transmit
-    /// queue of 256, partial UDP checksums accepted, MTU 1500.
+    /// queue of 256, partial UDP checksums accepted, MTU 1500, learning from IPv4 on.
     pub fn new(mac: EthernetAddress, ipv4: Ipv4Addr, prefix_len: u8) -> Self {
         InterfaceConfig {
             mac,
@@ -89,6 +95,7 @@ impl InterfaceConfig {
             tx_queue_max: 256,
             accept_partial_udp_checksum: true,
             mtu: 1500,
+            learn_from_ip: true,
         }
     }
 

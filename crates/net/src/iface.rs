@@ -254,6 +254,41 @@ impl Interface {
         self.tx.len()
     }
 
+    /// Adds an entry that never expires (it can still be evicted when the cache is full, or
+    /// replaced by what ARP learns). For a control plane that resolved the next hop itself,
+    /// through the kernel's neighbour table say.
+    pub fn add_static_arp(&mut self, pool: &mut PacketPool, ip: Ipv4Addr, mac: EthernetAddress) {
+        let ip_u32 = u32::from(ip);
+        if !self.arp.update(ip_u32, mac, u64::MAX) {
+            self.arp.insert(ip_u32, mac, u64::MAX);
+        }
+        self.release_parked(pool, ip_u32, mac);
+    }
+
+    /// Refreshes the cache from a delivered datagram's source (see
+    /// [`InterfaceConfig::learn_from_ip`]). The common case, a fresh entry with the same MAC,
+    /// costs one lookup.
+    fn learn_from_ip(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        src: Ipv4Addr,
+        mac: EthernetAddress,
+    ) {
+        if !mac.is_unicast() || !self.config.is_on_link(src) {
+            return;
+        }
+        let ip_u32 = u32::from(src);
+        if self.arp.lookup(ip_u32, now_ns) == Some(mac) {
+            return;
+        }
+        let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
+        if !self.arp.update(ip_u32, mac, expires_at_ns) {
+            self.arp.insert(ip_u32, mac, expires_at_ns);
+        }
+        self.release_parked(pool, ip_u32, mac);
+    }
+
     /// The cached MAC address of `ip`, if known and fresh at `now_ns`.
     pub fn arp_lookup(&self, now_ns: u64, ip: Ipv4Addr) -> Option<EthernetAddress> {
         self.arp.lookup(u32::from(ip), now_ns)
@@ -284,6 +319,12 @@ impl Interface {
                 offset,
                 len,
             } => {
+                if self.config.learn_from_ip {
+                    let data = pool.data(&frame);
+                    let src_mac =
+                        EthernetAddress([data[6], data[7], data[8], data[9], data[10], data[11]]);
+                    self.learn_from_ip(now_ns, pool, *from.ip(), src_mac);
+                }
                 // `receive` checked `offset + len` lies inside the window.
                 frame.advance(offset);
                 frame.truncate(len);
@@ -1131,6 +1172,64 @@ mod tests {
         assert!(rx(&mut strict_iface, &mut strict_pool, 0, &partial).is_none());
         assert_eq!(strict_iface.counters().drops(DropReason::UdpBadChecksum), 1);
         assert_no_leak(strict_iface, strict_pool);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn learns_on_link_senders_from_ipv4_unless_told_not_to() {
+        // Learning on: a reply to a sender never seen in ARP goes out at once.
+        let (mut iface, mut pool) = world();
+        let d = rx(
+            &mut iface,
+            &mut pool,
+            0,
+            &udp_frame(PEER_IP, 5000, 7, b"hi"),
+        )
+        .unwrap();
+        iface.send_udp(1, &mut pool, d.buf, 7, d.from).unwrap();
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            &sent[0][12..14],
+            &[0x08, 0x00],
+            "the reply itself, no ARP request"
+        );
+        assert_eq!(&sent[0][0..6], PEER_MAC.as_bytes());
+        assert_eq!(iface.counters().arp_requests_sent, 0);
+        assert_no_leak(iface, pool);
+        // Learning off: the same reply waits for ARP.
+        let mut strict = config();
+        strict.learn_from_ip = false;
+        let (mut iface, mut pool) = world_with(strict);
+        let d = rx(
+            &mut iface,
+            &mut pool,
+            0,
+            &udp_frame(PEER_IP, 5000, 7, b"hi"),
+        )
+        .unwrap();
+        iface.send_udp(1, &mut pool, d.buf, 7, d.from).unwrap();
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(&sent[0][12..14], &[0x08, 0x06], "an ARP request");
+        assert_eq!(iface.pending_len(), 1);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn static_arp_entries_release_parked_frames_and_do_not_expire() {
+        let (mut iface, mut pool) = world();
+        let to = SocketAddrV4::new(PEER_IP, 9);
+        let buf = payload(&mut pool, b"parked");
+        iface.send_udp(0, &mut pool, buf, 7, to).unwrap();
+        assert_eq!(iface.pending_len(), 1);
+        let _arp_request = tx_all(&mut iface, &mut pool);
+        iface.add_static_arp(&mut pool, PEER_IP, PEER_MAC);
+        assert_eq!(iface.pending_len(), 0);
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(&sent[0][0..6], PEER_MAC.as_bytes());
+        // An hour later the entry still resolves.
+        assert_eq!(iface.arp_lookup(3_600_000_000_000, PEER_IP), Some(PEER_MAC));
         assert_no_leak(iface, pool);
     }
 

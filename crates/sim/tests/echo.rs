@@ -33,10 +33,20 @@ fn iface(mac: [u8; 6], ip: Ipv4Addr) -> InterfaceConfig {
 }
 
 fn server(nic: SimNic, pool_frames: usize, arp_ttl_ns: Option<u64>) -> Server {
+    server_with(nic, pool_frames, |iface| {
+        if let Some(ttl) = arp_ttl_ns {
+            iface.arp.entry_ttl_ns = ttl;
+        }
+    })
+}
+
+fn server_with(
+    nic: SimNic,
+    pool_frames: usize,
+    configure: impl FnOnce(&mut InterfaceConfig),
+) -> Server {
     let mut iface = iface(SERVER_MAC, SERVER_IP);
-    if let Some(ttl) = arp_ttl_ns {
-        iface.arp.entry_ttl_ns = ttl;
-    }
+    configure(&mut iface);
     let config = EngineConfig {
         interface: Some(iface),
         udp_ports: vec![ECHO_PORT],
@@ -171,7 +181,11 @@ fn arp_entries_expire_and_are_resolved_again() {
         let mut config = load(1, 100 * MS, 5 * MS);
         config.rate_per_s = Some(200.0);
         let mut c = client(sim.add_port(CLIENT_MAC, link, 1024), config);
-        let mut s = server(sim.add_port(SERVER_MAC, link, 1024), 256, Some(10 * MS));
+        // Learning from IPv4 would keep refreshing the entry from the client's requests.
+        let mut s = server_with(sim.add_port(SERVER_MAC, link, 1024), 256, |iface| {
+            iface.arp.entry_ttl_ns = 10 * MS;
+            iface.learn_from_ip = false;
+        });
         sim.run(&mut [&mut c, &mut s], 10_000 * MS);
         let report = c.app().report();
         assert_eq!(
@@ -183,6 +197,25 @@ fn arp_entries_expire_and_are_resolved_again() {
         // The server learnt the client from its ARP request, then had to resolve again each
         // time the 10 ms entry expired over a 100 ms run.
         assert!(server_arp >= 3, "server sent {server_arp} ARP requests");
+        assert_no_leak(&mut c, "client");
+        assert_no_leak(&mut s, "server");
+    });
+}
+
+#[test]
+fn servers_learn_clients_from_their_datagrams() {
+    check_seeds(0..4, |seed| {
+        let mut sim = Simulation::new(seed);
+        let link = Impairments::delay(20_000);
+        let mut config = load(1, 50 * MS, 5 * MS);
+        config.rate_per_s = Some(500.0);
+        let mut c = client(sim.add_port(CLIENT_MAC, link, 1024), config);
+        let mut s = server(sim.add_port(SERVER_MAC, link, 1024), 256, Some(10 * MS));
+        sim.run(&mut [&mut c, &mut s], 10_000 * MS);
+        assert_eq!(c.app().report().timeouts, 0);
+        // The entry learnt from the client's ARP request expires every 10 ms, but each
+        // datagram refreshes it, so the server never has to ask.
+        assert_eq!(s.interface().unwrap().counters().arp_requests_sent, 0);
         assert_no_leak(&mut c, "client");
         assert_no_leak(&mut s, "server");
     });

@@ -1,0 +1,201 @@
+//! Starting engines on AF_XDP: the control plane's part of `echo --backend af_xdp` and
+//! `loadgen --backend af_xdp`.
+//!
+//! The control plane runs in the app's process for now: it attaches the interface's one XDP
+//! program ([`XdpFilters`], a BPF link, so it detaches when this process exits, even on a
+//! crash), opens one AF_XDP socket per served queue with its UMEM-backed pool, registers each
+//! socket in the program's socket map, installs the app's filter (UDP, its ports, any peer),
+//! and hands each (socket, pool) pair to an engine thread. ARP and ICMP stay with the kernel,
+//! which owns the same address: `ping` keeps working and the kernel answers ARP; the engines
+//! learn their peers from the datagrams they receive, and a client resolves its server
+//! through the kernel's neighbour table before it starts.
+
+use crate::util::cpu_for;
+use anyhow::{anyhow, bail, Context, Result};
+use melange_bpf::{
+    Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, Protocol, XdpFilters,
+};
+use melange_core::App;
+use melange_engine::{Engine, EngineConfig};
+use melange_net::{EthernetAddress, InterfaceConfig};
+use melange_runtime::{
+    spawn_engine, umem_frames_for, AfXdpOptions, AfXdpQueue, EngineOutcome, IdlePolicy,
+    ShellConfig, StopSignal,
+};
+use melange_sys::bpf::XdpMode;
+use melange_sys::xsk::{BindMode, BoundMode};
+use std::net::Ipv4Addr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Headroom in front of received frames' payload when the app allocates a fresh buffer.
+const HEADROOM: usize = 256;
+
+/// Where and how to run AF_XDP engines.
+#[derive(Debug, Clone)]
+pub struct XdpSetup {
+    /// Interface name.
+    pub interface: String,
+    /// Our IPv4 address on it.
+    pub addr: Ipv4Addr,
+    /// Prefix length of the subnet.
+    pub prefix_len: u8,
+    /// Queues to serve, one engine each (empty: every queue of the interface).
+    pub queues: Vec<u32>,
+    /// UDP ports the filter steers to us.
+    pub ports: PortRange,
+    /// Neighbours resolved ahead.
+    pub static_arp: Vec<(Ipv4Addr, EthernetAddress)>,
+    /// Engine batch size.
+    pub batch: usize,
+    /// Cores for the engines.
+    pub cpus: Option<Vec<usize>>,
+    /// Idle policy.
+    pub idle: IdlePolicy,
+    /// Native (driver) or generic XDP.
+    pub mode: XdpMode,
+}
+
+/// Running AF_XDP engines and the control-plane objects that must outlive them.
+pub struct XdpRun<A> {
+    /// Engine threads, in queue order.
+    pub handles: Vec<JoinHandle<Result<EngineOutcome<A, AfXdpQueue>, String>>>,
+    /// The queue each engine serves.
+    pub queues: Vec<u32>,
+    /// The filter; dropping it gives the ports back to the kernel.
+    pub filter: FilterHandle,
+    /// The XDP program and its maps; dropping it detaches the program.
+    pub filters: XdpFilters,
+}
+
+/// Attaches the program, opens the sockets and starts one engine per queue.
+/// `make_app(engine_index, queue)` returns the app and the UDP ports it listens on.
+pub fn start<A, F>(setup: &XdpSetup, stop: &StopSignal, make_app: F) -> Result<XdpRun<A>>
+where
+    A: App + Send + 'static,
+    F: Fn(usize, u32) -> (A, Vec<u16>),
+{
+    let name = setup.interface.as_str();
+    let ifindex =
+        melange_sys::netdev::ifindex(name).with_context(|| format!("interface {name}"))?;
+    let mac =
+        melange_sys::netdev::mac_address(name).with_context(|| format!("MAC address of {name}"))?;
+    let queue_count =
+        melange_sys::netdev::rx_queue_count(name).with_context(|| format!("queues of {name}"))?;
+    let queues: Vec<u32> = if setup.queues.is_empty() {
+        (0..queue_count as u32).collect()
+    } else {
+        setup.queues.clone()
+    };
+    if let Some(&q) = queues.iter().find(|&&q| q as usize >= queue_count) {
+        bail!("{name} has {queue_count} queue(s); queue {q} does not exist");
+    }
+    let options = FilterOptions {
+        queues_max: (queue_count as u32).max(1),
+        ..FilterOptions::default()
+    };
+    let filters = XdpFilters::attach(name, setup.mode, options)
+        .with_context(|| format!("attaching Melange's XDP program to {name}"))?;
+    let frames = umem_frames_for(queues.len())?;
+    let mut opened = Vec::new();
+    for &queue in &queues {
+        let options = AfXdpOptions {
+            ifindex,
+            queue,
+            frames,
+            batch_max: setup.batch,
+            bind: BindMode::ZeroCopyOrCopy,
+            hugepages: true,
+        };
+        let (nic, pool) = AfXdpQueue::open(options, HEADROOM)?;
+        filters
+            .register_socket(0, queue, nic.socket_fd())
+            .with_context(|| format!("registering queue {queue}"))?;
+        let mode = match nic.bound_mode() {
+            BoundMode::ZeroCopy => "zero-copy",
+            BoundMode::Copy => "copy mode (the driver has no zero-copy)",
+        };
+        tracing::info!("{name} queue {queue}: AF_XDP socket bound in {mode}, {frames} UMEM frames");
+        opened.push((queue, nic, pool));
+    }
+    let filter = filters
+        .create_filter(FilterSpec {
+            direction: Direction::Receive,
+            protocol: Protocol::Udp,
+            peers: Vec::new(),
+            ports: setup.ports,
+            slot: 0,
+        })
+        .context("installing the UDP filter")?;
+    let mut handles = Vec::new();
+    for (index, (queue, nic, pool)) in opened.into_iter().enumerate() {
+        let (app, udp_ports) = make_app(index, queue);
+        let mut config = EngineConfig {
+            batch_max: setup.batch,
+            interface: Some(InterfaceConfig::new(
+                EthernetAddress(mac),
+                setup.addr,
+                setup.prefix_len,
+            )),
+            udp_ports,
+            ..EngineConfig::new(index)
+        };
+        config.static_arp = setup.static_arp.clone();
+        let shell = ShellConfig {
+            name: format!("xdp-q{queue}"),
+            cpu: cpu_for(&setup.cpus, index),
+            idle: setup.idle,
+        };
+        let handle = spawn_engine(shell, stop.clone(), move |now| {
+            Engine::new(config, nic, pool, app, now).map_err(|e| e.to_string())
+        })?;
+        handles.push(handle);
+    }
+    Ok(XdpRun {
+        handles,
+        queues,
+        filter,
+        filters,
+    })
+}
+
+/// The MAC address of `target` from the kernel's neighbour table, prompting resolution with
+/// a datagram to the discard port if needed. The control plane's ARP: the engines then start
+/// with the entry installed.
+pub fn kernel_neighbor(target: Ipv4Addr) -> Result<EthernetAddress> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Some(mac) = read_neighbor(target)? {
+            return Ok(mac);
+        }
+        let _ = socket.send_to(b"melange: resolving", (target, 9));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(anyhow!(
+        "{target} did not answer ARP within 3 s: is the peer up (melange lab up)?"
+    ))
+}
+
+fn read_neighbor(target: Ipv4Addr) -> Result<Option<EthernetAddress>> {
+    let table = std::fs::read_to_string("/proc/net/arp").context("reading /proc/net/arp")?;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // IP address, HW type, Flags, HW address, Mask, Device; flag 0x2 = complete.
+        if fields.len() < 4 || fields[0].parse::<Ipv4Addr>().ok() != Some(target) {
+            continue;
+        }
+        let complete =
+            u32::from_str_radix(fields[2].trim_start_matches("0x"), 16).unwrap_or(0) & 0x2 != 0;
+        let bytes: Vec<u8> = fields[3]
+            .split(':')
+            .filter_map(|b| u8::from_str_radix(b, 16).ok())
+            .collect();
+        if complete && bytes.len() == 6 {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&bytes);
+            return Ok(Some(EthernetAddress(mac)));
+        }
+    }
+    Ok(None)
+}
