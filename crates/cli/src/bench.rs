@@ -13,11 +13,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod lab_echo;
 mod stack;
+
+pub use lab_echo::LabEchoArgs;
 
 /// The benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Echo over AF_XDP against the Linux baseline and a raw AF_XDP echo, in the namespace lab.
+    Echo(lab_echo::LabEchoArgs),
     /// Echo on the kernel backend against a plain recvmmsg/sendmmsg server, on 127.0.0.1.
     KernelEcho(KernelEchoArgs),
     /// The stack's own cost: prebuilt frames through one engine, no kernel.
@@ -29,6 +34,7 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
+        BenchCommand::Echo(args) => lab_echo::run(&args).map(|_| ()),
         BenchCommand::KernelEcho(args) => kernel_echo(&args).map(|_| ()),
         BenchCommand::Stack(args) => stack::run(&args),
         BenchCommand::Memory(args) => memory(&args),
@@ -76,6 +82,10 @@ pub enum Server {
     LinuxSpin,
     /// `melange-baseline udp-echo --idle block`.
     LinuxBlock,
+    /// `melange echo --backend af_xdp`.
+    MelangeAfXdp,
+    /// `melange-baseline xdp-echo`: raw AF_XDP, no stack.
+    RawXdp,
 }
 
 impl Server {
@@ -84,6 +94,8 @@ impl Server {
             Server::MelangeKernel => "melange echo (kernel backend, spin)",
             Server::LinuxSpin => "linux recvmmsg/sendmmsg x32 (spin)",
             Server::LinuxBlock => "linux recvmmsg/sendmmsg x32 (block)",
+            Server::MelangeAfXdp => "(a) melange echo (af_xdp)",
+            Server::RawXdp => "(c) raw af_xdp echo, no stack",
         }
     }
 }
@@ -110,6 +122,9 @@ impl ServerProcess {
                 ])
                 .args(["--port", &port.to_string(), "--cpus", &cpu.to_string()]);
                 c
+            }
+            Server::MelangeAfXdp | Server::RawXdp => {
+                bail!("{} runs in the lab: melange bench echo", server.label())
             }
             Server::LinuxSpin | Server::LinuxBlock => {
                 let baseline = exe.with_file_name("melange-baseline");
@@ -208,7 +223,7 @@ pub struct Measurement {
 
 /// The medians of a row.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
+pub struct Row<M> {
     /// Server.
     pub server: Server,
     /// Label.
@@ -226,7 +241,12 @@ pub struct Row {
     /// Median server CPU ns per request.
     pub server_cpu_ns_per_request: f64,
     /// Every repetition.
-    pub runs: Vec<Measurement>,
+    pub runs: Vec<M>,
+}
+
+/// The median of one quantity over repetitions.
+pub fn median_of<M>(runs: &[M], f: impl Fn(&M) -> f64) -> f64 {
+    median(&mut runs.iter().map(f).collect::<Vec<_>>())
 }
 
 fn measure(
@@ -273,17 +293,16 @@ fn measure(
     })
 }
 
-fn summarize(server: Server, inflight: usize, runs: Vec<Measurement>) -> Row {
-    let med = |f: &dyn Fn(&Measurement) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+fn summarize(server: Server, inflight: usize, runs: Vec<Measurement>) -> Row<Measurement> {
     Row {
         server,
         label: server.label(),
         inflight,
-        requests_per_s: med(&|m| m.requests_per_s),
-        p50_ns: med(&|m| m.p50_ns as f64) as u64,
-        p99_ns: med(&|m| m.p99_ns as f64) as u64,
-        p999_ns: med(&|m| m.p999_ns as f64) as u64,
-        server_cpu_ns_per_request: med(&|m| m.server_cpu_ns_per_request),
+        requests_per_s: median_of(&runs, |m| m.requests_per_s),
+        p50_ns: median_of(&runs, |m| m.p50_ns as f64) as u64,
+        p99_ns: median_of(&runs, |m| m.p99_ns as f64) as u64,
+        p999_ns: median_of(&runs, |m| m.p999_ns as f64) as u64,
+        server_cpu_ns_per_request: median_of(&runs, |m| m.server_cpu_ns_per_request),
         runs,
     }
 }
@@ -292,7 +311,7 @@ fn summarize(server: Server, inflight: usize, runs: Vec<Measurement>) -> Row {
 #[derive(Debug, Serialize)]
 pub struct KernelEchoResults {
     /// Medians per server and load.
-    pub rows: Vec<Row>,
+    pub rows: Vec<Row<Measurement>>,
     /// `melange / linux spin` ratios per load: (inflight, requests/s ratio, p50 ratio).
     pub ratios: Vec<(usize, f64, f64)>,
 }
@@ -325,7 +344,7 @@ pub fn kernel_echo(args: &KernelEchoArgs) -> Result<KernelEchoResults> {
                 runs[i].push(m);
             }
         }
-        let load_rows: Vec<Row> = servers
+        let load_rows: Vec<Row<Measurement>> = servers
             .iter()
             .zip(runs)
             .map(|(&server, runs)| summarize(server, inflight, runs))

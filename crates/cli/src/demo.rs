@@ -1,13 +1,14 @@
 //! `melange demo`: the README's first command.
 //!
-//! Runs Melange's echo and the Linux baseline side by side on this machine, with Melange's own
-//! load generator, and prints the comparison table. It needs no privileges: both run on the
-//! kernel backend on 127.0.0.1. (Kernel bypass over AF_XDP in a namespace lab comes with the
-//! af_xdp backend.)
+//! With the privileges to build the namespace lab (root), it brings the lab up, runs echo on
+//! AF_XDP against the Linux baseline and a raw AF_XDP echo, prints the comparison, and takes
+//! the lab down. Without them it says so and runs Melange's echo on the kernel backend against
+//! the same Linux baseline on 127.0.0.1.
 
-use crate::bench::{self, KernelEchoArgs};
+use crate::bench::{self, KernelEchoArgs, LabEchoArgs};
 use crate::util::parse_duration;
 use anyhow::Result;
+use std::process::Command;
 use std::time::Duration;
 
 /// Arguments of `melange demo`.
@@ -19,15 +20,52 @@ pub struct DemoArgs {
     /// Repetitions per measurement (medians are shown).
     #[arg(long, default_value_t = 1)]
     pub reps: usize,
+    /// Skip the lab even when it could be built: kernel backend on 127.0.0.1 only.
+    #[arg(long)]
+    pub no_lab: bool,
 }
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    if !args.no_lab {
+        let up = Command::new(&exe).args(["lab", "up"]).output()?;
+        if up.status.success() {
+            println!("Melange demo: 64-byte UDP echo in the namespace lab (mlg-a -> mlg-b over a veth pair),");
+            println!("server on cpu 0, Melange's AF_XDP load generator on cpu 1.\n");
+            let result = bench::lab_echo::run(&LabEchoArgs {
+                reps: args.reps,
+                duration: args.duration,
+                warmup: Duration::from_millis(300),
+                inflight: vec![1, 32],
+                payload: 64,
+                delay_us: Vec::new(),
+                server_cpu: 0,
+                client_cpu: 1,
+                json: None,
+            });
+            let down = Command::new(&exe).args(["lab", "down"]).output();
+            if let Ok(down) = down {
+                if !down.status.success() {
+                    eprintln!("lab down failed: {}", String::from_utf8_lossy(&down.stderr));
+                }
+            }
+            return result.map(|_| ());
+        }
+        println!(
+            "No namespace lab ({}): running on the kernel backend on 127.0.0.1 instead.",
+            String::from_utf8_lossy(&up.stderr)
+                .lines()
+                .last()
+                .unwrap_or("melange lab up failed")
+                .trim()
+        );
+    }
     println!(
         "Melange demo: 64-byte UDP echo on 127.0.0.1, server on cpu 0, load generator on cpu 1"
     );
     println!("(kernel backend: the kernel does IP and UDP, Melange's engine does batching and the app contract)\n");
-    let results = bench::kernel_echo(&KernelEchoArgs {
+    bench::kernel_echo(&KernelEchoArgs {
         reps: args.reps,
         duration: args.duration,
         warmup: Duration::from_millis(300),
@@ -38,6 +76,5 @@ pub fn run(args: DemoArgs) -> Result<()> {
         port: 27777,
         json: None,
     })?;
-    let _ = results;
     Ok(())
 }

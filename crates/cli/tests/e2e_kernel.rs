@@ -223,6 +223,8 @@ fn help_is_available_for_every_subcommand() {
         vec!["demo", "--help"],
         vec!["bench", "--help"],
         vec!["bench", "kernel-echo", "--help"],
+        vec!["bench", "echo", "--help"],
+        vec!["lab", "--help"],
         vec!["bench", "stack", "--help"],
         vec!["bench", "memory", "--help"],
     ] {

@@ -1,0 +1,440 @@
+//! `melange bench echo`: kernel bypass against Linux, in the namespace lab, in one run.
+//!
+//! Servers run in `mlg-b` pinned to one core; Melange's load generator runs on AF_XDP in
+//! `mlg-a`, pinned to the other core (a kernel-socket client saturates its own core near
+//! 285k requests/s here and could not measure a fast server). Each server is started for one
+//! measurement and stopped after it, because spinning servers cannot share the core:
+//!
+//! - (a) `melange echo --backend af_xdp`, one engine on queue 0;
+//! - (b) the Linux baseline, `melange-baseline udp-echo` (recvmmsg/sendmmsg ×32), spinning
+//!   and blocking;
+//! - (c) `melange-baseline xdp-echo`: a minimal raw AF_XDP echo with no stack, the driver
+//!   limit, as Arrakis measured against its raw driver.
+//!
+//! sockperf's server is not measured: it answers only sockperf's own messages, so the same
+//! client cannot drive it, and it runs on the kernel stack like (b).
+
+use super::{median_of, Row, Server};
+use crate::util::{parse_duration, print_table, us};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// Arguments of `melange bench echo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LabEchoArgs {
+    /// Repetitions of each measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Measured time of each repetition.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before each repetition.
+    #[arg(long, default_value = "0.5s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Requests in flight to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    pub inflight: Vec<usize>,
+    /// Request payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Simulated application work per request for the curve (µs), at 32 in flight; empty
+    /// skips the curve.
+    #[arg(long, value_delimiter = ',', default_value = "0,2,4,8,16,32,64")]
+    pub delay_us: Vec<u64>,
+    /// Core of the servers.
+    #[arg(long, default_value_t = 0)]
+    pub server_cpu: usize,
+    /// Core of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The lab's servers.
+fn servers() -> [Server; 4] {
+    [
+        Server::MelangeAfXdp,
+        Server::LinuxSpin,
+        Server::LinuxBlock,
+        Server::RawXdp,
+    ]
+}
+
+struct LabServer {
+    child: Child,
+}
+
+impl LabServer {
+    fn start(server: Server, port: u16, cpu: usize, delay_us: u64) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let baseline = exe.with_file_name("melange-baseline");
+        if !baseline.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release --workspace`",
+                baseline.display()
+            );
+        }
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", "mlg-b"]);
+        let (port, cpu, delay) = (port.to_string(), cpu.to_string(), delay_us.to_string());
+        match server {
+            Server::MelangeAfXdp => command.arg(&exe).args([
+                "echo",
+                "--backend",
+                "af_xdp",
+                "--interface",
+                "mlg-vb",
+                "--addr",
+                "10.77.0.2",
+                "--queues",
+                "0",
+                "--idle",
+                "spin",
+                "--log",
+                "warn",
+                "--port",
+                &port,
+                "--cpus",
+                &cpu,
+                "--delay-us",
+                &delay,
+            ]),
+            Server::LinuxSpin | Server::LinuxBlock => {
+                let idle = if server == Server::LinuxSpin {
+                    "spin"
+                } else {
+                    "block"
+                };
+                command.arg(&baseline).args([
+                    "udp-echo",
+                    "--addr",
+                    "10.77.0.2",
+                    "--batch",
+                    "32",
+                    "--idle",
+                    idle,
+                    "--port",
+                    &port,
+                    "--cpu",
+                    &cpu,
+                    "--delay-us",
+                    &delay,
+                ])
+            }
+            Server::RawXdp => command.arg(&baseline).args([
+                "xdp-echo",
+                "--interface",
+                "mlg-vb",
+                "--queues",
+                "0",
+                "--port",
+                &port,
+                "--cpu",
+                &cpu,
+            ]),
+            Server::MelangeKernel => bail!("not a lab server"),
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut server_process = Self { child };
+        if let Err(err) = probe(SocketAddrV4::new(SERVER_ADDR, port.parse()?)) {
+            let _ = server_process.child.kill();
+            let output =
+                std::mem::replace(&mut server_process.child, Command::new("true").spawn()?)
+                    .wait_with_output();
+            let stderr = output
+                .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+                .unwrap_or_default();
+            return Err(err.context(format!("{} did not answer:\n{stderr}", server.label())));
+        }
+        Ok(server_process)
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        let _ = melange_sys::process::terminate(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends probes from `mlg-a` until the server echoes one (5 s at most).
+fn probe(target: SocketAddrV4) -> Result<()> {
+    let _inside = melange_sys::netdev::enter_netns("mlg-a").context("entering mlg-a")?;
+    let socket = UdpSocket::bind((CLIENT_ADDR, 0))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // A sockperf-style ping (flags 3) that every server echoes.
+    let mut probe = [0u8; 32];
+    probe[9] = 3;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        socket.send_to(&probe, target)?;
+        if let Ok((32, _)) = socket.recv_from(&mut buf) {
+            return Ok(());
+        }
+    }
+    Err(anyhow!("no echo from {target} within 5 s"))
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Requests per second.
+    pub requests_per_s: f64,
+    /// Median latency, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Server CPU time per request, ns.
+    pub server_cpu_ns_per_request: f64,
+    /// Timeouts seen by the load generator.
+    pub timeouts: u64,
+}
+
+fn measure(
+    server: Server,
+    inflight: usize,
+    delay_us: u64,
+    args: &LabEchoArgs,
+    port: u16,
+) -> Result<Run> {
+    let process = LabServer::start(server, port, args.server_cpu, delay_us)?;
+    let pid = process.child.id();
+    let cpu_before = melange_sys::cpu::process_cpu_time_of(pid)?;
+    let exe = std::env::current_exe()?;
+    let output = Command::new("ip")
+        .args(["netns", "exec", "mlg-a"])
+        .arg(&exe)
+        .args([
+            "loadgen",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-va",
+            "--bind",
+            "10.77.0.1",
+            "--json",
+        ])
+        .args(["--log", "warn", "--timeout", "200ms"])
+        .args(["--target", &format!("{SERVER_ADDR}:{port}")])
+        .args([
+            "--payload",
+            &args.payload.to_string(),
+            "--inflight",
+            &inflight.to_string(),
+        ])
+        .args(["--duration", &format!("{}s", args.duration.as_secs_f64())])
+        .args(["--warmup", &format!("{}s", args.warmup.as_secs_f64())])
+        .args(["--cpus", &args.client_cpu.to_string()])
+        .output()?;
+    let cpu_after = melange_sys::cpu::process_cpu_time_of(pid)?;
+    drop(process);
+    if !output.status.success() {
+        bail!(
+            "loadgen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("loadgen JSON")?;
+    let field = |path: &[&str]| -> f64 {
+        let mut v = &report;
+        for p in path {
+            v = &v[*p];
+        }
+        v.as_f64().unwrap_or(0.0)
+    };
+    let received = field(&["received"]).max(1.0);
+    Ok(Run {
+        requests_per_s: field(&["requests_per_s"]),
+        p50_ns: field(&["latency", "p50_ns"]) as u64,
+        p99_ns: field(&["latency", "p99_ns"]) as u64,
+        p999_ns: field(&["latency", "p999_ns"]) as u64,
+        server_cpu_ns_per_request: (cpu_after - cpu_before) as f64 / received,
+        timeouts: field(&["timeouts"]) as u64,
+    })
+}
+
+/// A row of the delay curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    /// Simulated work per request, µs.
+    pub delay_us: u64,
+    /// Melange (af_xdp) requests/s.
+    pub melange_rps: f64,
+    /// Linux baseline (spin) requests/s.
+    pub linux_rps: f64,
+    /// Their ratio.
+    pub ratio: f64,
+}
+
+/// The results of `bench echo`.
+#[derive(Debug, Serialize)]
+pub struct LabEchoResults {
+    /// Medians per server and load.
+    pub rows: Vec<Row<Run>>,
+    /// (inflight, (a)/(b spin) requests/s, (a)/(c) requests/s, (a) p50 / (b spin) p50).
+    pub ratios: Vec<(usize, f64, f64, f64)>,
+    /// Requests/s against simulated work, at 32 in flight.
+    pub curve: Vec<CurvePoint>,
+}
+
+/// Runs the benchmark and prints its tables.
+pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
+    let exe = std::env::current_exe()?;
+    let up = Command::new(&exe).args(["lab", "up"]).output()?;
+    if !up.status.success() {
+        bail!(
+            "`melange lab up` failed (the lab needs root):\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    let mut port = 20_000u16;
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for &inflight in &args.inflight {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers().len()];
+        for rep in 0..args.reps {
+            for (i, server) in servers().into_iter().enumerate() {
+                port += 1;
+                let run = measure(server, inflight, 0, args, port).with_context(|| {
+                    format!(
+                        "{} at {inflight} in flight, repetition {rep}",
+                        server.label()
+                    )
+                })?;
+                eprintln!(
+                    "  {:<40} inflight {:>3} rep {rep}: {:>9.0} req/s p50 {} us",
+                    server.label(),
+                    inflight,
+                    run.requests_per_s,
+                    us(run.p50_ns)
+                );
+                runs[i].push(run);
+            }
+        }
+        let load_rows: Vec<Row<Run>> = servers()
+            .into_iter()
+            .zip(runs)
+            .map(|(server, runs)| Row {
+                server,
+                label: server.label(),
+                inflight,
+                requests_per_s: median_of(&runs, |r| r.requests_per_s),
+                p50_ns: median_of(&runs, |r| r.p50_ns as f64) as u64,
+                p99_ns: median_of(&runs, |r| r.p99_ns as f64) as u64,
+                p999_ns: median_of(&runs, |r| r.p999_ns as f64) as u64,
+                server_cpu_ns_per_request: median_of(&runs, |r| r.server_cpu_ns_per_request),
+                runs,
+            })
+            .collect();
+        let (a, b, c) = (&load_rows[0], &load_rows[1], &load_rows[3]);
+        ratios.push((
+            inflight,
+            a.requests_per_s / b.requests_per_s.max(1.0),
+            a.requests_per_s / c.requests_per_s.max(1.0),
+            a.p50_ns as f64 / b.p50_ns.max(1) as f64,
+        ));
+        rows.extend(load_rows);
+    }
+    let mut curve = Vec::new();
+    for &delay_us in &args.delay_us {
+        let mut ours = Vec::new();
+        let mut linux = Vec::new();
+        for _ in 0..args.reps.min(2) {
+            port += 1;
+            ours.push(measure(Server::MelangeAfXdp, 32, delay_us, args, port)?);
+            port += 1;
+            linux.push(measure(Server::LinuxSpin, 32, delay_us, args, port)?);
+        }
+        let melange_rps = median_of(&ours, |r| r.requests_per_s);
+        let linux_rps = median_of(&linux, |r| r.requests_per_s);
+        eprintln!("  delay {delay_us:>3} us: melange {melange_rps:>9.0} req/s, linux {linux_rps:>9.0} req/s");
+        curve.push(CurvePoint {
+            delay_us,
+            melange_rps,
+            linux_rps,
+            ratio: melange_rps / linux_rps.max(1.0),
+        });
+    }
+    print_table(
+        &[
+            "server",
+            "inflight",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "cpu ns/req",
+        ],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.to_string(),
+                    r.inflight.to_string(),
+                    format!("{:.0}", r.requests_per_s),
+                    us(r.p50_ns),
+                    us(r.p99_ns),
+                    us(r.p999_ns),
+                    format!("{:.0}", r.server_cpu_ns_per_request),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    for &(inflight, ab, ac, p50) in &ratios {
+        println!(
+            "  at {inflight} in flight: melange/linux-spin requests/s x{ab:.2}, melange/raw-af_xdp x{ac:.2}, p50 melange/linux-spin x{p50:.2}"
+        );
+    }
+    if !curve.is_empty() {
+        println!();
+        print_table(
+            &["delay us", "melange req/s", "linux req/s", "ratio"],
+            &curve
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.delay_us.to_string(),
+                        format!("{:.0}", p.melange_rps),
+                        format!("{:.0}", p.linux_rps),
+                        format!("x{:.2}", p.ratio),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let results = LabEchoResults {
+        rows,
+        ratios,
+        curve,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(results)
+}
