@@ -8,7 +8,12 @@
 //!
 //! Two idle modes: `spin` retries `recvmmsg` without sleeping (the kernel's best latency,
 //! one core burnt), `block` sleeps in `ppoll` until a datagram arrives (the usual server).
+//!
+//! `melange-baseline xdp-echo` is the driver limit: a minimal raw AF_XDP UDP echo with no stack,
+//! which turns each datagram around in its UMEM frame (see [`xdp_echo`]).
 #![forbid(unsafe_code)]
+
+mod xdp_echo;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -28,6 +33,8 @@ struct Cli {
 enum Command {
     /// Plain Linux UDP echo server with recvmmsg/sendmmsg batches.
     UdpEcho(UdpEchoArgs),
+    /// Minimal raw AF_XDP UDP echo with no stack: the driver limit.
+    XdpEcho(xdp_echo::XdpEchoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -56,7 +63,7 @@ struct UdpEchoArgs {
 enum IdleMode {
     /// Retry recvmmsg without sleeping.
     Spin,
-    /// Sleep in ppoll until a datagram arrives.
+    /// Sleep in ppoll until a datagram (or, for xdp-echo, a frame) arrives.
     Block,
 }
 
@@ -66,6 +73,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::UdpEcho(args) => udp_echo(args),
+        Command::XdpEcho(args) => xdp_echo::xdp_echo(args),
     }
 }
 

@@ -107,7 +107,7 @@ where
             bind: BindMode::ZeroCopyOrCopy,
             hugepages: true,
         };
-        let (nic, pool) = AfXdpQueue::open(options, HEADROOM)?;
+        let (nic, pool) = open_queue(options)?;
         filters
             .register_socket(0, queue, nic.socket_fd())
             .with_context(|| format!("registering queue {queue}"))?;
@@ -157,6 +157,24 @@ where
         filter,
         filters,
     })
+}
+
+/// Opens an AF_XDP queue, retrying for up to 2 s while the queue is still held: the kernel
+/// releases a queue a moment after the previous owner's socket closes, so a server started
+/// right after another one would otherwise fail.
+fn open_queue(options: AfXdpOptions) -> Result<(AfXdpQueue, melange_core::PacketPool)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match AfXdpQueue::open(options, HEADROOM) {
+            Ok(opened) => return Ok(opened),
+            Err(melange_runtime::AfXdpError::Socket { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// The MAC address of `target` from the kernel's neighbour table, prompting resolution with
