@@ -1,0 +1,1139 @@
+//! End-to-end tests of the AF_XDP backend in the lab: the real `melange` binary, Melange's XDP
+//! program on a real veth, and real clients (the load generator, sockperf, ping, kernel sockets
+//! and a raw packet socket).
+//!
+//! The lab is global to the machine, so every test takes the same file lock as `tests/lab.rs`
+//! and brings the lab up itself (idempotently). The lab is left up afterwards; every process a
+//! test starts is killed and reaped when the test ends, even when an assertion fails.
+//!
+//! The tests need root. Outside CI a non-root run prints "SKIPPED: needs root" and passes; in CI
+//! (`CI=true`) a missing privilege is a failure, so the AF_XDP path cannot silently go untested.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use melange_sim::frames;
+use melange_sys::netdev::{self, PacketSocket};
+use serde_json::Value;
+
+const MELANGE: &str = env!("CARGO_BIN_EXE_melange");
+/// The lock `tests/lab.rs` takes too: it serializes everything that touches the lab.
+const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// How long a server gets to answer its first probe.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server gets to exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_root() -> bool {
+    let status =
+        std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .expect("/proc/self/status has a Uid line with an effective uid");
+    euid == "0"
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Whether a root-only test should run: yes as root, a failure in CI without root, else a skip.
+fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "the AF_XDP lab tests need root, and CI (CI=true) must not skip them"
+    );
+    println!("SKIPPED: needs root");
+    false
+}
+
+/// Serializes lab tests across test binaries; released when dropped.
+fn test_lock() -> File {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TEST_LOCK_PATH)
+        .expect("the test lock file can be created in /tmp");
+    file.lock().expect("locking the lab test lock");
+    file
+}
+
+fn output_text(output: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `melange ARGS` in this namespace, asserts success, and returns its stdout.
+fn melange(args: &[&str]) -> String {
+    let output = Command::new(MELANGE)
+        .args(args)
+        .output()
+        .expect("the melange binary runs");
+    assert!(
+        output.status.success(),
+        "melange {args:?} failed:\n{}",
+        output_text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `ip netns exec NS ARGS` and returns its output.
+fn netns_exec(ns: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip runs")
+}
+
+/// Runs `f` with the calling thread in namespace `ns`; sockets it creates stay there.
+fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> T {
+    let _guard = netdev::enter_netns(ns).unwrap_or_else(|e| panic!("entering {ns}: {e}"));
+    f()
+}
+
+/// `ip -j link show` of the lab interface `dev` in `ns`, as JSON.
+fn link_json(ns: &str, dev: &str) -> Value {
+    let output = Command::new("ip")
+        .args(["-j", "-n", ns, "link", "show", "dev", dev])
+        .output()
+        .expect("ip runs");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j prints JSON");
+    links[0].clone()
+}
+
+fn has_xdp(ns: &str, dev: &str) -> bool {
+    link_json(ns, dev).get("xdp").is_some()
+}
+
+/// Brings the lab up (idempotent), clears any impairment and checks that no XDP program is left
+/// on either veth end. A process that is still exiting gets a few seconds to let go; anything
+/// longer is another user of the lab that does not take the lock, and fails the test.
+fn lab_ready() {
+    melange(&["lab", "up"]);
+    melange(&["lab", "impair", "--clear"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (ns, dev) in [("mlg-a", "mlg-va"), ("mlg-b", "mlg-vb")] {
+        loop {
+            let link = link_json(ns, dev);
+            if link.get("xdp").is_none() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "an XDP program has been attached to {ns}/{dev} for 30 s before the test: is \
+                 another process using the lab without taking {TEST_LOCK_PATH}? {link:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Clears the lab's impairments when dropped.
+struct ImpairGuard;
+
+impl Drop for ImpairGuard {
+    fn drop(&mut self) {
+        let output = Command::new(MELANGE)
+            .args(["lab", "impair", "--clear"])
+            .output();
+        if let Ok(output) = output {
+            if !output.status.success() {
+                eprintln!(
+                    "lab impair --clear in the guard failed:\n{}",
+                    output_text(&output)
+                );
+            }
+        }
+    }
+}
+
+/// Removes ANSI colour sequences (the log is coloured even when written to a file).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters... final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `melange` process started with `ip netns exec` (which execs it, so the pid is melange's),
+/// its stdout and stderr in files. Killed and reaped when dropped.
+struct Server {
+    child: Option<Child>,
+    name: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn start(ns: &str, name: &str, args: &[&str]) -> Self {
+        let base = format!("/tmp/melange-lab-xdp-{}-{name}", std::process::id());
+        let stdout = PathBuf::from(format!("{base}.out"));
+        let stderr = PathBuf::from(format!("{base}.err"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, MELANGE])
+            .args(args)
+            .env("MELANGE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("creating the stdout log"))
+            .stderr(File::create(&stderr).expect("creating the stderr log"))
+            .spawn()
+            .expect("melange starts inside the namespace");
+        Self {
+            child: Some(child),
+            name: format!("melange {} (in {ns})", args.join(" ")),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// Everything the server printed so far, stdout then stderr, without colours.
+    fn log(&self) -> String {
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        strip_ansi(&format!(
+            "--- {} ---\n[stdout]\n{out}\n[stderr]\n{err}",
+            self.name
+        ))
+    }
+
+    /// Panics (with the log) if the server already exited.
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("the server is running");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("the server exited early ({status}):\n{}", self.log());
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the server is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait for the exit, and return the status and the whole log.
+    fn stop(&mut self) -> (ExitStatus, String) {
+        melange_sys::process::terminate(self.pid()).expect("SIGTERM to the server");
+        match self.wait_exit(EXIT_TIMEOUT) {
+            Some(status) => (status, self.log()),
+            None => panic!(
+                "the server did not exit within {EXIT_TIMEOUT:?} of SIGTERM:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.stdout);
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// Starts `melange echo --backend af_xdp` on mlg-vb in mlg-b and waits until it answers.
+fn start_echo(port: u16, protocol: &str, client: &Client) -> Server {
+    let port_arg = port.to_string();
+    let mut server = Server::start(
+        "mlg-b",
+        &format!("echo-{port}-{protocol}"),
+        &[
+            "echo",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-vb",
+            "--addr",
+            "10.77.0.2",
+            "--port",
+            &port_arg,
+            "--queues",
+            "0,1",
+            "--idle",
+            "sleep:1000",
+            "--protocol",
+            protocol,
+        ],
+    );
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        server.assert_running();
+        let answered = if protocol == "sockperf" {
+            client.sockperf_probe(port, Duration::from_millis(100))
+        } else {
+            client.probe(port, Duration::from_millis(100))
+        };
+        if answered {
+            return server;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the echo server on port {port} did not answer a probe within {READY_TIMEOUT:?}:\n{}",
+            server.log()
+        );
+    }
+}
+
+/// A kernel UDP socket in mlg-a, bound to 10.77.0.1, for probes and requests.
+struct Client {
+    socket: UdpSocket,
+    next: AtomicU64,
+}
+
+impl Client {
+    fn new() -> Self {
+        let socket = in_netns("mlg-a", || UdpSocket::bind((CLIENT_IP, 0)))
+            .expect("binding a UDP socket to 10.77.0.1 in mlg-a");
+        Self {
+            socket,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends `payload` to SERVER_IP:`port` and waits up to `timeout` for a reply from there that
+    /// `matches`.
+    fn ask(
+        &self,
+        port: u16,
+        payload: &[u8],
+        timeout: Duration,
+        matches: impl Fn(&[u8]) -> bool,
+    ) -> bool {
+        let target = SocketAddrV4::new(SERVER_IP, port);
+        self.socket
+            .send_to(payload, target)
+            .expect("sending a request");
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set_read_timeout");
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, from)) if from == target.into() && matches(&buf[..len]) => return true,
+                Ok(_) => {} // A stale reply to an earlier request.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(e) => panic!("receiving a reply: {e}"),
+            }
+        }
+    }
+
+    /// A unique plain datagram; true if it came back unchanged (from Melange's echo).
+    fn probe(&self, port: u16, timeout: Duration) -> bool {
+        self.probe_from(port, timeout, b"")
+    }
+
+    /// A unique plain datagram; true if it came back with `prefix` in front (a [`KernelEcho`]
+    /// answers with [`KERNEL_ECHO_PREFIX`], so its replies cannot pass for Melange's).
+    fn probe_from(&self, port: u16, timeout: Duration, prefix: &[u8]) -> bool {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let payload = format!("melange lab_xdp probe {n}").into_bytes();
+        self.ask(port, &payload, timeout, |reply| {
+            reply.strip_prefix(prefix) == Some(&payload[..])
+        })
+    }
+
+    /// A sockperf ping-pong message (seq, flags = client | pong request, length); true if the
+    /// server answered it as sockperf does (same seq, client flag cleared).
+    fn sockperf_probe(&self, port: u16, timeout: Duration) -> bool {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut message = vec![0u8; 64];
+        message[0..8].copy_from_slice(&seq.to_be_bytes());
+        message[8..10].copy_from_slice(&3u16.to_be_bytes());
+        message[10..14].copy_from_slice(&64u32.to_be_bytes());
+        self.ask(port, &message, timeout, |reply| {
+            reply.len() == 64 && reply[0..8] == seq.to_be_bytes() && reply[8..10] == [0, 2]
+        })
+    }
+
+    /// `probe` with up to `attempts` tries; returns the attempts used, or None.
+    fn probe_retrying(&self, port: u16, attempts: u32) -> Option<u32> {
+        (1..=attempts).find(|_| self.probe(port, Duration::from_millis(500)))
+    }
+
+    /// `probe_retrying` for a [`KernelEcho`].
+    fn kernel_probe_retrying(&self, port: u16, attempts: u32) -> Option<u32> {
+        (1..=attempts)
+            .find(|_| self.probe_from(port, Duration::from_millis(500), KERNEL_ECHO_PREFIX))
+    }
+}
+
+/// What a [`KernelEcho`] puts in front of every reply.
+const KERNEL_ECHO_PREFIX: &[u8] = b"kernel:";
+
+/// A kernel UDP echo server on SERVER_IP:`port` in mlg-b, on a thread; counts what it received
+/// and answers with [`KERNEL_ECHO_PREFIX`] in front of the datagram.
+struct KernelEcho {
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KernelEcho {
+    fn start(port: u16) -> Self {
+        let socket = in_netns("mlg-b", || UdpSocket::bind((SERVER_IP, port)))
+            .unwrap_or_else(|e| panic!("binding a kernel UDP socket to 10.77.0.2:{port}: {e}"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("set_read_timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, received) = (stop.clone(), received.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((len, peer)) = socket.recv_from(&mut buf) {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        let mut reply = KERNEL_ECHO_PREFIX.to_vec();
+                        reply.extend_from_slice(&buf[..len]);
+                        let _ = socket.send_to(&reply, peer);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            received,
+            thread: Some(thread),
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for KernelEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The number right after the first `key` in `log` (e.g. `key = "redirected: "`).
+fn number_after(log: &str, key: &str) -> Option<u64> {
+    let start = log.find(key)? + key.len();
+    let digits: String = log[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The sum of the numbers after every `key` in `log`.
+fn sum_after(log: &str, key: &str) -> u64 {
+    log.match_indices(key)
+        .filter_map(|(at, _)| number_after(&log[at..], key))
+        .sum()
+}
+
+/// One XDP verdict counter from the `xdp filter verdicts: FilterStats { .. }` line.
+fn verdict(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|line| line.contains("xdp filter verdicts: FilterStats {"))
+        .unwrap_or_else(|| panic!("no `xdp filter verdicts` line in the log:\n{log}"));
+    number_after(line, &format!("{name}: "))
+        .unwrap_or_else(|| panic!("no `{name}` in the XDP verdicts:\n{log}"))
+}
+
+/// Asserts that the server exited cleanly, without a panic, and that every engine's pool got
+/// all its frames back (`pool A/B` with A == B).
+fn assert_clean_exit(status: ExitStatus, log: &str, engines: usize) {
+    assert!(status.success(), "the server exited with {status}:\n{log}");
+    assert!(
+        !log.contains("panicked"),
+        "the server log mentions a panic:\n{log}"
+    );
+    let pools: Vec<(u64, u64)> = log
+        .match_indices(" pool ")
+        .filter_map(|(at, key)| {
+            let rest = &log[at + key.len()..];
+            let (a, rest) = rest.split_once('/')?;
+            let b: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        pools.len(),
+        engines,
+        "expected one `pool A/B` per engine:\n{log}"
+    );
+    for (available, capacity) in pools {
+        assert_eq!(
+            available,
+            capacity,
+            "an engine leaked {} frames:\n{log}",
+            capacity - available
+        );
+    }
+}
+
+/// Runs `melange loadgen ... --json` inside mlg-a and returns its parsed output and full text.
+fn loadgen(args: &[&str]) -> (Value, String) {
+    let mut full = vec![MELANGE, "loadgen"];
+    full.extend_from_slice(args);
+    full.push("--json");
+    let output = netns_exec("mlg-a", &full);
+    let text = strip_ansi(&output_text(&output));
+    assert!(output.status.success(), "loadgen {args:?} failed:\n{text}");
+    let json = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("loadgen printed no JSON ({e}):\n{text}"));
+    (json, text)
+}
+
+fn count(json: &Value, key: &str) -> u64 {
+    json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("loadgen JSON has no `{key}`: {json:#}"))
+}
+
+#[test]
+fn af_xdp_echo_answers_loadgen_sockperf_and_ping() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9101;
+
+    // The load generator's requests are not sockperf messages (bytes 8..10 are the top of its
+    // sequence number, so never "pong requested"): a `--protocol sockperf` server rightly leaves
+    // them unanswered. So the load generator gets a plain echo, and sockperf a sockperf one.
+    let mut echo = start_echo(PORT, "plain", &client);
+    let target = format!("10.77.0.2:{PORT}");
+    let (json, text) = loadgen(&[
+        "--backend",
+        "af_xdp",
+        "--interface",
+        "mlg-va",
+        "--bind",
+        "10.77.0.1",
+        "--target",
+        &target,
+        "--inflight",
+        "16",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.3s",
+    ]);
+    let context = || format!("{text}\n{}", echo.log());
+    println!(
+        "af_xdp loadgen: measured {} at {} requests/s, p50 {} ns",
+        count(&json, "measured"),
+        json["requests_per_s"],
+        json["latency"]["p50_ns"]
+    );
+    assert!(
+        count(&json, "measured") > 1000,
+        "too few measured:\n{}",
+        context()
+    );
+    assert_eq!(count(&json, "timeouts"), 0, "timeouts:\n{}", context());
+    assert_eq!(
+        count(&json, "corrupt"),
+        0,
+        "corrupt replies:\n{}",
+        context()
+    );
+    assert_eq!(
+        count(&json, "unexpected"),
+        0,
+        "unexpected replies:\n{}",
+        context()
+    );
+    assert!(
+        has_xdp("mlg-b", "mlg-vb"),
+        "no XDP program on mlg-vb while the echo runs:\n{}",
+        context()
+    );
+    // The loadgen's XDP link went with its process.
+    assert!(
+        !has_xdp("mlg-a", "mlg-va"),
+        "the loadgen's XDP program is still on mlg-va after it exited:\n{text}"
+    );
+
+    // ICMP is left to the kernel.
+    let ping = netns_exec("mlg-a", &["ping", "-c", "3", "-W", "1", "10.77.0.2"]);
+    assert!(
+        ping.status.success(),
+        "ping through the XDP program failed:\n{}\n{}",
+        output_text(&ping),
+        echo.log()
+    );
+    let (status, log) = echo.stop();
+    assert_clean_exit(status, &log, 2);
+    let echoed = sum_after(&log, "echoed ");
+    assert!(
+        echoed >= count(&json, "received"),
+        "the engines echoed {echoed} but the loadgen received more:\n{text}\n{log}"
+    );
+    assert!(
+        verdict(&log, "redirected") >= echoed,
+        "fewer redirected than echoed:\n{log}"
+    );
+    assert!(
+        verdict(&log, "kernel") > 0,
+        "the ICMP echo requests (and ARP) should be passed to the kernel:\n{log}"
+    );
+
+    // sockperf against the sockperf protocol.
+    let mut echo = start_echo(PORT, "sockperf", &client);
+    let port_arg = PORT.to_string();
+    let sockperf = netns_exec(
+        "mlg-a",
+        &[
+            "sockperf",
+            "ping-pong",
+            "-i",
+            "10.77.0.2",
+            "-p",
+            &port_arg,
+            "-t",
+            "1",
+            "-m",
+            "64",
+        ],
+    );
+    let sockperf_text = output_text(&sockperf);
+    assert!(
+        sockperf.status.success() && sockperf_text.contains("Summary: Latency is"),
+        "sockperf ping-pong failed:\n{sockperf_text}\n{}",
+        echo.log()
+    );
+    let ping = netns_exec("mlg-a", &["ping", "-c", "3", "-W", "1", "10.77.0.2"]);
+    assert!(
+        ping.status.success(),
+        "ping with the sockperf echo failed:\n{}\n{}",
+        output_text(&ping),
+        echo.log()
+    );
+    let (status, log) = echo.stop();
+    assert_clean_exit(status, &log, 2);
+    assert!(
+        verdict(&log, "redirected") > 1000,
+        "sockperf ran a second but few datagrams were redirected:\n{sockperf_text}\n{log}"
+    );
+    assert!(
+        sum_after(&log, "echoed ") > 1000,
+        "sockperf ran a second but few messages were answered:\n{sockperf_text}\n{log}"
+    );
+}
+
+#[test]
+fn filters_isolate_kernel_traffic_and_detach_on_sigkill() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9201;
+
+    // Kernel sockets on the filtered port and on the next one, bound before Melange starts.
+    // Until the filter is in place the kernel socket on PORT answers the readiness probes (with
+    // its prefix, which the probe does not accept); from then on it must see nothing.
+    let kernel_same_port = KernelEcho::start(PORT);
+    let kernel_other_port = KernelEcho::start(PORT + 1);
+    let mut echo = start_echo(PORT, "plain", &client);
+    assert!(has_xdp("mlg-b", "mlg-vb"), "{}", echo.log());
+    let kernel_before = kernel_same_port.received();
+
+    for round in 0..50 {
+        assert_eq!(
+            client.probe_retrying(PORT, 3),
+            Some(1),
+            "round {round}: Melange's echo on port {PORT} did not answer at once:\n{}",
+            echo.log()
+        );
+        assert_eq!(
+            client.kernel_probe_retrying(PORT + 1, 3),
+            Some(1),
+            "round {round}: the kernel echo on port {} did not answer at once:\n{}",
+            PORT + 1,
+            echo.log()
+        );
+    }
+    assert_eq!(
+        kernel_same_port.received(),
+        kernel_before,
+        "the kernel socket on the filtered port saw datagrams the filter should have taken:\n{}",
+        echo.log()
+    );
+    assert!(kernel_other_port.received() >= 50);
+
+    // A second XDP user of mlg-vb fails clearly and leaves the first one alone.
+    let second = netns_exec(
+        "mlg-b",
+        &[
+            MELANGE,
+            "echo",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-vb",
+            "--addr",
+            "10.77.0.2",
+            "--port",
+            "9299",
+            "--idle",
+            "sleep:1000",
+            "--duration",
+            "2s",
+        ],
+    );
+    let second_text = strip_ansi(&output_text(&second));
+    assert!(
+        !second.status.success()
+            && (second_text.contains("xdp off")
+                || second_text.contains("another XDP program is attached")),
+        "a second echo on mlg-vb should fail, naming the attached program:\n{second_text}"
+    );
+    assert_eq!(
+        client.probe_retrying(PORT, 3),
+        Some(1),
+        "the first echo stopped answering after a second one failed to attach:\n{second_text}\n{}",
+        echo.log()
+    );
+
+    // SIGKILL: no clean-up code runs, yet the link dies with the process.
+    let log_before_kill = echo.log();
+    echo.kill();
+    let killed = Instant::now();
+    while has_xdp("mlg-b", "mlg-vb") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "the XDP program is still attached to mlg-vb 2 s after SIGKILL: {:#}\n{log_before_kill}",
+            link_json("mlg-b", "mlg-vb")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("XDP detached {:?} after SIGKILL", killed.elapsed());
+    // The filtered port's traffic is back with the kernel.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while client.kernel_probe_retrying(PORT, 1).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "after SIGKILL the kernel socket on port {PORT} does not answer \
+             (it received {}):\n{log_before_kill}",
+            kernel_same_port.received()
+        );
+    }
+    assert!(kernel_same_port.received() > kernel_before);
+    assert_eq!(client.kernel_probe_retrying(PORT + 1, 3), Some(1));
+}
+
+/// A small deterministic generator (SplitMix64) for the random frames.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+const ETH: usize = 14;
+const IP: usize = 14;
+
+/// Recomputes the IPv4 header checksum of `frame` (header at byte 14, length from its IHL).
+fn fix_ip_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[IP] & 0x0f) * 4;
+    let header_len = ihl.max(20).min(frame.len() - IP);
+    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[IP..IP + header_len]
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[IP + 10..IP + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+/// The kinds of bad frame, each built from a valid request to the echo's port.
+const BAD_KINDS: &[&str] = &[
+    "eth_header_only",
+    "ip_truncated",
+    "udp_truncated",
+    "udp_payload_cut",
+    "bad_ihl",
+    "ihl_with_options",
+    "bad_version",
+    "bad_ip_checksum",
+    "fragment_mf",
+    "fragment_offset",
+    "oversized_total_len",
+    "random_bytes",
+    "wrong_dst_mac",
+    "arp_for_other_host",
+    "bad_udp_checksum",
+    "bad_udp_length",
+    "vlan_tagged",
+];
+
+fn bad_frame(kind: &str, good: &[u8], va_mac: [u8; 6], rng: &mut Rng) -> Vec<u8> {
+    let mut f = good.to_vec();
+    match kind {
+        "eth_header_only" => f.truncate(ETH),
+        "ip_truncated" => f.truncate(ETH + 19),
+        "udp_truncated" => f.truncate(ETH + 20 + 3),
+        "udp_payload_cut" => f.truncate(ETH + 20 + 8 + 4),
+        "bad_ihl" => {
+            f[IP] = 0x44;
+            fix_ip_checksum(&mut f);
+        }
+        "ihl_with_options" => {
+            f[IP] = 0x4f;
+            fix_ip_checksum(&mut f);
+        }
+        "bad_version" => {
+            f[IP] = 0x65;
+            fix_ip_checksum(&mut f);
+        }
+        "bad_ip_checksum" => f[IP + 10] ^= 0x5a,
+        "fragment_mf" => {
+            f[IP + 6] = 0x20; // MF, offset 0, DF cleared
+            f[IP + 4..IP + 6].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+            fix_ip_checksum(&mut f);
+        }
+        "fragment_offset" => {
+            f[IP + 6] = 0x00;
+            f[IP + 7] = 0x10;
+            f[IP + 4..IP + 6].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+            fix_ip_checksum(&mut f);
+        }
+        "oversized_total_len" => {
+            f[IP + 2..IP + 4].copy_from_slice(&1400u16.to_be_bytes());
+            fix_ip_checksum(&mut f);
+        }
+        "random_bytes" => {
+            let len = 14 + (rng.next() % 100) as usize;
+            f = rng.bytes(len);
+        }
+        "wrong_dst_mac" => f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]),
+        "arp_for_other_host" => {
+            f = frames::arp_request(va_mac, CLIENT_IP, Ipv4Addr::new(10, 77, 0, 99));
+        }
+        "bad_udp_checksum" => {
+            let at = ETH + 20 + 6;
+            let sum = u16::from_be_bytes([f[at], f[at + 1]]) ^ 0x1234;
+            f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        "bad_udp_length" => {
+            let at = ETH + 20 + 4;
+            f[at..at + 2].copy_from_slice(&900u16.to_be_bytes());
+        }
+        "vlan_tagged" => {
+            f.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+        }
+        other => unreachable!("unknown bad frame kind {other}"),
+    }
+    f
+}
+
+#[test]
+fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9301;
+    let mut echo = start_echo(PORT, "plain", &client);
+
+    let va_mac = in_netns("mlg-a", || netdev::mac_address("mlg-va")).expect("mlg-va's MAC address");
+    let vb_mac = in_netns("mlg-b", || netdev::mac_address("mlg-vb")).expect("mlg-vb's MAC address");
+    let raw = in_netns("mlg-a", || {
+        PacketSocket::bind(netdev::ifindex("mlg-va").expect("mlg-va's ifindex"))
+    })
+    .expect("a packet socket on mlg-va");
+    let good = frames::udp_frame(
+        va_mac,
+        vb_mac,
+        SocketAddrV4::new(CLIENT_IP, 40999),
+        SocketAddrV4::new(SERVER_IP, PORT),
+        b"a well-formed request from a raw socket",
+    );
+
+    let mut rng = Rng(0x006d_656c_616e_6765);
+    let mut sent_per_kind = vec![0u64; BAD_KINDS.len()];
+    let mut send_errors = Vec::new();
+    let mut retried = 0;
+    const ROUNDS: usize = 300;
+    for round in 0..ROUNDS {
+        for (i, kind) in BAD_KINDS.iter().enumerate() {
+            let frame = bad_frame(kind, &good, va_mac, &mut rng);
+            match raw.send(&frame) {
+                Ok(()) => sent_per_kind[i] += 1,
+                Err(e) => send_errors.push(format!("{kind}: {e}")),
+            }
+        }
+        match client.probe_retrying(PORT, 3) {
+            Some(1) => {}
+            Some(_) => retried += 1,
+            None => panic!(
+                "round {round}: a good request went unanswered 3 times among bad frames:\n{}",
+                echo.log()
+            ),
+        }
+    }
+    for _ in 0..20 {
+        assert!(
+            client.probe_retrying(PORT, 3).is_some(),
+            "a good request after the bad frames went unanswered:\n{}",
+            echo.log()
+        );
+    }
+    let sent_bad: u64 = sent_per_kind.iter().sum();
+    let (status, log) = echo.stop();
+    let summary = format!(
+        "bad frames sent: {sent_bad} ({} kinds x {ROUNDS} rounds); send errors: {} {:?}; \
+         good requests that needed a retry: {retried}\n{log}",
+        BAD_KINDS.len(),
+        send_errors.len(),
+        send_errors.iter().take(5).collect::<Vec<_>>(),
+    );
+    println!("{summary}");
+    assert_clean_exit(status, &log, 2);
+    assert!(
+        send_errors.is_empty(),
+        "the packet socket refused bad frames:\n{summary}"
+    );
+
+    // Every bad frame is accounted for: passed to the kernel by the XDP program (with a reason)
+    // or redirected and dropped by an engine (with a reason). Only the good requests, a few
+    // probes and the kernel's own chatter (counted as `kernel`) add to the sum.
+    let passed: u64 = [
+        "no_socket",
+        "no_filter",
+        "peer_rejected",
+        "kernel",
+        "fragment",
+        "malformed",
+    ]
+    .iter()
+    .map(|name| verdict(&log, name))
+    .sum();
+    let engine_drops: u64 = log
+        .match_indices("drops [")
+        .map(|(at, key)| {
+            let rest = &log[at + key.len()..];
+            let list = &rest[..rest.find(']').unwrap_or(0)];
+            list.split_whitespace()
+                .filter_map(|item| item.split_once('=')?.1.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(
+        passed + engine_drops >= sent_bad,
+        "{sent_bad} bad frames sent, but the XDP program passed {passed} and the engines \
+         dropped {engine_drops}:\n{summary}"
+    );
+
+    // Every kind of bad frame shows up in the union of the XDP verdicts (frames the program
+    // passed to the kernel) and the engines' drop reasons (frames redirected to them).
+    let drops = |reason: &str| sum_after(&log, &format!("{reason}="));
+    let rounds = ROUNDS as u64;
+    let expectations: &[(&str, u64, u64)] = &[
+        // (what, observed, at least)
+        (
+            "fragments (xdp fragment)",
+            verdict(&log, "fragment"),
+            2 * rounds,
+        ),
+        (
+            "truncated / bad IHL / bad version (xdp malformed)",
+            verdict(&log, "malformed"),
+            5 * rounds,
+        ),
+        (
+            "ARP and VLAN frames (xdp kernel)",
+            verdict(&log, "kernel"),
+            2 * rounds,
+        ),
+        ("bad IP header checksum", drops("ip_bad_checksum"), rounds),
+        ("bad UDP checksum", drops("udp_bad_checksum"), rounds),
+        ("wrong destination MAC", drops("eth_not_for_us"), rounds),
+        (
+            "oversized total length, cut payload, bad UDP length",
+            drops("ip_bad_total_len")
+                + drops("ip_truncated")
+                + drops("udp_bad_length")
+                + drops("udp_truncated"),
+            3 * rounds,
+        ),
+    ];
+    let failures: Vec<String> = expectations
+        .iter()
+        .filter(|(_, observed, least)| observed < least)
+        .map(|(what, observed, least)| format!("{what}: {observed} < {least}"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "bad frames not accounted for:\n  {}\n{summary}",
+        failures.join("\n  ")
+    );
+}
+
+#[test]
+fn loss_shows_up_as_timeouts_and_the_server_keeps_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9401;
+    let mut echo = start_echo(PORT, "plain", &client);
+
+    let impair = ImpairGuard;
+    let out = melange(&["lab", "impair", "--loss", "5"]);
+    assert!(out.contains("mlg-a/mlg-va"), "{out}");
+    let target = format!("10.77.0.2:{PORT}");
+    let (json, text) = loadgen(&[
+        "--backend",
+        "kernel",
+        "--bind",
+        "10.77.0.1",
+        "--target",
+        &target,
+        "--inflight",
+        "16",
+        "--duration",
+        "2s",
+        "--timeout",
+        "50ms",
+    ]);
+    let status_json: Value = serde_json::from_str(&melange(&["lab", "status", "--json"]))
+        .expect("lab status --json prints JSON");
+    let nft_dropped = status_json["namespaces"]
+        .as_array()
+        .and_then(|namespaces| namespaces.iter().find(|ns| ns["name"] == "mlg-a"))
+        .and_then(|ns| ns["impairments"][0]["dropped_packets"].as_u64())
+        .unwrap_or_else(|| panic!("no impairment counter on mlg-a: {status_json:#}"));
+    drop(impair);
+
+    let (sent, received, timeouts) = (
+        count(&json, "sent"),
+        count(&json, "received"),
+        count(&json, "timeouts"),
+    );
+    let pct = 100.0 * timeouts as f64 / sent.max(1) as f64;
+    println!(
+        "5% loss: sent {sent} received {received} timeouts {timeouts} ({pct:.2}%), \
+         nft dropped {nft_dropped}"
+    );
+    let context = || {
+        format!(
+            "timeouts {pct:.2}% of sent; nft dropped {nft_dropped}\n{text}\n{}",
+            echo.log()
+        )
+    };
+    assert!(received > 0, "no replies:\n{}", context());
+    assert_eq!(
+        count(&json, "corrupt"),
+        0,
+        "corrupt replies:\n{}",
+        context()
+    );
+    assert!(timeouts > 0, "5% loss but no timeouts:\n{}", context());
+    assert!(
+        (2.0..=10.0).contains(&pct),
+        "5% loss should time out roughly 2-10% of requests:\n{}",
+        context()
+    );
+    assert!(
+        timeouts <= nft_dropped,
+        "more timeouts than datagrams nftables dropped: the server lost some:\n{}",
+        context()
+    );
+    // The server answered everything that reached it: it kept up.
+    let (status, log) = echo.stop();
+    assert_clean_exit(status, &log, 2);
+    let echoed = sum_after(&log, "echoed ");
+    assert!(
+        echoed >= received,
+        "the engines echoed {echoed} < {received} received:\n{text}\n{log}"
+    );
+    assert!(
+        !log.contains("drops [") || log.matches("drops []").count() == 2,
+        "the engines dropped frames under 5% loss:\n{log}"
+    );
+}
