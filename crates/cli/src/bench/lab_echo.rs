@@ -11,6 +11,11 @@
 //! - (c) `melange-baseline xdp-echo`: a minimal raw AF_XDP echo with no stack, the driver
 //!   limit, as Arrakis measured against its raw driver.
 //!
+//! One queue: the servers serve queue 0 and the load generator sends on its queue 0. On veth
+//! the sender picks the receiving queue, so for the kernel's own transmissions (the Linux
+//! baseline's replies) the benchmark maps every CPU to TX queue 0 with XPS on both ends for
+//! its duration ([`SingleQueue`]), and restores the previous maps after.
+//!
 //! sockperf's server is not measured: it answers only sockperf's own messages, so the same
 //! client cannot drive it, and it runs on the kernel stack like (b).
 
@@ -18,13 +23,12 @@ use super::{median_of, Row, Server};
 use crate::util::{parse_duration, print_table, us};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 
 /// Arguments of `melange bench echo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -178,23 +182,54 @@ impl Drop for LabServer {
     }
 }
 
-/// Sends probes from `mlg-a` until the server echoes one (5 s at most).
+/// Waits until the server echoes (10 s at most), probing with a short run of the AF_XDP load
+/// generator: it sends on queue 0, the queue the servers under test serve, whereas a kernel
+/// socket's datagrams may leave on any queue.
 fn probe(target: SocketAddrV4) -> Result<()> {
-    let _inside = melange_sys::netdev::enter_netns("mlg-a").context("entering mlg-a")?;
-    let socket = UdpSocket::bind((CLIENT_ADDR, 0))?;
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // A sockperf-style ping (flags 3) that every server echoes.
-    let mut probe = [0u8; 32];
-    probe[9] = 3;
-    let mut buf = [0u8; 64];
+    let exe = std::env::current_exe()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
     while Instant::now() < deadline {
-        socket.send_to(&probe, target)?;
-        if let Ok((32, _)) = socket.recv_from(&mut buf) {
-            return Ok(());
+        let output = Command::new("ip")
+            .args(["netns", "exec", "mlg-a"])
+            .arg(&exe)
+            .args([
+                "loadgen",
+                "--backend",
+                "af_xdp",
+                "--interface",
+                "mlg-va",
+                "--bind",
+                "10.77.0.1",
+                "--json",
+            ])
+            .args([
+                "--log",
+                "error",
+                "--inflight",
+                "1",
+                "--duration",
+                "50ms",
+                "--warmup",
+                "0s",
+                "--timeout",
+                "20ms",
+            ])
+            .args(["--payload", "32", "--target", &target.to_string()])
+            .output()?;
+        if output.status.success() {
+            let report: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            if report["received"].as_u64().unwrap_or(0) > 0 {
+                return Ok(());
+            }
         }
+        last = String::from_utf8_lossy(&output.stderr).to_string();
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Err(anyhow!("no echo from {target} within 5 s"))
+    Err(anyhow!(
+        "no echo from {target} within 10 s; last load generator output: {last}"
+    ))
 }
 
 /// One measurement.
@@ -302,6 +337,65 @@ pub struct LabEchoResults {
     pub curve: Vec<CurvePoint>,
 }
 
+/// Steers the kernel's transmissions on both veth ends to queue 0 (XPS) while it lives.
+struct SingleQueue {
+    saved: Vec<(&'static str, &'static str, usize, String)>,
+}
+
+impl SingleQueue {
+    const ENDS: [(&'static str, &'static str); 2] = [("mlg-a", "mlg-va"), ("mlg-b", "mlg-vb")];
+
+    fn xps_path(dev: &str, queue: usize) -> String {
+        format!("/sys/class/net/{dev}/queues/tx-{queue}/xps_cpus")
+    }
+
+    fn write(ns: &str, dev: &str, queue: usize, mask: &str) -> Result<()> {
+        let command = format!("echo {mask} > {}", Self::xps_path(dev, queue));
+        let status = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", &command])
+            .status()?;
+        if !status.success() {
+            bail!("setting XPS on {dev} queue {queue} in {ns}");
+        }
+        Ok(())
+    }
+
+    fn new() -> Result<Self> {
+        let mut saved = Vec::new();
+        let all_cpus = format!("{:x}", (1u64 << melange_sys::cpu::online_cpus()) - 1);
+        for (ns, dev) in Self::ENDS {
+            for queue in 0..2 {
+                let path = Self::xps_path(dev, queue);
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "cat", &path])
+                    .output()?;
+                saved.push((
+                    ns,
+                    dev,
+                    queue,
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                ));
+            }
+            Self::write(ns, dev, 0, &all_cpus)?;
+            Self::write(ns, dev, 1, "0")?;
+        }
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for SingleQueue {
+    fn drop(&mut self) {
+        for (ns, dev, queue, value) in &self.saved {
+            let value = if value.is_empty() {
+                "0"
+            } else {
+                value.as_str()
+            };
+            let _ = Self::write(ns, dev, *queue, value);
+        }
+    }
+}
+
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     let exe = std::env::current_exe()?;
@@ -312,6 +406,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
             String::from_utf8_lossy(&up.stderr)
         );
     }
+    let _single_queue = SingleQueue::new()?;
     let mut port = 20_000u16;
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
