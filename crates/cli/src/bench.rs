@@ -244,6 +244,35 @@ pub struct Row<M> {
     pub runs: Vec<M>,
 }
 
+/// Prints rows of medians as a table.
+pub fn print_rows<M>(rows: &[Row<M>]) {
+    print_table(
+        &[
+            "server",
+            "inflight",
+            "req/s",
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "cpu ns/req",
+        ],
+        &rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.to_string(),
+                    r.inflight.to_string(),
+                    format!("{:.0}", r.requests_per_s),
+                    us(r.p50_ns),
+                    us(r.p99_ns),
+                    us(r.p999_ns),
+                    format!("{:.0}", r.server_cpu_ns_per_request),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
 /// The median of one quantity over repetitions.
 pub fn median_of<M>(runs: &[M], f: impl Fn(&M) -> f64) -> f64 {
     median(&mut runs.iter().map(f).collect::<Vec<_>>())
@@ -358,31 +387,7 @@ pub fn kernel_echo(args: &KernelEchoArgs) -> Result<KernelEchoResults> {
         ));
         rows.extend(load_rows);
     }
-    print_table(
-        &[
-            "server",
-            "inflight",
-            "req/s",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "cpu ns/req",
-        ],
-        &rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r.label.to_string(),
-                    r.inflight.to_string(),
-                    format!("{:.0}", r.requests_per_s),
-                    us(r.p50_ns),
-                    us(r.p99_ns),
-                    us(r.p999_ns),
-                    format!("{:.0}", r.server_cpu_ns_per_request),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    print_rows(&rows);
     for &(inflight, rps, p50) in &ratios {
         println!(
             "  melange/linux-spin at {inflight} in flight: requests/s x{rps:.2}, p50 x{p50:.2}"

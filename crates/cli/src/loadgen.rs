@@ -195,23 +195,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         let port = args.local_port + id as u16;
         (LoadgenApp::new(engine_config(args, id, port)), vec![port])
     })?;
-    let mut reports = Vec::new();
-    for (id, handle) in run.handles.into_iter().enumerate() {
-        let outcome = handle
-            .join()
-            .map_err(|_| anyhow!("load generator engine {id} panicked"))?;
-        let outcome = outcome.map_err(|e| {
-            stop.stop();
-            anyhow!("load generator engine {id}: {e}")
-        })?;
-        tracing::debug!(
-            "loadgen engine {id}: {:?} {:?}",
-            outcome.counters,
-            outcome.nic.counters()
-        );
-        reports.push(outcome.app.report());
-    }
-    LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
+    join_reports(run.handles, &stop)
 }
 
 fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
@@ -245,6 +229,17 @@ fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
         .context("starting a load generator engine")?;
         handles.push(handle);
     }
+    join_reports(handles, &stop)
+}
+
+/// Waits for every load generator engine and merges their reports; stops the others when
+/// one fails.
+fn join_reports<N>(
+    handles: Vec<
+        std::thread::JoinHandle<Result<melange_runtime::EngineOutcome<LoadgenApp, N>, String>>,
+    >,
+    stop: &StopSignal,
+) -> Result<LoadgenReport> {
     let mut reports = Vec::new();
     for (id, handle) in handles.into_iter().enumerate() {
         let outcome = handle

@@ -19,7 +19,7 @@
 //! sockperf's server is not measured: it answers only sockperf's own messages, so the same
 //! client cannot drive it, and it runs on the kernel stack like (b).
 
-use super::{median_of, Row, Server};
+use super::{median_of, print_rows, Row, Server};
 use crate::util::{parse_duration, print_table, us};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -475,31 +475,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
             ratio: melange_rps / linux_rps.max(1.0),
         });
     }
-    print_table(
-        &[
-            "server",
-            "inflight",
-            "req/s",
-            "p50 us",
-            "p99 us",
-            "p99.9 us",
-            "cpu ns/req",
-        ],
-        &rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r.label.to_string(),
-                    r.inflight.to_string(),
-                    format!("{:.0}", r.requests_per_s),
-                    us(r.p50_ns),
-                    us(r.p99_ns),
-                    us(r.p999_ns),
-                    format!("{:.0}", r.server_cpu_ns_per_request),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    print_rows(&rows);
     for &(inflight, ab, ac, p50) in &ratios {
         println!(
             "  at {inflight} in flight: melange/linux-spin requests/s x{ab:.2}, melange/raw-af_xdp x{ac:.2}, p50 melange/linux-spin x{p50:.2}"
