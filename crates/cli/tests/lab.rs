@@ -7,7 +7,9 @@
 //! The tests need root. Outside CI a non-root run prints "SKIPPED: needs root" and passes; in CI
 //! (`CI=true`) a missing privilege is a failure, so the lab cannot silently go untested.
 
-use std::fs::File;
+mod common;
+use common::{root_or_skip, test_lock};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
@@ -15,7 +17,6 @@ use serde_json::Value;
 
 const MELANGE: &str = env!("CARGO_BIN_EXE_melange");
 /// Taken by every test here that creates or removes the lab.
-const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
 /// Datagrams sent per loss measurement.
 const DATAGRAM_COUNT: u32 = 1000;
 
@@ -87,46 +88,6 @@ if libc.syscall(SYS_BPF, BPF_LINK_CREATE, attr, 64) < 0:
 print("ready", flush=True)
 sys.stdin.read()
 "#;
-
-fn is_root() -> bool {
-    let status =
-        std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
-    let euid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("/proc/self/status has a Uid line with an effective uid");
-    euid == "0"
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
-/// Whether a root-only test should run: yes as root, a failure in CI without root, else a skip.
-fn root_or_skip() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "the lab tests need root, and CI (CI=true) must not skip them"
-    );
-    println!("SKIPPED: needs root");
-    false
-}
-
-/// Serializes lab tests across test binaries; released when dropped.
-fn test_lock() -> File {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(TEST_LOCK_PATH)
-        .expect("the test lock file can be created in /tmp");
-    file.lock().expect("locking the lab test lock");
-    file
-}
 
 fn melange_output(args: &[&str]) -> Output {
     Command::new(MELANGE)

@@ -9,6 +9,9 @@
 //! The tests need root. Outside CI a non-root run prints "SKIPPED: needs root" and passes; in CI
 //! (`CI=true`) a missing privilege is a failure, so the AF_XDP path cannot silently go untested.
 
+mod common;
+use common::{root_or_skip, test_lock, TEST_LOCK_PATH};
+
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
@@ -24,53 +27,12 @@ use serde_json::Value;
 
 const MELANGE: &str = env!("CARGO_BIN_EXE_melange");
 /// The lock `tests/lab.rs` takes too: it serializes everything that touches the lab.
-const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// How long a server gets to answer its first probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server gets to exit after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn is_root() -> bool {
-    let status =
-        std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
-    let euid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("/proc/self/status has a Uid line with an effective uid");
-    euid == "0"
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
-/// Whether a root-only test should run: yes as root, a failure in CI without root, else a skip.
-fn root_or_skip() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "the AF_XDP lab tests need root, and CI (CI=true) must not skip them"
-    );
-    println!("SKIPPED: needs root");
-    false
-}
-
-/// Serializes lab tests across test binaries; released when dropped.
-fn test_lock() -> File {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(TEST_LOCK_PATH)
-        .expect("the test lock file can be created in /tmp");
-    file.lock().expect("locking the lab test lock");
-    file
-}
 
 fn output_text(output: &Output) -> String {
     format!(

@@ -346,17 +346,9 @@ fn addr<T>(p: *const T) -> u64 {
 ///
 /// [`BpfError::UnknownInterface`] if there is none (or the name contains a NUL).
 pub fn interface_index(name: &str) -> Result<u32, BpfError> {
-    let unknown = || BpfError::UnknownInterface {
+    crate::netdev::ifindex(name).map_err(|_| BpfError::UnknownInterface {
         name: name.to_owned(),
-    };
-    let c_name = CString::new(name).map_err(|_| unknown())?;
-    // SAFETY: `c_name` is a NUL-terminated string that outlives the call, which only reads it.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        Err(unknown())
-    } else {
-        Ok(index)
-    }
+    })
 }
 
 /// The kinds of program this crate loads.

@@ -1,0 +1,47 @@
+//! Helpers shared by the lab test binaries (`lab.rs`, `lab_xdp.rs`): who may run them, and the
+//! lock that keeps them from using the one global lab at the same time.
+
+use std::fs::File;
+
+/// The lock every lab test takes; benchmark scripts using the lab should take it too.
+pub const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
+
+fn is_root() -> bool {
+    let status =
+        std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .expect("/proc/self/status has a Uid line with an effective uid");
+    euid == "0"
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Whether a root-only test should run: yes as root, a failure in CI without root, else a skip.
+pub fn root_or_skip() -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "the lab tests need root, and CI (CI=true) must not skip them"
+    );
+    println!("SKIPPED: needs root");
+    false
+}
+
+/// Serializes lab tests across test binaries; released when dropped.
+pub fn test_lock() -> File {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(TEST_LOCK_PATH)
+        .expect("the test lock file can be created in /tmp");
+    file.lock().expect("locking the lab test lock");
+    file
+}
