@@ -806,26 +806,60 @@ fn up(tools: &Tools) -> Result<()> {
     Ok(())
 }
 
-/// Deletes every `mlg-va`/`mlg-vb` in the root namespace and the lab namespaces. Returns how many
-/// it deleted. Deleting one end of a veth deletes its peer, so the second may already be gone.
+/// Deletes every `mlg-va`/`mlg-vb` in the root namespace and the lab namespaces, then waits until
+/// none is left. Returns how many it deleted.
+///
+/// Links can vanish underneath this function: deleting one end of a veth deletes its peer, and
+/// `ip netns del` returns before the kernel has torn the namespace down (the cleanup runs later
+/// in a workqueue and takes the veth ends with it). So a failed delete of a link that has since
+/// disappeared counts as done, and a link still present after the deletes (a namespace still
+/// being cleaned up) is waited for: creating a new pair with the same name would fail.
 fn remove_veths(tools: &Tools) -> Result<usize> {
     let mut removed = 0;
     for ns in [None, Some(NS_A), Some(NS_B)] {
         for dev in [END_A.dev, END_B.dev] {
-            if link_json(tools, ns, dev)?.is_some() {
-                match ns {
-                    Some(ns) => tools.ip(&["-n", ns, "link", "del", "dev", dev])?,
-                    None => tools.ip(&["link", "del", "dev", dev])?,
-                };
-                println!(
-                    "lab: deleted {dev} from {}",
-                    ns.unwrap_or("the root namespace")
-                );
-                removed += 1;
+            if link_json(tools, ns, dev)?.is_none() {
+                continue;
+            }
+            let deleted = match ns {
+                Some(ns) => tools.ip(&["-n", ns, "link", "del", "dev", dev]),
+                None => tools.ip(&["link", "del", "dev", dev]),
+            };
+            match deleted {
+                Ok(_) => {
+                    println!(
+                        "lab: deleted {dev} from {}",
+                        ns.unwrap_or("the root namespace")
+                    );
+                    removed += 1;
+                }
+                // Gone in the meantime (its peer or its namespace went first): the goal is met.
+                Err(_) if link_json(tools, ns, dev)?.is_none() => {}
+                Err(error) => return Err(error),
             }
         }
     }
-    Ok(removed)
+    let deadline = Instant::now() + UP_WAIT_MAX;
+    loop {
+        let mut left = Vec::new();
+        for ns in [None, Some(NS_A), Some(NS_B)] {
+            for dev in [END_A.dev, END_B.dev] {
+                if link_json(tools, ns, dev)?.is_some() {
+                    left.push(format!("{}/{dev}", ns.unwrap_or("root")));
+                }
+            }
+        }
+        if left.is_empty() {
+            return Ok(removed);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} still exist {UP_WAIT_MAX:?} after being deleted (a namespace still being torn down?)",
+                left.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
