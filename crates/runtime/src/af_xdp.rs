@@ -14,7 +14,10 @@
 //! kernel holds turns a duplicated or forged descriptor into a counted error, not a double use.
 //!
 //! Rings. Before each receive the queue reaps the completion ring (frames the kernel finished
-//! sending go back to the pool) and tops the fill ring up to `fill_target` frames. Transmit
+//! sending go back to the pool) when it has frames out for sending, and tops the fill ring up to
+//! `fill_target` frames once a batch's worth is missing. Both are skipped otherwise: the fill
+//! ring's producer index is a cache line the receiving CPU (on veth, the *sender's* CPU) reads,
+//! so writing it for every frame would bounce it between cores on the latency path. Transmit
 //! publishes a batch on the TX ring and kicks with `sendto` (copy mode needs a kick per batch);
 //! the kernel sends at most 32 frames per kick in copy mode and answers `EAGAIN`, so the queue
 //! keeps kicking, and reaping, until the ring drains or a bound is hit. Nothing allocates
@@ -176,6 +179,10 @@ pub struct AfXdpQueue {
     fill_target: usize,
     /// Frames on the fill ring now (given, not yet received).
     fill_len: usize,
+    /// Refill once this many frames are missing from the fill ring.
+    refill_batch: usize,
+    /// Frames published on the TX ring whose completion has not been reaped yet.
+    tx_outstanding: usize,
     /// One bit per frame: set while the kernel holds it (fill or TX ring).
     kernel_owned: Vec<u64>,
     descs: Vec<XdpDesc>,
@@ -240,12 +247,14 @@ impl AfXdpQueue {
             frame_size: u64::from(FRAME_SIZE),
             fill_target: ring as usize,
             fill_len: 0,
+            refill_batch: batch.clamp(1, ring as usize / 4),
+            tx_outstanding: 0,
             kernel_owned: vec![0; (frames as usize).div_ceil(64)],
             descs: vec![XdpDesc::default(); batch.max(ring as usize)],
             addrs: vec![0; batch.max(ring as usize)],
             counters: AfXdpCounters::default(),
         };
-        queue.refill(&mut pool);
+        queue.refill(&mut pool, 1);
         Ok((queue, pool))
     }
 
@@ -306,8 +315,12 @@ impl AfXdpQueue {
 
     /// Returns frames the kernel finished sending to the pool.
     fn reap_completions(&mut self, pool: &mut PacketPool) {
+        if self.tx_outstanding == 0 {
+            return;
+        }
         loop {
             let n = self.socket.complete(&mut self.addrs);
+            self.tx_outstanding = self.tx_outstanding.saturating_sub(n);
             for i in 0..n {
                 let addr = self.addrs[i];
                 if let Some(buf) = self.reclaim(pool, addr, 0) {
@@ -321,12 +334,13 @@ impl AfXdpQueue {
         }
     }
 
-    /// Tops the fill ring up to `fill_target` frames.
-    fn refill(&mut self, pool: &mut PacketPool) {
-        let want = (self.fill_target - self.fill_len).min(self.addrs.len());
-        if want == 0 {
+    /// Tops the fill ring up to `fill_target` frames if at least `at_least` are missing.
+    fn refill(&mut self, pool: &mut PacketPool, at_least: usize) {
+        let missing = self.fill_target - self.fill_len;
+        if missing == 0 || missing < at_least {
             return;
         }
+        let want = missing.min(self.addrs.len());
         let mut n = 0;
         while n < want {
             let Some(buf) = pool.alloc_frame() else {
@@ -410,7 +424,7 @@ impl NicQueue for AfXdpQueue {
                 });
             }
         }
-        self.refill(pool);
+        self.refill(pool, self.refill_batch);
         if n > 0 && self.fill_len == 0 {
             return Err(NicError::BadDescriptor(
                 "fill ring empty: the pool has no frames to receive into",
@@ -443,6 +457,7 @@ impl NicQueue for AfXdpQueue {
                 self.set_owned(index, true);
             }
             published += placed;
+            self.tx_outstanding += placed;
             self.counters.transmitted += placed as u64;
             self.drain_tx(pool)?;
             if placed == 0 {
@@ -487,5 +502,6 @@ impl NicQueue for AfXdpQueue {
             }
         }
         self.fill_len = 0;
+        self.tx_outstanding = 0;
     }
 }

@@ -48,9 +48,9 @@ pub struct LabEchoArgs {
     /// Request payload bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Simulated application work per request for the curve (µs), at 32 in flight; empty
-    /// skips the curve.
-    #[arg(long, value_delimiter = ',', default_value = "0,2,4,8,16,32,64")]
+    /// Simulated application work per request for the curve (µs), at 32 in flight;
+    /// `--delay-us` with no value skips the curve.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "0,2,4,8,16,32,64")]
     pub delay_us: Vec<u64>,
     /// Core of the servers.
     #[arg(long, default_value_t = 0)]
@@ -326,13 +326,29 @@ pub struct CurvePoint {
     pub ratio: f64,
 }
 
+/// The ratios at one load: each is the median, over repetitions, of the ratio between two
+/// servers measured back to back in the same repetition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// Requests in flight.
+    pub inflight: usize,
+    /// (a) / (b spin), requests/s.
+    pub melange_over_linux_spin: f64,
+    /// (a) / (c), requests/s.
+    pub melange_over_raw_af_xdp: f64,
+    /// (a) p50 / (b spin) p50.
+    pub p50_melange_over_linux_spin: f64,
+    /// (a) p99 / (b block) p99.
+    pub p99_melange_over_linux_block: f64,
+}
+
 /// The results of `bench echo`.
 #[derive(Debug, Serialize)]
 pub struct LabEchoResults {
     /// Medians per server and load.
     pub rows: Vec<Row<Run>>,
-    /// (inflight, (a)/(b spin) requests/s, (a)/(c) requests/s, (a) p50 / (b spin) p50).
-    pub ratios: Vec<(usize, f64, f64, f64)>,
+    /// Ratios per load, each the median over repetitions of the ratio within a repetition.
+    pub ratios: Vec<Ratios>,
     /// Requests/s against simulated work, at 32 in flight.
     pub curve: Vec<CurvePoint>,
 }
@@ -413,7 +429,13 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     for &inflight in &args.inflight {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers().len()];
         for rep in 0..args.reps {
-            for (i, server) in servers().into_iter().enumerate() {
+            // Each repetition measures every server once, back to back, starting one server
+            // further along each time: this VM's speed drifts on a scale of minutes (see
+            // BENCHMARKS.md), so servers measured close together see the same machine, and no
+            // server always goes first.
+            for k in 0..servers().len() {
+                let i = (rep + k) % servers().len();
+                let server = servers()[i];
                 port += 1;
                 let run = measure(server, inflight, 0, args, port).with_context(|| {
                     format!(
@@ -431,6 +453,27 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
                 runs[i].push(run);
             }
         }
+        // Ratios within each repetition, then their median: robust to the machine changing
+        // speed between repetitions.
+        let per_rep = |f: &dyn Fn(usize) -> f64| -> f64 {
+            median_of(&(0..args.reps).collect::<Vec<_>>(), |&rep| f(rep))
+        };
+        let (ia, ib, ic) = (0, 1, 3);
+        ratios.push(Ratios {
+            inflight,
+            melange_over_linux_spin: per_rep(&|r| {
+                runs[ia][r].requests_per_s / runs[ib][r].requests_per_s.max(1.0)
+            }),
+            melange_over_raw_af_xdp: per_rep(&|r| {
+                runs[ia][r].requests_per_s / runs[ic][r].requests_per_s.max(1.0)
+            }),
+            p50_melange_over_linux_spin: per_rep(&|r| {
+                runs[ia][r].p50_ns as f64 / runs[ib][r].p50_ns.max(1) as f64
+            }),
+            p99_melange_over_linux_block: per_rep(&|r| {
+                runs[ia][r].p99_ns as f64 / runs[2][r].p99_ns.max(1) as f64
+            }),
+        });
         let load_rows: Vec<Row<Run>> = servers()
             .into_iter()
             .zip(runs)
@@ -446,13 +489,6 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
                 runs,
             })
             .collect();
-        let (a, b, c) = (&load_rows[0], &load_rows[1], &load_rows[3]);
-        ratios.push((
-            inflight,
-            a.requests_per_s / b.requests_per_s.max(1.0),
-            a.requests_per_s / c.requests_per_s.max(1.0),
-            a.p50_ns as f64 / b.p50_ns.max(1) as f64,
-        ));
         rows.extend(load_rows);
     }
     let mut curve = Vec::new();
@@ -467,18 +503,27 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
         }
         let melange_rps = median_of(&ours, |r| r.requests_per_s);
         let linux_rps = median_of(&linux, |r| r.requests_per_s);
+        let ratio = median_of(&ours.iter().zip(&linux).collect::<Vec<_>>(), |(o, l)| {
+            o.requests_per_s / l.requests_per_s.max(1.0)
+        });
         eprintln!("  delay {delay_us:>3} us: melange {melange_rps:>9.0} req/s, linux {linux_rps:>9.0} req/s");
         curve.push(CurvePoint {
             delay_us,
             melange_rps,
             linux_rps,
-            ratio: melange_rps / linux_rps.max(1.0),
+            ratio,
         });
     }
     print_rows(&rows);
-    for &(inflight, ab, ac, p50) in &ratios {
+    println!("  ratios: medians over repetitions of the ratio within each repetition");
+    for r in &ratios {
         println!(
-            "  at {inflight} in flight: melange/linux-spin requests/s x{ab:.2}, melange/raw-af_xdp x{ac:.2}, p50 melange/linux-spin x{p50:.2}"
+            "  at {} in flight: melange/linux-spin requests/s x{:.2}, melange/raw-af_xdp x{:.2}, p50 melange/linux-spin x{:.2}, p99 melange/linux-block x{:.2}",
+            r.inflight,
+            r.melange_over_linux_spin,
+            r.melange_over_raw_af_xdp,
+            r.p50_melange_over_linux_spin,
+            r.p99_melange_over_linux_block
         );
     }
     if !curve.is_empty() {
