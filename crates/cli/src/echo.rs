@@ -225,7 +225,7 @@ fn report<N>(
                     );
                 }
                 tracing::info!(
-                    "engine {id}: echoed {} unanswered {} rx {} tx {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s",
+                    "engine {id}: echoed {} unanswered {} rx {} tx {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s busy {:.3}s ({:.0} ns per datagram)",
                     outcome.app.counters().echoed,
                     outcome.app.counters().unanswered,
                     c.rx_packets,
@@ -238,6 +238,8 @@ fn report<N>(
                     outcome.pool_available,
                     outcome.pool_capacity,
                     outcome.cpu_time_ns as f64 / 1e9,
+                    outcome.busy_ns as f64 / 1e9,
+                    outcome.busy_ns as f64 / c.rx_packets.max(1) as f64,
                 );
             }
             Err(err) => {

@@ -75,6 +75,8 @@ fn servers() -> [Server; 4] {
 
 struct LabServer {
     child: Child,
+    /// Set once the child has been reaped, so its pid is never signalled again.
+    exited: bool,
 }
 
 impl LabServer {
@@ -103,8 +105,9 @@ impl LabServer {
                 "0",
                 "--idle",
                 "spin",
+                // The engine summary (with its busy time) is logged at info when it stops.
                 "--log",
-                "warn",
+                "warn,melange::echo=info",
                 "--port",
                 &port,
                 "--cpus",
@@ -152,33 +155,61 @@ impl LabServer {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
-        let mut server_process = Self { child };
+        let mut server_process = Self {
+            child,
+            exited: false,
+        };
         if let Err(err) = probe(SocketAddrV4::new(SERVER_ADDR, port.parse()?)) {
-            let _ = server_process.child.kill();
-            let output =
-                std::mem::replace(&mut server_process.child, Command::new("true").spawn()?)
-                    .wait_with_output();
-            let stderr = output
-                .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
-                .unwrap_or_default();
+            let stderr = server_process.stop();
             return Err(err.context(format!("{} did not answer:\n{stderr}", server.label())));
         }
         Ok(server_process)
     }
-}
 
-impl Drop for LabServer {
-    fn drop(&mut self) {
+    /// Stops the server: SIGTERM, then SIGKILL after 3 s. Returns what it wrote to stderr
+    /// (the Melange echo's engine summaries among it).
+    fn stop(&mut self) -> String {
+        if self.exited {
+            return String::new();
+        }
         let _ = melange_sys::process::terminate(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.exited = true;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        stderr
+    }
+}
+
+/// The busy time per datagram from a Melange echo's engine summaries ("busy 1.2s (1494 ns per
+/// datagram)"), averaged over engines; `None` if the log has none.
+fn busy_ns_per_datagram(log: &str) -> Option<f64> {
+    let values: Vec<f64> = log
+        .lines()
+        .filter_map(|line| {
+            let end = line.find(" ns per datagram)")?;
+            let start = line[..end].rfind('(')? + 1;
+            line[start..end].trim().parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -247,6 +278,9 @@ pub struct Run {
     pub server_cpu_ns_per_request: f64,
     /// Timeouts seen by the load generator.
     pub timeouts: u64,
+    /// Melange only: the engine's busy time per datagram over its life, ns (time in passes
+    /// that found work; a spinning server's CPU time counts its idle polling too).
+    pub server_busy_ns_per_request: Option<f64>,
 }
 
 fn measure(
@@ -256,7 +290,7 @@ fn measure(
     args: &LabEchoArgs,
     port: u16,
 ) -> Result<Run> {
-    let process = LabServer::start(server, port, args.server_cpu, delay_us)?;
+    let mut process = LabServer::start(server, port, args.server_cpu, delay_us)?;
     let pid = process.child.id();
     let cpu_before = melange_sys::cpu::process_cpu_time_of(pid)?;
     let exe = std::env::current_exe()?;
@@ -286,7 +320,7 @@ fn measure(
         .args(["--cpus", &args.client_cpu.to_string()])
         .output()?;
     let cpu_after = melange_sys::cpu::process_cpu_time_of(pid)?;
-    drop(process);
+    let server_log = process.stop();
     if !output.status.success() {
         bail!(
             "loadgen failed: {}",
@@ -310,6 +344,7 @@ fn measure(
         p999_ns: field(&["latency", "p999_ns"]) as u64,
         server_cpu_ns_per_request: (cpu_after - cpu_before) as f64 / received,
         timeouts: field(&["timeouts"]) as u64,
+        server_busy_ns_per_request: busy_ns_per_datagram(&server_log),
     })
 }
 
@@ -340,6 +375,9 @@ pub struct Ratios {
     pub p50_melange_over_linux_spin: f64,
     /// (a) p99 / (b block) p99.
     pub p99_melange_over_linux_block: f64,
+    /// What one server core needs per request: (b block) CPU time per request over (a) busy
+    /// time per request. Meaningful when the servers are saturated (many requests in flight).
+    pub core_cost_linux_block_over_melange_busy: f64,
 }
 
 /// The results of `bench echo`.
@@ -473,6 +511,10 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
             p99_melange_over_linux_block: per_rep(&|r| {
                 runs[ia][r].p99_ns as f64 / runs[2][r].p99_ns.max(1) as f64
             }),
+            core_cost_linux_block_over_melange_busy: per_rep(&|r| {
+                runs[2][r].server_cpu_ns_per_request
+                    / runs[ia][r].server_busy_ns_per_request.unwrap_or(f64::NAN)
+            }),
         });
         let load_rows: Vec<Row<Run>> = servers()
             .into_iter()
@@ -526,6 +568,19 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
             r.p99_melange_over_linux_block
         );
     }
+    for row in rows.iter().filter(|r| r.server == Server::MelangeAfXdp) {
+        let busy = median_of(&row.runs, |r| {
+            r.server_busy_ns_per_request.unwrap_or(f64::NAN)
+        });
+        let ratio = ratios
+            .iter()
+            .find(|r| r.inflight == row.inflight)
+            .map_or(f64::NAN, |r| r.core_cost_linux_block_over_melange_busy);
+        println!(
+            "  at {} in flight: melange's engine was busy {busy:.0} ns per request (of {:.0} ns of CPU); linux-block's CPU per request is x{ratio:.2} that",
+            row.inflight, row.server_cpu_ns_per_request
+        );
+    }
     if !curve.is_empty() {
         println!();
         print_table(
@@ -553,4 +608,24 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_ns_per_datagram;
+
+    #[test]
+    fn busy_time_is_read_from_engine_summaries() {
+        let log = "\
+INFO melange::echo: echo on 10.77.0.2:7000 (af_xdp backend on mlg-vb, queues [0])
+INFO melange::echo: engine 0: echoed 10 drops [] pool 4096/4096 cpu 3.551s busy 2.477s (1494 ns per datagram)
+INFO melange::echo: engine 1: echoed 10 drops [] pool 4096/4096 cpu 3.551s busy 2.477s (1506 ns per datagram)
+";
+        assert_eq!(busy_ns_per_datagram(log), Some(1500.0));
+        assert_eq!(
+            busy_ns_per_datagram("baseline udp-echo on 10.77.0.2:7000"),
+            None
+        );
+        assert_eq!(busy_ns_per_datagram("(x ns per datagram)"), None);
+    }
 }
