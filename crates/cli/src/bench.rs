@@ -127,25 +127,14 @@ impl ServerProcess {
                 bail!("{} runs in the lab: melange bench echo", server.label())
             }
             Server::LinuxSpin | Server::LinuxBlock => {
-                let baseline = exe.with_file_name("melange-baseline");
-                if !baseline.exists() {
-                    bail!(
-                        "{} is missing: build it with `cargo build --release --workspace`",
-                        baseline.display()
-                    );
-                }
-                let mut c = Command::new(baseline);
+                let mut c = Command::new(&exe);
                 let idle = if server == Server::LinuxSpin {
                     "spin"
                 } else {
                     "block"
                 };
-                c.args(["udp-echo", "--batch", "32", "--idle", idle]).args([
-                    "--port",
-                    &port.to_string(),
-                    "--cpu",
-                    &cpu.to_string(),
-                ]);
+                c.args(["baseline", "udp-echo", "--batch", "32", "--idle", idle])
+                    .args(["--port", &port.to_string(), "--cpu", &cpu.to_string()]);
                 c
             }
         };

@@ -40,6 +40,18 @@ enum Command {
     /// The namespace lab: two network namespaces joined by a veth pair.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// The baselines of the benchmarks (`melange-baseline`'s commands), run by `bench` and
+    /// `demo` as separate processes so that they need no second executable.
+    #[command(hide = true)]
+    Baseline(BaselineArgs),
+}
+
+/// Arguments passed through to `melange-baseline`.
+#[derive(clap::Args, Debug)]
+struct BaselineArgs {
+    /// `udp-echo ...` or `xdp-echo ...`, as `melange-baseline` takes them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<std::ffi::OsString>,
 }
 
 fn main() -> Result<()> {
@@ -54,5 +66,10 @@ fn main() -> Result<()> {
         Command::Bench(command) => bench::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Lab(command) => lab::run(command),
+        Command::Baseline(baseline) => {
+            // The baseline parses its own arguments, exactly as `melange-baseline` does.
+            let program = std::ffi::OsString::from("melange-baseline");
+            melange_baseline::main_from(std::iter::once(program).chain(baseline.args))
+        }
     }
 }

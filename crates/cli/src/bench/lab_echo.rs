@@ -82,13 +82,6 @@ struct LabServer {
 impl LabServer {
     fn start(server: Server, port: u16, cpu: usize, delay_us: u64) -> Result<Self> {
         let exe = std::env::current_exe()?;
-        let baseline = exe.with_file_name("melange-baseline");
-        if !baseline.exists() {
-            bail!(
-                "{} is missing: build it with `cargo build --release --workspace`",
-                baseline.display()
-            );
-        }
         let mut command = Command::new("ip");
         command.args(["netns", "exec", "mlg-b"]);
         let (port, cpu, delay) = (port.to_string(), cpu.to_string(), delay_us.to_string());
@@ -121,7 +114,8 @@ impl LabServer {
                 } else {
                     "block"
                 };
-                command.arg(&baseline).args([
+                command.arg(&exe).args([
+                    "baseline",
                     "udp-echo",
                     "--addr",
                     "10.77.0.2",
@@ -137,7 +131,8 @@ impl LabServer {
                     &delay,
                 ])
             }
-            Server::RawXdp => command.arg(&baseline).args([
+            Server::RawXdp => command.arg(&exe).args([
+                "baseline",
                 "xdp-echo",
                 "--interface",
                 "mlg-vb",

@@ -1,12 +1,17 @@
-//! Helpers shared by the lab test binaries (`lab.rs`, `lab_xdp.rs`): who may run them, and the
-//! lock that keeps them from using the one global lab at the same time.
+//! Helpers shared by the test binaries that may use the lab (`lab.rs`, `lab_xdp.rs`,
+//! `readme.rs`): who may run them, and the lock that keeps them from using the one global lab
+//! at the same time.
+//!
+//! Every test binary compiles this module on its own and uses a subset of it.
+#![allow(dead_code)]
 
 use std::fs::File;
 
 /// The lock every lab test takes; benchmark scripts using the lab should take it too.
 pub const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
 
-fn is_root() -> bool {
+/// Whether the effective user is root.
+pub fn is_root() -> bool {
     let status =
         std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
     let euid = status
