@@ -249,7 +249,12 @@ fn join_reports<N>(
             stop.stop();
             anyhow!("load generator engine {id}: {e}")
         })?;
-        tracing::debug!("loadgen engine {id}: {:?}", outcome.counters);
+        tracing::debug!(
+            "loadgen engine {id}: cpu {:.3}s busy {:.3}s {:?}",
+            outcome.cpu_time_ns as f64 / 1e9,
+            outcome.busy_ns as f64 / 1e9,
+            outcome.counters
+        );
         reports.push(outcome.app.report());
     }
     LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
