@@ -10,23 +10,49 @@
 //! `XdpFilters` (its entries are then removed from maps that no program uses any more, which is
 //! harmless) and may be sent to the thread that serves the application.
 //!
-//! A filter becomes visible to packets in one order and disappears in the reverse one: its
-//! `filters` entry and its peer prefixes are written before any `services` entry points at it,
-//! and on removal the `services` entries go first. So no packet ever sees a filter whose peers
-//! are half written. (A port range is written one port at a time; while it is written, some of
-//! its ports already match and others do not yet, which is the same as the filter arriving a
-//! little later on those ports.)
+//! # Filters that share a port
 //!
-//! Two filters may not share a (protocol, port): the `services` array maps each to exactly one
-//! filter. Arrakis allows several filters on one port told apart by peers; supporting that
-//! would need a per-port list walked by the program, which the verifier makes costly, so the
-//! control plane rejects the overlap with [`ControlError::Overlap`] instead.
+//! As in Arrakis, several filters may take the same (protocol, port) when they are told apart
+//! by peers: app A gets UDP 7000 from 10.0.0.0/8, app B from 192.168.1.0/24, app C from
+//! anyone else. Per port, each filter contributes its prefixes, and a filter with no peers (or
+//! with `0.0.0.0/0`) contributes the empty prefix; a packet goes to the filter owning the
+//! **longest prefix that contains its source**, the rule routers use, so overlapping prefixes
+//! are allowed and the more specific one wins (A with 10.0.0.0/8 and B with 10.1.0.0/16: B
+//! gets 10.1.2.3, A gets 10.2.3.4). A source that no prefix contains goes to the kernel,
+//! counted as `peer_rejected`. Only the truly ambiguous cases are refused, with an error
+//! naming the other filter: two filters on one port accepting any peer
+//! ([`ControlError::Overlap`]), or listing the same prefix ([`ControlError::PeerOverlap`]).
+//!
+//! The program decides this with O(1) lookups and no loop (see [`crate::filter`]): the
+//! `services` entry of a port names its any-peer filter and says whether restricted filters
+//! exist; if they do, one lookup in the `peers` LPM trie, keyed by (port, source), returns the
+//! filter of the longest matching prefix. The price is paid here, in entries: a filter with P
+//! prefixes over R ports stores R × P trie entries, all counted against
+//! [`FilterOptions::peers_max`] ([`ControlError::PeersExhausted`] when they do not fit).
+//!
+//! The registry mirrors the maps: per port, the any-peer filter and the number of trie
+//! entries, and per (port, prefix) its filter. Conflicts are checked against it, and every
+//! `services` value is a function of it, so removing a filter rewrites its ports' entries from
+//! what the other filters hold and restores exactly the state before the filter was added.
+//!
+//! # Order of writes
+//!
+//! A filter becomes visible to packets in one order and disappears in the reverse one: its
+//! `filters` entry and its trie entries are written before any `services` entry points at it
+//! or tells the program to consult the trie, and on removal the `services` entries go first.
+//! So no packet ever sees a filter whose entries are half written. On a port that already has
+//! restricted filters, a new filter's prefixes become visible one by one as they are written,
+//! each complete, and on removal they disappear one by one, each packet then going to the next
+//! longest prefix or to the any-peer filter, as it will once the removal is done. (A port range
+//! is written one port at a time; while it is written, some of its ports already match and
+//! others do not yet, which is the same as the filter arriving a little later on those ports.)
 //!
 //! Safety contract: none needed; the crate forbids `unsafe`. The kernel objects are owned by
 //! `melange_sys::bpf` types and released when the last owner drops them; the program is
 //! detached when [`XdpFilters`] is dropped or the process dies.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,15 +63,19 @@ use melange_sys::bpf::{
 
 use crate::asm::AsmError;
 use crate::filter::{
-    self, peer_key, service_index, Counter, FilterEntry, FilterMapFds, FilterProgramSpec, Protocol,
-    Steer, FILTER_F_RESTRICT_PEERS, FILTER_VALUE_SIZE, PEER_KEY_SIZE, PEER_VALUE_SIZE,
-    SERVICES_LEN, SERVICE_VALUE_SIZE, STATS_LEN, STAT_VALUE_SIZE, XSK_VALUE_SIZE,
+    self, peer_key, service_index, service_value, Counter, FilterEntry, FilterMapFds,
+    FilterProgramSpec, Protocol, Steer, FILTER_F_ACTIVE, FILTER_VALUE_SIZE, PEER_KEY_SIZE,
+    PEER_VALUE_SIZE, SERVICES_LEN, SERVICE_FILTER_MASK, SERVICE_VALUE_SIZE, STATS_LEN,
+    STAT_VALUE_SIZE, XSK_VALUE_SIZE,
 };
 
 /// The most slots times queues the `xsks` map may have.
 pub const XSKS_LEN_MAX: u32 = 1 << 16;
 /// The most filters one interface may have.
 pub const FILTERS_MAX_LIMIT: u32 = 1 << 16;
+
+// Every `filter_id + 1` fits the filter bits of a `services` value.
+const _: () = assert!(FILTERS_MAX_LIMIT < SERVICE_FILTER_MASK);
 
 /// Errors of the control API. Each variant says what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +87,38 @@ pub enum ControlError {
     /// The program generator failed to assemble. A bug in this crate: report it.
     #[error("assembling the filter program: {0}")]
     Assemble(#[from] AsmError),
-    /// Another filter already owns this protocol and port. Drop that filter's handle first, or
-    /// choose other ports.
-    #[error("{protocol:?} port {port} already belongs to filter {existing}")]
+    /// Both this filter and another one on the same protocol and port accept any peer, so no
+    /// packet could tell them apart. Give this filter peer prefixes (it then takes those peers
+    /// from the other one), drop the other filter's handle first, or choose other ports.
+    #[error(
+        "{protocol:?} port {port} already has filter {existing} accepting any peer, and a port \
+         may have only one: give this filter peer prefixes, drop filter {existing} first, or \
+         use other ports"
+    )]
     Overlap {
         /// The protocol of both filters.
         protocol: Protocol,
         /// The first port the two filters share.
         port: u16,
-        /// The id of the filter that owns it.
+        /// The id of the filter that accepts any peer there.
+        existing: u32,
+    },
+    /// Another filter on the same protocol and port lists the same peer prefix, so packets
+    /// from it could go to either. List a different prefix (a longer or shorter one is fine:
+    /// the longest match wins), drop the other filter's handle first, or choose other ports.
+    #[error(
+        "{protocol:?} port {port} already takes peer {peer} to filter {existing}: filters on \
+         one port need distinct prefixes (the longest match wins), so list another prefix, \
+         drop filter {existing} first, or use other ports"
+    )]
+    PeerOverlap {
+        /// The protocol of both filters.
+        protocol: Protocol,
+        /// The first port the two filters share with the same prefix.
+        port: u16,
+        /// The prefix both filters list.
+        peer: Ipv4Prefix,
+        /// The id of the filter that already lists it.
         existing: u32,
     },
     /// Every filter id is in use. Drop unused filters or raise [`FilterOptions::filters_max`].
@@ -74,13 +127,17 @@ pub enum ControlError {
         /// The configured limit.
         filters_max: u32,
     },
-    /// The peer trie has no room for this filter's prefixes. Use fewer or shorter prefixes, or
-    /// raise [`FilterOptions::peers_max`].
-    #[error("the filter needs {needed} peer prefixes but only {free} of {peers_max} are free")]
+    /// The peer trie has no room for this filter's entries: one per port and prefix (other
+    /// than `0.0.0.0/0`). Use fewer prefixes or a narrower port range, drop other restricted
+    /// filters, or raise [`FilterOptions::peers_max`].
+    #[error(
+        "the filter needs {needed} peer trie entries (ports × prefixes) but only {free} of \
+         {peers_max} are free: use fewer prefixes or ports, or raise peers_max"
+    )]
     PeersExhausted {
-        /// Prefixes the filter needs.
+        /// Trie entries the filter needs: its port count times its prefix count.
         needed: usize,
-        /// Prefixes still free.
+        /// Trie entries still free.
         free: u32,
         /// The configured limit.
         peers_max: u32,
@@ -165,6 +222,13 @@ impl Ipv4Prefix {
     }
 }
 
+impl fmt::Display for Ipv4Prefix {
+    /// `addr/len`, as in `10.0.0.0/8`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 /// An inclusive range of ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortRange {
@@ -207,10 +271,9 @@ impl PortRange {
         self.first..=self.last
     }
 
-    /// The first port both ranges contain, if any.
-    fn first_common(self, other: PortRange) -> Option<u16> {
-        let first = self.first.max(other.first);
-        (first <= self.last.min(other.last)).then_some(first)
+    /// The number of ports, 1..=65536.
+    fn count(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
     }
 }
 
@@ -231,7 +294,9 @@ pub struct FilterSpec {
     pub direction: Direction,
     /// The transport protocol.
     pub protocol: Protocol,
-    /// Accepted source prefixes; empty accepts any peer.
+    /// Accepted source prefixes; empty, or holding `0.0.0.0/0`, accepts any peer. Filters that
+    /// share a port are told apart by these: a packet goes to the filter with the longest
+    /// prefix containing its source, or else to the port's one any-peer filter.
     pub peers: Vec<Ipv4Prefix>,
     /// Destination ports.
     pub ports: PortRange,
@@ -252,7 +317,8 @@ pub struct FilterOptions {
     pub slots_max: u32,
     /// Filters at once.
     pub filters_max: u32,
-    /// Peer prefixes over all filters.
+    /// Entries of the peer trie over all filters: a filter with P prefixes (not counting
+    /// `0.0.0.0/0`) over R ports uses R × P.
     pub peers_max: u32,
 }
 
@@ -427,21 +493,177 @@ impl FilterMaps {
     }
 }
 
-/// What the control plane remembers of one filter, to check overlaps and to remove it.
+/// What the control plane remembers of one filter, to check conflicts and to remove it.
 #[derive(Debug)]
 struct FilterRecord {
     protocol: Protocol,
     ports: PortRange,
+    /// The filter accepts any peer: its peers were empty or held `0.0.0.0/0`.
+    any_peer: bool,
+    /// Its other prefixes, distinct and sorted; each is one trie entry per port. An any-peer
+    /// filter keeps them too, since they can still be the longest match against another
+    /// filter's shorter prefix.
     peers: Vec<Ipv4Prefix>,
 }
 
-/// Filter ids in use and free.
-#[derive(Debug)]
+impl FilterRecord {
+    fn new(spec: &FilterSpec) -> Self {
+        let mut peers = spec.peers.clone();
+        peers.sort_unstable_by_key(|p| (u32::from(p.addr), p.len));
+        peers.dedup();
+        let any_peer = peers.is_empty() || peers.iter().any(Ipv4Prefix::is_empty);
+        peers.retain(|p| !p.is_empty());
+        Self {
+            protocol: spec.protocol,
+            ports: spec.ports,
+            any_peer,
+            peers,
+        }
+    }
+
+    /// The `services` indices of the filter's ports.
+    fn services(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ports
+            .ports()
+            .map(move |port| service_index(self.protocol, port))
+    }
+
+    /// The trie entries the filter holds: one per port and prefix.
+    fn peer_entries(&self) -> u64 {
+        u64::from(self.ports.count()) * self.peers.len() as u64
+    }
+}
+
+/// What the control plane knows of one (protocol, port) that has filters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ServiceState {
+    /// The filter that accepts any peer here, if any.
+    any_peer: Option<u32>,
+    /// The port's entries in the `peers` trie, over all its restricted filters.
+    peer_entries: u32,
+}
+
+impl ServiceState {
+    /// The state with filter `id` (not yet counted) added.
+    fn with(self, id: u32, record: &FilterRecord) -> Self {
+        assert!(
+            !(record.any_peer && self.any_peer.is_some()),
+            "two any-peer filters on one port"
+        );
+        Self {
+            any_peer: if record.any_peer {
+                Some(id)
+            } else {
+                self.any_peer
+            },
+            peer_entries: self.peer_entries + record.peers.len() as u32,
+        }
+    }
+
+    /// The state with filter `id` (counted) removed; the inverse of [`ServiceState::with`].
+    fn without(self, id: u32, record: &FilterRecord) -> Self {
+        if record.any_peer {
+            assert_eq!(self.any_peer, Some(id), "removing a filter never added");
+        }
+        Self {
+            any_peer: if record.any_peer { None } else { self.any_peer },
+            peer_entries: self
+                .peer_entries
+                .checked_sub(record.peers.len() as u32)
+                .expect("removing a filter never added"),
+        }
+    }
+
+    /// The `services` value the program reads.
+    fn value(self) -> u32 {
+        service_value(self.any_peer, self.peer_entries > 0)
+    }
+}
+
+/// Filter ids in use and free, and a mirror of the `services` and `peers` maps.
+#[derive(Debug, Default)]
 struct Registry {
     filters: HashMap<u32, FilterRecord>,
+    /// Every service with a filter; a service not here has the value 0.
+    services: HashMap<u32, ServiceState>,
+    /// The `peers` trie: (service index, prefix) to filter id. Its length is the trie's.
+    peers: HashMap<(u32, Ipv4Prefix), u32>,
     /// Free ids, popped from the end (lowest id first).
     free_ids: Vec<u32>,
-    peers_used: u32,
+}
+
+impl Registry {
+    /// The state of `service`, empty if no filter covers it.
+    fn service(&self, service: u32) -> ServiceState {
+        self.services.get(&service).copied().unwrap_or_default()
+    }
+
+    /// Refuses a filter that no packet could tell apart from one already here, naming the
+    /// first port (in order) where that happens. Costs one hash lookup per port, plus one per
+    /// port and prefix on ports that have filters: at most the trie entries the filter needs,
+    /// which the caller has bounded by `peers_max` first.
+    fn check_conflicts(&self, record: &FilterRecord) -> Result<(), ControlError> {
+        for port in record.ports.ports() {
+            let service = service_index(record.protocol, port);
+            let Some(state) = self.services.get(&service) else {
+                continue;
+            };
+            if let (true, Some(existing)) = (record.any_peer, state.any_peer) {
+                return Err(ControlError::Overlap {
+                    protocol: record.protocol,
+                    port,
+                    existing,
+                });
+            }
+            for &peer in &record.peers {
+                if let Some(&existing) = self.peers.get(&(service, peer)) {
+                    return Err(ControlError::PeerOverlap {
+                        protocol: record.protocol,
+                        port,
+                        peer,
+                        existing,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records filter `id`, whose entries are in the maps. Paired with [`Registry::remove`].
+    fn add(&mut self, id: u32, record: FilterRecord) {
+        for service in record.services() {
+            let state = self.service(service).with(id, &record);
+            self.services.insert(service, state);
+            for &peer in &record.peers {
+                let previous = self.peers.insert((service, peer), id);
+                assert!(
+                    previous.is_none(),
+                    "two filters with one prefix on one port"
+                );
+            }
+        }
+        let previous = self.filters.insert(id, record);
+        assert!(previous.is_none(), "filter id {id} added twice");
+    }
+
+    /// Forgets filter `id` and returns its record; afterwards the mirror is as it was before
+    /// [`Registry::add`]. The id is not freed.
+    fn remove(&mut self, id: u32) -> Option<FilterRecord> {
+        let record = self.filters.remove(&id)?;
+        for service in record.services() {
+            let state = self.service(service).without(id, &record);
+            if state == ServiceState::default() {
+                self.services.remove(&service);
+            } else {
+                self.services.insert(service, state);
+            }
+            for &peer in &record.peers {
+                let owner = self.peers.remove(&(service, peer));
+                assert_eq!(owner, Some(id), "trie mirror lost a prefix of filter {id}");
+            }
+        }
+        Some(record)
+    }
 }
 
 /// State shared by [`XdpFilters`] and its [`FilterHandle`]s.
@@ -454,76 +676,83 @@ struct Shared {
 
 impl Shared {
     fn registry(&self) -> MutexGuard<'_, Registry> {
-        // A poisoned lock means a panic while the registry was held; the registry is updated
-        // only after the maps are, so its contents are still a correct account of them.
+        // A poisoned lock means a panic while the registry was held, which only a failed
+        // assertion (a bug) causes: map writes report errors. The registry is changed in one
+        // step after a filter's map writes succeed, or before its removal's writes, so it
+        // still describes every filter but at most the one being changed.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes a filter's entries: filter and peers first, services last.
-    fn install(&self, id: u32, spec: &FilterSpec, peers: &[Ipv4Prefix]) -> Result<(), BpfError> {
-        let flags = if peers.is_empty() {
-            0
-        } else {
-            FILTER_F_RESTRICT_PEERS
-        };
+    /// Writes the entries of filter `id`, which `registry` does not hold yet: its `filters`
+    /// entry and trie entries first, then its ports' `services` entries, computed as
+    /// `registry` plus this filter.
+    fn install(
+        &self,
+        id: u32,
+        slot: u32,
+        record: &FilterRecord,
+        registry: &Registry,
+    ) -> Result<(), BpfError> {
         let entry = FilterEntry {
-            flags,
-            slot: spec.slot,
+            flags: FILTER_F_ACTIVE,
+            slot,
         };
         self.maps
             .filters
             .update(&id.to_ne_bytes(), &entry.to_bytes(), UpdateMode::Any)?;
-        for p in peers {
-            let key = peer_key(id, p.addr.octets(), p.len);
-            self.maps
-                .peers
-                .update(&key, &1u32.to_ne_bytes(), UpdateMode::Any)?;
-        }
         let value = (id + 1).to_ne_bytes();
-        for port in spec.ports.ports() {
-            let index = service_index(spec.protocol, port);
-            self.maps
-                .services
-                .update(&index.to_ne_bytes(), &value, UpdateMode::Any)?;
+        for service in record.services() {
+            for p in &record.peers {
+                let key = peer_key(service, p.addr.octets(), p.len);
+                // NoExist: the conflict check ruled out a key another filter holds.
+                self.maps.peers.update(&key, &value, UpdateMode::NoExist)?;
+            }
+        }
+        for service in record.services() {
+            let state = registry.service(service).with(id, record);
+            self.maps.services.update(
+                &service.to_ne_bytes(),
+                &state.value().to_ne_bytes(),
+                UpdateMode::Any,
+            )?;
         }
         Ok(())
     }
 
-    /// Removes a filter's entries in the reverse order of [`Shared::install`]. Tolerates
-    /// entries that were never written (a failed install).
-    fn uninstall(&self, id: u32, record: &FilterRecord) -> Result<(), BpfError> {
+    /// Removes the entries of filter `id`, which `registry` no longer (or never did) hold, in
+    /// the reverse order of [`Shared::install`]: its ports' `services` entries are rewritten
+    /// from `registry`, which restores them to what the other filters need, then its trie
+    /// entries and its `filters` entry go. Tolerates entries that were never written (a failed
+    /// install) and carries on past errors, returning the first.
+    fn clear(&self, id: u32, record: &FilterRecord, registry: &Registry) -> Result<(), BpfError> {
         let mut first_error = None;
         let mut note = |r: Result<(), BpfError>| {
             if let Err(e) = r {
                 first_error.get_or_insert(e);
             }
         };
-        let mut value = [0u8; SERVICE_VALUE_SIZE as usize];
-        for port in record.ports.ports() {
-            let index = service_index(record.protocol, port).to_ne_bytes();
-            // Only clear entries that still point at this filter.
-            let ours = self
-                .maps
-                .services
-                .lookup(&index, &mut value)
-                .map(|found| found && u32::from_ne_bytes(value) == id + 1);
-            match ours {
-                Ok(true) => note(self.maps.services.update(
-                    &index,
-                    &0u32.to_ne_bytes(),
-                    UpdateMode::Any,
-                )),
-                Ok(false) => {}
-                Err(e) => note(Err(e)),
-            }
+        for service in record.services() {
+            note(self.maps.services.update(
+                &service.to_ne_bytes(),
+                &registry.service(service).value().to_ne_bytes(),
+                UpdateMode::Any,
+            ));
         }
-        for p in &record.peers {
-            note(
-                self.maps
-                    .peers
-                    .delete(&peer_key(id, p.addr.octets(), p.len))
-                    .map(drop),
-            );
+        let mut value = [0u8; PEER_VALUE_SIZE as usize];
+        for service in record.services() {
+            for p in &record.peers {
+                // Only keys that still name this filter: the conflict check means no other
+                // filter holds them, but an install that failed on one (a bug) must not take
+                // it from its owner. Keys never written are simply absent.
+                let key = peer_key(service, p.addr.octets(), p.len);
+                match self.maps.peers.lookup(&key, &mut value) {
+                    Ok(true) if u32::from_ne_bytes(value) == id + 1 => {
+                        note(self.maps.peers.delete(&key).map(drop));
+                    }
+                    Ok(_) => {}
+                    Err(e) => note(Err(e)),
+                }
+            }
         }
         note(self.maps.filters.update(
             &id.to_ne_bytes(),
@@ -535,17 +764,17 @@ impl Shared {
 
     fn remove(&self, id: u32) -> Result<(), BpfError> {
         let mut registry = self.registry();
-        let Some(record) = registry.filters.remove(&id) else {
+        let Some(record) = registry.remove(id) else {
             return Ok(());
         };
-        let result = self.uninstall(id, &record);
-        registry.peers_used -= record.peers.len() as u32;
+        let result = self.clear(id, &record, &registry);
         registry.free_ids.push(id);
         result
     }
 }
 
-/// A live filter. Dropping it removes the filter from the maps.
+/// A live filter. Dropping it removes the filter from the maps and gives its ports back to
+/// the filters that share them, exactly as they were before it was added.
 #[derive(Debug)]
 pub struct FilterHandle {
     shared: Arc<Shared>,
@@ -612,9 +841,8 @@ impl XdpFilters {
         let insns = filter::build(&spec, &maps.fds())?;
         let program = Program::load_named(ProgramType::Xdp, &insns, "GPL", "melange_filter")?;
         let registry = Registry {
-            filters: HashMap::new(),
             free_ids: (0..options.filters_max).rev().collect(),
-            peers_used: 0,
+            ..Registry::default()
         };
         Ok(Self {
             link: None,
@@ -736,11 +964,18 @@ impl XdpFilters {
     /// Arrakis' `create_filter`: steers `spec.protocol` packets to `spec.ports` from
     /// `spec.peers` (any, if empty) to `spec.slot`'s sockets, until the handle is dropped.
     ///
+    /// Filters may share ports when their peers tell them apart: on each port, a packet goes
+    /// to the filter listing the longest prefix that contains its source, else to the port's
+    /// one filter that accepts any peer, else to the kernel. The filter costs one `peers_max`
+    /// trie entry per port and prefix. Dropping the handle restores every port to what the
+    /// remaining filters make it.
+    ///
     /// # Errors
     ///
-    /// [`ControlError::Overlap`] if another filter owns one of the ports;
-    /// [`ControlError::SlotOutOfRange`]; [`ControlError::FiltersExhausted`];
-    /// [`ControlError::PeersExhausted`]; [`ControlError::Bpf`] if a map write fails (the
+    /// [`ControlError::SlotOutOfRange`]; [`ControlError::PeersExhausted`];
+    /// [`ControlError::Overlap`] if this filter and another one on a shared port both accept
+    /// any peer; [`ControlError::PeerOverlap`] if both list the same prefix on a shared port;
+    /// [`ControlError::FiltersExhausted`]; [`ControlError::Bpf`] if a map write fails (the
     /// filter is then rolled back).
     pub fn create_filter(&self, spec: FilterSpec) -> Result<FilterHandle, ControlError> {
         let Direction::Receive = spec.direction;
@@ -750,53 +985,34 @@ impl XdpFilters {
                 slots_max: self.options.slots_max,
             });
         }
-        let mut peers = spec.peers.clone();
-        peers.sort_unstable_by_key(|p| (u32::from(p.addr), p.len));
-        peers.dedup();
-        // A /0 prefix accepts everyone: the filter is unrestricted.
-        if peers.iter().any(Ipv4Prefix::is_empty) {
-            peers.clear();
-        }
+        let record = FilterRecord::new(&spec);
 
         let shared = &self.shared;
         let mut registry = shared.registry();
-        for (&id, record) in &registry.filters {
-            if record.protocol == spec.protocol {
-                if let Some(port) = record.ports.first_common(spec.ports) {
-                    return Err(ControlError::Overlap {
-                        protocol: spec.protocol,
-                        port,
-                        existing: id,
-                    });
-                }
-            }
-        }
-        let free = shared.peers_max - registry.peers_used;
-        if peers.len() > free as usize {
+        // Capacity first: it also bounds the work of the conflict check.
+        let needed = record.peer_entries();
+        let used = u32::try_from(registry.peers.len()).expect("the trie holds at most peers_max");
+        let free = shared.peers_max - used;
+        if needed > u64::from(free) {
             return Err(ControlError::PeersExhausted {
-                needed: peers.len(),
+                needed: usize::try_from(needed).unwrap_or(usize::MAX),
                 free,
                 peers_max: shared.peers_max,
             });
         }
+        registry.check_conflicts(&record)?;
         let Some(id) = registry.free_ids.pop() else {
             return Err(ControlError::FiltersExhausted {
                 filters_max: self.options.filters_max,
             });
         };
-        let record = FilterRecord {
-            protocol: spec.protocol,
-            ports: spec.ports,
-            peers,
-        };
-        if let Err(e) = shared.install(id, &spec, &record.peers) {
+        if let Err(e) = shared.install(id, spec.slot, &record, &registry) {
             // Best effort: the install error is the one worth reporting.
-            let _ = shared.uninstall(id, &record);
+            let _ = shared.clear(id, &record, &registry);
             registry.free_ids.push(id);
             return Err(e.into());
         }
-        registry.peers_used += record.peers.len() as u32;
-        registry.filters.insert(id, record);
+        registry.add(id, record);
         Ok(FilterHandle {
             shared: Arc::clone(shared),
             id,
@@ -826,9 +1042,13 @@ impl XdpFilters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use melange_sys::bpf::XdpTestContext;
+    use melange_sys::xsk::{BindMode, SocketConfig, Umem, UmemConfig, XskSocket};
+    use melange_sys::{enter_netns, Region, RegionOptions};
 
     const ETH_ARP: u16 = 0x0806;
     const ETH_IPV4: u16 = 0x0800;
@@ -968,6 +1188,847 @@ mod tests {
     }
 
     const PASS: u32 = filter::XDP_PASS;
+
+    fn spec_to(
+        slot: u32,
+        protocol: Protocol,
+        ports: PortRange,
+        peers: Vec<Ipv4Prefix>,
+    ) -> FilterSpec {
+        FilterSpec {
+            slot,
+            ..spec(protocol, ports, peers)
+        }
+    }
+
+    /// Installs a UDP filter on one port for `slot`, accepting `peers` (empty: any peer).
+    fn udp_filter(f: &XdpFilters, slot: u32, port: u16, peers: Vec<Ipv4Prefix>) -> FilterHandle {
+        f.create_filter(spec_to(slot, Protocol::Udp, PortRange::single(port), peers))
+            .unwrap()
+    }
+
+    /// An AF_XDP socket on `lo` queue 0 of a network namespace of its own, to put in the
+    /// `xsks` map: registered at one slot, it makes the program redirect exactly the packets
+    /// steered to that slot, which tells slots apart in `BPF_PROG_TEST_RUN` (whose default
+    /// context is queue 0).
+    struct TestXsk {
+        // Field order is drop order: the socket goes before its UMEM and namespace.
+        socket: XskSocket,
+        _umem: Umem,
+        _netns: Netns,
+    }
+
+    impl TestXsk {
+        /// The socket, or `None` (test skipped) without the `ip` command outside CI.
+        fn new(test: &str) -> Option<Self> {
+            if Command::new("ip").arg("-V").output().is_err() {
+                assert!(std::env::var_os("CI").is_none(), "CI must have iproute2");
+                eprintln!("SKIPPED {test}: no `ip` command");
+                return None;
+            }
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let netns = Netns::new(format!(
+                "mlgbpf{}x{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
+            let umem = Umem::new(
+                Region::new(64 * 2048, RegionOptions::default()).unwrap(),
+                UmemConfig {
+                    frame_size: 2048,
+                    frame_count: 64,
+                    headroom: 0,
+                    fill_ring_size: 64,
+                    completion_ring_size: 64,
+                },
+            )
+            .unwrap();
+            let socket = {
+                let _in_netns = enter_netns(&netns.name).unwrap();
+                // `lo` is interface 1 in every namespace.
+                XskSocket::new(
+                    1,
+                    0,
+                    &umem,
+                    SocketConfig {
+                        rx_ring_size: 64,
+                        tx_ring_size: 64,
+                        bind: BindMode::Copy,
+                        need_wakeup: false,
+                    },
+                )
+                .unwrap()
+            };
+            Some(Self {
+                socket,
+                _umem: umem,
+                _netns: netns,
+            })
+        }
+    }
+
+    /// Where the program sends `frame`: `Ok(slot)` when it redirects it to a slot's socket,
+    /// `Err(counter)` when it passes it to the kernel without consulting a socket. Found by
+    /// registering `xsk` at each slot in turn.
+    fn steer(f: &XdpFilters, xsk: &TestXsk, frame: &[u8]) -> Result<u32, Counter> {
+        for slot in 0..f.options().slots_max {
+            f.register_socket(slot, 0, xsk.socket.fd()).unwrap();
+            let v = verdict(f, frame);
+            f.unregister_socket(slot, 0).unwrap();
+            match v {
+                (filter::XDP_REDIRECT, Counter::Redirected) => return Ok(slot),
+                (PASS, Counter::NoSocket) => {}
+                (PASS, counter) => return Err(counter),
+                other => panic!("unexpected verdict {other:?}"),
+            }
+        }
+        panic!("matched, yet no slot's socket received it");
+    }
+
+    /// `steer` for a UDP datagram from `src` to `port`.
+    fn udp_to(f: &XdpFilters, xsk: &TestXsk, src: [u8; 4], port: u16) -> Result<u32, Counter> {
+        steer(f, xsk, &udp_frame(src, port))
+    }
+
+    /// What filters write: the `services` values of every port, the whole `peers` trie and
+    /// the whole `filters` array.
+    #[derive(PartialEq, Eq)]
+    struct Snapshot {
+        services: Vec<u32>,
+        peers: BTreeMap<Vec<u8>, u32>,
+        filters: Vec<[u8; FILTER_VALUE_SIZE as usize]>,
+    }
+
+    /// Only the differences from an empty map are worth printing.
+    impl std::fmt::Debug for Snapshot {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let services: BTreeMap<usize, String> = (self.services.iter().enumerate())
+                .filter(|(_, &v)| v != 0)
+                .map(|(i, v)| (i, format!("{v:#x}")))
+                .collect();
+            let filters: BTreeMap<usize, _> = (self.filters.iter().enumerate())
+                .filter(|(_, e)| **e != [0; FILTER_VALUE_SIZE as usize])
+                .collect();
+            f.debug_struct("Snapshot")
+                .field("services", &services)
+                .field("peers", &self.peers)
+                .field("filters", &filters)
+                .finish()
+        }
+    }
+
+    fn snapshot(f: &XdpFilters) -> Snapshot {
+        let maps = &f.shared.maps;
+        let mut value = [0u8; 4];
+        let services = (0..SERVICES_LEN)
+            .map(|i| {
+                assert!(maps.services.lookup(&i.to_ne_bytes(), &mut value).unwrap());
+                u32::from_ne_bytes(value)
+            })
+            .collect();
+        let mut peers = BTreeMap::new();
+        let mut key = [0u8; PEER_KEY_SIZE as usize];
+        let mut previous: Option<[u8; PEER_KEY_SIZE as usize]> = None;
+        while maps
+            .peers
+            .next_key(previous.as_ref().map(|k| &k[..]), &mut key)
+            .unwrap()
+        {
+            assert!(maps.peers.lookup(&key, &mut value).unwrap());
+            peers.insert(key.to_vec(), u32::from_ne_bytes(value));
+            previous = Some(key);
+        }
+        let mut entry = [0u8; FILTER_VALUE_SIZE as usize];
+        let filters = (0..f.options().filters_max)
+            .map(|i| {
+                assert!(maps.filters.lookup(&i.to_ne_bytes(), &mut entry).unwrap());
+                entry
+            })
+            .collect();
+        Snapshot {
+            services,
+            peers,
+            filters,
+        }
+    }
+
+    /// The registry's mirror of the maps holds nothing but what `f` has.
+    fn assert_registry_empty(f: &XdpFilters) {
+        let registry = f.shared.registry();
+        assert!(registry.filters.is_empty());
+        assert!(registry.services.is_empty(), "{:?}", registry.services);
+        assert!(registry.peers.is_empty(), "{:?}", registry.peers);
+    }
+
+    #[test]
+    fn filters_on_one_port_are_told_apart_by_peers() {
+        let test = "filters_on_one_port_are_told_apart_by_peers";
+        if !privileged(test) {
+            return;
+        }
+        let Some(xsk) = TestXsk::new(test) else {
+            return;
+        };
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let empty = snapshot(&f);
+        let port = 7000;
+        let (ten, home, other) = ([10, 9, 8, 7], [192, 168, 1, 5], [172, 16, 0, 1]);
+
+        // Two restricted filters, no any-peer filter: strangers go to the kernel.
+        let a = udp_filter(&f, 1, port, vec![prefix([10, 0, 0, 0], 8)]);
+        let only_a = snapshot(&f);
+        let b = udp_filter(&f, 2, port, vec![prefix([192, 168, 1, 0], 24)]);
+        let a_b = snapshot(&f);
+        assert_eq!(udp_to(&f, &xsk, ten, port), Ok(1));
+        assert_eq!(udp_to(&f, &xsk, home, port), Ok(2));
+        let rejected = f.stats().unwrap().peer_rejected;
+        assert_eq!(
+            verdict(&f, &udp_frame(other, port)),
+            (PASS, Counter::PeerRejected)
+        );
+        assert_eq!(
+            verdict(&f, &udp_frame([192, 168, 2, 1], port)),
+            (PASS, Counter::PeerRejected)
+        );
+        assert_eq!(f.stats().unwrap().peer_rejected, rejected + 2);
+        // Neither leaks to the same port over TCP, nor to the next port.
+        assert_eq!(
+            verdict(&f, &ipv4(6, ten, &tcp_syn(port))),
+            (PASS, Counter::NoFilter)
+        );
+        assert_eq!(udp_to(&f, &xsk, ten, port + 1), Err(Counter::NoFilter));
+
+        // A third, any-peer filter catches the rest; the restricted ones keep theirs.
+        let c = udp_filter(&f, 3, port, vec![]);
+        let all = [(ten, Ok(1)), (home, Ok(2)), (other, Ok(3))];
+        for (src, want) in all {
+            assert_eq!(udp_to(&f, &xsk, src, port), want, "{src:?}");
+        }
+        assert_eq!(udp_to(&f, &xsk, [192, 168, 2, 1], port), Ok(3));
+
+        // Removing each filter in turn leaves the others working and restores the maps.
+        drop(c);
+        assert_eq!(snapshot(&f), a_b);
+        assert_eq!(udp_to(&f, &xsk, other, port), Err(Counter::PeerRejected));
+        drop(b);
+        assert_eq!(snapshot(&f), only_a);
+        assert_eq!(udp_to(&f, &xsk, ten, port), Ok(1));
+        assert_eq!(udp_to(&f, &xsk, home, port), Err(Counter::PeerRejected));
+        drop(a);
+        assert_eq!(snapshot(&f), empty);
+        assert_eq!(udp_to(&f, &xsk, ten, port), Err(Counter::NoFilter));
+        assert_registry_empty(&f);
+
+        // The other order, any-peer filter first, and removals from the other end.
+        let c = udp_filter(&f, 3, port, vec![]);
+        let only_c = snapshot(&f);
+        let a = udp_filter(&f, 1, port, vec![prefix([10, 0, 0, 0], 8)]);
+        let c_a = snapshot(&f);
+        let b = udp_filter(&f, 2, port, vec![prefix([192, 168, 1, 0], 24)]);
+        for (src, want) in all {
+            assert_eq!(udp_to(&f, &xsk, src, port), want, "{src:?}");
+        }
+        drop(b);
+        assert_eq!(snapshot(&f), c_a);
+        assert_eq!(udp_to(&f, &xsk, home, port), Ok(3));
+        assert_eq!(udp_to(&f, &xsk, ten, port), Ok(1));
+        drop(a);
+        assert_eq!(snapshot(&f), only_c);
+        assert_eq!(udp_to(&f, &xsk, ten, port), Ok(3));
+        drop(c);
+        assert_eq!(snapshot(&f), empty);
+        assert_registry_empty(&f);
+
+        // Removing the any-peer filter from the middle of three.
+        let a = udp_filter(&f, 1, port, vec![prefix([10, 0, 0, 0], 8)]);
+        let c = udp_filter(&f, 3, port, vec![]);
+        let b = udp_filter(&f, 2, port, vec![prefix([192, 168, 1, 0], 24)]);
+        c.remove().unwrap();
+        // (The ids differ from the first round, so compare what does not depend on them.)
+        let after = snapshot(&f);
+        assert_eq!(after.services[usize::from(port)], filter::SERVICE_F_PEERS);
+        assert_eq!(after.peers.len(), 2);
+        assert_eq!(udp_to(&f, &xsk, ten, port), Ok(1));
+        assert_eq!(udp_to(&f, &xsk, home, port), Ok(2));
+        assert_eq!(udp_to(&f, &xsk, other, port), Err(Counter::PeerRejected));
+        drop((a, b));
+        assert_eq!(snapshot(&f), empty);
+        assert_registry_empty(&f);
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let test = "longest_prefix_wins";
+        if !privileged(test) {
+            return;
+        }
+        let Some(xsk) = TestXsk::new(test) else {
+            return;
+        };
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let port = 53;
+        let wide = udp_filter(&f, 1, port, vec![prefix([10, 0, 0, 0], 8)]);
+        let narrow = f
+            .create_filter(spec_to(
+                2,
+                Protocol::Udp,
+                PortRange::single(port),
+                // Host bits are cleared: this is 10.1.0.0/16.
+                vec![prefix([10, 1, 99, 99], 16)],
+            ))
+            .unwrap();
+        let host = udp_filter(
+            &f,
+            3,
+            port,
+            vec![prefix([10, 1, 2, 3], 32), prefix([172, 16, 0, 0], 12)],
+        );
+        let cases = [
+            ([10, 1, 2, 3], Ok(3)),
+            ([10, 1, 2, 4], Ok(2)),
+            ([10, 1, 255, 255], Ok(2)),
+            ([10, 2, 0, 1], Ok(1)),
+            ([10, 0, 0, 0], Ok(1)),
+            ([172, 31, 1, 1], Ok(3)),
+            ([11, 0, 0, 1], Err(Counter::PeerRejected)),
+        ];
+        for (src, want) in cases {
+            assert_eq!(udp_to(&f, &xsk, src, port), want, "{src:?}");
+        }
+        // Without the /16, its addresses fall back to the /8; without the /32, to the /16.
+        drop(narrow);
+        assert_eq!(udp_to(&f, &xsk, [10, 1, 2, 4], port), Ok(1));
+        assert_eq!(udp_to(&f, &xsk, [10, 1, 2, 3], port), Ok(3));
+        drop(host);
+        assert_eq!(udp_to(&f, &xsk, [10, 1, 2, 3], port), Ok(1));
+        assert_eq!(
+            udp_to(&f, &xsk, [172, 31, 1, 1], port),
+            Err(Counter::PeerRejected)
+        );
+        drop(wide);
+        assert_registry_empty(&f);
+
+        // An any-peer filter's own narrower prefixes still beat another filter's shorter one:
+        // `0.0.0.0/0` is just the shortest prefix.
+        let any = f
+            .create_filter(spec_to(
+                4,
+                Protocol::Tcp,
+                PortRange::single(port),
+                vec![prefix([10, 1, 2, 0], 24), prefix([0, 0, 0, 0], 0)],
+            ))
+            .unwrap();
+        let mid = f
+            .create_filter(spec_to(
+                5,
+                Protocol::Tcp,
+                PortRange::single(port),
+                vec![prefix([10, 1, 0, 0], 16)],
+            ))
+            .unwrap();
+        let tcp = |src| steer(&f, &xsk, &ipv4(6, src, &tcp_syn(port)));
+        assert_eq!(tcp([10, 1, 2, 9]), Ok(4));
+        assert_eq!(tcp([10, 1, 3, 9]), Ok(5));
+        assert_eq!(tcp([9, 9, 9, 9]), Ok(4));
+        drop(mid);
+        assert_eq!(tcp([10, 1, 3, 9]), Ok(4));
+        drop(any);
+        assert_registry_empty(&f);
+    }
+
+    #[test]
+    fn port_ranges_with_peers() {
+        let test = "port_ranges_with_peers";
+        if !privileged(test) {
+            return;
+        }
+        let Some(xsk) = TestXsk::new(test) else {
+            return;
+        };
+        let f = XdpFilters::new(FilterOptions {
+            peers_max: 20,
+            ..FilterOptions::default()
+        })
+        .unwrap();
+        let empty = snapshot(&f);
+        // a: 5000..=5009 from 10/8 (10 entries); b: 5005 from anyone; c: 5003..=5006 from
+        // 10.1/16 and 192.168/16 (8 entries).
+        let a = f
+            .create_filter(spec_to(
+                1,
+                Protocol::Udp,
+                PortRange::new(5000, 5009).unwrap(),
+                vec![prefix([10, 0, 0, 0], 8)],
+            ))
+            .unwrap();
+        let b = udp_filter(&f, 2, 5005, vec![]);
+        let a_b = snapshot(&f);
+        let c = f
+            .create_filter(spec_to(
+                3,
+                Protocol::Udp,
+                PortRange::new(5003, 5006).unwrap(),
+                vec![prefix([10, 1, 0, 0], 16), prefix([192, 168, 0, 0], 16)],
+            ))
+            .unwrap();
+        assert_eq!(snapshot(&f).peers.len(), 18);
+        let (ten, ten_one, home, other) =
+            ([10, 9, 9, 9], [10, 1, 1, 1], [192, 168, 3, 3], [8, 8, 8, 8]);
+        for port in 4999..=5010 {
+            let in_a = (5000..=5009).contains(&port);
+            let in_c = (5003..=5006).contains(&port);
+            let fallback = if port == 5005 {
+                Ok(2)
+            } else if in_a || in_c {
+                Err(Counter::PeerRejected)
+            } else {
+                Err(Counter::NoFilter)
+            };
+            let want_ten = if in_a { Ok(1) } else { fallback };
+            let want_ten_one = if in_c { Ok(3) } else { want_ten };
+            let want_home = if in_c { Ok(3) } else { fallback };
+            assert_eq!(udp_to(&f, &xsk, ten, port), want_ten, "{port}");
+            assert_eq!(udp_to(&f, &xsk, ten_one, port), want_ten_one, "{port}");
+            assert_eq!(udp_to(&f, &xsk, home, port), want_home, "{port}");
+            assert_eq!(udp_to(&f, &xsk, other, port), fallback, "{port}");
+        }
+        // Ports × prefixes count against peers_max: 18 of 20 are used.
+        match f.create_filter(spec_to(
+            4,
+            Protocol::Tcp,
+            PortRange::new(1, 3).unwrap(),
+            vec![prefix([10, 0, 0, 0], 8)],
+        )) {
+            Err(
+                e @ ControlError::PeersExhausted {
+                    needed: 3,
+                    free: 2,
+                    peers_max: 20,
+                },
+            ) => assert!(e.to_string().contains("raise peers_max"), "{e}"),
+            other => panic!("expected PeersExhausted, got {other:?}"),
+        }
+        // An any-peer filter over the whole range now conflicts with b at 5005.
+        assert!(matches!(
+            f.create_filter(spec_to(
+                4,
+                Protocol::Udp,
+                PortRange::new(5000, 5009).unwrap(),
+                vec![]
+            )),
+            Err(ControlError::Overlap {
+                port: 5005,
+                existing,
+                ..
+            }) if existing == b.id()
+        ));
+        drop(c);
+        assert_eq!(snapshot(&f), a_b);
+        assert_eq!(udp_to(&f, &xsk, ten_one, 5004), Ok(1));
+        assert_eq!(udp_to(&f, &xsk, home, 5005), Ok(2));
+        drop(b);
+        assert_eq!(udp_to(&f, &xsk, home, 5005), Err(Counter::PeerRejected));
+        assert_eq!(udp_to(&f, &xsk, ten, 5005), Ok(1));
+        drop(a);
+        assert_eq!(snapshot(&f), empty);
+        assert_registry_empty(&f);
+    }
+
+    #[test]
+    fn ambiguous_filters_are_refused() {
+        if !privileged("ambiguous_filters_are_refused") {
+            return;
+        }
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let any = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(100, 200).unwrap(),
+                vec![],
+            ))
+            .unwrap();
+        let ten = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(150, 250).unwrap(),
+                vec![prefix([10, 0, 0, 0], 8), prefix([192, 168, 1, 1], 32)],
+            ))
+            .unwrap();
+        let before = snapshot(&f);
+
+        // A second any-peer filter, also spelled 0.0.0.0/0, on a shared port.
+        for peers in [vec![], vec![prefix([0, 0, 0, 0], 0)]] {
+            match f.create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(190, 300).unwrap(),
+                peers,
+            )) {
+                Err(
+                    e @ ControlError::Overlap {
+                        protocol: Protocol::Udp,
+                        port: 190,
+                        existing,
+                    },
+                ) => {
+                    assert_eq!(existing, any.id());
+                    assert!(
+                        e.to_string().contains("give this filter peer prefixes"),
+                        "{e}"
+                    );
+                }
+                other => panic!("expected Overlap, got {other:?}"),
+            }
+        }
+        // The same prefix (host bits do not matter) on a shared port, whatever else is listed.
+        match f.create_filter(spec(
+            Protocol::Udp,
+            PortRange::new(240, 260).unwrap(),
+            vec![prefix([172, 16, 0, 0], 12), prefix([10, 20, 30, 40], 8)],
+        )) {
+            Err(
+                e @ ControlError::PeerOverlap {
+                    protocol: Protocol::Udp,
+                    port: 240,
+                    peer,
+                    existing,
+                },
+            ) => {
+                assert_eq!(existing, ten.id());
+                assert_eq!(peer, prefix([10, 0, 0, 0], 8));
+                let message = e.to_string();
+                assert!(message.contains("10.0.0.0/8"), "{message}");
+                assert!(message.contains("list another prefix"), "{message}");
+            }
+            other => panic!("expected PeerOverlap, got {other:?}"),
+        }
+        // A refused filter changes nothing and uses no id.
+        assert_eq!(snapshot(&f), before);
+        assert_eq!(f.shared.registry().filters.len(), 2);
+
+        // Different lengths, other ports, or the other protocol are all fine.
+        let nine = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(150, 250).unwrap(),
+                vec![prefix([10, 0, 0, 0], 9), prefix([192, 168, 1, 0], 31)],
+            ))
+            .unwrap();
+        let beyond = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(251, 300).unwrap(),
+                vec![prefix([10, 0, 0, 0], 8)],
+            ))
+            .unwrap();
+        let tcp = f
+            .create_filter(spec(
+                Protocol::Tcp,
+                PortRange::new(100, 200).unwrap(),
+                vec![prefix([10, 0, 0, 0], 8)],
+            ))
+            .unwrap();
+        let tcp_any = f
+            .create_filter(spec(
+                Protocol::Tcp,
+                PortRange::new(100, 200).unwrap(),
+                vec![],
+            ))
+            .unwrap();
+        // Once the owner is gone, its prefix and its any-peer role are free again.
+        drop(ten);
+        let again = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::single(150),
+                vec![prefix([10, 0, 0, 0], 8)],
+            ))
+            .unwrap();
+        drop(any);
+        let any_again = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(190, 300).unwrap(),
+                vec![],
+            ))
+            .unwrap();
+        drop((nine, beyond, tcp, tcp_any, again, any_again));
+        assert_registry_empty(&f);
+    }
+
+    /// One step of [`steering_matches_a_reference_model`].
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Create a filter on `MODEL_PORT + first ..= + first + extra` with these indices
+        /// into `MODEL_PREFIXES` (empty: any peer).
+        Create {
+            tcp: bool,
+            first: u16,
+            extra: u16,
+            peers: Vec<usize>,
+        },
+        /// Drop the live filter at this index, modulo their number.
+        Remove(usize),
+    }
+
+    const MODEL_PORT: u16 = 9000;
+    const MODEL_PORTS: u16 = 5;
+    /// Nested and disjoint prefixes, and `0.0.0.0/0`.
+    const MODEL_PREFIXES: [([u8; 4], u8); 6] = [
+        ([10, 0, 0, 0], 8),
+        ([10, 1, 0, 0], 16),
+        ([10, 1, 2, 0], 24),
+        ([10, 1, 2, 3], 32),
+        ([192, 168, 0, 0], 16),
+        ([0, 0, 0, 0], 0),
+    ];
+    /// Sources inside each prefix and outside all but `/0`.
+    const MODEL_SOURCES: [[u8; 4]; 6] = [
+        [10, 1, 2, 3],
+        [10, 1, 2, 4],
+        [10, 1, 9, 9],
+        [10, 9, 9, 9],
+        [192, 168, 5, 5],
+        [8, 8, 8, 8],
+    ];
+
+    /// A filter as the reference model sees it: a set of prefixes on some ports, "any peer"
+    /// being `0.0.0.0/0`.
+    struct ModelFilter {
+        protocol: Protocol,
+        ports: PortRange,
+        prefixes: Vec<Ipv4Prefix>,
+    }
+
+    impl ModelFilter {
+        fn new(protocol: Protocol, ports: PortRange, peers: &[Ipv4Prefix]) -> Self {
+            let mut prefixes = peers.to_vec();
+            if prefixes.is_empty() {
+                prefixes.push(prefix([0; 4], 0));
+            }
+            prefixes.sort_unstable_by_key(|p| (u32::from(p.addr()), p.len()));
+            prefixes.dedup();
+            Self {
+                protocol,
+                ports,
+                prefixes,
+            }
+        }
+
+        fn covers(&self, protocol: Protocol, port: u16) -> bool {
+            self.protocol == protocol && self.ports.ports().contains(&port)
+        }
+    }
+
+    fn contains(p: Ipv4Prefix, addr: [u8; 4]) -> bool {
+        prefix(addr, p.len()) == p
+    }
+
+    /// The rules of the module docs, written the slow and obvious way.
+    fn model_steer(
+        live: &[(FilterHandle, u32, ModelFilter)],
+        protocol: Protocol,
+        port: u16,
+        src: [u8; 4],
+    ) -> Result<u32, Counter> {
+        let on_port: Vec<_> = live
+            .iter()
+            .filter(|(_, _, m)| m.covers(protocol, port))
+            .collect();
+        if on_port.is_empty() {
+            return Err(Counter::NoFilter);
+        }
+        on_port
+            .iter()
+            .flat_map(|(_, slot, m)| m.prefixes.iter().map(move |&p| (p, *slot)))
+            .filter(|&(p, _)| contains(p, src))
+            .max_by_key(|&(p, _)| p.len())
+            .map(|(_, slot)| slot)
+            .ok_or(Counter::PeerRejected)
+    }
+
+    /// The first port where `candidate` would be ambiguous, and whether because both accept
+    /// any peer (`true`) or because they list the same prefix (`false`).
+    fn model_conflict(
+        live: &[(FilterHandle, u32, ModelFilter)],
+        candidate: &ModelFilter,
+    ) -> Option<(u16, bool)> {
+        for port in candidate.ports.ports() {
+            let others = live
+                .iter()
+                .filter(|(_, _, m)| m.covers(candidate.protocol, port));
+            let mut same_prefix = false;
+            for (_, _, other) in others {
+                for p in &candidate.prefixes {
+                    if other.prefixes.contains(p) {
+                        if p.is_empty() {
+                            return Some((port, true));
+                        }
+                        same_prefix = true;
+                    }
+                }
+            }
+            if same_prefix {
+                return Some((port, false));
+            }
+        }
+        None
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (any::<bool>(), 0..MODEL_PORTS, 0u16..3, proptest::collection::vec(0..MODEL_PREFIXES.len(), 0..3))
+                .prop_map(|(tcp, first, extra, peers)| Op::Create { tcp, first, extra, peers }),
+            1 => any::<usize>().prop_map(Op::Remove),
+        ]
+    }
+
+    #[test]
+    fn steering_matches_a_reference_model() {
+        use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+        let test = "steering_matches_a_reference_model";
+        if !privileged(test) {
+            return;
+        }
+        let Some(xsk) = TestXsk::new(test) else {
+            return;
+        };
+        // Deterministic, so that a failure replays; proptest shrinks it to a minimal sequence.
+        let config = Config::with_cases(32);
+        let rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        let ops = proptest::collection::vec(op_strategy(), 1..10);
+        let result = runner.run(&ops, |ops| {
+            let f = XdpFilters::new(FilterOptions::default()).unwrap();
+            let mut live: Vec<(FilterHandle, u32, ModelFilter)> = Vec::new();
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Create {
+                        tcp,
+                        first,
+                        extra,
+                        peers,
+                    } => {
+                        let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+                        let first = MODEL_PORT + first;
+                        let ports = PortRange::new(first, first + extra).unwrap();
+                        let peers: Vec<Ipv4Prefix> = peers
+                            .iter()
+                            .map(|&i| prefix(MODEL_PREFIXES[i].0, MODEL_PREFIXES[i].1))
+                            .collect();
+                        // Slots 1..=15 in turn: live filters have distinct slots.
+                        let slot = step as u32 % 15 + 1;
+                        let result = f.create_filter(spec_to(slot, protocol, ports, peers.clone()));
+                        let model = ModelFilter::new(protocol, ports, &peers);
+                        match (result, model_conflict(&live, &model)) {
+                            (Ok(handle), None) => live.push((handle, slot, model)),
+                            (Err(ControlError::Overlap { port, .. }), Some((want_port, true)))
+                            | (
+                                Err(ControlError::PeerOverlap { port, .. }),
+                                Some((want_port, false)),
+                            ) => {
+                                proptest::prop_assert_eq!(port, want_port);
+                            }
+                            (got, want) => {
+                                return Err(TestCaseError::fail(format!(
+                                    "step {step}: create gave {got:?}, the model {want:?}"
+                                )))
+                            }
+                        }
+                    }
+                    Op::Remove(i) => {
+                        if !live.is_empty() {
+                            let (handle, _, _) = live.remove(i % live.len());
+                            handle.remove().unwrap();
+                        }
+                    }
+                }
+                for protocol in [Protocol::Udp, Protocol::Tcp] {
+                    for port in MODEL_PORT - 1..=MODEL_PORT + MODEL_PORTS + 2 {
+                        for src in MODEL_SOURCES {
+                            let frame = match protocol {
+                                Protocol::Udp => udp_frame(src, port),
+                                Protocol::Tcp => ipv4(6, src, &tcp_syn(port)),
+                            };
+                            let want = model_steer(&live, protocol, port, src);
+                            let got = match want {
+                                Ok(slot) => {
+                                    f.register_socket(slot, 0, xsk.socket.fd()).unwrap();
+                                    let v = verdict(&f, &frame);
+                                    f.unregister_socket(slot, 0).unwrap();
+                                    match v {
+                                        (filter::XDP_REDIRECT, Counter::Redirected) => Ok(slot),
+                                        (_, counter) => Err(counter),
+                                    }
+                                }
+                                Err(_) => match verdict(&f, &frame) {
+                                    (PASS, counter) => Err(counter),
+                                    other => panic!("{other:?}"),
+                                },
+                            };
+                            proptest::prop_assert_eq!(
+                                got,
+                                want,
+                                "step {}: {:?} port {} from {:?}",
+                                step,
+                                protocol,
+                                port,
+                                src
+                            );
+                        }
+                    }
+                }
+            }
+            drop(live);
+            assert_registry_empty(&f);
+            let maps = &f.shared.maps;
+            let mut key = [0u8; PEER_KEY_SIZE as usize];
+            proptest::prop_assert!(!maps.peers.next_key(None, &mut key).unwrap());
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+
+    /// Removal unlinks a filter from `services` before clearing its `filters` entry; a packet
+    /// that read the `services` entry first must find the cleared entry inactive and go to the
+    /// kernel, not to slot 0.
+    #[test]
+    fn a_cleared_filter_entry_is_not_followed() {
+        if !privileged("a_cleared_filter_entry_is_not_followed") {
+            return;
+        }
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let h = f
+            .create_filter(spec(Protocol::Udp, PortRange::single(7777), vec![]))
+            .unwrap();
+        // Installed: matched, and slot 0 has no socket.
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 7777)),
+            (PASS, Counter::NoSocket)
+        );
+        // The moment inside a removal: services still names the filter, its entry is zero.
+        f.shared
+            .maps
+            .filters
+            .update(
+                &h.id().to_ne_bytes(),
+                &[0u8; FILTER_VALUE_SIZE as usize],
+                UpdateMode::Any,
+            )
+            .unwrap();
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 7777)),
+            (PASS, Counter::NoFilter)
+        );
+        drop(h);
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 7777)),
+            (PASS, Counter::NoFilter)
+        );
+    }
 
     #[test]
     fn matched_port_without_socket_passes_and_counts_no_socket() {
@@ -1162,8 +2223,8 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_filters_are_rejected() {
-        if !privileged("overlapping_filters_are_rejected") {
+    fn overlapping_any_peer_filters_are_rejected() {
+        if !privileged("overlapping_any_peer_filters_are_rejected") {
             return;
         }
         let f = XdpFilters::new(FilterOptions::default()).unwrap();
@@ -1186,7 +2247,7 @@ mod tests {
             }) => assert_eq!(existing, h.id()),
             other => panic!("expected an overlap, got {other:?}"),
         }
-        // Different protocol or disjoint ports are fine.
+        // Different protocol or disjoint ports are fine, and so are peers on shared ports.
         let _t = f
             .create_filter(spec(
                 Protocol::Tcp,
@@ -1197,6 +2258,21 @@ mod tests {
         let _u = f
             .create_filter(spec(Protocol::Udp, PortRange::single(201), vec![]))
             .unwrap();
+        let p = f
+            .create_filter(spec(
+                Protocol::Udp,
+                PortRange::new(150, 300).unwrap(),
+                vec![prefix(PEER, 32)],
+            ))
+            .unwrap();
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 250)),
+            (PASS, Counter::NoSocket)
+        );
+        assert_eq!(
+            verdict(&f, &udp_frame([10, 9, 9, 9], 250)),
+            (PASS, Counter::PeerRejected)
+        );
         drop(h);
         let _again = f
             .create_filter(spec(
@@ -1205,6 +2281,7 @@ mod tests {
                 vec![],
             ))
             .unwrap();
+        drop(p);
         assert!(matches!(
             f.create_filter(FilterSpec {
                 slot: 16,
@@ -1334,10 +2411,10 @@ mod tests {
             Err(ControlError::InvalidPrefix { len: 33 })
         ));
         assert!(PortRange::new(5, 4).is_err());
-        let r = PortRange::new(10, 20).unwrap();
-        assert_eq!(r.first_common(PortRange::single(20)), Some(20));
-        assert_eq!(r.first_common(PortRange::new(0, 9).unwrap()), None);
-        assert_eq!(r.first_common(PortRange::new(0, 65535).unwrap()), Some(10));
+        assert_eq!(PortRange::new(10, 20).unwrap().count(), 11);
+        assert_eq!(PortRange::single(7).count(), 1);
+        assert_eq!(PortRange::new(0, 65535).unwrap().count(), 65536);
+        assert_eq!(prefix([10, 1, 2, 3], 16).to_string(), "10.1.0.0/16");
     }
 
     proptest::proptest! {
@@ -1357,7 +2434,12 @@ mod tests {
             if privileged("garbage_frames_pass") {
                 thread_local! {
                     static FILTERS: XdpFilters = {
-                        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+                        // One prefix over every UDP port: 65536 trie entries.
+                        let f = XdpFilters::new(FilterOptions {
+                            peers_max: 65536,
+                            ..FilterOptions::default()
+                        })
+                        .unwrap();
                         std::mem::forget(f.create_filter(spec(
                             Protocol::Udp,
                             PortRange::new(0, 65535).unwrap(),

@@ -18,15 +18,29 @@
 //!    section 3.2). UDP and TCP continue; any other protocol (ICMP, ...) goes where
 //!    [`FilterProgramSpec::other_ipv4`] says.
 //! 3. Service lookup: the `services` ARRAY has [`SERVICES_LEN`] `u32` entries indexed by
-//!    [`service_index`]`(protocol, destination port)`; the entry is `filter_id + 1`, 0 for "no
-//!    filter". One array lookup, O(1), no loop for the verifier to bound; a port range is just
-//!    several entries written by the control plane. A hash keyed by port was rejected: it costs
-//!    a hash per packet and a range would still need one entry per port.
-//! 4. Filter lookup: the `filters` ARRAY holds a [`FilterEntry`] `{flags, slot}` per filter.
-//! 5. Peer check, if the filter restricts peers: the `peers` LPM trie is keyed by
-//!    [`peer_key`] `{prefixlen, filter_id (big-endian), source address}`. The filter id is part
-//!    of every stored prefix (prefix length 32 + n), so one trie serves all filters and a
-//!    lookup with the full 64 bits finds only the filter's own prefixes.
+//!    [`service_index`]`(protocol, destination port)`. An entry ([`service_value`]) holds the
+//!    port's *any-peer* filter as `filter_id + 1` (0 for none) and the bit
+//!    [`SERVICE_F_PEERS`], set when the port also has filters restricted to peers. An entry of
+//!    0 means no filter at all. One array lookup, O(1), no loop for the verifier to bound; a
+//!    port range is just several entries written by the control plane. A hash keyed by port
+//!    was rejected: it costs a hash per packet and a range would still need one entry per port.
+//! 4. Peer lookup, only if [`SERVICE_F_PEERS`] is set: the `peers` LPM trie is keyed by
+//!    [`peer_key`] `{prefixlen, service index (big-endian), source address}` and its value is
+//!    the `filter_id + 1` of the filter that listed the prefix. Every stored prefix includes
+//!    the whole service index (prefix length 32 + n), so a lookup with the full 64 bits sees
+//!    only the prefixes of the packet's own port and returns the *longest* one that contains
+//!    the source: several filters can share a port, told apart by their peers, and the most
+//!    specific prefix wins, decided by one lookup whatever the number of filters. If no prefix
+//!    matches, the port's any-peer filter takes the packet; without one, it goes to the kernel
+//!    (counted as [`Counter::PeerRejected`]). Ports without restricted filters skip the trie.
+//!
+//!    The alternative, a trie keyed by filter id (as this program once had), answers "does
+//!    filter F accept this peer?", so a port with several filters would need a loop over its
+//!    candidates, bounded for the verifier and paid per packet. Keying by service moves the
+//!    cost to the control plane: a filter with P prefixes over R ports stores R × P entries.
+//! 5. Filter lookup: the `filters` ARRAY holds a [`FilterEntry`] `{flags, slot}` per filter;
+//!    the indirection keeps the values above small and lets a filter's slot be read from one
+//!    place. An entry without [`FILTER_F_ACTIVE`] (a filter being removed) counts as no filter.
 //! 6. `bpf_redirect_map(&xsks, slot * queues_max + rx_queue_index, XDP_PASS)`: to the AF_XDP
 //!    socket of the filter's slot (application/socket group) on the queue the packet arrived
 //!    on, or, if no socket is registered there, to the kernel.
@@ -40,9 +54,15 @@
 //! Every packet read is preceded by the `data + n > data_end` check the verifier demands; the
 //! tests load the program into the real verifier, so a missing check fails the build.
 //!
+//! A UDP/TCP packet to a filtered port thus costs two array lookups (`services`, `filters`),
+//! one trie lookup if its port has restricted filters, the `xsks` lookup inside
+//! `bpf_redirect_map` and the `stats` lookup: at most five map lookups, none in a loop, the
+//! same as when a port could have only one filter.
+//!
 //! Register use: `r6` = context for the whole program; `r2`/`r3` = packet and packet end while
-//! parsing; then `r7` = filter id, `r8` = filter flags, `r9` = slot across helper calls; in the
-//! tail, `r7` = counter and `r8` = the XDP action to return.
+//! parsing; then `r7` = the `services` value, then `filter_id + 1`, then the filter id, and
+//! `r9` = slot, across helper calls; in the tail, `r7` = counter and `r8` = the XDP action to
+//! return.
 //!
 //! Safety contract: none (pure code generation); the verifier is the judge.
 
@@ -56,20 +76,23 @@ pub const XDP_REDIRECT: u32 = 4;
 
 /// Number of entries of the `services` array: one per (protocol, port).
 pub const SERVICES_LEN: u32 = 2 * 65536;
-/// Bytes of a `services` value (`u32`: `filter_id + 1`, or 0).
+/// Bytes of a `services` value (`u32`, see [`service_value`]).
 pub const SERVICE_VALUE_SIZE: u32 = 4;
 /// Bytes of a `filters` value ([`FilterEntry`]).
 pub const FILTER_VALUE_SIZE: u32 = 8;
 /// Bytes of a `peers` key ([`peer_key`]).
 pub const PEER_KEY_SIZE: u32 = 12;
-/// Bytes of a `peers` value (unused; the trie is a set).
+/// Bytes of a `peers` value (`u32`: `filter_id + 1` of the filter that listed the prefix).
 pub const PEER_VALUE_SIZE: u32 = 4;
 /// Bytes of a `stats` value (`u64` packet count).
 pub const STAT_VALUE_SIZE: u32 = 8;
 /// Bytes of an `xsks` value (an AF_XDP socket descriptor).
 pub const XSK_VALUE_SIZE: u32 = 4;
-/// [`FilterEntry::flags`] bit: the filter accepts only the peers in the `peers` trie.
-pub const FILTER_F_RESTRICT_PEERS: u32 = 1;
+/// `services` value bit: the port has filters restricted to peers, so the program looks the
+/// source up in the `peers` trie before falling back to the port's any-peer filter.
+pub const SERVICE_F_PEERS: u32 = 1 << 31;
+/// The bits of a `services` value that hold the any-peer filter's `filter_id + 1`.
+pub const SERVICE_FILTER_MASK: u32 = SERVICE_F_PEERS - 1;
 
 /// The transport protocols filters can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,10 +126,42 @@ pub const fn service_index(protocol: Protocol, port: u16) -> u32 {
     protocol.index() * 65536 + port as u32
 }
 
+/// The `services` value of a port whose any-peer filter is `any_peer` (if any) and which has
+/// filters restricted to peers if `restricted`: `any_peer + 1` (0 for none), or-ed with
+/// [`SERVICE_F_PEERS`] if `restricted`. 0 means the port has no filter.
+///
+/// # Panics
+///
+/// If `any_peer + 1` does not fit [`SERVICE_FILTER_MASK`] (filter ids are far smaller).
+pub const fn service_value(any_peer: Option<u32>, restricted: bool) -> u32 {
+    let filter = match any_peer {
+        Some(id) => {
+            assert!(
+                id < SERVICE_FILTER_MASK,
+                "filter id too large for a service value"
+            );
+            id + 1
+        }
+        None => 0,
+    };
+    if restricted {
+        filter | SERVICE_F_PEERS
+    } else {
+        filter
+    }
+}
+
+/// [`FilterEntry::flags`] bit: the entry belongs to an installed filter. Removal clears the
+/// entry to zero after unlinking the filter from `services` and `peers`, so a packet that
+/// raced the removal finds the bit clear and goes to the kernel instead of slot 0.
+pub const FILTER_F_ACTIVE: u32 = 1;
+
 /// A `filters` array value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterEntry {
-    /// `FILTER_F_*` bits.
+    /// `FILTER_F_*` bits: [`FILTER_F_ACTIVE`] for an installed filter. (Whether peers are
+    /// checked is decided per port, by [`SERVICE_F_PEERS`], since one port may have
+    /// restricted and unrestricted filters.)
     pub flags: u32,
     /// The slot (application/socket group) matched packets are redirected to.
     pub slot: u32,
@@ -122,18 +177,19 @@ impl FilterEntry {
     }
 }
 
-/// The `peers` trie key for `filter_id` and the prefix `addr/prefix_len`: `{prefixlen: u32
-/// (host order) = 32 + prefix_len, filter_id: u32 big-endian, addr: [u8; 4]}`. The program
-/// looks up `{64, filter_id, source}`.
+/// The `peers` trie key for the prefix `addr/prefix_len` on the port with [`service_index`]
+/// `service`: `{prefixlen: u32 (host order) = 32 + prefix_len, service: u32 big-endian, addr:
+/// [u8; 4]}`. The program looks up `{64, service, source}`; big-endian makes the trie compare
+/// the service index whole before the address bits, so ports never see each other's prefixes.
 ///
 /// # Panics
 ///
 /// If `prefix_len > 32` (callers validate prefixes first).
-pub fn peer_key(filter_id: u32, addr: [u8; 4], prefix_len: u8) -> [u8; PEER_KEY_SIZE as usize] {
+pub fn peer_key(service: u32, addr: [u8; 4], prefix_len: u8) -> [u8; PEER_KEY_SIZE as usize] {
     assert!(prefix_len <= 32, "IPv4 prefix length {prefix_len} > 32");
     let mut k = [0u8; PEER_KEY_SIZE as usize];
     k[..4].copy_from_slice(&(32 + u32::from(prefix_len)).to_ne_bytes());
-    k[4..8].copy_from_slice(&filter_id.to_be_bytes());
+    k[4..8].copy_from_slice(&service.to_be_bytes());
     k[8..].copy_from_slice(&addr);
     k
 }
@@ -148,7 +204,8 @@ pub enum Counter {
     NoSocket = 1,
     /// UDP/TCP to a port no filter covers: passed to the kernel.
     NoFilter = 2,
-    /// Matched a port whose filter does not accept the source address: passed to the kernel.
+    /// Matched a port that has only filters restricted to peers, none of which lists a prefix
+    /// containing the source address: passed to the kernel.
     PeerRejected = 3,
     /// Not for the filters by policy (non-IPv4 ethertype, ARP or other IP protocols steered to
     /// the kernel): passed.
@@ -216,11 +273,11 @@ impl Default for FilterProgramSpec {
 /// The descriptors of the program's maps, as the kernel returned them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FilterMapFds {
-    /// ARRAY, `u32` key, `u32` value, [`SERVICES_LEN`] entries.
+    /// ARRAY, `u32` [`service_index`] key, [`service_value`] value, [`SERVICES_LEN`] entries.
     pub services: i32,
     /// ARRAY, `u32` filter id, [`FilterEntry`] value.
     pub filters: i32,
-    /// LPM_TRIE, [`peer_key`] key, `u32` value.
+    /// LPM_TRIE, [`peer_key`] key, `u32` value `filter_id + 1`.
     pub peers: i32,
     /// XSKMAP, `u32` key `slot * queues_max + queue`, socket value.
     pub xsks: i32,
@@ -231,9 +288,9 @@ pub struct FilterMapFds {
 // Stack layout below r10.
 /// `services` key.
 const STACK_SERVICE_KEY: i16 = -4;
-/// `peers` key: prefixlen at -16, filter id at -12, source address at -8.
+/// `peers` key: prefixlen at -16, service index (big-endian) at -12, source address at -8.
 const STACK_PEER_KEY: i16 = -16;
-const STACK_PEER_KEY_FILTER: i16 = -12;
+const STACK_PEER_KEY_SERVICE: i16 = -12;
 const STACK_PEER_KEY_ADDR: i16 = -8;
 /// `filters` key.
 const STACK_FILTER_KEY: i16 = -20;
@@ -321,7 +378,7 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         .alu64(AluOp::Add, R7, R5)
         .stx(Size::W, R10, STACK_SERVICE_KEY, R7);
 
-    // services[proto * 65536 + port] = filter_id + 1, or 0.
+    // services[proto * 65536 + port] = any-peer filter_id + 1 (or 0) | SERVICE_F_PEERS.
     a.ld_map_fd(R1, maps.services)
         .mov64(R2, R10)
         .alu64_imm(AluOp::Add, R2, i32::from(STACK_SERVICE_KEY))
@@ -329,31 +386,44 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         .jmp_imm(Cond::Eq, R0, 0, "no_filter")
         .ldx(Size::W, R7, R0, 0)
         .jmp_imm(Cond::Eq, R7, 0, "no_filter")
-        .alu64_imm(AluOp::Add, R7, -1)
-        .stx(Size::W, R10, STACK_FILTER_KEY, R7);
+        .jmp32_imm(Cond::Set, R7, SERVICE_F_PEERS as i32, "peers")
+        .label("filter");
 
-    // filters[filter_id] = {flags, slot}.
-    a.ld_map_fd(R1, maps.filters)
+    // filters[r7 - 1] = {flags, slot}. Entered with r7 = filter_id + 1, non-zero.
+    a.alu64_imm(AluOp::Add, R7, -1)
+        .stx(Size::W, R10, STACK_FILTER_KEY, R7)
+        .ld_map_fd(R1, maps.filters)
         .mov64(R2, R10)
         .alu64_imm(AluOp::Add, R2, i32::from(STACK_FILTER_KEY))
         .call(Helper::MapLookupElem)
         .jmp_imm(Cond::Eq, R0, 0, "no_filter")
+        // A filter being removed has its entry cleared after its services entry: a packet that
+        // read the services entry just before must not follow the cleared entry to slot 0.
         .ldx(Size::W, R8, R0, 0)
+        .alu64_imm(AluOp::And, R8, FILTER_F_ACTIVE as i32)
+        .jmp_imm(Cond::Eq, R8, 0, "no_filter")
         .ldx(Size::W, R9, R0, 4)
-        .mov64(R1, R8)
-        .alu64_imm(AluOp::And, R1, FILTER_F_RESTRICT_PEERS as i32)
-        .jmp_imm(Cond::Eq, R1, 0, "redirect");
+        .ja("redirect");
 
-    // peers: longest prefix match on {64, filter_id (BE), source}.
-    a.st_imm(Size::W, R10, STACK_PEER_KEY, 64)
-        .mov64(R1, R7)
+    // peers: longest prefix match on {64, service index (BE), source}, whose value is the
+    // filter_id + 1 of the most specific restricted filter; else the any-peer filter, if any.
+    a.label("peers")
+        .alu64_imm(AluOp::And, R7, SERVICE_FILTER_MASK as i32)
+        .st_imm(Size::W, R10, STACK_PEER_KEY, 64)
+        .ldx(Size::W, R1, R10, STACK_SERVICE_KEY)
         .to_be(R1, 32)
-        .stx(Size::W, R10, STACK_PEER_KEY_FILTER, R1)
+        .stx(Size::W, R10, STACK_PEER_KEY_SERVICE, R1)
         .ld_map_fd(R1, maps.peers)
         .mov64(R2, R10)
         .alu64_imm(AluOp::Add, R2, i32::from(STACK_PEER_KEY))
         .call(Helper::MapLookupElem)
-        .jmp_imm(Cond::Eq, R0, 0, "peer_rejected");
+        .jmp_imm(Cond::Eq, R0, 0, "any_peer")
+        .ldx(Size::W, R7, R0, 0)
+        // r7 = the matching prefix's filter_id + 1 or, on a miss, the any-peer filter's; 0
+        // (none, or a trie value never written) goes to the kernel.
+        .label("any_peer")
+        .jmp_imm(Cond::Ne, R7, 0, "filter")
+        .ja("peer_rejected");
 
     // Redirect to xsks[slot * queues_max + rx_queue_index], falling back to XDP_PASS.
     // Entered with r6 = ctx, r9 = slot.
@@ -463,9 +533,14 @@ mod tests {
     fn key_layouts() {
         assert_eq!(service_index(Protocol::Udp, 7), 7);
         assert_eq!(service_index(Protocol::Tcp, 65535), SERVICES_LEN - 1);
-        let k = peer_key(0x0102_0304, [10, 0, 0, 0], 8);
+        let k = peer_key(service_index(Protocol::Tcp, 0x0304), [10, 0, 0, 0], 8);
         assert_eq!(&k[..4], &40u32.to_ne_bytes());
-        assert_eq!(&k[4..], &[1, 2, 3, 4, 10, 0, 0, 0]);
+        assert_eq!(&k[4..], &[0, 1, 3, 4, 10, 0, 0, 0]);
+        assert_eq!(service_value(None, false), 0);
+        assert_eq!(service_value(Some(0), false), 1);
+        assert_eq!(service_value(None, true), SERVICE_F_PEERS);
+        assert_eq!(service_value(Some(6), true), 7 | SERVICE_F_PEERS);
+        assert_eq!(service_value(Some(6), true) & SERVICE_FILTER_MASK, 7);
         let e = FilterEntry { flags: 1, slot: 2 };
         assert_eq!(e.to_bytes()[..4], 1u32.to_ne_bytes());
         assert_eq!(e.to_bytes()[4..], 2u32.to_ne_bytes());
