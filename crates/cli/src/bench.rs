@@ -41,9 +41,9 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-/// Arguments of `melange bench kernel-echo`.
+/// The arguments every echo benchmark takes: repetitions, timing, load and placement.
 #[derive(clap::Args, Debug, Clone)]
-pub struct KernelEchoArgs {
+pub struct EchoRunArgs {
     /// Repetitions of each measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -65,12 +65,20 @@ pub struct KernelEchoArgs {
     /// Core of the load generator.
     #[arg(long, default_value_t = 1)]
     pub client_cpu: usize,
-    /// First UDP port to use.
-    #[arg(long, default_value_t = 17777)]
-    pub port: u16,
     /// Write the results here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// Arguments of `melange bench kernel-echo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KernelEchoArgs {
+    /// Repetitions, timing, load and placement.
+    #[command(flatten)]
+    pub run: EchoRunArgs,
+    /// First UDP port to use.
+    #[arg(long, default_value_t = 17777)]
+    pub port: u16,
 }
 
 /// A server under test.
@@ -273,7 +281,7 @@ fn measure(
     args: &KernelEchoArgs,
     port: u16,
 ) -> Result<Measurement> {
-    let process = ServerProcess::start(server, port, args.server_cpu)?;
+    let process = ServerProcess::start(server, port, args.run.server_cpu)?;
     let cpu_before = melange_sys::cpu::process_cpu_time_of(process.pid())?;
     let loadgen_args = LoadgenArgs {
         backend: Backend::Kernel,
@@ -283,14 +291,14 @@ fn measure(
         local_port: 40000,
         prefix: 24,
         generic_xdp: false,
-        payload: args.payload,
+        payload: args.run.payload,
         inflight,
         rate: None,
-        duration: args.duration,
-        warmup: args.warmup,
+        duration: args.run.duration,
+        warmup: args.run.warmup,
         timeout: Duration::from_millis(200),
         engines: 1,
-        cpus: Some(vec![args.client_cpu]),
+        cpus: Some(vec![args.run.client_cpu]),
         idle: melange_runtime::IdlePolicy::Spin,
         json: false,
     };
@@ -340,9 +348,9 @@ pub fn kernel_echo(args: &KernelEchoArgs) -> Result<KernelEchoResults> {
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
     let mut port = args.port;
-    for &inflight in &args.inflight {
+    for &inflight in &args.run.inflight {
         let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); servers.len()];
-        for rep in 0..args.reps {
+        for rep in 0..args.run.reps {
             // Interleave servers within a repetition so drift in the machine hits all alike.
             for (i, &server) in servers.iter().enumerate() {
                 port = port.wrapping_add(1).max(1024);
@@ -383,7 +391,7 @@ pub fn kernel_echo(args: &KernelEchoArgs) -> Result<KernelEchoResults> {
         );
     }
     let results = KernelEchoResults { rows, ratios };
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

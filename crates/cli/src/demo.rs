@@ -5,7 +5,7 @@
 //! the lab down. Without them it says so and runs Melange's echo on the kernel backend against
 //! the same Linux baseline on 127.0.0.1.
 
-use crate::bench::{self, KernelEchoArgs, LabEchoArgs};
+use crate::bench::{self, EchoRunArgs, KernelEchoArgs, LabEchoArgs};
 use crate::util::parse_duration;
 use anyhow::Result;
 use std::process::Command;
@@ -28,21 +28,25 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
+    // The same load on either path: 64-byte requests at 1 and 32 in flight, server on cpu 0.
+    let run = EchoRunArgs {
+        reps: args.reps,
+        duration: args.duration,
+        warmup: Duration::from_millis(300),
+        inflight: vec![1, 32],
+        payload: 64,
+        server_cpu: 0,
+        client_cpu: 1,
+        json: None,
+    };
     if !args.no_lab {
         let up = Command::new(&exe).args(["lab", "up"]).output()?;
         if up.status.success() {
             println!("Melange demo: 64-byte UDP echo in the namespace lab (mlg-a -> mlg-b over a veth pair),");
             println!("server on cpu 0, Melange's AF_XDP load generator on cpu 1.\n");
             let result = bench::lab_echo::run(&LabEchoArgs {
-                reps: args.reps,
-                duration: args.duration,
-                warmup: Duration::from_millis(300),
-                inflight: vec![1, 32],
-                payload: 64,
+                run: run.clone(),
                 delay_us: Vec::new(),
-                server_cpu: 0,
-                client_cpu: 1,
-                json: None,
             });
             let down = Command::new(&exe).args(["lab", "down"]).output();
             if let Ok(down) = down {
@@ -65,16 +69,6 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "Melange demo: 64-byte UDP echo on 127.0.0.1, server on cpu 0, load generator on cpu 1"
     );
     println!("(kernel backend: the kernel does IP and UDP, Melange's engine does batching and the app contract)\n");
-    bench::kernel_echo(&KernelEchoArgs {
-        reps: args.reps,
-        duration: args.duration,
-        warmup: Duration::from_millis(300),
-        inflight: vec![1, 32],
-        payload: 64,
-        server_cpu: 0,
-        client_cpu: 1,
-        port: 27777,
-        json: None,
-    })?;
+    bench::kernel_echo(&KernelEchoArgs { run, port: 27777 })?;
     Ok(())
 }

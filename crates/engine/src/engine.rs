@@ -423,43 +423,37 @@ impl<N: NicQueue, A: App> Engine<N, A> {
                     .send_udp(now_ns, &mut self.pool, buf, local_port, to)
                     .map_err(map_send_error);
                 // Keep the stack's transmit queue short: move its frames to the NIC batch.
-                while let Some(frame) = iface.poll_transmit() {
-                    self.tx.push(TxDesc {
-                        buf: frame,
-                        peer: UNSPECIFIED,
-                    });
-                    if self.tx.len() == self.tx.capacity() {
-                        Self::transmit(
-                            &mut self.nic,
-                            &mut self.pool,
-                            &mut self.tx,
-                            &mut self.counters,
-                        );
-                    }
-                }
+                self.move_stack_frames_to_nic();
                 result
+            }
+        }
+    }
+
+    /// Moves the frames the stack has queued into the NIC batch, transmitting each time the
+    /// batch fills (so the batch never exceeds `batch_max`).
+    fn move_stack_frames_to_nic(&mut self) {
+        let Some(iface) = self.iface.as_mut() else {
+            return;
+        };
+        while let Some(frame) = iface.poll_transmit() {
+            self.tx.push(TxDesc {
+                buf: frame,
+                peer: UNSPECIFIED,
+            });
+            if self.tx.len() == self.tx.capacity() {
+                Self::transmit(
+                    &mut self.nic,
+                    &mut self.pool,
+                    &mut self.tx,
+                    &mut self.counters,
+                );
             }
         }
     }
 
     /// Moves everything the stack has queued to the NIC, in batches of at most `batch_max`.
     fn flush(&mut self, _now_ns: u64) {
-        if let Some(iface) = self.iface.as_mut() {
-            while let Some(frame) = iface.poll_transmit() {
-                self.tx.push(TxDesc {
-                    buf: frame,
-                    peer: UNSPECIFIED,
-                });
-                if self.tx.len() == self.tx.capacity() {
-                    Self::transmit(
-                        &mut self.nic,
-                        &mut self.pool,
-                        &mut self.tx,
-                        &mut self.counters,
-                    );
-                }
-            }
-        }
+        self.move_stack_frames_to_nic();
         if !self.tx.is_empty() {
             Self::transmit(
                 &mut self.nic,

@@ -19,12 +19,11 @@
 //! sockperf's server is not measured: it answers only sockperf's own messages, so the same
 //! client cannot drive it, and it runs on the kernel stack like (b).
 
-use super::{median_of, print_rows, Row, Server};
-use crate::util::{parse_duration, print_table, us};
+use super::{median_of, print_rows, EchoRunArgs, Row, Server};
+use crate::util::{print_table, us};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,34 +32,13 @@ const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// Arguments of `melange bench echo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LabEchoArgs {
-    /// Repetitions of each measurement; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// Measured time of each repetition.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Unmeasured time before each repetition.
-    #[arg(long, default_value = "0.5s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Requests in flight to measure at.
-    #[arg(long, value_delimiter = ',', default_value = "1,32")]
-    pub inflight: Vec<usize>,
-    /// Request payload bytes.
-    #[arg(long, default_value_t = 64)]
-    pub payload: usize,
+    /// Repetitions, timing, load and placement.
+    #[command(flatten)]
+    pub run: EchoRunArgs,
     /// Simulated application work per request for the curve (µs), at 32 in flight;
     /// `--delay-us` with no value skips the curve.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "0,2,4,8,16,32,64")]
     pub delay_us: Vec<u64>,
-    /// Core of the servers.
-    #[arg(long, default_value_t = 0)]
-    pub server_cpu: usize,
-    /// Core of the load generator.
-    #[arg(long, default_value_t = 1)]
-    pub client_cpu: usize,
-    /// Write the results here as JSON.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
 }
 
 /// The lab's servers.
@@ -208,27 +186,34 @@ impl Drop for LabServer {
     }
 }
 
+/// `melange loadgen` on AF_XDP in `mlg-a`, from the lab's client address, reporting JSON; the
+/// caller adds the load, the target and the timing.
+fn lab_loadgen() -> Result<Command> {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", "mlg-a"])
+        .arg(std::env::current_exe()?)
+        .args([
+            "loadgen",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-va",
+            "--bind",
+            "10.77.0.1",
+            "--json",
+        ]);
+    Ok(command)
+}
+
 /// Waits until the server echoes (10 s at most), probing with a short run of the AF_XDP load
 /// generator: it sends on queue 0, the queue the servers under test serve, whereas a kernel
 /// socket's datagrams may leave on any queue.
 fn probe(target: SocketAddrV4) -> Result<()> {
-    let exe = std::env::current_exe()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let output = Command::new("ip")
-            .args(["netns", "exec", "mlg-a"])
-            .arg(&exe)
-            .args([
-                "loadgen",
-                "--backend",
-                "af_xdp",
-                "--interface",
-                "mlg-va",
-                "--bind",
-                "10.77.0.1",
-                "--json",
-            ])
+        let output = lab_loadgen()?
             .args([
                 "--log",
                 "error",
@@ -285,34 +270,24 @@ fn measure(
     args: &LabEchoArgs,
     port: u16,
 ) -> Result<Run> {
-    let mut process = LabServer::start(server, port, args.server_cpu, delay_us)?;
+    let mut process = LabServer::start(server, port, args.run.server_cpu, delay_us)?;
     let pid = process.child.id();
     let cpu_before = melange_sys::cpu::process_cpu_time_of(pid)?;
-    let exe = std::env::current_exe()?;
-    let output = Command::new("ip")
-        .args(["netns", "exec", "mlg-a"])
-        .arg(&exe)
-        .args([
-            "loadgen",
-            "--backend",
-            "af_xdp",
-            "--interface",
-            "mlg-va",
-            "--bind",
-            "10.77.0.1",
-            "--json",
-        ])
+    let output = lab_loadgen()?
         .args(["--log", "warn", "--timeout", "200ms"])
         .args(["--target", &format!("{SERVER_ADDR}:{port}")])
         .args([
             "--payload",
-            &args.payload.to_string(),
+            &args.run.payload.to_string(),
             "--inflight",
             &inflight.to_string(),
         ])
-        .args(["--duration", &format!("{}s", args.duration.as_secs_f64())])
-        .args(["--warmup", &format!("{}s", args.warmup.as_secs_f64())])
-        .args(["--cpus", &args.client_cpu.to_string()])
+        .args([
+            "--duration",
+            &format!("{}s", args.run.duration.as_secs_f64()),
+        ])
+        .args(["--warmup", &format!("{}s", args.run.warmup.as_secs_f64())])
+        .args(["--cpus", &args.run.client_cpu.to_string()])
         .output()?;
     let cpu_after = melange_sys::cpu::process_cpu_time_of(pid)?;
     let server_log = process.stop();
@@ -459,9 +434,9 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     let mut port = 20_000u16;
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
-    for &inflight in &args.inflight {
+    for &inflight in &args.run.inflight {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers().len()];
-        for rep in 0..args.reps {
+        for rep in 0..args.run.reps {
             // Each repetition measures every server once, back to back, starting one server
             // further along each time: this VM's speed drifts on a scale of minutes (see
             // BENCHMARKS.md), so servers measured close together see the same machine, and no
@@ -489,7 +464,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
         // Ratios within each repetition, then their median: robust to the machine changing
         // speed between repetitions.
         let per_rep = |f: &dyn Fn(usize) -> f64| -> f64 {
-            median_of(&(0..args.reps).collect::<Vec<_>>(), |&rep| f(rep))
+            median_of(&(0..args.run.reps).collect::<Vec<_>>(), |&rep| f(rep))
         };
         let (ia, ib, ic) = (0, 1, 3);
         ratios.push(Ratios {
@@ -532,7 +507,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     for &delay_us in &args.delay_us {
         let mut ours = Vec::new();
         let mut linux = Vec::new();
-        for _ in 0..args.reps.min(2) {
+        for _ in 0..args.run.reps.min(2) {
             port += 1;
             ours.push(measure(Server::MelangeAfXdp, 32, delay_us, args, port)?);
             port += 1;
@@ -598,7 +573,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
         ratios,
         curve,
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.run.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
