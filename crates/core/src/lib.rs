@@ -16,4 +16,7 @@ pub mod stats;
 pub mod timer;
 
 pub use contract::{App, Command, Event, IoContext, SendError};
-pub use pool::{PacketBuf, PacketPool, PoolConfig, PoolMemory};
+pub use pool::{
+    BufChain, FrameOwner, HeapMemory, PacketBuf, PacketPool, PoolBudget, PoolConfig, PoolId,
+    PoolMemory,
+};

@@ -121,11 +121,22 @@ pub fn umem_frames_for(engines: usize) -> Result<u32, AfXdpError> {
 pub struct UmemMemory(Umem);
 
 impl PoolMemory for UmemMemory {
-    fn bytes(&self) -> &[u8] {
-        self.0.as_slice()
+    fn frame_size(&self) -> usize {
+        FRAME_SIZE as usize
     }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self.0.as_mut_slice()
+    fn frame_count(&self) -> usize {
+        self.0.as_slice().len() / FRAME_SIZE as usize
+    }
+    fn frame(&self, index: u32) -> &[u8] {
+        let base = index as usize * FRAME_SIZE as usize;
+        &self.0.as_slice()[base..base + FRAME_SIZE as usize]
+    }
+    fn frame_mut(&mut self, index: u32) -> &mut [u8] {
+        let base = index as usize * FRAME_SIZE as usize;
+        &mut self.0.as_mut_slice()[base..base + FRAME_SIZE as usize]
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

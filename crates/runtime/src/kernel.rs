@@ -154,7 +154,12 @@ impl NicQueue for KernelUdpQueue {
         self.counters.recv_calls += 1;
         let received = self
             .socket
-            .recv_batch(pool.memory_mut(), &mut self.recv_slots[..n])
+            .recv_batch(
+                pool.contiguous_mut().ok_or(NicError::BadDescriptor(
+                    "the kernel backend needs a heap-memory pool",
+                ))?,
+                &mut self.recv_slots[..n],
+            )
             .map_err(|source| NicError::Os {
                 op: "recvmmsg",
                 source,
@@ -192,6 +197,15 @@ impl NicQueue for KernelUdpQueue {
             peer: d.peer,
         }));
         let total = self.send_slots.len();
+        let Some(memory) = pool.contiguous_mut() else {
+            for desc in tx.drain(..) {
+                pool.free(desc.buf);
+            }
+            return Err(NicError::BadDescriptor(
+                "the kernel backend needs a heap-memory pool",
+            ));
+        };
+        let memory: &[u8] = memory;
         let mut done = 0;
         let mut sent = 0;
         let mut retries = 0;
@@ -199,7 +213,7 @@ impl NicQueue for KernelUdpQueue {
             self.counters.send_calls += 1;
             match self
                 .socket
-                .send_batch(pool.memory(), &self.send_slots[done..])
+                .send_batch(memory, &self.send_slots[done..])
             {
                 Ok(0) => {
                     self.counters.tx_eagain += 1;
