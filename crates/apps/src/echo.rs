@@ -10,8 +10,30 @@
 //! order; the client sets flag 1 ("from a client") and, when it wants an answer, flag 2 ("pong
 //! requested": every message in ping-pong mode, none in throughput mode). The sockperf server
 //! answers only messages that request it, with the client flag cleared; so do we.
+//!
+//! # Reflection guard
+//!
+//! An echo service answers whoever the source address claims to be, so one spoofed datagram
+//! "from" another echo (or chargen, daytime, NTP, DNS ...) service starts a loop between the
+//! two that never ends, or turns us into an amplifier against a third party. Deployed echo
+//! services (inetd's internal echo, for one) refuse requests from the well-known ports of
+//! such services; so do we ([`REFLECTOR_PORTS`]), and from our own ports, and from port 0
+//! ("no port", RFC 768, which cannot be answered). Each refusal is counted, never answered.
 
-use melange_core::{App, Event, IoContext};
+use melange_core::{App, BufChain, Event, IoContext, SocketId};
+use std::net::SocketAddrV4;
+
+/// Source ports of services that answer whatever arrives, so that echoing to them would
+/// start a loop or amplify: echo (7), discard (9, answers nothing, but a spoofed source at 9
+/// is never a real client), daytime (13), qotd (17), chargen (19), time (37), DNS (53),
+/// NTP (123), NetBIOS (137, 138), SNMP (161, 162), LDAP (389), syslog (514), RIP (520),
+/// SSDP (1900), mDNS (5353), memcached (11211).
+pub const REFLECTOR_PORTS: [u16; 18] = [
+    7, 9, 13, 17, 19, 37, 53, 123, 137, 138, 161, 162, 389, 514, 520, 1900, 5353, 11211,
+];
+
+/// Most ports one echo app serves.
+pub const ECHO_PORTS_MAX: usize = 64;
 
 /// What the echo server answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,8 +53,10 @@ const SOCKPERF_FLAG_PONG_REQUEST: u16 = 2;
 const SOCKPERF_HEADER_LEN: usize = 14;
 
 /// Echo configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EchoConfig {
+    /// The ports to serve (bound when the engine starts), at most [`ECHO_PORTS_MAX`].
+    pub ports: Vec<u16>,
     /// Simulated application work per request, in nanoseconds.
     pub work_ns: u64,
     /// What to answer.
@@ -42,19 +66,25 @@ pub struct EchoConfig {
 /// Counters of an echo server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EchoCounters {
-    /// Datagrams echoed.
+    /// Replies the engine accepted for transmit.
     pub echoed: u64,
-    /// Replies the engine could not queue (command queue full).
+    /// Replies the engine refused (no room on the device, no route ...); the request was
+    /// dropped.
     pub send_errors: u64,
     /// Datagrams received and deliberately not answered (sockperf messages that ask for no
     /// reply, or too short to be sockperf messages).
     pub unanswered: u64,
+    /// Requests refused by the reflection guard (see the module documentation).
+    pub reflector_refused: u64,
+    /// Ports that could not be bound at start (each logged by the shell through this count).
+    pub bind_errors: u64,
 }
 
 /// The echo server app.
 pub struct EchoApp {
     config: EchoConfig,
     spin_ns: fn(u64),
+    sockets: Vec<SocketId>,
     counters: EchoCounters,
 }
 
@@ -71,6 +101,7 @@ impl EchoApp {
     /// An echo server; `spin_ns` performs `work_ns` of work (the shell's choice).
     pub fn new(config: EchoConfig, spin_ns: fn(u64)) -> Self {
         Self {
+            sockets: Vec::with_capacity(config.ports.len().min(ECHO_PORTS_MAX)),
             config,
             spin_ns,
             counters: EchoCounters::default(),
@@ -80,32 +111,68 @@ impl EchoApp {
     pub fn counters(&self) -> EchoCounters {
         self.counters
     }
+    /// Ports bound at start.
+    pub fn bound_ports(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Whether a request from `from` may be answered (see the module documentation).
+    fn answerable(&self, from: SocketAddrV4) -> bool {
+        let port = from.port();
+        port != 0 && !REFLECTOR_PORTS.contains(&port) && !self.config.ports.contains(&port)
+    }
+
+    fn handle(&mut self, io: &mut IoContext<'_>, socket: SocketId, data: BufChain, from: SocketAddrV4) {
+        if !self.answerable(from) {
+            self.counters.reflector_refused += 1;
+            io.free_chain(data);
+            return;
+        }
+        if self.config.work_ns > 0 {
+            (self.spin_ns)(self.config.work_ns);
+        }
+        if self.config.protocol == EchoProtocol::Sockperf {
+            let answer = match data.frames() {
+                1 => sockperf_answer(io.payload_mut(data.head())),
+                // A sockperf message never spans frames; answer nothing rather than copy.
+                _ => false,
+            };
+            if !answer {
+                io.free_chain(data);
+                self.counters.unanswered += 1;
+                return;
+            }
+        }
+        match io.send_to(socket, from, data) {
+            Ok(()) => self.counters.echoed += 1,
+            Err((_, data)) => {
+                io.free_chain(data);
+                self.counters.send_errors += 1;
+            }
+        }
+    }
 }
 
 impl App for EchoApp {
+    fn start(&mut self, io: &mut IoContext<'_>) {
+        for &port in self.config.ports.iter().take(ECHO_PORTS_MAX) {
+            match io.bind_udp(port) {
+                Ok(socket) => self.sockets.push(socket),
+                Err(_) => self.counters.bind_errors += 1,
+            }
+        }
+    }
+
     fn run_io(&mut self, io: &mut IoContext<'_>) {
         while let Some(event) = io.next_event() {
-            if let Event::Datagram {
-                buf,
-                from,
-                local_port,
-            } = event
-            {
-                if self.config.work_ns > 0 {
-                    (self.spin_ns)(self.config.work_ns);
-                }
-                if self.config.protocol == EchoProtocol::Sockperf
-                    && !sockperf_answer(io.payload_mut(&buf))
-                {
-                    io.free(buf);
-                    self.counters.unanswered += 1;
-                    continue;
-                }
-                match io.send_to(buf, local_port, from) {
-                    Ok(()) => self.counters.echoed += 1,
-                    Err((_, buf)) => {
-                        io.free(buf);
-                        self.counters.send_errors += 1;
+            match event {
+                Event::Datagram {
+                    socket, data, from, ..
+                } => self.handle(io, socket, data, from),
+                other => {
+                    // Nothing else is asked for; give back any buffers it carries.
+                    if let Some(data) = other.into_data() {
+                        io.free_chain(data);
                     }
                 }
             }
@@ -133,6 +200,59 @@ fn sockperf_answer(message: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use melange_core::test_io::TestIo;
+    use std::net::Ipv4Addr;
+
+    fn echo(protocol: EchoProtocol) -> (EchoApp, TestIo) {
+        let mut app = EchoApp::new(
+            EchoConfig {
+                ports: vec![7777],
+                work_ns: 0,
+                protocol,
+            },
+            |_| {},
+        );
+        let mut io = TestIo::new(16);
+        app.start(&mut IoContext::new(&mut io));
+        assert_eq!(app.bound_ports(), 1);
+        (app, io)
+    }
+
+    #[test]
+    fn echoes_to_the_sender_and_counts_what_was_accepted() {
+        let (mut app, mut io) = echo(EchoProtocol::Plain);
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 1), 40000);
+        io.deliver(b"hello", client);
+        io.deliver(b"again", client);
+        app.run_io(&mut IoContext::new(&mut io));
+        assert_eq!(
+            io.take_sent(),
+            vec![(client, b"hello".to_vec()), (client, b"again".to_vec())]
+        );
+        assert_eq!(app.counters().echoed, 2);
+        // A refused reply is a send error, not an echo, and its buffer is not lost.
+        io.refuse_sends = Some(melange_core::SendError::TxQueueFull);
+        io.deliver(b"full", client);
+        app.run_io(&mut IoContext::new(&mut io));
+        assert_eq!(app.counters().echoed, 2);
+        assert_eq!(app.counters().send_errors, 1);
+        assert_eq!(io.pool.available(), io.pool.capacity());
+    }
+
+    #[test]
+    fn reflectors_and_our_own_port_are_never_answered() {
+        let (mut app, mut io) = echo(EchoProtocol::Plain);
+        let ip = Ipv4Addr::new(10, 77, 0, 3);
+        for port in [7, 19, 123, 0, 7777] {
+            io.deliver(b"loop?", SocketAddrV4::new(ip, port));
+        }
+        io.deliver(b"real", SocketAddrV4::new(ip, 50000));
+        app.run_io(&mut IoContext::new(&mut io));
+        let sent = io.take_sent();
+        assert_eq!(sent, vec![(SocketAddrV4::new(ip, 50000), b"real".to_vec())]);
+        assert_eq!(app.counters().reflector_refused, 5);
+        assert_eq!(io.pool.available(), io.pool.capacity());
+    }
 
     #[test]
     fn sockperf_messages_as_the_sockperf_server_answers_them() {

@@ -13,7 +13,7 @@
 //! `drain_ns` to come back, then the app reports itself done.
 
 use hdrhistogram::Histogram;
-use melange_core::{App, Event, IoContext};
+use melange_core::{App, BufChain, Event, IoContext, SocketId};
 use serde::Serialize;
 use std::net::SocketAddrV4;
 
@@ -23,6 +23,9 @@ pub const HEADER_LEN: usize = 24;
 const TOKEN_HOUSEKEEPING: u64 = 1;
 const TOKEN_PACE: u64 = 2;
 const HOUSEKEEPING_NS_MAX: u64 = 1_000_000;
+/// Largest request payload: the largest UDP payload over IPv4 (65,535 less 20 bytes of IPv4
+/// and 8 of UDP header).
+pub const PAYLOAD_MAX: usize = 65_507;
 /// The most requests outstanding at once, per engine.
 pub const WINDOW_MAX: usize = 1 << 16;
 
@@ -31,9 +34,10 @@ pub const WINDOW_MAX: usize = 1 << 16;
 pub struct LoadgenConfig {
     /// The server.
     pub target: SocketAddrV4,
-    /// Our source port (ignored on the kernel backend, whose socket has its own).
+    /// Our source port, bound at start; 0 asks the transport for any free port.
     pub local_port: u16,
-    /// Request payload bytes, at least [`HEADER_LEN`].
+    /// Request payload bytes, [`HEADER_LEN`]..=[`PAYLOAD_MAX`]; a payload larger than a
+    /// buffer is sent as a chain.
     pub payload_len: usize,
     /// Closed loop: requests kept in flight. Open loop: the most allowed in flight.
     pub inflight: usize,
@@ -191,6 +195,10 @@ pub struct LoadgenApp {
     corrupt: u64,
     unexpected: u64,
     send_failures: u64,
+    socket: Option<SocketId>,
+    bind_failed: bool,
+    /// A reply spanning several buffers is read into this (allocated at start).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for LoadgenApp {
@@ -205,10 +213,10 @@ impl std::fmt::Debug for LoadgenApp {
 }
 
 impl LoadgenApp {
-    /// A load generator. `payload_len` is raised to [`HEADER_LEN`] if smaller; `inflight` is
-    /// clamped to `1..=WINDOW_MAX`.
+    /// A load generator. `payload_len` is clamped to `HEADER_LEN..=PAYLOAD_MAX` (the command
+    /// line refuses values outside before it gets here); `inflight` to `1..=WINDOW_MAX`.
     pub fn new(mut config: LoadgenConfig) -> Self {
-        config.payload_len = config.payload_len.max(HEADER_LEN);
+        config.payload_len = config.payload_len.clamp(HEADER_LEN, PAYLOAD_MAX);
         config.inflight = config.inflight.clamp(1, WINDOW_MAX);
         // The ring must span every sequence number sent within one timeout, or a single lost
         // request would block the loop until it expires: at 300k requests/s and a 200 ms
@@ -235,7 +243,15 @@ impl LoadgenApp {
             corrupt: 0,
             unexpected: 0,
             send_failures: 0,
+            socket: None,
+            bind_failed: false,
+            scratch: vec![0; PAYLOAD_MAX],
         }
+    }
+
+    /// True when the local port could not be bound (the app then sends nothing and ends).
+    pub fn bind_failed(&self) -> bool {
+        self.bind_failed
     }
 
     /// Requests in flight now.
@@ -268,7 +284,10 @@ impl LoadgenApp {
 
     fn send_one(&mut self, io: &mut IoContext<'_>) -> bool {
         let now = io.now_ns();
-        if self.outstanding >= self.slots.len() || io.commands_room() == 0 {
+        let Some(socket) = self.socket else {
+            return false;
+        };
+        if self.outstanding >= self.slots.len() {
             self.send_failures += 1;
             return false;
         }
@@ -280,21 +299,13 @@ impl LoadgenApp {
             self.outstanding -= 1;
             self.timeouts += 1;
         }
-        let Some(mut buf) = io.alloc() else {
+        let seq = self.next_seq;
+        let Some(data) = build_request(io, self.config.payload_len, self.config.stream, seq, now)
+        else {
             self.send_failures += 1;
             return false;
         };
-        if io
-            .set_payload_len(&mut buf, self.config.payload_len)
-            .is_err()
-        {
-            io.free(buf);
-            self.send_failures += 1;
-            return false;
-        }
-        let seq = self.next_seq;
-        write_request(io.payload_mut(&buf), self.config.stream, seq, now);
-        match io.send_to(buf, self.config.local_port, self.config.target) {
+        match io.send_to(socket, self.config.target, data) {
             Ok(()) => {
                 self.slots[slot_index] = Slot {
                     seq,
@@ -306,8 +317,8 @@ impl LoadgenApp {
                 self.sent += 1;
                 true
             }
-            Err((_, buf)) => {
-                io.free(buf);
+            Err((_, data)) => {
+                io.free_chain(data);
                 self.send_failures += 1;
                 false
             }
@@ -400,12 +411,20 @@ impl LoadgenApp {
 impl App for LoadgenApp {
     fn start(&mut self, io: &mut IoContext<'_>) {
         let now = io.now_ns();
+        match io.bind_udp(self.config.local_port) {
+            Ok(socket) => self.socket = Some(socket),
+            Err(_) => {
+                self.bind_failed = true;
+                self.done = true;
+                return;
+            }
+        }
         self.start_ns = now;
         self.measure_start_ns = now + self.config.warmup_ns;
         self.measure_end_ns = self.measure_start_ns + self.config.duration_ns;
-        let _ = io.arm_timer(TOKEN_HOUSEKEEPING, now + self.housekeeping_ns());
+        let _ = io.arm_timer(now + self.housekeeping_ns(), TOKEN_HOUSEKEEPING);
         if self.config.rate_per_s.is_some() {
-            let _ = io.arm_timer(TOKEN_PACE, now + self.pace_ns());
+            let _ = io.arm_timer(now + self.pace_ns(), TOKEN_PACE);
         }
         self.top_up(io);
     }
@@ -414,24 +433,38 @@ impl App for LoadgenApp {
         let now = io.now_ns();
         while let Some(event) = io.next_event() {
             match event {
-                Event::Datagram { buf, .. } => {
-                    self.handle_reply(now, io.payload(&buf));
-                    io.free(buf);
+                Event::Datagram { data, .. } => {
+                    if data.frames() == 1 {
+                        self.handle_reply(now, io.payload(data.head()));
+                    } else {
+                        let len = io.chain_read(&data, 0, &mut self.scratch);
+                        let scratch = std::mem::take(&mut self.scratch);
+                        self.handle_reply(now, &scratch[..len]);
+                        self.scratch = scratch;
+                    }
+                    io.free_chain(data);
                 }
                 Event::Timer {
                     token: TOKEN_HOUSEKEEPING,
+                    ..
                 } => {
                     self.expire(now);
                     if !self.done {
-                        let _ = io.arm_timer(TOKEN_HOUSEKEEPING, now + self.housekeeping_ns());
+                        let _ = io.arm_timer(now + self.housekeeping_ns(), TOKEN_HOUSEKEEPING);
                     }
                 }
-                Event::Timer { token: TOKEN_PACE } => {
+                Event::Timer {
+                    token: TOKEN_PACE, ..
+                } => {
                     if self.sending(now) {
-                        let _ = io.arm_timer(TOKEN_PACE, now + self.pace_ns());
+                        let _ = io.arm_timer(now + self.pace_ns(), TOKEN_PACE);
                     }
                 }
-                Event::Timer { .. } | Event::SendDone { .. } => {}
+                other => {
+                    if let Some(data) = other.into_data() {
+                        io.free_chain(data);
+                    }
+                }
             }
         }
         self.top_up(io);
@@ -447,14 +480,52 @@ impl App for LoadgenApp {
     }
 }
 
-fn write_request(payload: &mut [u8], stream: u32, seq: u64, now_ns: u64) {
-    payload[0..4].copy_from_slice(&MAGIC.to_be_bytes());
-    payload[4..8].copy_from_slice(&stream.to_be_bytes());
-    payload[8..16].copy_from_slice(&seq.to_be_bytes());
-    payload[16..24].copy_from_slice(&now_ns.to_be_bytes());
-    for (i, byte) in payload[HEADER_LEN..].iter_mut().enumerate() {
-        *byte = pattern_byte(seq, i);
+/// A request of `len` bytes in one buffer, or a chain when it does not fit one; `None` when
+/// the pool has too few buffers.
+fn build_request(
+    io: &mut IoContext<'_>,
+    len: usize,
+    stream: u32,
+    seq: u64,
+    now_ns: u64,
+) -> Option<BufChain> {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+    header[4..8].copy_from_slice(&stream.to_be_bytes());
+    header[8..16].copy_from_slice(&seq.to_be_bytes());
+    header[16..24].copy_from_slice(&now_ns.to_be_bytes());
+    let mut chain: Option<BufChain> = None;
+    let mut written = 0;
+    while written < len {
+        let Some(mut buf) = io.alloc() else {
+            if let Some(chain) = chain {
+                io.free_chain(chain);
+            }
+            return None;
+        };
+        let take = io.tailroom(&buf).min(len - written);
+        io.set_payload_len(&mut buf, take)
+            .expect("the length is within the buffer's tailroom");
+        for (i, byte) in io.payload_mut(&buf).iter_mut().enumerate() {
+            let at = written + i;
+            *byte = if at < HEADER_LEN {
+                header[at]
+            } else {
+                pattern_byte(seq, at - HEADER_LEN)
+            };
+        }
+        written += take;
+        match chain.as_mut() {
+            None => chain = Some(BufChain::from(buf)),
+            Some(chain) => {
+                if let Err((_, buf)) = io.chain_push(chain, buf) {
+                    // Unreachable: the length is at most PAYLOAD_MAX, within a chain's bound.
+                    io.free(buf);
+                }
+            }
+        }
     }
+    chain
 }
 
 fn pattern_byte(seq: u64, i: usize) -> u8 {
@@ -482,162 +553,129 @@ fn read_header(payload: &[u8]) -> Option<(u32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use melange_core::contract::{ContractLimits, IoQueues};
-    use melange_core::{Command, PacketPool, PoolConfig};
+    use melange_core::test_io::TestIo;
     use std::net::Ipv4Addr;
-
-    /// Drives the app by hand: whatever it sends comes back (or not) as the test decides.
-    struct Harness {
-        pool: PacketPool,
-        queues: IoQueues,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            Self {
-                pool: PacketPool::new(PoolConfig {
-                    frame_size: 512,
-                    frame_count: 256,
-                    headroom: 64,
-                })
-                .unwrap(),
-                queues: IoQueues::new(ContractLimits {
-                    events_max: 128,
-                    commands_max: 256,
-                }),
-            }
-        }
-        fn sends(&mut self) -> Vec<melange_core::PacketBuf> {
-            self.queues
-                .take_commands()
-                .drain(..)
-                .filter_map(|c| match c {
-                    Command::SendTo { buf, .. } => Some(buf),
-                    Command::ArmTimer { .. } => None,
-                })
-                .collect()
-        }
-    }
 
     fn target() -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7)
     }
 
+    fn started(config: LoadgenConfig) -> (LoadgenApp, TestIo) {
+        let mut io = TestIo::new(512);
+        let mut app = LoadgenApp::new(config);
+        app.start(&mut IoContext::new(&mut io));
+        assert!(!app.bind_failed());
+        (app, io)
+    }
+
+    /// Sends every datagram sent so far back to the app as replies.
+    fn echo_all(io: &mut TestIo) {
+        let sent = std::mem::take(&mut io.sent);
+        let (local_port, socket) = io.bound[0];
+        for d in sent {
+            io.events
+                .push(Event::Datagram {
+                    socket,
+                    data: d.data,
+                    from: d.to,
+                    local_port,
+                })
+                .unwrap();
+        }
+    }
+
     #[test]
     fn closed_loop_keeps_inflight_and_measures() {
-        let mut h = Harness::new();
-        let mut app = LoadgenApp::new(LoadgenConfig::closed_loop(target(), 64, 4, 1_000_000));
-        app.start(&mut h.queues.context(0, &mut h.pool));
-        let sent = h.sends();
-        assert_eq!(sent.len(), 4);
+        let (mut app, mut io) =
+            started(LoadgenConfig::closed_loop(target(), 64, 4, 1_000_000));
+        assert_eq!(io.sent.len(), 4);
+        assert_eq!(io.timers.len(), 1, "housekeeping armed");
         // Echo them back 500 ns later.
-        for buf in sent {
-            h.queues
-                .push_event(Event::Datagram {
-                    buf,
-                    from: target(),
-                    local_port: 0,
-                })
-                .unwrap();
-        }
-        app.run_io(&mut h.queues.context(500, &mut h.pool));
+        echo_all(&mut io);
+        io.now_ns = 500;
+        app.run_io(&mut IoContext::new(&mut io));
         assert_eq!(app.report().received, 4);
         assert_eq!(app.report().latency.p50_ns, 500);
-        let refill = h.sends();
-        assert_eq!(refill.len(), 4, "closed loop refills the window");
+        assert_eq!(io.sent.len(), 4, "closed loop refills the window");
         // Duplicate one reply: counted as unexpected, not as received.
-        let dup_bytes = h.pool.data(&refill[0]).to_vec();
-        for buf in refill {
-            h.queues
-                .push_event(Event::Datagram {
-                    buf,
-                    from: target(),
-                    local_port: 0,
-                })
-                .unwrap();
+        let dup = io.take_sent();
+        for (_, bytes) in &dup {
+            io.deliver(bytes, target());
         }
-        let mut dup = h.pool.alloc().unwrap();
-        h.pool.set_len(&mut dup, dup_bytes.len()).unwrap();
-        h.pool.data_mut(&dup).copy_from_slice(&dup_bytes);
-        h.queues
-            .push_event(Event::Datagram {
-                buf: dup,
-                from: target(),
-                local_port: 0,
-            })
-            .unwrap();
-        app.run_io(&mut h.queues.context(2_000_000, &mut h.pool));
+        io.deliver(&dup[0].1, target());
+        io.now_ns = 2_000_000;
+        app.run_io(&mut IoContext::new(&mut io));
         let report = app.report();
         assert_eq!(report.received, 8);
         assert_eq!(report.unexpected, 1);
         assert!(app.is_done(), "past the window with nothing outstanding");
-        assert_eq!(h.sends().len(), 0, "no sends after the window");
-        assert_eq!(h.pool.available(), h.pool.capacity());
+        assert_eq!(io.sent.len(), 0, "no sends after the window");
+        assert_eq!(io.pool.available(), io.pool.capacity());
+    }
+
+    #[test]
+    fn large_payloads_travel_as_chains_and_match() {
+        let (mut app, mut io) = started(LoadgenConfig::closed_loop(target(), 10_000, 2, 1_000_000));
+        assert_eq!(io.sent.len(), 2);
+        assert!(io.sent[0].data.frames() > 1);
+        assert_eq!(io.sent[0].data.len(), 10_000);
+        echo_all(&mut io);
+        io.now_ns = 100;
+        app.run_io(&mut IoContext::new(&mut io));
+        let report = app.report();
+        assert_eq!((report.received, report.corrupt), (2, 0));
+        io.take_sent();
+        assert_eq!(io.pool.available(), io.pool.capacity());
     }
 
     #[test]
     fn timeouts_and_corruption_are_counted() {
-        let mut h = Harness::new();
         let mut config = LoadgenConfig::closed_loop(target(), 40, 2, 10_000_000);
         config.timeout_ns = 1_000;
-        let mut app = LoadgenApp::new(config);
-        app.start(&mut h.queues.context(0, &mut h.pool));
-        let mut sent = h.sends();
+        let (mut app, mut io) = started(config);
+        let mut sent = io.take_sent();
         // Corrupt one reply's pattern; lose the other.
-        let lost = sent.pop().unwrap();
-        h.pool.free(lost);
-        let bad = sent.pop().unwrap();
-        let last = bad.len() - 1;
-        h.pool.data_mut(&bad)[last] ^= 0xff;
-        h.queues
-            .push_event(Event::Datagram {
-                buf: bad,
-                from: target(),
-                local_port: 0,
-            })
-            .unwrap();
-        h.queues
-            .push_event(Event::Timer {
-                token: TOKEN_HOUSEKEEPING,
-            })
-            .unwrap();
-        app.run_io(&mut h.queues.context(5_000, &mut h.pool));
+        sent.pop();
+        let (_, mut bad) = sent.pop().unwrap();
+        *bad.last_mut().unwrap() ^= 0xff;
+        io.deliver(&bad, target());
+        let housekeeping = io.timers[0].timer;
+        io.fire(housekeeping);
+        io.now_ns = 5_000;
+        app.run_io(&mut IoContext::new(&mut io));
         let report = app.report();
         assert_eq!(report.corrupt, 1);
         assert_eq!(
             report.timeouts, 2,
             "the corrupt one is never answered properly either"
         );
-        for buf in h.sends() {
-            h.pool.free(buf);
-        }
-        assert_eq!(h.pool.available(), h.pool.capacity());
+        io.take_sent();
+        assert_eq!(io.pool.available(), io.pool.capacity());
     }
 
     #[test]
     fn one_lost_request_does_not_stall_the_closed_loop() {
-        let mut h = Harness::new();
         let mut config = LoadgenConfig::closed_loop(target(), 32, 2, 1_000_000_000);
         config.timeout_ns = 500_000_000;
-        let mut app = LoadgenApp::new(config);
-        app.start(&mut h.queues.context(0, &mut h.pool));
-        let mut sent = h.sends();
+        let (mut app, mut io) = started(config);
         // Lose the first request for good; answer everything else, far more than a window.
-        let lost = sent.remove(0);
-        h.pool.free(lost);
+        let lost = io.sent.remove(0);
+        io.pool.free_chain(lost.data);
         let mut now = 0;
         for _ in 0..(WINDOW_MAX as u64 + 1000) {
             now += 100;
-            let Some(buf) = sent.pop() else { break };
-            h.queues
-                .push_event(Event::Datagram {
-                    buf,
-                    from: target(),
-                    local_port: 0,
+            let Some(d) = io.sent.pop() else { break };
+            let (local_port, socket) = io.bound[0];
+            io.events
+                .push(Event::Datagram {
+                    socket,
+                    data: d.data,
+                    from: d.to,
+                    local_port,
                 })
                 .unwrap();
-            app.run_io(&mut h.queues.context(now, &mut h.pool));
-            sent.extend(h.sends());
+            io.now_ns = now;
+            app.run_io(&mut IoContext::new(&mut io));
         }
         let report = app.report();
         assert!(
@@ -646,10 +684,21 @@ mod tests {
         );
         assert_eq!(report.timeouts, 1, "the lapped request counts as lost");
         assert_eq!(report.send_failures, 0);
-        for buf in sent {
-            h.pool.free(buf);
-        }
-        assert_eq!(h.pool.available(), h.pool.capacity());
+        io.take_sent();
+        assert_eq!(io.pool.available(), io.pool.capacity());
+    }
+
+    #[test]
+    fn a_port_that_cannot_be_bound_ends_the_run_at_once() {
+        let mut io = TestIo::new(8);
+        io.bound.push((4000, melange_core::Handle::from_parts(9, 1)));
+        let mut config = LoadgenConfig::closed_loop(target(), 64, 1, 1_000_000);
+        config.local_port = 4000;
+        let mut app = LoadgenApp::new(config);
+        app.start(&mut IoContext::new(&mut io));
+        assert!(app.bind_failed());
+        assert!(app.is_done());
+        assert!(io.sent.is_empty());
     }
 
     #[test]

@@ -508,6 +508,45 @@ pub struct RawChain {
     pub len: u32,
 }
 
+/// Why a transmit ended without sending; see [`PacketPool::release_tx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxDropped {
+    /// The device's transmit ring stayed full.
+    RingFull,
+    /// The device refused or failed the transmit (the interface went down, say).
+    Device,
+    /// The next hop never answered ARP.
+    Unresolved,
+}
+
+/// A frame whose transmit ended, going back to the app that asked for it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Returned {
+    /// The token given with [`PacketPool::return_after_tx`].
+    pub token: u64,
+    /// The buffer, its payload window restored.
+    pub buf: PacketBuf,
+    /// Whether it was sent.
+    pub result: Result<(), TxDropped>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReturnTag {
+    token: u64,
+    start: u16,
+    len: u16,
+    armed: bool,
+}
+
+impl ReturnTag {
+    const NONE: ReturnTag = ReturnTag {
+        token: 0,
+        start: 0,
+        len: 0,
+        armed: false,
+    };
+}
+
 /// One entry of the chain table: the next frame after this one, and this frame's window
 /// when it is not a chain's head (a head's window lives in its handle).
 #[derive(Debug, Clone, Copy)]
@@ -531,6 +570,12 @@ pub struct PacketPool {
     allocated: Vec<u64>,
     /// The chain table, one entry per frame.
     links: Vec<Link>,
+    /// Per frame: who gets the frame back when a transmit ends (see
+    /// [`PacketPool::return_after_tx`]).
+    returns: Vec<ReturnTag>,
+    /// Frames whose transmit ended and that go back to their app, oldest first. Bounded by
+    /// the frame count: a frame is in it at most once.
+    returned: std::collections::VecDeque<Returned>,
     /// The owner of every frame ([`FrameOwner`] as `u8`), in builds with debug assertions.
     #[cfg(debug_assertions)]
     owners: Vec<u8>,
@@ -590,6 +635,8 @@ impl PacketPool {
             free,
             allocated,
             links,
+            returns: vec![ReturnTag::NONE; config.frame_count],
+            returned: std::collections::VecDeque::with_capacity(config.frame_count),
             #[cfg(debug_assertions)]
             owners: vec![FrameOwner::Free as u8; config.frame_count],
             exhausted: 0,
@@ -764,6 +811,7 @@ impl PacketPool {
         assert_eq!(buf.pool, self.id, "frame {index} freed to another pool");
         assert!(self.is_allocated(index), "double free of frame {index}");
         self.mark(index, false);
+        self.returns[index as usize].armed = false;
         #[cfg(debug_assertions)]
         {
             self.owners[index as usize] = FrameOwner::Free as u8;
@@ -859,6 +907,56 @@ impl PacketPool {
         self.memory.as_any_mut().downcast_mut::<M>()
     }
 
+    // Transmit completions.
+
+    /// Asks that `buf` come back to its app, with `token`, when its transmit ends, instead of
+    /// going back to the pool. The payload window as it is now is what the app gets back
+    /// (the stack widens the window over the headers it writes).
+    pub fn return_after_tx(&mut self, buf: &PacketBuf, token: u64) {
+        debug_assert_eq!(buf.pool, self.id);
+        self.returns[buf.index as usize] = ReturnTag {
+            token,
+            start: buf.start,
+            len: buf.len,
+            armed: true,
+        };
+    }
+
+    /// Undoes [`PacketPool::return_after_tx`] for a send that was refused before it left.
+    pub fn cancel_return(&mut self, buf: &PacketBuf) {
+        debug_assert_eq!(buf.pool, self.id);
+        self.returns[buf.index as usize].armed = false;
+    }
+
+    /// Where a device (or the stack, dropping a frame it was asked to send) hands a frame
+    /// whose transmit ended: `result` says whether it was sent. A frame marked with
+    /// [`PacketPool::return_after_tx`] goes to the returned queue for its app, with its
+    /// payload window restored; any other frame goes back to the pool.
+    #[inline]
+    pub fn release_tx(&mut self, mut buf: PacketBuf, result: Result<(), TxDropped>) {
+        let tag = &mut self.returns[buf.index as usize];
+        if !tag.armed {
+            self.free(buf);
+            return;
+        }
+        tag.armed = false;
+        buf.start = tag.start;
+        buf.len = tag.len;
+        let token = tag.token;
+        self.hand_over(&buf, FrameOwner::Stack);
+        self.returned.push_back(Returned { token, buf, result });
+    }
+
+    /// The next frame whose transmit ended and that goes back to its app.
+    pub fn take_returned(&mut self) -> Option<Returned> {
+        self.returned.pop_front()
+    }
+
+    /// Frames waiting in the returned queue.
+    pub fn returned_len(&self) -> usize {
+        self.returned.len()
+    }
+
     // Chains.
 
     /// Appends `buf` at the end of `chain`. Fails, giving `buf` back, when the chain would
@@ -916,6 +1014,39 @@ impl PacketPool {
             len: chain.len - u32::from(chain.head.len),
         };
         (chain.head, Some(rest))
+    }
+
+    /// Makes a chain handle again from its raw parts (a record from another process). `None`
+    /// unless the head and every linked frame are allocated, the links lead from the head to
+    /// `tail` in exactly `frames` frames, and the windows add up to `len`. The walk is
+    /// bounded by the pool's frame count, so a forged chain costs bounded work.
+    pub fn chain_from_raw(&self, raw: RawChain) -> Option<BufChain> {
+        if raw.frames == 0 || raw.frames as usize > self.config.frame_count {
+            return None;
+        }
+        let head = self.from_raw(raw.head)?;
+        let mut len = u32::from(raw.head.len);
+        let mut index = raw.head.index;
+        for _ in 1..raw.frames {
+            index = self.links[index as usize].next;
+            if index as usize >= self.config.frame_count || !self.is_allocated(index) {
+                return None;
+            }
+            let link = self.links[index as usize];
+            if usize::from(link.start) + usize::from(link.len) > self.config.frame_size {
+                return None;
+            }
+            len += u32::from(link.len);
+        }
+        if index != raw.tail || len != raw.len || len as usize > BufChain::LEN_MAX {
+            return None;
+        }
+        Some(BufChain {
+            head,
+            tail: raw.tail,
+            frames: raw.frames,
+            len,
+        })
     }
 
     /// Returns every frame of a chain to the pool.
@@ -1198,6 +1329,30 @@ mod tests {
         assert_eq!(pool.data(rest.head()), &[2; 20]);
         pool.free(first);
         pool.free_chain(rest);
+        assert_eq!(pool.available(), 4);
+    }
+
+    #[test]
+    fn transmitted_frames_go_back_to_whoever_asked() {
+        let mut pool = small();
+        let mut a = filled(&mut pool, 7, 10);
+        let b = filled(&mut pool, 8, 10);
+        pool.return_after_tx(&a, 42);
+        a.prepend(20);
+        pool.release_tx(a, Ok(()));
+        pool.release_tx(b, Err(TxDropped::RingFull));
+        assert_eq!(pool.available(), 3, "an unmarked frame goes back to the pool");
+        let returned = pool.take_returned().unwrap();
+        assert_eq!(returned.token, 42);
+        assert_eq!(returned.result, Ok(()));
+        assert_eq!(pool.data(&returned.buf), &[7; 10], "the payload window is restored");
+        assert!(pool.take_returned().is_none());
+        // A tag does not outlive its frame.
+        pool.return_after_tx(&returned.buf, 1);
+        pool.free(returned.buf);
+        let c = pool.alloc().unwrap();
+        pool.release_tx(c, Ok(()));
+        assert!(pool.take_returned().is_none());
         assert_eq!(pool.available(), 4);
     }
 

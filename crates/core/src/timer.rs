@@ -1,11 +1,18 @@
 //! A hierarchical timing wheel with injectable ticks (Varghese and Lauck; IX uses one for TCP).
 //!
 //! Six levels of 64 slots each: level `L` slots are `64^L` ticks wide, so the wheel spans
-//! `64^6` ticks (about 19 hours at the default 1 µs tick). Inserting and expiring are O(1);
-//! finding the next deadline is a few `trailing_zeros` on per-level occupancy bitmaps, so an
-//! idle engine can sleep exactly until its next timer instead of ticking through empty slots.
-//! A slot holds an intrusive singly linked list of entries in a slab allocated at start-up
-//! (`timers_max` entries); nothing allocates afterwards.
+//! `64^6` ticks (about 19 hours at the default 1 µs tick). Inserting, cancelling, re-arming
+//! and expiring are O(1); finding the next deadline is a few `trailing_zeros` on per-level
+//! occupancy bitmaps, so an idle engine can sleep exactly until its next timer instead of
+//! ticking through empty slots. A slot holds an intrusive doubly linked list of entries in a
+//! slab allocated at start-up (`timers_max` entries); nothing allocates afterwards.
+//!
+//! Every armed timer is named by a [`TimerKey`] (slot index plus generation): TCP re-arms its
+//! retransmission timer on nearly every acknowledgement, so [`TimerWheel::reschedule`] moves an
+//! entry in place (unlink, re-file: O(1)) and [`TimerWheel::cancel`] unlinks it, and a key kept
+//! after its timer fired or was cancelled is refused ([`TimerError::Stale`]) rather than
+//! reaching a timer armed since in the same entry. The lists are doubly linked for exactly
+//! this: a singly linked slot list would make cancel a walk of the slot.
 //!
 //! When time passes a slot of level `L > 0`, its entries cascade to lower levels, and finally
 //! fire from level 0. Deadlines beyond the span are clamped into the top level and re-filed
@@ -24,6 +31,10 @@ const SLOTS: usize = 1 << LEVEL_BITS;
 const LEVELS: usize = 6;
 const SPAN_TICKS: u64 = 1 << (LEVEL_BITS * LEVELS as u32);
 const NIL: u32 = u32::MAX;
+/// `Entry::list` of an entry on the due list.
+const LIST_DUE: u16 = (LEVELS * SLOTS) as u16;
+/// `Entry::list` of a free entry.
+const LIST_NONE: u16 = LIST_DUE + 1;
 
 /// Errors from the timing wheel.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -32,12 +43,28 @@ pub enum TimerError {
     /// timers; drop the work that needed the timer.
     #[error("timing wheel full")]
     Full,
+    /// The key names a timer that already fired or was cancelled. Forget the key.
+    #[error("stale timer key: the timer fired or was cancelled")]
+    Stale,
+}
+
+/// Names one armed timer; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerKey {
+    /// Entry index in the wheel's slab.
+    pub index: u32,
+    /// The entry's generation when the timer was armed.
+    pub generation: u32,
 }
 
 #[derive(Debug, Clone)]
 struct Entry<T> {
     deadline_tick: u64,
     next: u32,
+    prev: u32,
+    generation: u32,
+    /// Which list holds the entry: `level * SLOTS + slot`, `LIST_DUE` or `LIST_NONE`.
+    list: u16,
     value: Option<T>,
 }
 
@@ -50,7 +77,7 @@ pub struct TimerWheel<T> {
     free_head: u32,
     heads: [[u32; SLOTS]; LEVELS],
     occupied: [u64; LEVELS],
-    /// Entries whose deadline has passed, waiting to be polled.
+    /// Entries whose deadline has passed, waiting to be polled, oldest first.
     due_head: u32,
     due_tail: u32,
     len: usize,
@@ -72,6 +99,9 @@ impl<T> TimerWheel<T> {
                 } else {
                     NIL
                 },
+                prev: NIL,
+                generation: 1,
+                list: LIST_NONE,
                 value: None,
             })
             .collect();
@@ -102,7 +132,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Arms a timer that yields `value` at or after `deadline_ns`.
-    pub fn insert(&mut self, deadline_ns: u64, value: T) -> Result<(), TimerError> {
+    pub fn insert(&mut self, deadline_ns: u64, value: T) -> Result<TimerKey, TimerError> {
         let index = self.free_head;
         if index == NIL {
             return Err(TimerError::Full);
@@ -111,21 +141,106 @@ impl<T> TimerWheel<T> {
         self.free_head = entry.next;
         entry.deadline_tick = deadline_ns.div_ceil(self.tick_ns);
         entry.value = Some(value);
-        entry.next = NIL;
+        let key = TimerKey {
+            index,
+            generation: entry.generation,
+        };
         self.len += 1;
         self.file(index);
+        Ok(key)
+    }
+
+    fn check(&self, key: TimerKey) -> Result<(), TimerError> {
+        match self.entries.get(key.index as usize) {
+            Some(e) if e.generation == key.generation && e.list != LIST_NONE => Ok(()),
+            _ => Err(TimerError::Stale),
+        }
+    }
+
+    /// Moves an armed timer to a new deadline, in O(1).
+    pub fn reschedule(&mut self, key: TimerKey, deadline_ns: u64) -> Result<(), TimerError> {
+        self.check(key)?;
+        self.unlink(key.index);
+        self.entries[key.index as usize].deadline_tick = deadline_ns.div_ceil(self.tick_ns);
+        self.file(key.index);
         Ok(())
+    }
+
+    /// Disarms a timer, in O(1), and gives back its value.
+    pub fn cancel(&mut self, key: TimerKey) -> Result<T, TimerError> {
+        self.check(key)?;
+        self.unlink(key.index);
+        Ok(self.release(key.index))
+    }
+
+    /// The deadline of an armed timer, in ns (rounded up to the tick).
+    pub fn deadline_ns(&self, key: TimerKey) -> Result<u64, TimerError> {
+        self.check(key)?;
+        Ok(self.entries[key.index as usize].deadline_tick * self.tick_ns)
+    }
+
+    /// Returns an unlinked entry to the free list, bumping its generation.
+    fn release(&mut self, index: u32) -> T {
+        let entry = &mut self.entries[index as usize];
+        let value = entry
+            .value
+            .take()
+            .expect("an armed entry holds a value");
+        entry.generation = entry.generation.wrapping_add(1).max(1);
+        entry.list = LIST_NONE;
+        entry.prev = NIL;
+        entry.next = self.free_head;
+        self.free_head = index;
+        self.len -= 1;
+        value
+    }
+
+    /// Takes an entry off whichever list holds it.
+    fn unlink(&mut self, index: u32) {
+        let (prev, next, list) = {
+            let e = &self.entries[index as usize];
+            (e.prev, e.next, e.list)
+        };
+        debug_assert_ne!(list, LIST_NONE, "unlinking a free entry");
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+        if prev != NIL {
+            self.entries[prev as usize].next = next;
+        }
+        if list == LIST_DUE {
+            if prev == NIL {
+                self.due_head = next;
+            }
+            if next == NIL {
+                self.due_tail = prev;
+            }
+        } else if prev == NIL {
+            let (level, slot) = (usize::from(list) / SLOTS, usize::from(list) % SLOTS);
+            self.heads[level][slot] = next;
+            if next == NIL {
+                self.occupied[level] &= !(1 << slot);
+            }
+        }
+        let e = &mut self.entries[index as usize];
+        e.prev = NIL;
+        e.next = NIL;
+        e.list = LIST_NONE;
     }
 
     /// Puts an entry in the slot its deadline belongs to, relative to `elapsed_tick`.
     fn file(&mut self, index: u32) {
         let deadline = self.entries[index as usize].deadline_tick;
         if deadline <= self.elapsed_tick {
-            self.entries[index as usize].next = NIL;
-            if self.due_tail == NIL {
+            let tail = self.due_tail;
+            let e = &mut self.entries[index as usize];
+            e.next = NIL;
+            e.prev = tail;
+            e.list = LIST_DUE;
+            if tail == NIL {
                 self.due_head = index;
             } else {
-                self.entries[self.due_tail as usize].next = index;
+                self.entries[tail as usize].next = index;
             }
             self.due_tail = index;
             return;
@@ -134,7 +249,14 @@ impl<T> TimerWheel<T> {
         let when = deadline.min(self.elapsed_tick + SPAN_TICKS - 1);
         let level = level_for(self.elapsed_tick, when);
         let slot = ((when >> (level as u32 * LEVEL_BITS)) as usize) & (SLOTS - 1);
-        self.entries[index as usize].next = self.heads[level][slot];
+        let head = self.heads[level][slot];
+        let e = &mut self.entries[index as usize];
+        e.next = head;
+        e.prev = NIL;
+        e.list = (level * SLOTS + slot) as u16;
+        if head != NIL {
+            self.entries[head as usize].prev = index;
+        }
         self.heads[level][slot] = index;
         self.occupied[level] |= 1 << slot;
     }
@@ -174,26 +296,20 @@ impl<T> TimerWheel<T> {
             .map(|(_, _, start)| start * self.tick_ns)
     }
 
-    /// Yields one timer whose deadline is at or before `now_ns`, oldest slot first.
-    /// Call until `None` (or until the caller's batch is full; the rest wait).
-    pub fn poll_expired(&mut self, now_ns: u64) -> Option<T> {
+    /// Yields one timer whose deadline is at or before `now_ns`, oldest slot first, with the
+    /// key it was armed under (stale from now on). Call until `None` (or until the caller's
+    /// batch is full; the rest wait).
+    pub fn poll_expired(&mut self, now_ns: u64) -> Option<(TimerKey, T)> {
         let now_tick = now_ns / self.tick_ns;
         loop {
             if self.due_head != NIL {
                 let index = self.due_head;
-                let entry = &mut self.entries[index as usize];
-                self.due_head = entry.next;
-                if self.due_head == NIL {
-                    self.due_tail = NIL;
-                }
-                let value = entry
-                    .value
-                    .take()
-                    .expect("an entry on the due list holds a value");
-                entry.next = self.free_head;
-                self.free_head = index;
-                self.len -= 1;
-                return Some(value);
+                let key = TimerKey {
+                    index,
+                    generation: self.entries[index as usize].generation,
+                };
+                self.unlink(index);
+                return Some((key, self.release(index)));
             }
             match self.next_expiration() {
                 Some((level, slot, start)) if start <= now_tick => {
@@ -230,7 +346,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn drain(wheel: &mut TimerWheel<u64>, now_ns: u64) -> Vec<u64> {
-        std::iter::from_fn(|| wheel.poll_expired(now_ns)).collect()
+        std::iter::from_fn(|| wheel.poll_expired(now_ns).map(|(_, v)| v)).collect()
     }
 
     #[test]
@@ -298,6 +414,112 @@ mod tests {
                 prop_assert_eq!(fired, expect);
             }
             prop_assert!(w.is_empty());
+        }
+    }
+
+    #[test]
+    fn cancel_and_reschedule_in_every_list() {
+        let mut w = TimerWheel::new(8, 1, 0);
+        let a = w.insert(5, 5).unwrap();
+        let b = w.insert(5, 6).unwrap();
+        let c = w.insert(100_000, 7).unwrap();
+        // Cancel the head of a slot list and a far entry.
+        assert_eq!(w.cancel(b), Ok(6));
+        assert_eq!(w.cancel(b), Err(TimerError::Stale));
+        assert_eq!(w.cancel(c), Ok(7));
+        assert_eq!(w.len(), 1);
+        // Move a timer later, then earlier.
+        w.reschedule(a, 50).unwrap();
+        assert_eq!(drain(&mut w, 10), Vec::<u64>::new());
+        w.reschedule(a, 20).unwrap();
+        assert_eq!(w.deadline_ns(a), Ok(20));
+        assert_eq!(drain(&mut w, 20), vec![5]);
+        assert_eq!(w.reschedule(a, 30), Err(TimerError::Stale));
+        // Cancel from the due list (deadline passed, not yet polled).
+        let d = w.insert(0, 8).unwrap();
+        let e = w.insert(0, 9).unwrap();
+        assert_eq!(w.cancel(d), Ok(8));
+        let (key, v) = w.poll_expired(30).unwrap();
+        assert_eq!((key, v), (e, 9));
+        assert!(w.is_empty());
+        // A reused entry does not answer to the old key.
+        let f = w.insert(40, 10).unwrap();
+        assert!(f != d && f != e);
+        assert_eq!(w.cancel(d), Err(TimerError::Stale));
+        assert_eq!(w.cancel(f), Ok(10));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64),
+        Cancel(usize),
+        Reschedule(usize, u64),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..2_000_000).prop_map(Op::Insert),
+            (0usize..64).prop_map(Op::Cancel),
+            ((0usize..64), (0u64..2_000_000)).prop_map(|(i, d)| Op::Reschedule(i, d)),
+            (1u64..300_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a model with cancels and re-arms: every live timer fires exactly once, at
+        /// the first poll at or after its latest deadline; cancelled ones never fire; keys of
+        /// fired or cancelled timers are refused.
+        #[test]
+        fn matches_model_with_cancel_and_reschedule(ops in proptest::collection::vec(op(), 1..200)) {
+            let tick = 100;
+            let mut w = TimerWheel::new(16, tick, 0);
+            // (key, value, deadline rounded to the tick)
+            let mut live: Vec<(TimerKey, u64, u64)> = Vec::new();
+            let mut dead: Vec<TimerKey> = Vec::new();
+            let mut now = 0;
+            let mut n = 0;
+            for op in ops {
+                match op {
+                    Op::Insert(d) => {
+                        let at = now + d;
+                        match w.insert(at, n) {
+                            Ok(k) => live.push((k, n, at.div_ceil(tick) * tick)),
+                            Err(e) => { prop_assert_eq!(e, TimerError::Full); prop_assert_eq!(live.len(), 16); }
+                        }
+                        n += 1;
+                    }
+                    Op::Cancel(i) if !live.is_empty() => {
+                        let (k, v, _) = live.swap_remove(i % live.len());
+                        prop_assert_eq!(w.cancel(k), Ok(v));
+                        dead.push(k);
+                    }
+                    Op::Reschedule(i, d) if !live.is_empty() => {
+                        let i = i % live.len();
+                        let at = now + d;
+                        w.reschedule(live[i].0, at).unwrap();
+                        live[i].2 = at.div_ceil(tick) * tick;
+                    }
+                    Op::Advance(step) => {
+                        if let (Some(next), Some(min)) = (w.next_deadline_ns(), live.iter().map(|p| p.2).min()) {
+                            prop_assert!(next <= min, "next {} beyond earliest {}", next, min);
+                        }
+                        now += step;
+                        let mut fired: Vec<(TimerKey, u64)> = std::iter::from_fn(|| w.poll_expired(now)).collect();
+                        fired.sort_by_key(|f| f.1);
+                        let mut expect: Vec<(TimerKey, u64)> = live.iter().filter(|p| p.2 <= now).map(|p| (p.0, p.1)).collect();
+                        expect.sort_by_key(|f| f.1);
+                        dead.extend(expect.iter().map(|e| e.0));
+                        live.retain(|p| p.2 > now);
+                        prop_assert_eq!(fired, expect);
+                    }
+                    _ => {}
+                }
+                for &k in &dead {
+                    prop_assert_eq!(w.cancel(k), Err(TimerError::Stale));
+                }
+                prop_assert_eq!(w.len(), live.len());
+            }
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The engine: one run-to-completion pass per [`Engine::poll`]. See the crate documentation.
 
-use crate::nic::{Medium, NicQueue, RxDesc, TxDesc};
-use melange_core::contract::{ContractLimits, IoQueues};
+use crate::transport::{Transport, TransportCounters};
+use melange_core::contract::{
+    Command, CommandError, Event, EventQueue, Io, IoContext, Outcome, Refused, SendError,
+};
+use melange_core::handle::{Handle, HandleError};
+use melange_core::pool::{PoolError, TxDropped};
 use melange_core::stats::LinearHistogram;
-use melange_core::timer::TimerWheel;
-use melange_core::{App, Command, Event, PacketBuf, PacketPool, SendError};
-use melange_net::{Interface, InterfaceConfig};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use melange_core::timer::{TimerError, TimerKey, TimerWheel};
+use melange_core::{App, BufChain, FrameOwner, PacketBuf, PacketPool, TimerId};
 use thiserror::Error;
 
 /// Configuration of one engine, fixed at start-up.
@@ -14,104 +16,103 @@ use thiserror::Error;
 pub struct EngineConfig {
     /// Engine index, used in logs and counters.
     pub id: usize,
-    /// Most frames taken from the NIC per pass, and most transmitted per NIC call.
+    /// Most frames taken from the transport per pass.
     pub batch_max: usize,
     /// Timing wheel resolution.
     pub tick_ns: u64,
-    /// Most timers armed at once.
+    /// Most timers armed at once, the app's and the engine's.
     pub timers_max: usize,
-    /// The stack's configuration; required for [`Medium::Ethernet`] queues, ignored for
-    /// [`Medium::Udp`] ones.
-    pub interface: Option<InterfaceConfig>,
-    /// UDP ports the app listens on (bound in the stack on Ethernet queues; on UDP queues
-    /// the backend's socket decides).
-    pub udp_ports: Vec<u16>,
-    /// Neighbours the control plane resolved already (through the kernel's neighbour table,
-    /// say), installed in the stack's ARP cache as entries that do not expire.
-    pub static_arp: Vec<(Ipv4Addr, melange_net::EthernetAddress)>,
+    /// Most timers the app may have armed at once (its quota on the wheel).
+    pub app_timers_max: usize,
 }
 
 impl EngineConfig {
     /// Largest batch an engine accepts; bounds every per-batch array.
     pub const BATCH_MAX_LIMIT: usize = 1024;
+    /// Largest timing wheel an engine accepts.
+    pub const TIMERS_MAX_LIMIT: usize = 1 << 20;
 
-    /// Defaults: batches of 64 (IX's bound), 1 µs ticks, 4096 timers.
+    /// Defaults: batches of 64 (IX's bound), 1 µs ticks, 4096 timers, all of them the app's.
     pub fn new(id: usize) -> Self {
         Self {
             id,
             batch_max: 64,
             tick_ns: 1_000,
             timers_max: 4096,
-            interface: None,
-            udp_ports: Vec::new(),
-            static_arp: Vec::new(),
+            app_timers_max: 4096,
         }
     }
 
     /// Events handed to the app per batch: a full receive batch plus as many timers and
-    /// send notifications again.
-    fn contract_limits(&self) -> ContractLimits {
-        ContractLimits {
-            events_max: 2 * self.batch_max,
-            commands_max: 4 * self.batch_max,
+    /// returned buffers again.
+    pub fn events_max(&self) -> usize {
+        2 * self.batch_max
+    }
+
+    fn validate(&self) -> Result<(), EngineError> {
+        if self.batch_max == 0 || self.batch_max > Self::BATCH_MAX_LIMIT {
+            return Err(EngineError::BatchMax(self.batch_max));
         }
+        if self.tick_ns == 0 {
+            return Err(EngineError::Tick);
+        }
+        if self.timers_max > Self::TIMERS_MAX_LIMIT || self.app_timers_max > self.timers_max {
+            return Err(EngineError::Timers {
+                timers_max: self.timers_max,
+                app_timers_max: self.app_timers_max,
+            });
+        }
+        Ok(())
     }
 }
 
 /// Errors building an engine. Each names the configuration to fix.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum EngineError {
     /// `batch_max` is zero or above [`EngineConfig::BATCH_MAX_LIMIT`].
     #[error("batch_max {0} must be in 1..=1024")]
     BatchMax(usize),
-    /// An Ethernet queue needs an interface configuration (MAC, address, prefix).
-    #[error("an Ethernet NIC queue needs an interface configuration")]
-    MissingInterface,
-    /// The stack rejected its configuration.
-    #[error("interface configuration: {0}")]
-    Interface(String),
-    /// A UDP port could not be bound in the stack.
-    #[error("binding UDP port {port}: {reason}")]
-    Bind {
-        /// The port.
-        port: u16,
-        /// Why.
-        reason: String,
+    /// The timing wheel's tick is zero.
+    #[error("the timing wheel's tick must be at least 1 ns")]
+    Tick,
+    /// The timer limits are inconsistent or too large.
+    #[error(
+        "timers_max {timers_max} must be at most 1048576 and app_timers_max {app_timers_max} \
+         at most timers_max"
+    )]
+    Timers {
+        /// The wheel's size.
+        timers_max: usize,
+        /// The app's quota.
+        app_timers_max: usize,
     },
 }
 
-/// Why the engine itself dropped something (the stack and the backend count their own).
+/// Why the engine itself dropped or refused something (the transport counts its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineDrop {
-    /// A datagram arrived while the event queue was full.
-    EventQueueFull,
-    /// The app armed more timers than `timers_max`.
-    TimerWheelFull,
-    /// A send failed in the stack (no route, ARP queue full, ...).
-    SendFailed,
-    /// The backend dropped frames at transmit.
-    NicTx,
-    /// A send-completion notification found the event queue full.
+    /// A returned buffer's notification found the event queue full for longer than the
+    /// returned queue could wait; never expected, since the queue holds every frame once.
     NotificationLost,
+    /// The app asked for a timer beyond its quota or the wheel's size.
+    TimerRefused,
+    /// A command was refused (its outcome told the app why).
+    CommandRefused,
 }
 
 impl EngineDrop {
     /// Every reason, for reports.
-    pub const ALL: [EngineDrop; 5] = [
-        EngineDrop::EventQueueFull,
-        EngineDrop::TimerWheelFull,
-        EngineDrop::SendFailed,
-        EngineDrop::NicTx,
+    pub const ALL: [EngineDrop; 3] = [
         EngineDrop::NotificationLost,
+        EngineDrop::TimerRefused,
+        EngineDrop::CommandRefused,
     ];
     /// A stable snake_case name.
     pub fn name(self) -> &'static str {
         match self {
-            EngineDrop::EventQueueFull => "event_queue_full",
-            EngineDrop::TimerWheelFull => "timer_wheel_full",
-            EngineDrop::SendFailed => "send_failed",
-            EngineDrop::NicTx => "nic_tx",
             EngineDrop::NotificationLost => "notification_lost",
+            EngineDrop::TimerRefused => "timer_refused",
+            EngineDrop::CommandRefused => "command_refused",
         }
     }
 }
@@ -119,14 +120,6 @@ impl EngineDrop {
 /// Per-engine counters.
 #[derive(Debug, Clone)]
 pub struct EngineCounters {
-    /// Frames (or payloads) received from the NIC.
-    pub rx_packets: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Frames handed to the NIC that it accepted.
-    pub tx_packets: u64,
-    /// Bytes handed to the NIC.
-    pub tx_bytes: u64,
     /// Passes that received at least one frame.
     pub rx_batches: u64,
     /// Passes in all.
@@ -135,10 +128,12 @@ pub struct EngineCounters {
     pub idle_polls: u64,
     /// Calls into the app.
     pub app_calls: u64,
+    /// Commands the app issued.
+    pub commands: u64,
     /// Timer events delivered.
     pub timers_fired: u64,
-    /// Backend errors reported (each logged by the shell).
-    pub nic_errors: u64,
+    /// Buffers returned to the app after transmit ([`Event::SendDone`]).
+    pub buffers_returned: u64,
     /// Receive batch sizes, 0..=batch_max.
     pub rx_batch_sizes: LinearHistogram,
     drops: [u64; EngineDrop::ALL.len()],
@@ -147,22 +142,19 @@ pub struct EngineCounters {
 impl EngineCounters {
     fn new(batch_max: usize) -> Self {
         Self {
-            rx_packets: 0,
-            rx_bytes: 0,
-            tx_packets: 0,
-            tx_bytes: 0,
             rx_batches: 0,
             polls: 0,
             idle_polls: 0,
             app_calls: 0,
+            commands: 0,
             timers_fired: 0,
-            nic_errors: 0,
+            buffers_returned: 0,
             rx_batch_sizes: LinearHistogram::new(batch_max),
             drops: [0; EngineDrop::ALL.len()],
         }
     }
-    fn drop(&mut self, reason: EngineDrop, n: u64) {
-        self.drops[reason as usize] += n;
+    fn drop(&mut self, reason: EngineDrop) {
+        self.drops[reason as usize] += 1;
     }
     /// Drops counted for `reason`.
     pub fn drops(&self, reason: EngineDrop) -> u64 {
@@ -171,63 +163,36 @@ impl EngineCounters {
 }
 
 /// One engine. See the crate documentation for the pass it runs.
-pub struct Engine<N, A> {
+pub struct Engine<T, A> {
     config: EngineConfig,
-    nic: N,
-    medium: Medium,
+    transport: T,
     pool: PacketPool,
-    iface: Option<Interface>,
     app: A,
     timers: TimerWheel<u64>,
-    queues: IoQueues,
-    rx: Vec<RxDesc>,
-    tx: Vec<TxDesc>,
+    app_timers: usize,
+    events: EventQueue,
     counters: EngineCounters,
     started: bool,
 }
 
-impl<N: NicQueue, A: App> Engine<N, A> {
+impl<T: Transport, A: App> Engine<T, A> {
     /// Builds an engine; every queue and table is allocated here and never grows.
     pub fn new(
         config: EngineConfig,
-        nic: N,
-        mut pool: PacketPool,
+        transport: T,
+        pool: PacketPool,
         app: A,
         now_ns: u64,
     ) -> Result<Self, EngineError> {
-        if config.batch_max == 0 || config.batch_max > EngineConfig::BATCH_MAX_LIMIT {
-            return Err(EngineError::BatchMax(config.batch_max));
-        }
-        let medium = nic.medium();
-        let iface = match medium {
-            Medium::Udp => None,
-            Medium::Ethernet => {
-                let iface_config = config.interface.ok_or(EngineError::MissingInterface)?;
-                let mut iface = Interface::new(iface_config)
-                    .map_err(|e| EngineError::Interface(e.to_string()))?;
-                for &port in &config.udp_ports {
-                    iface.bind_udp(port).map_err(|e| EngineError::Bind {
-                        port,
-                        reason: e.to_string(),
-                    })?;
-                }
-                for &(ip, mac) in &config.static_arp {
-                    iface.add_static_arp(&mut pool, ip, mac);
-                }
-                Some(iface)
-            }
-        };
+        config.validate()?;
         Ok(Self {
             timers: TimerWheel::new(config.timers_max, config.tick_ns, now_ns),
-            queues: IoQueues::new(config.contract_limits()),
-            rx: Vec::with_capacity(config.batch_max),
-            tx: Vec::with_capacity(config.batch_max),
+            app_timers: 0,
+            events: EventQueue::new(config.events_max()),
             counters: EngineCounters::new(config.batch_max),
             config,
-            nic,
-            medium,
+            transport,
             pool,
-            iface,
             app,
             started: false,
         })
@@ -237,9 +202,13 @@ impl<N: NicQueue, A: App> Engine<N, A> {
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
-    /// The counters.
+    /// The engine's counters.
     pub fn counters(&self) -> &EngineCounters {
         &self.counters
+    }
+    /// The transport's counters.
+    pub fn transport_counters(&self) -> TransportCounters {
+        self.transport.counters()
     }
     /// The app.
     pub fn app(&self) -> &A {
@@ -249,23 +218,22 @@ impl<N: NicQueue, A: App> Engine<N, A> {
     pub fn app_mut(&mut self) -> &mut A {
         &mut self.app
     }
-    /// The NIC queue.
-    pub fn nic(&self) -> &N {
-        &self.nic
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+    /// The transport, writable (a test that scripts device faults).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
     }
     /// The packet pool.
     pub fn pool(&self) -> &PacketPool {
         &self.pool
     }
-    /// The stack, on Ethernet queues.
-    pub fn interface(&self) -> Option<&Interface> {
-        self.iface.as_ref()
-    }
 
     /// The earliest time a pass has timer work to do (app timers, ARP retries).
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        let stack = self.iface.as_ref().and_then(Interface::poll_at);
-        match (self.timers.next_deadline_ns(), stack) {
+        match (self.timers.next_deadline_ns(), self.transport.poll_at()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -276,250 +244,266 @@ impl<N: NicQueue, A: App> Engine<N, A> {
         self.app.is_done()
     }
 
-    /// One run-to-completion pass. Returns the units of work done (frames received plus
-    /// timers fired); zero means the pass was idle.
+    fn run_app(&mut self, now_ns: u64, start: bool) {
+        let mut io = EngineIo {
+            now_ns,
+            transport: &mut self.transport,
+            pool: &mut self.pool,
+            timers: &mut self.timers,
+            app_timers: &mut self.app_timers,
+            app_timers_max: self.config.app_timers_max,
+            events: &mut self.events,
+            counters: &mut self.counters,
+        };
+        let mut context = IoContext::new(&mut io);
+        if start {
+            self.app.start(&mut context);
+        } else {
+            self.app.run_io(&mut context);
+        }
+        self.counters.app_calls += 1;
+    }
+
+    /// One run-to-completion pass. Returns the units of work done (frames received, timers
+    /// fired and buffers returned); zero means the pass was idle.
     pub fn poll(&mut self, now_ns: u64) -> usize {
         self.counters.polls += 1;
         if !self.started {
             self.started = true;
-            let mut io = self.queues.context(now_ns, &mut self.pool);
-            self.app.start(&mut io);
-            self.counters.app_calls += 1;
-            self.run_commands(now_ns);
-            self.flush(now_ns);
+            self.run_app(now_ns, true);
+            self.transport.flush(now_ns, &mut self.pool);
         }
 
-        // 1-2. Receive, bounded by the batch and by the room for events (unread events from
+        // 1-2. Receive, bounded by the batch and by the room for events (unread events of
         // the last batch stay queued, so nothing is lost when the app falls behind).
-        let room = self.queues.events_room().min(self.config.batch_max);
-        if let Err(err) = self.nic.recv_batch(&mut self.pool, &mut self.rx, room) {
-            self.counters.nic_errors += 1;
-            let _ = err;
-        }
-        let received = self.rx.len();
+        let received = self.transport.poll_receive(
+            now_ns,
+            &mut self.pool,
+            &mut self.events,
+            self.config.batch_max,
+        );
         if received > 0 {
             self.counters.rx_batches += 1;
         }
         self.counters.rx_batch_sizes.record(received);
-        for desc in self.rx.drain(..) {
-            self.counters.rx_packets += 1;
-            self.counters.rx_bytes += desc.buf.len() as u64;
-            let event = match self.medium {
-                Medium::Udp => Some(Event::Datagram {
-                    buf: desc.buf,
-                    from: desc.peer,
-                    local_port: desc.local_port,
-                }),
-                Medium::Ethernet => {
-                    let iface = self.iface.as_mut().expect("Ethernet engines have a stack");
-                    iface
-                        .handle_frame(now_ns, &mut self.pool, desc.buf)
-                        .map(|d| Event::Datagram {
-                            buf: d.buf,
-                            from: d.from,
-                            local_port: d.local_port,
-                        })
-                }
-            };
-            if let Some(event) = event {
-                if let Err(Event::Datagram { buf, .. }) = self.queues.push_event(event) {
-                    self.pool.free(buf);
-                    self.counters.drop(EngineDrop::EventQueueFull, 1);
-                }
-            }
-        }
 
-        // 3. Timers: the stack's, then the app's, as many as fit in this batch.
-        if let Some(iface) = self.iface.as_mut() {
-            if iface.poll_at().is_some_and(|at| at <= now_ns) {
-                iface.handle_timeout(now_ns, &mut self.pool);
-            }
+        // 3. Timers: the transport's, then buffers coming back, then the app's, as many as
+        // fit in this batch.
+        if self.transport.poll_at().is_some_and(|at| at <= now_ns) {
+            self.transport.handle_timeout(now_ns, &mut self.pool);
         }
-        let mut fired = 0;
-        while self.queues.events_room() > 0 {
-            let Some(token) = self.timers.poll_expired(now_ns) else {
+        let mut work = received;
+        while self.events.room() > 0 {
+            let Some(returned) = self.pool.take_returned() else {
                 break;
             };
-            let _ = self.queues.push_event(Event::Timer { token });
+            let data = BufChain::from(returned.buf);
+            self.pool.hand_over_chain(&data, FrameOwner::App);
+            let result = returned.result.map_err(|dropped| match dropped {
+                TxDropped::RingFull => SendError::TxQueueFull,
+                TxDropped::Device => SendError::Backend,
+                TxDropped::Unresolved => SendError::Unresolved,
+            });
+            let event = Event::SendDone {
+                token: returned.token,
+                result,
+                data: Some(data),
+            };
+            if let Err(event) = self.events.push(event) {
+                // Unreachable: the loop checked the room.
+                self.counters.drop(EngineDrop::NotificationLost);
+                if let Some(data) = event.into_data() {
+                    self.pool.free_chain(data);
+                }
+            }
+            self.counters.buffers_returned += 1;
+            work += 1;
+        }
+        let mut fired = 0;
+        while self.events.room() > 0 {
+            let Some((key, token)) = self.timers.poll_expired(now_ns) else {
+                break;
+            };
+            self.app_timers -= 1;
+            let timer = Handle::from_parts(key.index, key.generation);
+            // Room was checked above.
+            let _ = self.events.push(Event::Timer { timer, token });
             fired += 1;
         }
         self.counters.timers_fired += fired as u64;
+        work += fired;
 
-        // 4-5. The app, then its commands.
-        if self.queues.events_len() > 0 {
-            let mut io = self.queues.context(now_ns, &mut self.pool);
-            self.app.run_io(&mut io);
-            self.counters.app_calls += 1;
-            self.run_commands(now_ns);
+        // 4-5. The app, whose commands run as it issues them.
+        if !self.events.is_empty() {
+            self.run_app(now_ns, false);
         }
 
         // 6. Transmit.
-        self.flush(now_ns);
+        self.transport.flush(now_ns, &mut self.pool);
 
-        let work = received + fired;
         if work == 0 {
             self.counters.idle_polls += 1;
         }
         work
     }
 
-    fn run_commands(&mut self, now_ns: u64) {
-        let mut commands = self.queues.take_commands();
-        for command in commands.drain(..) {
-            match command {
-                Command::SendTo {
-                    buf,
-                    local_port,
-                    to,
-                    notify,
-                } => {
-                    let result = self.send(now_ns, buf, local_port, to);
-                    if result.is_err() {
-                        self.counters.drop(EngineDrop::SendFailed, 1);
-                    }
-                    if let Some(token) = notify {
-                        if self
-                            .queues
-                            .push_event(Event::SendDone { token, result })
-                            .is_err()
-                        {
-                            self.counters.drop(EngineDrop::NotificationLost, 1);
-                        }
-                    }
-                }
-                Command::ArmTimer { token, deadline_ns } => {
-                    if self.timers.insert(deadline_ns, token).is_err() {
-                        self.counters.drop(EngineDrop::TimerWheelFull, 1);
-                    }
-                }
-            }
-        }
-        self.queues.restore_commands(commands);
-    }
-
-    fn send(
-        &mut self,
-        now_ns: u64,
-        buf: PacketBuf,
-        local_port: u16,
-        to: SocketAddrV4,
-    ) -> Result<(), SendError> {
-        match self.medium {
-            Medium::Udp => {
-                if self.tx.len() == self.tx.capacity() {
-                    Self::transmit(
-                        &mut self.nic,
-                        &mut self.pool,
-                        &mut self.tx,
-                        &mut self.counters,
-                    );
-                }
-                self.tx.push(TxDesc { buf, peer: to });
-                Ok(())
-            }
-            Medium::Ethernet => {
-                let iface = self.iface.as_mut().expect("Ethernet engines have a stack");
-                let result = iface
-                    .send_udp(now_ns, &mut self.pool, buf, local_port, to)
-                    .map_err(map_send_error);
-                // Keep the stack's transmit queue short: move its frames to the NIC batch.
-                self.move_stack_frames_to_nic();
-                result
-            }
-        }
-    }
-
-    /// Moves the frames the stack has queued into the NIC batch, transmitting each time the
-    /// batch fills (so the batch never exceeds `batch_max`).
-    fn move_stack_frames_to_nic(&mut self) {
-        let Some(iface) = self.iface.as_mut() else {
-            return;
-        };
-        while let Some(frame) = iface.poll_transmit() {
-            self.tx.push(TxDesc {
-                buf: frame,
-                peer: UNSPECIFIED,
-            });
-            if self.tx.len() == self.tx.capacity() {
-                Self::transmit(
-                    &mut self.nic,
-                    &mut self.pool,
-                    &mut self.tx,
-                    &mut self.counters,
-                );
-            }
-        }
-    }
-
-    /// Moves everything the stack has queued to the NIC, in batches of at most `batch_max`.
-    fn flush(&mut self, _now_ns: u64) {
-        self.move_stack_frames_to_nic();
-        if !self.tx.is_empty() {
-            Self::transmit(
-                &mut self.nic,
-                &mut self.pool,
-                &mut self.tx,
-                &mut self.counters,
-            );
-        }
-    }
-
-    fn transmit(
-        nic: &mut N,
-        pool: &mut PacketPool,
-        tx: &mut Vec<TxDesc>,
-        counters: &mut EngineCounters,
-    ) {
-        let queued = tx.len();
-        let bytes: u64 = tx.iter().map(|d| d.buf.len() as u64).sum();
-        match nic.send_batch(pool, tx) {
-            Ok(sent) => {
-                counters.tx_packets += sent as u64;
-                counters.tx_bytes += if sent == queued { bytes } else { 0 };
-                counters.drop(EngineDrop::NicTx, (queued - sent) as u64);
-            }
-            Err(_) => {
-                counters.nic_errors += 1;
-                counters.drop(EngineDrop::NicTx, queued as u64);
-            }
-        }
-        debug_assert!(tx.is_empty(), "send_batch must drain its descriptors");
-    }
-
-    /// Stops the engine: returns every buffer held by the app's unread events, the stack and
-    /// the NIC to the pool. Afterwards `pool().available()` equals the pool's capacity unless
-    /// the app keeps buffers of its own.
+    /// Stops the engine: returns every buffer held by the app's unread events, the
+    /// transport and the device to the pool. Afterwards `pool().available()` equals the
+    /// pool's capacity unless the app keeps buffers of its own.
     pub fn shutdown(&mut self) {
-        while let Some(event) = self.queues.pop_event() {
-            if let Event::Datagram { buf, .. } = event {
-                self.pool.free(buf);
+        while let Some(event) = self.events.pop() {
+            if let Some(data) = event.into_data() {
+                self.pool.free_chain(data);
             }
         }
-        for command in self.queues.drain_commands() {
-            if let Command::SendTo { buf, .. } = command {
-                self.pool.free(buf);
-            }
+        self.transport.shutdown(&mut self.pool);
+        while let Some(returned) = self.pool.take_returned() {
+            self.pool.free(returned.buf);
         }
-        if let Some(iface) = self.iface.as_mut() {
-            iface.drain(&mut self.pool);
-        }
-        self.nic.release(&mut self.pool);
     }
 
-    /// Takes the engine apart after [`Engine::shutdown`], giving back the app and the NIC.
-    pub fn into_parts(self) -> (A, N, PacketPool, EngineCounters) {
-        (self.app, self.nic, self.pool, self.counters)
+    /// Takes the engine apart after [`Engine::shutdown`], giving back the app and the
+    /// transport.
+    pub fn into_parts(self) -> (A, T, PacketPool, EngineCounters) {
+        (self.app, self.transport, self.pool, self.counters)
     }
 }
 
-const UNSPECIFIED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+/// The engine's side of [`Io`] for one `run_io` call: borrows the parts a command needs.
+struct EngineIo<'a, T> {
+    now_ns: u64,
+    transport: &'a mut T,
+    pool: &'a mut PacketPool,
+    timers: &'a mut TimerWheel<u64>,
+    app_timers: &'a mut usize,
+    app_timers_max: usize,
+    events: &'a mut EventQueue,
+    counters: &'a mut EngineCounters,
+}
 
-fn map_send_error(error: melange_net::SendError) -> SendError {
-    use melange_net::SendError as E;
+fn timer_key(timer: TimerId) -> TimerKey {
+    TimerKey {
+        index: timer.index(),
+        generation: timer.generation(),
+    }
+}
+
+fn timer_error(error: TimerError) -> CommandError {
     match error {
-        E::NoRoute(_) => SendError::NoRoute,
-        E::ArpPendingFull => SendError::ResolutionQueueFull,
-        E::TxQueueFull => SendError::TxQueueFull,
-        E::PayloadTooLarge { .. } | E::NoHeadroom { .. } => SendError::PayloadTooLarge,
+        TimerError::Full => CommandError::TimerWheelFull,
+        TimerError::Stale => CommandError::Handle(HandleError::Stale),
+    }
+}
+
+impl<T: Transport> EngineIo<'_, T> {
+    fn run(&mut self, command: Command) -> Result<Outcome, Refused> {
+        match command {
+            Command::BindUdp { port } => self
+                .transport
+                .bind_udp(port)
+                .map(Outcome::Socket)
+                .map_err(Refused::new),
+            Command::CloseUdp { socket } => self
+                .transport
+                .close_udp(socket)
+                .map(|()| Outcome::Done)
+                .map_err(Refused::new),
+            Command::SendTo {
+                socket,
+                to,
+                data,
+                notify,
+            } => self
+                .transport
+                .send_to(self.now_ns, self.pool, socket, to, data, notify)
+                .map(|()| Outcome::Done),
+            Command::ArmTimer { deadline_ns, token } => {
+                if *self.app_timers >= self.app_timers_max {
+                    self.counters.drop(EngineDrop::TimerRefused);
+                    return Err(Refused::new(CommandError::TimerQuota {
+                        quota: self.app_timers_max,
+                    }));
+                }
+                let key = self.timers.insert(deadline_ns, token).map_err(|error| {
+                    self.counters.drop(EngineDrop::TimerRefused);
+                    Refused::new(timer_error(error))
+                })?;
+                *self.app_timers += 1;
+                Ok(Outcome::Timer(Handle::from_parts(key.index, key.generation)))
+            }
+            Command::RearmTimer { timer, deadline_ns } => self
+                .timers
+                .reschedule(timer_key(timer), deadline_ns)
+                .map(|()| Outcome::Done)
+                .map_err(|e| Refused::new(timer_error(e))),
+            Command::CancelTimer { timer } => {
+                let token = self
+                    .timers
+                    .cancel(timer_key(timer))
+                    .map_err(|e| Refused::new(timer_error(e)))?;
+                *self.app_timers -= 1;
+                Ok(Outcome::Token(token))
+            }
+            other => self.transport.submit(self.now_ns, self.pool, other),
+        }
+    }
+}
+
+impl<T: Transport> Io for EngineIo<'_, T> {
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+    fn next_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+    fn events_len(&self) -> usize {
+        self.events.len()
+    }
+    fn submit(&mut self, command: Command) -> Result<Outcome, Refused> {
+        self.counters.commands += 1;
+        let outcome = self.run(command);
+        if outcome.is_err() {
+            self.counters.drop(EngineDrop::CommandRefused);
+        }
+        outcome
+    }
+    fn alloc(&mut self) -> Option<PacketBuf> {
+        self.pool.alloc_for(FrameOwner::App)
+    }
+    fn free(&mut self, buf: PacketBuf) {
+        debug_assert!(
+            self.pool.is_held_by(&buf, FrameOwner::App),
+            "the app freed frame {} it does not hold",
+            buf.index()
+        );
+        self.pool.free(buf);
+    }
+    fn free_chain(&mut self, chain: BufChain) {
+        self.pool.free_chain(chain);
+    }
+    fn payload(&self, buf: &PacketBuf) -> &[u8] {
+        self.pool.data(buf)
+    }
+    fn payload_mut(&mut self, buf: &PacketBuf) -> &mut [u8] {
+        self.pool.data_mut(buf)
+    }
+    fn set_payload_len(&mut self, buf: &mut PacketBuf, len: usize) -> Result<(), PoolError> {
+        self.pool.set_len(buf, len)
+    }
+    fn tailroom(&self, buf: &PacketBuf) -> usize {
+        self.pool.tailroom(buf)
+    }
+    fn chain_pop_front(&mut self, chain: BufChain) -> (PacketBuf, Option<BufChain>) {
+        self.pool.chain_pop_front(chain)
+    }
+    fn chain_push(
+        &mut self,
+        chain: &mut BufChain,
+        buf: PacketBuf,
+    ) -> Result<(), (PoolError, PacketBuf)> {
+        self.pool.chain_push(chain, buf)
+    }
+    fn chain_read(&self, chain: &BufChain, offset: usize, out: &mut [u8]) -> usize {
+        self.pool.chain_read(chain, offset, out)
     }
 }

@@ -61,7 +61,7 @@ use crate::arp_cache::ArpCache;
 use crate::config::{ConfigError, InterfaceConfig};
 use crate::counters::{DropReason, NetCounters};
 use crate::ports::{BindError, PortTable};
-use melange_core::pool::{PacketBuf, PacketPool};
+use melange_core::pool::{PacketBuf, PacketPool, TxDropped};
 use melange_wire::{arp, checksum, ethernet, icmpv4, ipv4, udp, EtherType, EthernetAddress};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -363,8 +363,8 @@ impl Interface {
     /// Sends a UDP datagram whose payload is `payload`'s window (needs >= 42 bytes of
     /// headroom in front). Writes UDP/IPv4/Ethernet headers in place in front of the payload
     /// (full UDP checksum), and queues the frame for transmission, or parks it (bounded)
-    /// while ARP resolves the next hop. On error the buffer has been returned to the pool
-    /// and the drop counted.
+    /// while ARP resolves the next hop. On error the drop is counted and the buffer comes
+    /// back with the error, its window as it was given.
     pub fn send_udp(
         &mut self,
         now_ns: u64,
@@ -372,20 +372,20 @@ impl Interface {
         mut payload: PacketBuf,
         src_port: u16,
         dst: SocketAddrV4,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), (SendError, PacketBuf)> {
         let len = payload.len();
         let headroom = payload.start();
         if headroom < HEADERS_LEN {
-            return self.refuse(pool, payload, SendError::NoHeadroom { headroom });
+            return self.refuse(payload, SendError::NoHeadroom { headroom });
         }
         let max = usize::from(self.config.mtu) - ipv4::HEADER_LEN - udp::HEADER_LEN;
         if len > max {
-            return self.refuse(pool, payload, SendError::PayloadTooLarge { len, max });
+            return self.refuse(payload, SendError::PayloadTooLarge { len, max });
         }
         let dst_ip = *dst.ip();
         // `Ok(mac)` when the link address is known, `Err(next_hop)` when it must be resolved.
         let resolved = match self.next_hop(dst_ip) {
-            None => return self.refuse(pool, payload, SendError::NoRoute(dst_ip)),
+            None => return self.refuse(payload, SendError::NoRoute(dst_ip)),
             Some(NextHop::Broadcast) => Ok(EthernetAddress::BROADCAST),
             Some(NextHop::Unicast(ip)) => self.arp.lookup(ip, now_ns).ok_or(ip),
         };
@@ -404,14 +404,20 @@ impl Interface {
         );
         match resolved {
             Ok(_) => {
-                if self.enqueue_tx(pool, payload) {
-                    self.counters.udp_tx += 1;
-                    Ok(())
-                } else {
-                    Err(SendError::TxQueueFull)
+                if self.tx.len() >= self.config.tx_queue_max {
+                    payload.advance(HEADERS_LEN);
+                    return self.refuse(payload, SendError::TxQueueFull);
                 }
+                self.tx.push_back(payload);
+                self.counters.udp_tx += 1;
+                Ok(())
             }
-            Err(next_hop) => self.park(now_ns, pool, next_hop, payload),
+            Err(next_hop) => self.park(now_ns, pool, next_hop, payload).map_err(
+                |(error, mut buf)| {
+                    buf.advance(HEADERS_LEN);
+                    (error, buf)
+                },
+            ),
         }
     }
 
@@ -741,9 +747,9 @@ impl Interface {
         pool: &mut PacketPool,
         next_hop: u32,
         buf: PacketBuf,
-    ) -> Result<(), SendError> {
+    ) -> Result<(), (SendError, PacketBuf)> {
         if self.pending.len() >= self.config.arp.pending_max {
-            return self.refuse(pool, buf, SendError::ArpPendingFull);
+            return self.refuse(buf, SendError::ArpPendingFull);
         }
         if !self.resolving.iter().any(|r| r.ip == next_hop) {
             // Every resolving next hop has at least one parked frame, so this cannot
@@ -827,7 +833,9 @@ impl Interface {
                         self.counters.udp_tx += 1;
                     }
                 }
-                None => pool.free(parked.buf),
+                // The frame's transmit ends here: its owner (the pool, or the app that asked
+                // for its buffer back) learns it was never sent.
+                None => pool.release_tx(parked.buf, Err(TxDropped::Unresolved)),
             }
         }
         taken
@@ -839,23 +847,17 @@ impl Interface {
     fn enqueue_tx(&mut self, pool: &mut PacketPool, buf: PacketBuf) -> bool {
         if self.tx.len() >= self.config.tx_queue_max {
             self.counters.count_drop(DropReason::TxQueueFull);
-            pool.free(buf);
+            pool.release_tx(buf, Err(TxDropped::RingFull));
             return false;
         }
         self.tx.push_back(buf);
         true
     }
 
-    /// Frees a buffer we refuse to send, counts the drop and returns the error.
-    fn refuse(
-        &mut self,
-        pool: &mut PacketPool,
-        buf: PacketBuf,
-        error: SendError,
-    ) -> Result<(), SendError> {
-        pool.free(buf);
+    /// Counts a send we refuse and hands the buffer back with the error.
+    fn refuse(&mut self, buf: PacketBuf, error: SendError) -> Result<(), (SendError, PacketBuf)> {
         self.counters.count_drop(error.reason());
-        Err(error)
+        Err((error, buf))
     }
 }
 
@@ -863,6 +865,15 @@ impl Interface {
 mod tests {
     use super::*;
     use melange_core::pool::PoolConfig;
+
+    /// The error of a refused send, after checking the buffer came back with its payload
+    /// window and returning it to the pool.
+    fn refused(pool: &mut PacketPool, result: Result<(), (SendError, PacketBuf)>) -> SendError {
+        let (error, buf) = result.expect_err("the send was refused");
+        assert!(buf.start() >= HEADERS_LEN || matches!(error, SendError::NoHeadroom { .. }));
+        pool.free(buf);
+        error
+    }
     use proptest::prelude::*;
 
     const OUR_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
@@ -1351,17 +1362,22 @@ mod tests {
             7,
             SocketAddrV4::new(Ipv4Addr::new(8, 8, 8, 8), 53),
         );
-        assert_eq!(err, Err(SendError::NoRoute(Ipv4Addr::new(8, 8, 8, 8))));
+        assert_eq!(
+            refused(&mut pool, err),
+            SendError::NoRoute(Ipv4Addr::new(8, 8, 8, 8))
+        );
         let buf = payload(&mut pool, b"x");
-        assert!(iface
-            .send_udp(
-                0,
-                &mut pool,
-                buf,
-                7,
-                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53)
-            )
-            .is_err());
+        let result = iface.send_udp(
+            0,
+            &mut pool,
+            buf,
+            7,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
+        );
+        assert_eq!(
+            refused(&mut pool, result),
+            SendError::NoRoute(Ipv4Addr::UNSPECIFIED)
+        );
         assert_eq!(iface.counters().drops(DropReason::NoRoute), 2);
         assert_no_leak(iface, pool);
     }
@@ -1506,15 +1522,11 @@ mod tests {
                 .unwrap();
         }
         let buf = payload(&mut pool, b"p");
-        assert_eq!(
-            iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9)),
-            Err(SendError::ArpPendingFull)
-        );
+        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9));
+        assert_eq!(refused(&mut pool, result), SendError::ArpPendingFull);
         let buf = payload(&mut pool, b"p");
-        assert_eq!(
-            iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9)),
-            Err(SendError::ArpPendingFull)
-        );
+        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9));
+        assert_eq!(refused(&mut pool, result), SendError::ArpPendingFull);
         assert_eq!(iface.pending_len(), pending_max);
         assert_eq!(iface.counters().drops(DropReason::ArpPendingFull), 2);
         assert_no_leak(iface, pool);
@@ -1532,10 +1544,8 @@ mod tests {
         assert_eq!(iface.counters().icmp_echo_replies, tx_queue_max as u64);
         learn_peer(&mut iface, &mut pool, 0);
         let buf = payload(&mut pool, b"q");
-        assert_eq!(
-            iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9)),
-            Err(SendError::TxQueueFull)
-        );
+        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9));
+        assert_eq!(refused(&mut pool, result), SendError::TxQueueFull);
         assert_no_leak(iface, pool);
     }
 
@@ -1565,26 +1575,22 @@ mod tests {
     }
 
     #[test]
-    fn send_errors_free_the_buffer() {
+    fn send_errors_give_the_buffer_back() {
         let (mut iface, mut pool) = world();
         learn_peer(&mut iface, &mut pool, 0);
         let to = SocketAddrV4::new(PEER_IP, 9);
         let big = payload(&mut pool, &[0u8; 1473]);
-        assert_eq!(
-            iface.send_udp(0, &mut pool, big, 7, to),
-            Err(SendError::PayloadTooLarge {
+        let result = iface.send_udp(0, &mut pool, big, 7, to);
+        assert_eq!(refused(&mut pool, result), SendError::PayloadTooLarge {
                 len: 1473,
                 max: 1472
-            })
-        );
+            });
         let fits = payload(&mut pool, &[0u8; 1472]);
         assert_eq!(iface.send_udp(0, &mut pool, fits, 7, to), Ok(()));
         let mut no_headroom = pool.alloc_frame().unwrap();
         pool.set_len(&mut no_headroom, 10).unwrap();
-        assert_eq!(
-            iface.send_udp(0, &mut pool, no_headroom, 7, to),
-            Err(SendError::NoHeadroom { headroom: 0 })
-        );
+        let result = iface.send_udp(0, &mut pool, no_headroom, 7, to);
+        assert_eq!(refused(&mut pool, result), SendError::NoHeadroom { headroom: 0 });
         assert_eq!(iface.counters().drops(DropReason::PayloadTooLarge), 1);
         assert_eq!(iface.counters().drops(DropReason::TxNoHeadroom), 1);
         assert_no_leak(iface, pool);
@@ -1804,7 +1810,7 @@ mod tests {
         retry_then_give_up_frees_parked_frames();
         off_link_goes_via_gateway_and_no_gateway_is_no_route();
         pool_exhaustion_when_arp_request_needed();
-        send_errors_free_the_buffer();
+        send_errors_give_the_buffer_back();
         let seen = SEEN.with(|seen| seen.borrow().clone());
         let missing: Vec<DropReason> = DropReason::ALL
             .into_iter()

@@ -16,7 +16,8 @@
 //! [`check_seeds`] prints it and honours `MELANGE_SIM_SEED` to rerun one seed.
 #![forbid(unsafe_code)]
 
-pub mod frames;
+/// Frame builders for tests, fuzz seeds and benchmarks (they live in `melange-wire` now).
+pub use melange_wire::frames;
 mod network;
 pub mod replay;
 mod rng;

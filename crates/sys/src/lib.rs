@@ -32,6 +32,7 @@
 //!
 //! | module     | what it wraps                                                        |
 //! |------------|----------------------------------------------------------------------|
+//! | [`alloc_count`] | a counting global allocator, for tests that prove a path allocates nothing |
 //! | [`clock`]  | `clock_gettime(CLOCK_MONOTONIC)` through the vDSO                    |
 //! | [`cpu`]    | affinity, current CPU, CPU time of threads and processes, RSS        |
 //! | [`eventfd`]| a non-blocking `eventfd` used to wake a polling thread               |
@@ -58,6 +59,7 @@ macro_rules! syscall {
     }};
 }
 
+pub mod alloc_count;
 pub mod bpf;
 pub mod clock;
 pub mod cpu;

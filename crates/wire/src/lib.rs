@@ -23,6 +23,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod frames;
 pub mod fuzz;
 pub mod icmpv4;
 pub mod ipv4;

@@ -4,7 +4,7 @@
 //! (truncated, wrong checksums, options, fragments...), so every builder returns a plain
 //! `Vec<u8>` and costs an allocation: never use them on a data path.
 
-use melange_wire::{arp, ethernet, icmpv4, ipv4, udp, EtherType, EthernetAddress, IpProtocol};
+use crate::{arp, ethernet, icmpv4, ipv4, udp, EtherType, EthernetAddress, IpProtocol};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// An Ethernet/IPv4/UDP frame with correct checksums.

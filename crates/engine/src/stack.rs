@@ -1,0 +1,341 @@
+//! Melange's own stack as a [`Transport`]: the sans-IO [`Interface`] over a [`NicQueue`] of
+//! raw Ethernet frames (AF_XDP, the simulator, the fake NIC).
+//!
+//! Receive: one `recv_batch` of at most the pass's budget, each frame through
+//! [`Interface::handle_frame`]; a datagram for a bound port becomes [`Event::Datagram`] with
+//! its buffer narrowed to the payload, lent to the app with no copy. ARP and ICMP answers the
+//! stack builds in place wait in its transmit queue for [`Transport::flush`].
+//!
+//! Send: the app's buffer gets its UDP, IPv4 and Ethernet headers written into its headroom
+//! during the call, and joins this pass's transmit batch. The batch never exceeds
+//! `batch_max`: when it is full it goes to the device at once, mid-pass. A send the device
+//! has no room for is refused before anything is built, with the buffer handed back
+//! ([`NicQueue::tx_room`]), so a full ring slows the app down instead of dropping its frames.
+//!
+//! UDP sockets are a small table of bound ports (at most [`UDP_SOCKETS_MAX`]); a datagram
+//! finds its socket by a scan of that table, which holds one or two ports for every app
+//! there is, and stays bounded by the constant whatever the traffic.
+
+use crate::nic::{NicCaps, NicErrorKind, NicQueue};
+use crate::transport::{Transport, TransportCounters};
+use melange_core::contract::{CommandError, Event, EventQueue, Refused, SendError};
+use melange_core::handle::{HandleError, HandleTable, SocketKind};
+use melange_core::{BufChain, FrameOwner, PacketBuf, PacketPool, SocketId};
+use melange_net::{BindError, EthernetAddress, Interface, InterfaceConfig};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::BorrowedFd;
+
+/// Most UDP ports one engine's app binds.
+pub const UDP_SOCKETS_MAX: usize = 64;
+
+/// The stack over a NIC queue. See the module documentation.
+pub struct StackTransport<N> {
+    nic: N,
+    iface: Interface,
+    batch_max: usize,
+    /// Frames received in this pass; capacity `batch_max`.
+    rx: Vec<PacketBuf>,
+    /// This pass's transmit batch; capacity `batch_max`, never more.
+    tx: Vec<PacketBuf>,
+    /// Lengths of the frames in `tx`, for the bytes of a partly sent batch.
+    tx_lens: Vec<u32>,
+    sockets: HandleTable<SocketKind, u16>,
+    /// (port, socket) of every bound socket, for the receive path's lookup.
+    by_port: Vec<(u16, SocketId)>,
+    counters: TransportCounters,
+}
+
+impl<N: NicQueue> StackTransport<N> {
+    /// A stack for `config` over `nic`, with neighbours already resolved by the control plane
+    /// (installed as ARP entries that never expire). Allocates every table now.
+    pub fn new(
+        nic: N,
+        config: InterfaceConfig,
+        static_arp: &[(Ipv4Addr, EthernetAddress)],
+        pool: &mut PacketPool,
+        batch_max: usize,
+    ) -> Result<Self, melange_net::ConfigError> {
+        let mut iface = Interface::new(config)?;
+        for &(ip, mac) in static_arp {
+            iface.add_static_arp(pool, ip, mac);
+        }
+        Ok(Self {
+            nic,
+            iface,
+            batch_max,
+            rx: Vec::with_capacity(batch_max),
+            tx: Vec::with_capacity(batch_max),
+            tx_lens: Vec::with_capacity(batch_max),
+            sockets: HandleTable::new(UDP_SOCKETS_MAX),
+            by_port: Vec::with_capacity(UDP_SOCKETS_MAX),
+            counters: TransportCounters::default(),
+        })
+    }
+
+    /// The NIC queue.
+    pub fn nic(&self) -> &N {
+        &self.nic
+    }
+    /// The NIC queue, writable (a test that scripts faults).
+    pub fn nic_mut(&mut self) -> &mut N {
+        &mut self.nic
+    }
+    /// What the device can do.
+    pub fn caps(&self) -> NicCaps {
+        self.nic.caps()
+    }
+    /// The stack.
+    pub fn interface(&self) -> &Interface {
+        &self.iface
+    }
+    /// Takes the transport apart, giving back the NIC queue.
+    pub fn into_nic(self) -> N {
+        self.nic
+    }
+
+    #[inline]
+    fn socket_of(&self, port: u16) -> Option<SocketId> {
+        self.by_port
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|&(_, socket)| socket)
+    }
+
+    /// Moves the stack's queued frames into the transmit batch, sending the batch each time
+    /// it fills.
+    fn move_stack_frames(&mut self, pool: &mut PacketPool) {
+        while let Some(frame) = self.iface.poll_transmit() {
+            if self.tx.len() == self.batch_max {
+                self.transmit(pool);
+            }
+            self.tx_lens.push(frame.len() as u32);
+            self.tx.push(frame);
+        }
+    }
+
+    /// Hands the batch to the device.
+    fn transmit(&mut self, pool: &mut PacketPool) {
+        if self.tx.is_empty() {
+            return;
+        }
+        let queued = self.tx.len();
+        for frame in &self.tx {
+            pool.hand_over(frame, FrameOwner::InFlight);
+        }
+        let outcome = self.nic.send_batch(pool, &mut self.tx);
+        let sent = outcome.sent.min(queued);
+        self.counters.tx_packets += sent as u64;
+        self.counters.tx_bytes += self.tx_lens[..sent]
+            .iter()
+            .map(|&l| u64::from(l))
+            .sum::<u64>();
+        self.counters.tx_dropped += (queued - sent) as u64;
+        if let Some(error) = outcome.error {
+            self.counters.errors.record(error);
+        }
+        debug_assert!(self.tx.is_empty(), "send_batch must drain its frames");
+        // A backend that breaks the rule must not make us hold frames twice.
+        for frame in self.tx.drain(..) {
+            pool.release_tx(frame, Err(melange_core::TxDropped::Device));
+        }
+        self.tx_lens.clear();
+    }
+}
+
+fn map_send_error(error: melange_net::SendError) -> SendError {
+    use melange_net::SendError as E;
+    match error {
+        E::NoRoute(_) => SendError::NoRoute,
+        E::ArpPendingFull => SendError::ResolutionQueueFull,
+        E::TxQueueFull => SendError::TxQueueFull,
+        E::PayloadTooLarge { .. } => SendError::PayloadTooLarge,
+        E::NoHeadroom { .. } => SendError::NoHeadroom,
+    }
+}
+
+fn refused(error: impl Into<CommandError>, buf: PacketBuf) -> Refused {
+    Refused {
+        error: error.into(),
+        data: Some(BufChain::from(buf)),
+    }
+}
+
+impl<N: NicQueue> Transport for StackTransport<N> {
+    fn name(&self) -> &'static str {
+        "melange stack"
+    }
+
+    fn poll_receive(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        events: &mut EventQueue,
+        budget: usize,
+    ) -> usize {
+        // Each frame yields at most one event, so the room bounds the batch.
+        let max = budget.min(events.room()).min(self.batch_max);
+        if max == 0 {
+            return 0;
+        }
+        if let Err(error) = self.nic.recv_batch(pool, &mut self.rx, max) {
+            self.counters.errors.record(error);
+        }
+        let received = self.rx.len();
+        for frame in self.rx.drain(..) {
+            self.counters.rx_packets += 1;
+            self.counters.rx_bytes += frame.len() as u64;
+            pool.hand_over(&frame, FrameOwner::Stack);
+            let Some(datagram) = self.iface.handle_frame(now_ns, pool, frame) else {
+                continue;
+            };
+            let Some(socket) = self.by_port.iter().find(|(p, _)| *p == datagram.local_port)
+            else {
+                // The stack delivers only bound ports, and every bound port has a socket.
+                pool.free(datagram.buf);
+                continue;
+            };
+            let data = BufChain::from(datagram.buf);
+            pool.hand_over_chain(&data, FrameOwner::App);
+            let event = Event::Datagram {
+                socket: socket.1,
+                data,
+                from: datagram.from,
+                local_port: datagram.local_port,
+            };
+            if let Err(event) = events.push(event) {
+                self.counters.rx_event_queue_full += 1;
+                if let Some(data) = event.into_data() {
+                    pool.free_chain(data);
+                }
+            }
+        }
+        received
+    }
+
+    fn poll_at(&self) -> Option<u64> {
+        self.iface.poll_at()
+    }
+
+    fn handle_timeout(&mut self, now_ns: u64, pool: &mut PacketPool) {
+        if self.iface.poll_at().is_some_and(|at| at <= now_ns) {
+            self.iface.handle_timeout(now_ns, pool);
+        }
+    }
+
+    fn bind_udp(&mut self, port: u16) -> Result<SocketId, CommandError> {
+        let bind_error = |reason| CommandError::Bind { port, reason };
+        if self.socket_of(port).is_some() {
+            return Err(bind_error("already bound by this app"));
+        }
+        if self.by_port.len() >= UDP_SOCKETS_MAX {
+            return Err(HandleError::Full {
+                capacity: UDP_SOCKETS_MAX,
+            }
+            .into());
+        }
+        self.iface.bind_udp(port).map_err(|error| match error {
+            BindError::PortZero => bind_error("port 0 means no port"),
+            BindError::AlreadyBound(_) => bind_error("already bound"),
+        })?;
+        let socket = self
+            .sockets
+            .insert(port)
+            .map_err(|(error, _)| CommandError::from(error))?;
+        self.by_port.push((port, socket));
+        Ok(socket)
+    }
+
+    fn close_udp(&mut self, socket: SocketId) -> Result<(), CommandError> {
+        let port = self.sockets.remove(socket)?;
+        self.by_port.retain(|&(p, _)| p != port);
+        self.iface.unbind_udp(port);
+        Ok(())
+    }
+
+    fn send_to(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        socket: SocketId,
+        to: SocketAddrV4,
+        data: BufChain,
+        notify: Option<u64>,
+    ) -> Result<(), Refused> {
+        let port = match self.sockets.get(socket) {
+            Ok(&port) => port,
+            Err(error) => {
+                return Err(Refused {
+                    error: error.into(),
+                    data: Some(data),
+                })
+            }
+        };
+        let buf = match data.into_single() {
+            Ok(buf) => buf,
+            Err(chain) => {
+                return Err(Refused {
+                    error: SendError::PayloadTooLarge.into(),
+                    data: Some(chain),
+                })
+            }
+        };
+        if !pool.is_held_by(&buf, FrameOwner::App) {
+            return Err(refused(CommandError::NotOwned, buf));
+        }
+        // Back-pressure: build the frame only if it can leave in this pass.
+        if self.tx.len() == self.batch_max {
+            self.transmit(pool);
+        }
+        if self.nic.tx_room() <= self.tx.len() {
+            self.counters.tx_no_room += 1;
+            return Err(refused(SendError::TxQueueFull, buf));
+        }
+        pool.hand_over(&buf, FrameOwner::Stack);
+        if let Some(token) = notify {
+            pool.return_after_tx(&buf, token);
+        }
+        match self.iface.send_udp(now_ns, pool, buf, port, to) {
+            Ok(()) => {
+                self.move_stack_frames(pool);
+                Ok(())
+            }
+            Err((error, buf)) => {
+                pool.cancel_return(&buf);
+                pool.hand_over(&buf, FrameOwner::App);
+                Err(refused(map_send_error(error), buf))
+            }
+        }
+    }
+
+    fn flush(&mut self, _now_ns: u64, pool: &mut PacketPool) {
+        self.move_stack_frames(pool);
+        self.transmit(pool);
+    }
+
+    fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.nic.wakeup_fd()
+    }
+
+    fn counters(&self) -> TransportCounters {
+        self.counters
+    }
+
+    fn shutdown(&mut self, pool: &mut PacketPool) {
+        for frame in self.rx.drain(..) {
+            pool.free(frame);
+        }
+        for frame in self.tx.drain(..) {
+            pool.free(frame);
+        }
+        self.tx_lens.clear();
+        self.iface.drain(pool);
+        self.nic.release(pool);
+    }
+}
+
+impl<N> StackTransport<N> {
+    /// Device errors of one kind so far.
+    pub fn errors_of(&self, kind: NicErrorKind) -> u64 {
+        self.counters.errors.count(kind)
+    }
+}
