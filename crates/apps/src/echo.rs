@@ -122,7 +122,13 @@ impl EchoApp {
         port != 0 && !REFLECTOR_PORTS.contains(&port) && !self.config.ports.contains(&port)
     }
 
-    fn handle(&mut self, io: &mut IoContext<'_>, socket: SocketId, data: BufChain, from: SocketAddrV4) {
+    fn handle(
+        &mut self,
+        io: &mut IoContext<'_>,
+        socket: SocketId,
+        data: BufChain,
+        from: SocketAddrV4,
+    ) {
         if !self.answerable(from) {
             self.counters.reflector_refused += 1;
             io.free_chain(data);

@@ -586,8 +586,7 @@ mod tests {
 
     #[test]
     fn closed_loop_keeps_inflight_and_measures() {
-        let (mut app, mut io) =
-            started(LoadgenConfig::closed_loop(target(), 64, 4, 1_000_000));
+        let (mut app, mut io) = started(LoadgenConfig::closed_loop(target(), 64, 4, 1_000_000));
         assert_eq!(io.sent.len(), 4);
         assert_eq!(io.timers.len(), 1, "housekeeping armed");
         // Echo them back 500 ns later.
@@ -691,7 +690,8 @@ mod tests {
     #[test]
     fn a_port_that_cannot_be_bound_ends_the_run_at_once() {
         let mut io = TestIo::new(8);
-        io.bound.push((4000, melange_core::Handle::from_parts(9, 1)));
+        io.bound
+            .push((4000, melange_core::Handle::from_parts(9, 1)));
         let mut config = LoadgenConfig::closed_loop(target(), 64, 1, 1_000_000);
         config.local_port = 4000;
         let mut app = LoadgenApp::new(config);

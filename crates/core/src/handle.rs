@@ -160,7 +160,10 @@ impl<K, T> HandleTable<K, T> {
     /// # Panics
     /// If `capacity` does not fit the index space (`u32::MAX` slots): a configuration bug.
     pub fn new(capacity: usize) -> Self {
-        assert!(capacity < NIL as usize, "handle table capacity {capacity} too large");
+        assert!(
+            capacity < NIL as usize,
+            "handle table capacity {capacity} too large"
+        );
         let slots = (0..capacity)
             .map(|i| Slot {
                 generation: 1,
@@ -233,7 +236,10 @@ impl<K, T> HandleTable<K, T> {
     pub fn remove(&mut self, handle: Handle<K>) -> Result<T, HandleError> {
         self.slot(handle)?;
         let slot = &mut self.slots[handle.index as usize];
-        let value = slot.value.take().expect("`slot` checked the slot is occupied");
+        let value = slot
+            .value
+            .take()
+            .expect("`slot` checked the slot is occupied");
         // Skip generation 0 so that a zeroed record never names a live object.
         slot.generation = slot.generation.wrapping_add(1).max(1);
         slot.next_free = self.free_head;
@@ -262,7 +268,10 @@ mod tests {
         let mut table: HandleTable<ConnKind, &str> = HandleTable::new(1);
         let a = table.insert("a").unwrap();
         assert_eq!(table.get(a), Ok(&"a"));
-        assert_eq!(table.insert("b").unwrap_err(), (HandleError::Full { capacity: 1 }, "b"));
+        assert_eq!(
+            table.insert("b").unwrap_err(),
+            (HandleError::Full { capacity: 1 }, "b")
+        );
         assert_eq!(table.remove(a), Ok("a"));
         let b = table.insert("b").unwrap();
         assert_eq!(a.index(), b.index(), "the slot is reused");
@@ -278,7 +287,10 @@ mod tests {
         let h = table.insert(7).unwrap();
         assert_eq!(Handle::<TimerKind>::from_raw(h.to_raw()), h);
         assert_eq!(table.get(Handle::from_raw(0)), Err(HandleError::Stale));
-        assert_eq!(table.get(Handle::from_raw(u64::MAX)), Err(HandleError::Stale));
+        assert_eq!(
+            table.get(Handle::from_raw(u64::MAX)),
+            Err(HandleError::Stale)
+        );
     }
 
     proptest! {

@@ -607,8 +607,7 @@ impl PacketPool {
     /// A pool over memory provided by a backend (an AF_XDP UMEM, say).
     pub fn with_memory(config: PoolConfig, memory: Box<dyn PoolMemory>) -> Result<Self, PoolError> {
         config.validate()?;
-        if memory.frame_size() != config.frame_size || memory.frame_count() < config.frame_count
-        {
+        if memory.frame_size() != config.frame_size || memory.frame_count() < config.frame_count {
             return Err(PoolError::MemoryMismatch {
                 have_frames: memory.frame_count(),
                 have_size: memory.frame_size(),
@@ -737,7 +736,9 @@ impl PacketPool {
     pub fn owner_of(&self, index: u32) -> Option<FrameOwner> {
         #[cfg(debug_assertions)]
         {
-            self.owners.get(index as usize).map(|&o| FrameOwner::from_u8(o))
+            self.owners
+                .get(index as usize)
+                .map(|&o| FrameOwner::from_u8(o))
         }
         #[cfg(not(debug_assertions))]
         {
@@ -1263,9 +1264,8 @@ mod tests {
             PacketPool::new(config(2048, PoolConfig::FRAME_COUNT_MAX + 1, 64)).unwrap_err(),
             PoolError::FrameCount(PoolConfig::FRAME_COUNT_MAX + 1)
         );
-        let err =
-            PacketPool::with_memory(config(256, 4, 64), Box::new(HeapMemory::new(256, 2)))
-                .unwrap_err();
+        let err = PacketPool::with_memory(config(256, 4, 64), Box::new(HeapMemory::new(256, 2)))
+            .unwrap_err();
         assert_eq!(
             err,
             PoolError::MemoryMismatch {
@@ -1313,7 +1313,10 @@ mod tests {
         pool.chain_push(&mut chain, b).unwrap();
         pool.chain_push(&mut chain, c).unwrap();
         assert_eq!((chain.frames(), chain.len()), (3, 60));
-        let lens: Vec<_> = pool.chain_segments(&chain).map(|s| (s[0], s.len())).collect();
+        let lens: Vec<_> = pool
+            .chain_segments(&chain)
+            .map(|s| (s[0], s.len()))
+            .collect();
         assert_eq!(lens, vec![(1, 10), (2, 20), (3, 30)]);
         let mut out = [0u8; 25];
         assert_eq!(pool.chain_read(&chain, 5, &mut out), 25);
@@ -1341,11 +1344,19 @@ mod tests {
         a.prepend(20);
         pool.release_tx(a, Ok(()));
         pool.release_tx(b, Err(TxDropped::RingFull));
-        assert_eq!(pool.available(), 3, "an unmarked frame goes back to the pool");
+        assert_eq!(
+            pool.available(),
+            3,
+            "an unmarked frame goes back to the pool"
+        );
         let returned = pool.take_returned().unwrap();
         assert_eq!(returned.token, 42);
         assert_eq!(returned.result, Ok(()));
-        assert_eq!(pool.data(&returned.buf), &[7; 10], "the payload window is restored");
+        assert_eq!(
+            pool.data(&returned.buf),
+            &[7; 10],
+            "the payload window is restored"
+        );
         assert!(pool.take_returned().is_none());
         // A tag does not outlive its frame.
         pool.return_after_tx(&returned.buf, 1);

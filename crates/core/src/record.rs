@@ -363,7 +363,11 @@ fn chain_of(record: &Record, pool: &PacketPool) -> Result<Option<BufChain>, Reco
             && record.head_len == 0
             && record.tail == 0
             && record.bytes == 0;
-        return if empty { Ok(None) } else { Err(RecordError::Data) };
+        return if empty {
+            Ok(None)
+        } else {
+            Err(RecordError::Data)
+        };
     }
     let raw = RawChain {
         head: RawBuf {
@@ -379,8 +383,7 @@ fn chain_of(record: &Record, pool: &PacketPool) -> Result<Option<BufChain>, Reco
 }
 
 fn check_flags(record: &Record, allowed: u16) -> Result<(), RecordError> {
-    if record.flags & !allowed != 0 || record.flags & !FLAGS_KNOWN != 0 || record.reserved != 0
-    {
+    if record.flags & !allowed != 0 || record.flags & !FLAGS_KNOWN != 0 || record.reserved != 0 {
         return Err(RecordError::Flags(record.flags));
     }
     Ok(())
@@ -413,7 +416,9 @@ pub fn decode_command(record: &Record, pool: &PacketPool) -> Result<Command, Rec
             no_data(r, pool)?;
             match r.opcode {
                 OP_BIND_UDP => Command::BindUdp { port: r.port },
-                OP_CLOSE_UDP => Command::CloseUdp { socket: Handle::from_raw(r.handle) },
+                OP_CLOSE_UDP => Command::CloseUdp {
+                    socket: Handle::from_raw(r.handle),
+                },
                 OP_ARM_TIMER => Command::ArmTimer {
                     deadline_ns: r.value,
                     token: r.token,
@@ -422,7 +427,9 @@ pub fn decode_command(record: &Record, pool: &PacketPool) -> Result<Command, Rec
                     timer: Handle::from_raw(r.handle),
                     deadline_ns: r.value,
                 },
-                OP_CANCEL_TIMER => Command::CancelTimer { timer: Handle::from_raw(r.handle) },
+                OP_CANCEL_TIMER => Command::CancelTimer {
+                    timer: Handle::from_raw(r.handle),
+                },
                 OP_LISTEN => Command::Listen {
                     port: r.port,
                     backlog: r.len,
@@ -435,8 +442,12 @@ pub fn decode_command(record: &Record, pool: &PacketPool) -> Result<Command, Rec
                     conn: Handle::from_raw(r.handle),
                     bytes: r.len,
                 },
-                OP_CLOSE => Command::Close { conn: Handle::from_raw(r.handle) },
-                OP_ABORT => Command::Abort { conn: Handle::from_raw(r.handle) },
+                OP_CLOSE => Command::Close {
+                    conn: Handle::from_raw(r.handle),
+                },
+                OP_ABORT => Command::Abort {
+                    conn: Handle::from_raw(r.handle),
+                },
                 OP_SET_NODELAY => Command::SetOption {
                     conn: Handle::from_raw(r.handle),
                     option: ConnOption::NoDelay(match r.value {
@@ -685,7 +696,9 @@ pub fn decode_event(record: &Record, pool: &PacketPool) -> Result<Event, RecordE
         OP_EV_PEER_CLOSED => {
             check_flags(r, 0)?;
             no_data(r, pool)?;
-            Event::PeerClosed { conn: Handle::from_raw(r.handle) }
+            Event::PeerClosed {
+                conn: Handle::from_raw(r.handle),
+            }
         }
         OP_EV_CLOSED => {
             check_flags(r, 0)?;
@@ -843,8 +856,7 @@ mod tests {
             data: Some(data),
         };
         let record = encode_event(event);
-        let Event::StorageDone { result, data, .. } = decode_event(&record, &pool).unwrap()
-        else {
+        let Event::StorageDone { result, data, .. } = decode_event(&record, &pool).unwrap() else {
             panic!("decoded another event");
         };
         assert_eq!(result, Err(StorageError::Device(-5)));
@@ -877,7 +889,11 @@ mod tests {
             (bad(|r| r.flags = 0), RecordError::Data),
         ];
         for (record, error) in cases {
-            assert_eq!(decode_command(&record, &pool).unwrap_err(), error, "{record:?}");
+            assert_eq!(
+                decode_command(&record, &pool).unwrap_err(),
+                error,
+                "{record:?}"
+            );
         }
         let Command::Send { data, .. } = decode_command(&good, &pool).unwrap() else {
             panic!("decoded another command");

@@ -8,9 +8,7 @@
 //! [`TestIo::sent`] for the test to inspect and free) unless the test sets
 //! [`TestIo::refuse_sends`]. It allocates freely: it is for tests, never for a data path.
 
-use crate::contract::{
-    Command, CommandError, Event, EventQueue, Io, Outcome, Refused, SendError,
-};
+use crate::contract::{Command, CommandError, Event, EventQueue, Io, Outcome, Refused, SendError};
 use crate::handle::{Handle, SocketId, TimerId};
 use crate::pool::{BufChain, FrameOwner, PacketBuf, PacketPool, PoolConfig, PoolError};
 use std::net::SocketAddrV4;
@@ -203,11 +201,12 @@ impl Io for TestIo {
                     None => Err(Refused::new(crate::handle::HandleError::Stale)),
                 }
             }
-            Command::CancelTimer { timer } => match self.timers.iter().position(|t| t.timer == timer)
-            {
-                Some(at) => Ok(Outcome::Token(self.timers.remove(at).token)),
-                None => Err(Refused::new(crate::handle::HandleError::Stale)),
-            },
+            Command::CancelTimer { timer } => {
+                match self.timers.iter().position(|t| t.timer == timer) {
+                    Some(at) => Ok(Outcome::Token(self.timers.remove(at).token)),
+                    None => Err(Refused::new(crate::handle::HandleError::Stale)),
+                }
+            }
             other => Err(Refused {
                 error: CommandError::Unsupported {
                     command: other.name(),

@@ -182,10 +182,7 @@ impl<T> TimerWheel<T> {
     /// Returns an unlinked entry to the free list, bumping its generation.
     fn release(&mut self, index: u32) -> T {
         let entry = &mut self.entries[index as usize];
-        let value = entry
-            .value
-            .take()
-            .expect("an armed entry holds a value");
+        let value = entry.value.take().expect("an armed entry holds a value");
         entry.generation = entry.generation.wrapping_add(1).max(1);
         entry.list = LIST_NONE;
         entry.prev = NIL;

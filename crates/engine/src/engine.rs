@@ -429,7 +429,10 @@ impl<T: Transport> EngineIo<'_, T> {
                     Refused::new(timer_error(error))
                 })?;
                 *self.app_timers += 1;
-                Ok(Outcome::Timer(Handle::from_parts(key.index, key.generation)))
+                Ok(Outcome::Timer(Handle::from_parts(
+                    key.index,
+                    key.generation,
+                )))
             }
             Command::RearmTimer { timer, deadline_ns } => self
                 .timers

@@ -246,7 +246,9 @@ impl NicQueue for FakeNic {
             ));
         }
         let bad = self.take_fault(|f| matches!(f, Fault::BadRxDescriptor { .. }));
-        let repeat = self.take_fault(|f| *f == Fault::RepeatedRxDescriptor).is_some();
+        let repeat = self
+            .take_fault(|f| *f == Fault::RepeatedRxDescriptor)
+            .is_some();
         let mut first = None;
         while rx.len() < max {
             if self.wire.is_empty() {
@@ -307,8 +309,8 @@ impl NicQueue for FakeNic {
         let mut failure = None;
         if self.ring_full_passes > 0 {
             // No room: every frame is dropped below.
-        } else if let Some(fault) =
-            self.take_fault(|f| matches!(f, Fault::TxPartial { .. } | Fault::NetDownMidBatch { .. }))
+        } else if let Some(fault) = self
+            .take_fault(|f| matches!(f, Fault::TxPartial { .. } | Fault::NetDownMidBatch { .. }))
         {
             match fault {
                 Fault::TxPartial { accepted } => limit = limit.min(accepted),

@@ -188,8 +188,7 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             let Some(datagram) = self.iface.handle_frame(now_ns, pool, frame) else {
                 continue;
             };
-            let Some(socket) = self.by_port.iter().find(|(p, _)| *p == datagram.local_port)
-            else {
+            let Some(socket) = self.by_port.iter().find(|(p, _)| *p == datagram.local_port) else {
                 // The stack delivers only bound ports, and every bound port has a socket.
                 pool.free(datagram.buf);
                 continue;
@@ -318,6 +317,10 @@ impl<N: NicQueue> Transport for StackTransport<N> {
 
     fn counters(&self) -> TransportCounters {
         self.counters
+    }
+
+    fn stack_counters(&self) -> Option<melange_net::NetCounters> {
+        Some(self.iface.counters().clone())
     }
 
     fn shutdown(&mut self, pool: &mut PacketPool) {

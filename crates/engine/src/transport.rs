@@ -23,6 +23,7 @@
 use crate::nic::NicErrorCounts;
 use melange_core::contract::{Command, CommandError, EventQueue, Outcome, Refused};
 use melange_core::{BufChain, PacketPool, SocketId};
+use melange_net::NetCounters;
 use std::net::SocketAddrV4;
 use std::os::fd::BorrowedFd;
 
@@ -117,6 +118,11 @@ pub trait Transport {
 
     /// The counters.
     fn counters(&self) -> TransportCounters;
+
+    /// The network stack's counters, for a transport that runs Melange's stack.
+    fn stack_counters(&self) -> Option<NetCounters> {
+        None
+    }
 
     /// Returns every buffer the transport holds to its owner, before the engine shuts down.
     fn shutdown(&mut self, pool: &mut PacketPool);

@@ -31,7 +31,11 @@ fn echo_answers_through_the_fake_nic() {
     assert_eq!(nic.transmitted, 10);
     assert_eq!(engine.app().counters().echoed, 10);
     let reply = engine.transport().nic().last_tx().to_vec();
-    assert_eq!(&reply[..6], &PEER_MAC, "the reply goes to the peer's resolved MAC");
+    assert_eq!(
+        &reply[..6],
+        &PEER_MAC,
+        "the reply goes to the peer's resolved MAC"
+    );
     assert_eq!(&reply[reply.len() - 64..], &[9u8; 64]);
     let counters = engine.transport_counters();
     assert_eq!(counters.tx_packets, 10);
@@ -129,7 +133,10 @@ fn receive_errors_are_counted_by_kind() {
     deliver(&mut engine, 2);
     assert_eq!(engine.poll(1_000), 0);
     assert_eq!(
-        engine.transport_counters().errors.count(NicErrorKind::Receive),
+        engine
+            .transport_counters()
+            .errors
+            .count(NicErrorKind::Receive),
         1
     );
     assert_eq!(engine.poll(2_000), 2, "the frames wait on the wire");
@@ -250,7 +257,10 @@ fn buffers_come_back_to_the_app_when_the_device_is_done() {
     for pass in 2..5 {
         engine.poll(1_000 * pass);
     }
-    assert!(engine.app().done.is_empty(), "nothing comes back before completion");
+    assert!(
+        engine.app().done.is_empty(),
+        "nothing comes back before completion"
+    );
     engine
         .transport_mut()
         .nic_mut()

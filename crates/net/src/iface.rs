@@ -412,12 +412,13 @@ impl Interface {
                 self.counters.udp_tx += 1;
                 Ok(())
             }
-            Err(next_hop) => self.park(now_ns, pool, next_hop, payload).map_err(
-                |(error, mut buf)| {
-                    buf.advance(HEADERS_LEN);
-                    (error, buf)
-                },
-            ),
+            Err(next_hop) => {
+                self.park(now_ns, pool, next_hop, payload)
+                    .map_err(|(error, mut buf)| {
+                        buf.advance(HEADERS_LEN);
+                        (error, buf)
+                    })
+            }
         }
     }
 
@@ -1581,16 +1582,22 @@ mod tests {
         let to = SocketAddrV4::new(PEER_IP, 9);
         let big = payload(&mut pool, &[0u8; 1473]);
         let result = iface.send_udp(0, &mut pool, big, 7, to);
-        assert_eq!(refused(&mut pool, result), SendError::PayloadTooLarge {
+        assert_eq!(
+            refused(&mut pool, result),
+            SendError::PayloadTooLarge {
                 len: 1473,
                 max: 1472
-            });
+            }
+        );
         let fits = payload(&mut pool, &[0u8; 1472]);
         assert_eq!(iface.send_udp(0, &mut pool, fits, 7, to), Ok(()));
         let mut no_headroom = pool.alloc_frame().unwrap();
         pool.set_len(&mut no_headroom, 10).unwrap();
         let result = iface.send_udp(0, &mut pool, no_headroom, 7, to);
-        assert_eq!(refused(&mut pool, result), SendError::NoHeadroom { headroom: 0 });
+        assert_eq!(
+            refused(&mut pool, result),
+            SendError::NoHeadroom { headroom: 0 }
+        );
         assert_eq!(iface.counters().drops(DropReason::PayloadTooLarge), 1);
         assert_eq!(iface.counters().drops(DropReason::TxNoHeadroom), 1);
         assert_no_leak(iface, pool);

@@ -28,13 +28,13 @@
 //! all engines to fit, or fails with a message that says what to change.
 
 use melange_core::pool::RawBuf;
+use melange_core::PacketBuf;
 use melange_core::{PacketPool, PoolConfig, PoolMemory};
-use melange_engine::{Medium, NicError, NicQueue, RxDesc, TxDesc};
+use melange_engine::{NicCaps, NicError, NicErrorKind, NicQueue, TxOutcome};
 use melange_sys::mmap::{Region, RegionOptions};
 use melange_sys::xsk::{
     BindMode, BoundMode, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskSocket,
 };
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 use thiserror::Error;
 
@@ -335,7 +335,7 @@ impl AfXdpQueue {
             for i in 0..n {
                 let addr = self.addrs[i];
                 if let Some(buf) = self.reclaim(pool, addr, 0) {
-                    pool.free(buf);
+                    pool.release_tx(buf, Ok(()));
                     self.counters.completed += 1;
                 }
             }
@@ -398,10 +398,11 @@ impl AfXdpQueue {
                     std::hint::spin_loop();
                 }
                 Err(source) => {
-                    return Err(NicError::Os {
-                        op: "sendto (AF_XDP tx kick)",
-                        source,
-                    })
+                    return Err(NicError::os(
+                        NicErrorKind::Transmit,
+                        "sendto (AF_XDP tx kick)",
+                        &source,
+                    ))
                 }
             }
         }
@@ -410,14 +411,23 @@ impl AfXdpQueue {
 }
 
 impl NicQueue for AfXdpQueue {
-    fn medium(&self) -> Medium {
-        Medium::Ethernet
+    fn caps(&self) -> NicCaps {
+        NicCaps {
+            tx_checksum_offload: false,
+            multi_buffer: false,
+            zero_copy: self.bound_mode() == BoundMode::ZeroCopy,
+            frame_len_max: FRAME_SIZE as usize - melange_sys::xsk::XDP_PACKET_HEADROOM as usize,
+        }
+    }
+
+    fn tx_room(&self) -> usize {
+        self.socket.tx_free()
     }
 
     fn recv_batch(
         &mut self,
         pool: &mut PacketPool,
-        rx: &mut Vec<RxDesc>,
+        rx: &mut Vec<PacketBuf>,
         max: usize,
     ) -> Result<(), NicError> {
         self.reap_completions(pool);
@@ -428,37 +438,27 @@ impl NicQueue for AfXdpQueue {
             self.fill_len = self.fill_len.saturating_sub(1);
             if let Some(buf) = self.reclaim(pool, desc.addr, desc.len) {
                 self.counters.received += 1;
-                rx.push(RxDesc {
-                    buf,
-                    peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                    local_port: 0,
-                });
+                rx.push(buf);
             }
         }
+        // An empty fill ring (the pool has no frames to receive into) is counted by `refill`
+        // as `fill_pool_exhausted`; it is load, not a device error.
         self.refill(pool, self.refill_batch);
-        if n > 0 && self.fill_len == 0 {
-            return Err(NicError::BadDescriptor(
-                "fill ring empty: the pool has no frames to receive into",
-            ));
-        }
         Ok(())
     }
 
-    fn send_batch(
-        &mut self,
-        pool: &mut PacketPool,
-        tx: &mut Vec<TxDesc>,
-    ) -> Result<usize, NicError> {
+    fn send_batch(&mut self, pool: &mut PacketPool, tx: &mut Vec<PacketBuf>) -> TxOutcome {
         let total = tx.len();
         let mut published = 0;
         let mut kicks = 0;
+        let mut failure = None;
         while published < total {
             // Publish what fits.
             let chunk = (total - published).min(self.descs.len());
-            for (slot, desc) in self.descs.iter_mut().zip(&tx[published..published + chunk]) {
+            for (slot, buf) in self.descs.iter_mut().zip(&tx[published..published + chunk]) {
                 *slot = XdpDesc {
-                    addr: desc.buf.offset_in(self.frame_size as usize) as u64,
-                    len: desc.buf.len() as u32,
+                    addr: buf.offset_in(self.frame_size as usize) as u64,
+                    len: buf.len() as u32,
                     options: 0,
                 };
             }
@@ -470,7 +470,10 @@ impl NicQueue for AfXdpQueue {
             published += placed;
             self.tx_outstanding += placed;
             self.counters.transmitted += placed as u64;
-            self.drain_tx(pool)?;
+            if let Err(error) = self.drain_tx(pool) {
+                failure = Some(error);
+                break;
+            }
             if placed == 0 {
                 kicks += 1;
                 if kicks > TX_KICKS_MAX {
@@ -480,16 +483,19 @@ impl NicQueue for AfXdpQueue {
         }
         // Frames now on the ring belong to the kernel until completion; forget their handles.
         // Frames that never fit are dropped here.
-        for (i, desc) in tx.drain(..).enumerate() {
+        for (i, buf) in tx.drain(..).enumerate() {
             if i < published {
-                let _raw = desc.buf.into_raw();
+                let _raw = buf.into_raw();
             } else {
                 self.counters.tx_ring_full_drops += 1;
-                pool.free(desc.buf);
+                pool.release_tx(buf, Err(melange_core::TxDropped::RingFull));
             }
         }
         self.reap_completions(pool);
-        Ok(published)
+        TxOutcome {
+            sent: published,
+            error: failure,
+        }
     }
 
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {

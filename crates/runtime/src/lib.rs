@@ -8,8 +8,9 @@
 //! - [`shell`]: engine threads, idle policies (busy-poll, or sleep on the queue's wakeup fd
 //!   after a configurable spin), stop signals.
 //! - [`af_xdp`]: the kernel-bypass backend: raw frames over AF_XDP, the pool over the UMEM.
-//! - [`kernel`]: the portable backend: ordinary UDP sockets with batched `recvmmsg` and
-//!   `sendmmsg`, one socket per engine with `SO_REUSEPORT`. It needs no privileges.
+//! - [`kernel`]: the portable transport: the app contract over ordinary UDP sockets with
+//!   batched `recvmmsg` and `sendmmsg`, one socket per bound port and engine with
+//!   `SO_REUSEPORT`. It needs no privileges.
 #![forbid(unsafe_code)]
 
 pub mod af_xdp;
@@ -17,5 +18,7 @@ pub mod kernel;
 pub mod shell;
 
 pub use af_xdp::{umem_frames_for, AfXdpCounters, AfXdpError, AfXdpOptions, AfXdpQueue};
-pub use kernel::{KernelQueueCounters, KernelQueueOptions, KernelUdpQueue};
-pub use shell::{spawn_engine, spin_ns, EngineOutcome, IdlePolicy, ShellConfig, StopSignal};
+pub use kernel::{KernelCounters, KernelOptions, KernelTransport};
+pub use shell::{
+    spawn_engine, spin_ns, EngineOutcome, IdlePolicy, ShellConfig, ShellError, StopSignal,
+};

@@ -12,15 +12,20 @@
 //!   the spin comes first.
 //!
 //! Busy time: the loop adds up the wall-clock time of the passes that found work (a pass ends
-//! where the next one reads the clock, so this costs no extra clock read). A spinning engine's CPU time is always
+//! where the next one reads the clock, so this costs no extra clock read), capped at the
+//! thread's CPU time, since wall-clock time includes moments the thread was not running. A spinning engine's CPU time is always
 //! 100% of its core; its busy time says how much of that the work needed, so busy time per
 //! request estimates what one core can serve when the load generator cannot saturate it.
+//!
+//! Reporting: once a second the loop looks at the counters: new device errors are logged
+//! (rate-limited: one line per second with their number and the last one), and at `debug` a
+//! live line of counters shows what the engine is doing while it runs.
 //!
 //! Stopping: [`StopSignal::stop`] sets a flag that each pass reads (one relaxed load) and
 //! signals every engine's eventfd, so a sleeping engine wakes at once.
 
 use melange_core::App;
-use melange_engine::{Engine, EngineCounters, NicQueue};
+use melange_engine::{Engine, EngineCounters, Transport, TransportCounters};
 use melange_sys::eventfd::EventFd;
 use melange_sys::{clock, cpu, poll};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +34,10 @@ use std::thread::JoinHandle;
 
 /// The longest an idle engine sleeps without a timer, so a lost wakeup costs at most this.
 const IDLE_SLEEP_NS_MAX: u64 = 100_000_000;
+/// How often a running engine looks at its counters: to log new device errors (at most once
+/// per interval, with how many there were and the last one) and, at `debug`, a live line of
+/// counters.
+const REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// What an engine does when a pass finds no work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +117,15 @@ impl StopSignal {
 
 /// What an engine thread hands back when it ends.
 #[derive(Debug)]
-pub struct EngineOutcome<A, N> {
+pub struct EngineOutcome<A, T> {
     /// The app, with whatever it measured.
     pub app: A,
-    /// The NIC queue, with its counters.
-    pub nic: N,
+    /// The transport, with its own counters.
+    pub transport: T,
     /// The engine's counters.
     pub counters: EngineCounters,
+    /// The transport's counters (device errors by kind among them).
+    pub transport_counters: TransportCounters,
     /// Stack counters, when the engine ran one.
     pub net: Option<melange_net::NetCounters>,
     /// Pool frames free after shutdown.
@@ -123,8 +134,33 @@ pub struct EngineOutcome<A, N> {
     pub pool_capacity: usize,
     /// CPU time the thread used, in ns.
     pub cpu_time_ns: u64,
-    /// Wall-clock time of the passes that found work, in ns (see the module documentation).
+    /// Time of the passes that found work, in ns, at most the CPU time (see the module
+    /// documentation).
     pub busy_ns: u64,
+}
+
+/// Why an engine thread could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// Pinning the thread to its core failed; pick a core this process may use
+    /// (`taskset -p $$` shows them).
+    #[error("pinning {thread} to cpu {cpu}: {source}")]
+    Pin {
+        /// The thread's name.
+        thread: String,
+        /// The core.
+        cpu: usize,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Building the engine failed; the message says what to fix.
+    #[error("starting {thread}: {message}")]
+    Build {
+        /// The thread's name.
+        thread: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Busy-waits `ns` nanoseconds on the monotonic clock: simulated application work.
@@ -136,18 +172,18 @@ pub fn spin_ns(ns: u64) {
 }
 
 /// Starts an engine thread. `build` runs on the new thread (after pinning) and makes the
-/// engine; the thread then runs passes until the app is done or `stop` is raised, shuts the
-/// engine down and returns its parts.
-pub fn spawn_engine<N, A, F>(
+/// engine (its error, if any, becomes [`ShellError::Build`]); the thread then runs passes
+/// until the app is done or `stop` is raised, shuts the engine down and returns its parts.
+pub fn spawn_engine<T, A, F, E>(
     config: ShellConfig,
     stop: StopSignal,
     build: F,
-) -> std::io::Result<JoinHandle<Result<EngineOutcome<A, N>, String>>>
+) -> std::io::Result<JoinHandle<Result<EngineOutcome<A, T>, ShellError>>>
 where
-    N: NicQueue + 'static,
+    T: Transport + Send + 'static,
     A: App + Send + 'static,
-    N: Send,
-    F: FnOnce(u64) -> Result<Engine<N, A>, String> + Send + 'static,
+    F: FnOnce(u64) -> Result<Engine<T, A>, E> + Send + 'static,
+    E: std::fmt::Display,
 {
     let waker = Arc::new(EventFd::new()?);
     stop.register(waker.clone());
@@ -155,35 +191,93 @@ where
         .name(config.name.clone())
         .spawn(move || {
             if let Some(core) = config.cpu {
-                cpu::pin_current_thread(core)
-                    .map_err(|e| format!("pinning {} to cpu {core}: {e}", config.name))?;
+                cpu::pin_current_thread(core).map_err(|source| ShellError::Pin {
+                    thread: config.name.clone(),
+                    cpu: core,
+                    source,
+                })?;
             }
-            let mut engine = build(clock::monotonic_ns())?;
+            let mut engine = build(clock::monotonic_ns()).map_err(|e| ShellError::Build {
+                thread: config.name.clone(),
+                message: e.to_string(),
+            })?;
             let cpu_start = cpu::thread_cpu_time_ns();
             let busy_ns = run(&mut engine, config.idle, &stop, &waker);
             let cpu_time_ns = cpu::thread_cpu_time_ns() - cpu_start;
             engine.shutdown();
-            let net = engine.interface().map(|i| i.counters().clone());
+            let net = engine.transport().stack_counters();
+            let transport_counters = engine.transport_counters();
             let pool_available = engine.pool().available();
             let pool_capacity = engine.pool().capacity();
-            let (app, nic, _pool, counters) = engine.into_parts();
+            let (app, transport, _pool, counters) = engine.into_parts();
             Ok(EngineOutcome {
                 app,
-                nic,
+                transport,
                 counters,
+                transport_counters,
                 net,
                 pool_available,
                 pool_capacity,
                 cpu_time_ns,
-                busy_ns,
+                // Wall-clock time of busy passes includes time the thread was preempted, so
+                // it can exceed the CPU time the thread got; what the work needed is at most
+                // that.
+                busy_ns: busy_ns.min(cpu_time_ns),
             })
         })
 }
 
+/// Logs device errors seen since the last report (at most once per interval) and, at
+/// `debug`, a live line of counters.
+struct Reporter {
+    next_ns: u64,
+    errors_seen: u64,
+}
+
+impl Reporter {
+    fn new(now_ns: u64) -> Self {
+        Self {
+            next_ns: now_ns + REPORT_INTERVAL_NS,
+            errors_seen: 0,
+        }
+    }
+
+    #[cold]
+    fn report<T: Transport, A: App>(&mut self, now_ns: u64, engine: &Engine<T, A>) {
+        self.next_ns = now_ns + REPORT_INTERVAL_NS;
+        let transport = engine.transport_counters();
+        let errors = transport.errors.total();
+        let id = engine.config().id;
+        if errors > self.errors_seen {
+            if let Some(last) = transport.errors.last() {
+                tracing::warn!(
+                    "engine {id}: {} device error(s) in the last second ({} in all); last: {last}",
+                    errors - self.errors_seen,
+                    errors,
+                );
+            }
+            self.errors_seen = errors;
+        }
+        let counters = engine.counters();
+        tracing::debug!(
+            "engine {id}: rx {} tx {} tx_dropped {} tx_no_room {} app_calls {} timers {} \
+             errors {errors} pool free {}/{}",
+            transport.rx_packets,
+            transport.tx_packets,
+            transport.tx_dropped,
+            transport.tx_no_room,
+            counters.app_calls,
+            counters.timers_fired,
+            engine.pool().available(),
+            engine.pool().capacity(),
+        );
+    }
+}
+
 /// The engine loop of one thread, until `stop` or the app is done. Returns the busy time in
 /// ns. See the module documentation.
-pub fn run<N: NicQueue, A: App>(
-    engine: &mut Engine<N, A>,
+pub fn run<T: Transport, A: App>(
+    engine: &mut Engine<T, A>,
     idle: IdlePolicy,
     stop: &StopSignal,
     waker: &EventFd,
@@ -192,10 +286,14 @@ pub fn run<N: NicQueue, A: App>(
     let mut busy_ns = 0;
     // Start of the last pass if it found work: it ended when the next pass reads the clock.
     let mut busy_since = None;
+    let mut reporter = Reporter::new(clock::monotonic_ns());
     while !stop.is_stopped() && !engine.is_done() {
         let now = clock::monotonic_ns();
         if let Some(start) = busy_since.take() {
             busy_ns += now.saturating_sub(start);
+        }
+        if now >= reporter.next_ns {
+            reporter.report(now, engine);
         }
         if engine.poll(now) > 0 {
             busy_since = Some(now);
@@ -216,7 +314,7 @@ pub fn run<N: NicQueue, A: App>(
                     continue;
                 }
                 let waker_fd = std::os::fd::AsFd::as_fd(waker);
-                let result = match engine.nic().wakeup_fd() {
+                let result = match engine.transport().wakeup_fd() {
                     Some(fd) => poll::wait_readable(&[fd, waker_fd], Some(timeout)),
                     None => poll::wait_readable(&[waker_fd], Some(timeout)),
                 };
@@ -230,5 +328,6 @@ pub fn run<N: NicQueue, A: App>(
     if let Some(start) = busy_since {
         busy_ns += clock::monotonic_ns().saturating_sub(start);
     }
+    reporter.report(clock::monotonic_ns(), engine);
     busy_ns
 }

@@ -22,7 +22,7 @@ mod network;
 pub mod replay;
 mod rng;
 
-pub use network::{Impairments, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
+pub use network::{Impairments, Link, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
 pub use replay::ReplayNic;
 pub use rng::SimRng;
 

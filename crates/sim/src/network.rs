@@ -1,12 +1,12 @@
 //! The simulated switch, its ports, and the simulation loop.
 
 use crate::rng::SimRng;
-use melange_core::{PacketPool, PoolConfig};
-use melange_engine::{Medium, NicError, NicQueue, RxDesc, TxDesc};
+use melange_core::pool::TxDropped;
+use melange_core::{PacketBuf, PacketPool, PoolConfig};
+use melange_engine::{NicCaps, NicError, NicQueue, TxOutcome};
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 
@@ -40,6 +40,28 @@ impl Impairments {
     }
 }
 
+/// The transmit side of a port: a ring of frames waiting to be serialized onto the link at
+/// a fixed rate. A frame leaves the ring (and completes, going back to its owner) when its
+/// last bit is on the wire; a full ring refuses frames, which is the back-pressure the
+/// engine's stack must cope with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Frames the transmit ring holds.
+    pub tx_ring: usize,
+    /// Link rate in bits per microsecond (Mbit/s); 0 means infinitely fast.
+    pub mbit_per_s: u64,
+}
+
+impl Default for Link {
+    /// A 256-frame ring on an infinitely fast link: frames complete at the next pass.
+    fn default() -> Self {
+        Self {
+            tx_ring: 256,
+            mbit_per_s: 0,
+        }
+    }
+}
+
 /// Counters of one port.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortStats {
@@ -51,6 +73,8 @@ pub struct PortStats {
     pub rx_queue_full: u64,
     /// Frames lost because the engine's pool had no buffer.
     pub rx_pool_exhausted: u64,
+    /// Frames refused because the transmit ring was full.
+    pub tx_ring_full: u64,
 }
 
 /// Counters of the whole network.
@@ -71,6 +95,11 @@ pub struct NetworkStats {
 struct Port {
     mac: [u8; 6],
     impairments: Impairments,
+    link: Link,
+    /// When the link finishes serializing what it was given.
+    link_busy_until_ns: u64,
+    /// The earliest completion a port's NIC waits for, so the simulation wakes for it.
+    tx_wake_ns: Option<u64>,
     rx: VecDeque<Vec<u8>>,
     rx_queue_max: usize,
     stats: PortStats,
@@ -113,8 +142,24 @@ impl Network {
         self.in_flight.insert(sequence, InFlight { port, frame });
     }
 
-    /// Applies the sender's impairments and schedules the frame for its destination(s).
-    fn transmit(&mut self, from: usize, frame: &[u8]) {
+    /// Puts a frame on `from`'s link: returns when its last bit leaves, after what the link is
+    /// already serializing.
+    fn serialize(&mut self, from: usize, len: usize) -> u64 {
+        let now = self.now_ns;
+        let port = &mut self.ports[from];
+        let start = port.link_busy_until_ns.max(now);
+        let wire_ns = match port.link.mbit_per_s {
+            0 => 0,
+            // bits / (bits per µs) = µs; × 1000 = ns.
+            rate => (len as u64 * 8 * 1000).div_ceil(rate),
+        };
+        port.link_busy_until_ns = start + wire_ns;
+        start + wire_ns
+    }
+
+    /// Applies the sender's impairments and schedules the frame for its destination(s), as
+    /// leaving the sender at `at_ns`.
+    fn transmit(&mut self, from: usize, frame: &[u8], at_ns: u64) {
         self.ports[from].stats.tx_frames += 1;
         let imp = self.ports[from].impairments;
         if self.rng.chance(imp.loss) {
@@ -158,7 +203,7 @@ impl Network {
             } else {
                 0
             };
-            let at = self.now_ns + imp.delay_ns + jitter;
+            let at = at_ns + imp.delay_ns + jitter;
             for &port in &destinations {
                 self.schedule(port, bytes.clone(), at);
             }
@@ -190,7 +235,11 @@ impl Network {
     }
 
     fn next_delivery_ns(&self) -> Option<u64> {
-        self.schedule.peek().map(|Reverse((at, _))| *at)
+        let wake = self.ports.iter().filter_map(|p| p.tx_wake_ns).min();
+        match (self.schedule.peek().map(|Reverse((at, _))| *at), wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Injects a raw frame into a port's receive queue now, as if it came off the wire
@@ -219,10 +268,14 @@ impl Network {
     }
 }
 
-/// A NIC queue attached to one port of the simulated switch.
+/// A NIC queue attached to one port of the simulated switch, with a transmit ring that
+/// fills when the link is slower than the engine (see [`Link`]).
 pub struct SimNic {
     network: Rc<RefCell<Network>>,
     port: usize,
+    /// Frames being serialized, with the time each completes; capacity `link.tx_ring`.
+    tx_ring: VecDeque<(PacketBuf, u64)>,
+    tx_ring_size: usize,
 }
 
 impl SimNic {
@@ -230,19 +283,40 @@ impl SimNic {
     pub fn port(&self) -> usize {
         self.port
     }
+
+    /// Completes every frame whose last bit has left, and tells the network when the next
+    /// one will.
+    fn complete(&mut self, pool: &mut PacketPool) {
+        let mut network = self.network.borrow_mut();
+        let now = network.now_ns;
+        while let Some(&(_, done_at)) = self.tx_ring.front() {
+            if done_at > now {
+                break;
+            }
+            let (buf, _) = self.tx_ring.pop_front().expect("peeked above");
+            pool.release_tx(buf, Ok(()));
+        }
+        network.ports[self.port].tx_wake_ns = self.tx_ring.front().map(|&(_, at)| at);
+    }
 }
 
 impl NicQueue for SimNic {
-    fn medium(&self) -> Medium {
-        Medium::Ethernet
+    fn caps(&self) -> NicCaps {
+        NicCaps {
+            tx_checksum_offload: false,
+            multi_buffer: false,
+            zero_copy: false,
+            frame_len_max: 2048,
+        }
     }
 
     fn recv_batch(
         &mut self,
         pool: &mut PacketPool,
-        rx: &mut Vec<RxDesc>,
+        rx: &mut Vec<PacketBuf>,
         max: usize,
     ) -> Result<(), NicError> {
+        self.complete(pool);
         let mut network = self.network.borrow_mut();
         let port = &mut network.ports[self.port];
         for _ in 0..max {
@@ -256,34 +330,46 @@ impl NicQueue for SimNic {
             let len = frame.len().min(buf.len());
             pool.data_mut(&buf)[..len].copy_from_slice(&frame[..len]);
             buf.truncate(len);
-            rx.push(RxDesc {
-                buf,
-                peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                local_port: 0,
-            });
+            rx.push(buf);
         }
         Ok(())
     }
 
-    fn send_batch(
-        &mut self,
-        pool: &mut PacketPool,
-        tx: &mut Vec<TxDesc>,
-    ) -> Result<usize, NicError> {
-        let mut network = self.network.borrow_mut();
-        let sent = tx.len();
-        for desc in tx.drain(..) {
-            network.transmit(self.port, pool.data(&desc.buf));
-            pool.free(desc.buf);
+    fn tx_room(&self) -> usize {
+        self.tx_ring_size - self.tx_ring.len()
+    }
+
+    fn send_batch(&mut self, pool: &mut PacketPool, tx: &mut Vec<PacketBuf>) -> TxOutcome {
+        let mut sent = 0;
+        for buf in tx.drain(..) {
+            if self.tx_ring.len() >= self.tx_ring_size {
+                self.network.borrow_mut().ports[self.port]
+                    .stats
+                    .tx_ring_full += 1;
+                pool.release_tx(buf, Err(TxDropped::RingFull));
+                continue;
+            }
+            let mut network = self.network.borrow_mut();
+            let done_at = network.serialize(self.port, buf.len());
+            network.transmit(self.port, pool.data(&buf), done_at);
+            drop(network);
+            self.tx_ring.push_back((buf, done_at));
+            sent += 1;
         }
-        Ok(sent)
+        self.complete(pool);
+        TxOutcome::sent(sent)
     }
 
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
 
-    fn release(&mut self, _pool: &mut PacketPool) {}
+    fn release(&mut self, pool: &mut PacketPool) {
+        for (buf, _) in self.tx_ring.drain(..) {
+            pool.release_tx(buf, Ok(()));
+        }
+        self.network.borrow_mut().ports[self.port].tx_wake_ns = None;
+    }
 }
 
 /// Something the simulation polls: an engine, usually.
@@ -296,7 +382,9 @@ pub trait Node {
     fn is_done(&self) -> bool;
 }
 
-impl<A: melange_core::App> Node for melange_engine::Engine<SimNic, A> {
+impl<A: melange_core::App> Node
+    for melange_engine::Engine<melange_engine::StackTransport<SimNic>, A>
+{
     fn poll(&mut self, now_ns: u64) -> usize {
         melange_engine::Engine::poll(self, now_ns)
     }
@@ -340,10 +428,23 @@ impl Simulation {
         impairments: Impairments,
         rx_queue_max: usize,
     ) -> SimNic {
+        self.add_port_with_link(mac, impairments, rx_queue_max, Link::default())
+    }
+    /// Like [`Simulation::add_port`], with a link of a given rate and transmit ring.
+    pub fn add_port_with_link(
+        &mut self,
+        mac: [u8; 6],
+        impairments: Impairments,
+        rx_queue_max: usize,
+        link: Link,
+    ) -> SimNic {
         let mut network = self.network.borrow_mut();
         network.ports.push(Port {
             mac,
             impairments,
+            link,
+            link_busy_until_ns: 0,
+            tx_wake_ns: None,
             rx: VecDeque::new(),
             rx_queue_max,
             stats: PortStats::default(),
@@ -351,6 +452,8 @@ impl Simulation {
         SimNic {
             network: self.network.clone(),
             port: network.ports.len() - 1,
+            tx_ring: VecDeque::with_capacity(link.tx_ring),
+            tx_ring_size: link.tx_ring,
         }
     }
     /// Changes a port's impairments mid-run (to heal a link, say).

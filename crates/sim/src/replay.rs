@@ -6,10 +6,9 @@
 //! is the stack, the app and the engine loop, plus one frame-sized copy per request (the
 //! "DMA" into the pool, which an AF_XDP copy-mode socket also pays).
 
-use melange_core::PacketPool;
-use melange_engine::{Medium, NicError, NicQueue, RxDesc, TxDesc};
+use melange_core::{PacketBuf, PacketPool};
+use melange_engine::{NicCaps, NicError, NicQueue, TxOutcome};
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 
 /// A replaying NIC. See the module documentation.
@@ -47,14 +46,19 @@ impl ReplayNic {
 }
 
 impl NicQueue for ReplayNic {
-    fn medium(&self) -> Medium {
-        Medium::Ethernet
+    fn caps(&self) -> NicCaps {
+        NicCaps {
+            tx_checksum_offload: false,
+            multi_buffer: false,
+            zero_copy: false,
+            frame_len_max: 2048,
+        }
     }
 
     fn recv_batch(
         &mut self,
         pool: &mut PacketPool,
-        rx: &mut Vec<RxDesc>,
+        rx: &mut Vec<PacketBuf>,
         max: usize,
     ) -> Result<(), NicError> {
         for _ in 0..max {
@@ -76,31 +80,27 @@ impl NicQueue for ReplayNic {
             } else {
                 self.remaining -= 1;
             }
-            rx.push(RxDesc {
-                buf,
-                peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                local_port: 0,
-            });
+            rx.push(buf);
         }
         Ok(())
     }
 
-    fn send_batch(
-        &mut self,
-        pool: &mut PacketPool,
-        tx: &mut Vec<TxDesc>,
-    ) -> Result<usize, NicError> {
+    fn tx_room(&self) -> usize {
+        usize::MAX
+    }
+
+    fn send_batch(&mut self, pool: &mut PacketPool, tx: &mut Vec<PacketBuf>) -> TxOutcome {
         let sent = tx.len();
-        for desc in tx.drain(..) {
+        for buf in tx.drain(..) {
             self.tx_frames += 1;
-            self.tx_bytes += desc.buf.len() as u64;
+            self.tx_bytes += buf.len() as u64;
             if self.capture {
                 self.last_tx.clear();
-                self.last_tx.extend_from_slice(pool.data(&desc.buf));
+                self.last_tx.extend_from_slice(pool.data(&buf));
             }
-            pool.free(desc.buf);
+            pool.release_tx(buf, Ok(()));
         }
-        Ok(sent)
+        TxOutcome::sent(sent)
     }
 
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {

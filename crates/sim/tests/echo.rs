@@ -4,7 +4,7 @@
 //! `MELANGE_SIM_SEED=N cargo test -p melange-sim` replays it exactly.
 
 use melange_apps::{EchoApp, EchoConfig, LoadgenApp, LoadgenConfig};
-use melange_engine::{Engine, EngineConfig};
+use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::{DropReason, InterfaceConfig};
 use melange_sim::{check_seeds, frames, Impairments, SimNic, Simulation};
 use melange_wire::{ethernet, icmpv4, ipv4, EthernetAddress};
@@ -20,8 +20,23 @@ const ECHO_PORT: u16 = 7;
 const CLIENT_PORT: u16 = 40_000;
 const MS: u64 = 1_000_000;
 
-type Server = Engine<SimNic, EchoApp>;
-type Client = Engine<SimNic, LoadgenApp>;
+type Server = Engine<StackTransport<SimNic>, EchoApp>;
+type Client = Engine<StackTransport<SimNic>, LoadgenApp>;
+
+/// An engine over the stack on a simulated port.
+fn engine<A: melange_core::App>(
+    id: usize,
+    nic: SimNic,
+    iface: InterfaceConfig,
+    pool_frames: usize,
+    app: A,
+) -> Engine<StackTransport<SimNic>, A> {
+    let config = EngineConfig::new(id);
+    let mut pool = Simulation::pool(pool_frames);
+    let transport = StackTransport::new(nic, iface, &[], &mut pool, config.batch_max)
+        .expect("a valid interface configuration");
+    Engine::new(config, transport, pool, app, 0).expect("engine")
+}
 
 /// An interface whose ARP retries fit the millisecond scale of these runs (the default, one
 /// second, would outlast them).
@@ -47,13 +62,14 @@ fn server_with(
 ) -> Server {
     let mut iface = iface(SERVER_MAC, SERVER_IP);
     configure(&mut iface);
-    let config = EngineConfig {
-        interface: Some(iface),
-        udp_ports: vec![ECHO_PORT],
-        ..EngineConfig::new(0)
-    };
-    let app = EchoApp::new(EchoConfig::default(), |_| {});
-    Engine::new(config, nic, Simulation::pool(pool_frames), app, 0).expect("server engine")
+    let app = EchoApp::new(
+        EchoConfig {
+            ports: vec![ECHO_PORT],
+            ..EchoConfig::default()
+        },
+        |_| {},
+    );
+    engine(0, nic, iface, pool_frames, app)
 }
 
 fn client(nic: SimNic, load: LoadgenConfig) -> Client {
@@ -65,13 +81,7 @@ fn client_with_arp_ttl(nic: SimNic, load: LoadgenConfig, arp_ttl_ns: Option<u64>
     if let Some(ttl) = arp_ttl_ns {
         iface.arp.entry_ttl_ns = ttl;
     }
-    let config = EngineConfig {
-        interface: Some(iface),
-        udp_ports: vec![CLIENT_PORT],
-        ..EngineConfig::new(1)
-    };
-    Engine::new(config, nic, Simulation::pool(512), LoadgenApp::new(load), 0)
-        .expect("client engine")
+    engine(1, nic, iface, 512, LoadgenApp::new(load))
 }
 
 fn load(inflight: usize, duration_ns: u64, timeout_ns: u64) -> LoadgenConfig {
@@ -88,7 +98,7 @@ fn load(inflight: usize, duration_ns: u64, timeout_ns: u64) -> LoadgenConfig {
     }
 }
 
-fn assert_no_leak(engine: &mut Engine<SimNic, impl melange_core::App>, name: &str) {
+fn assert_no_leak(engine: &mut Engine<StackTransport<SimNic>, impl melange_core::App>, name: &str) {
     engine.shutdown();
     assert_eq!(
         engine.pool().available(),
@@ -137,7 +147,7 @@ fn echo_survives_loss_reordering_duplication_truncation_and_corruption() {
         );
         assert!(report.timeouts > 0, "5% loss must show up as timeouts");
         // What the server echoed is what its stack delivered.
-        let net = s.interface().unwrap().counters().clone();
+        let net = s.transport().interface().counters().clone();
         assert_eq!(s.app().counters().echoed, net.udp_rx);
         assert_no_leak(&mut c, "client");
         assert_no_leak(&mut s, "server");
@@ -164,8 +174,8 @@ fn corruption_is_caught_by_checksums_not_delivered() {
         let report = c.app().report();
         assert_eq!(report.corrupt, 0);
         assert!(report.received > 0);
-        let server_drops = s.interface().unwrap().counters().drops_total();
-        let client_drops = c.interface().unwrap().counters().drops_total();
+        let server_drops = s.transport().interface().counters().drops_total();
+        let client_drops = c.transport().interface().counters().drops_total();
         assert!(
             server_drops + client_drops > 0,
             "corruption must be counted as drops"
@@ -193,7 +203,7 @@ fn arp_entries_expire_and_are_resolved_again() {
             "a clean link answers everything: {report:?}"
         );
         assert!(report.received >= 15, "{report:?}");
-        let server_arp = s.interface().unwrap().counters().arp_requests_sent;
+        let server_arp = s.transport().interface().counters().arp_requests_sent;
         // The server learnt the client from its ARP request, then had to resolve again each
         // time the 10 ms entry expired over a 100 ms run.
         assert!(server_arp >= 3, "server sent {server_arp} ARP requests");
@@ -215,7 +225,7 @@ fn servers_learn_clients_from_their_datagrams() {
         assert_eq!(c.app().report().timeouts, 0);
         // The entry learnt from the client's ARP request expires every 10 ms, but each
         // datagram refreshes it, so the server never has to ask.
-        assert_eq!(s.interface().unwrap().counters().arp_requests_sent, 0);
+        assert_eq!(s.transport().interface().counters().arp_requests_sent, 0);
         assert_no_leak(&mut c, "client");
         assert_no_leak(&mut s, "server");
     });
@@ -235,7 +245,7 @@ fn unresolvable_next_hop_gives_up_and_frees_parked_frames() {
     let report = c.app().report();
     assert_eq!(report.received, 0);
     assert!(report.timeouts > 0);
-    let counters = c.interface().unwrap().counters().clone();
+    let counters = c.transport().interface().counters().clone();
     assert!(
         counters.drops(DropReason::ArpUnresolved) > 0,
         "{counters:?}"
@@ -275,7 +285,7 @@ fn ping_is_answered() {
         }
         other => panic!("expected an echo reply, got {other:?}"),
     }
-    assert_eq!(s.interface().unwrap().counters().icmp_echo_replies, 1);
+    assert_eq!(s.transport().interface().counters().icmp_echo_replies, 1);
     assert_no_leak(&mut s, "server");
 }
 
@@ -384,7 +394,7 @@ fn bad_frames_are_counted_and_never_stop_the_echo() {
         let report = c.app().report();
         assert_eq!(report.timeouts, 0, "the echo kept answering: {report:?}");
         assert!(report.received > 100);
-        let counters = s.interface().unwrap().counters().clone();
+        let counters = s.transport().interface().counters().clone();
         for reason in [
             DropReason::EthTruncated,
             DropReason::IpBadHeaderLen,

@@ -35,6 +35,7 @@
 //! | [`alloc_count`] | a counting global allocator, for tests that prove a path allocates nothing |
 //! | [`clock`]  | `clock_gettime(CLOCK_MONOTONIC)` through the vDSO                    |
 //! | [`cpu`]    | affinity, current CPU, CPU time of threads and processes, RSS        |
+//! | [`epoll`]  | one wakeup descriptor for many sockets                               |
 //! | [`eventfd`]| a non-blocking `eventfd` used to wake a polling thread               |
 //! | [`poll`]   | `ppoll` over a handful of descriptors with a nanosecond timeout      |
 //! | [`udp`]    | batched datagram I/O with `recvmmsg`/`sendmmsg`, no per-call alloc   |
@@ -63,6 +64,7 @@ pub mod alloc_count;
 pub mod bpf;
 pub mod clock;
 pub mod cpu;
+pub mod epoll;
 pub mod eventfd;
 pub mod mmap;
 pub mod netdev;
