@@ -10,6 +10,7 @@
 //! - [`handle`]: typed, generation-checked handles for sockets, connections, timers, areas.
 //! - [`record`]: the fixed-layout records that carry commands and events between processes.
 //! - [`timer`]: a hierarchical timing wheel with O(1) cancel and re-arm.
+//! - [`rng`]: SplitMix64, the deterministic generator seeds replay with.
 //! - [`stats`]: counters and a fixed-size power-of-two histogram.
 //! - [`test_io`]: an [`Io`] for unit tests of apps, with no engine behind it.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod contract;
 pub mod handle;
 pub mod pool;
 pub mod record;
+pub mod rng;
 pub mod stats;
 pub mod test_io;
 pub mod timer;

@@ -23,6 +23,7 @@
 
 mod engine;
 pub mod fake_nic;
+pub mod fuzz;
 mod nic;
 mod stack;
 mod transport;

@@ -1,6 +1,6 @@
 //! The simulated switch, its ports, and the simulation loop.
 
-use crate::rng::SimRng;
+use crate::SimRng;
 use melange_core::pool::TxDropped;
 use melange_core::{PacketBuf, PacketPool, PoolConfig};
 use melange_engine::{NicCaps, NicError, NicQueue, TxOutcome};

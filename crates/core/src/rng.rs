@@ -1,13 +1,17 @@
-//! The simulator's only source of randomness.
+//! SplitMix64: the one deterministic random number generator of the project.
+//!
+//! The simulator, the fuzz bodies and the tests that need pseudo-random input all draw from
+//! it: tiny, fast, and its output is fixed forever, so seeds replay across versions (a crate
+//! RNG may change its algorithm between releases). Not for anything that needs secrecy: the
+//! TCP initial sequence numbers and the connection-table key come from the control plane.
 
-/// SplitMix64: tiny, fast, and its output is fixed forever, so seeds replay across versions
-/// (a crate RNG may change its algorithm between releases).
+/// SplitMix64. See the module documentation.
 #[derive(Debug, Clone)]
-pub struct SimRng {
+pub struct SplitMix64 {
     state: u64,
 }
 
-impl SimRng {
+impl SplitMix64 {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
@@ -42,14 +46,14 @@ mod tests {
     #[test]
     fn fixed_sequence() {
         // The first outputs of SplitMix64 seeded with 0, as published with the algorithm.
-        let mut rng = SimRng::new(0);
+        let mut rng = SplitMix64::new(0);
         assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
         assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
     }
 
     #[test]
     fn chance_is_roughly_right() {
-        let mut rng = SimRng::new(7);
+        let mut rng = SplitMix64::new(7);
         let hits = (0..100_000).filter(|_| rng.chance(0.1)).count();
         assert!((8_000..12_000).contains(&hits), "{hits}");
         assert!(!(0..1000).any(|_| rng.chance(0.0)));
