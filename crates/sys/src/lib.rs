@@ -40,6 +40,7 @@
 //! | [`poll`]   | `ppoll` over a handful of descriptors with a nanosecond timeout      |
 //! | [`udp`]    | batched datagram I/O with `recvmmsg`/`sendmmsg`, no per-call alloc   |
 //! | [`mmap`]   | anonymous mappings, optionally huge-page backed and locked           |
+//! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Turns the result of one libc call into an `std::io::Result`.
@@ -70,6 +71,7 @@ pub mod mmap;
 pub mod netdev;
 pub mod poll;
 pub mod process;
+pub mod ring;
 pub mod udp;
 pub mod xsk;
 
