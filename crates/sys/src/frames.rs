@@ -29,7 +29,7 @@
 //! # One lender at a time
 //!
 //! A region is *attached* to at most one kernel object at a time (one AF_XDP socket; later, one
-//! io_uring buffer ring), named by a process-wide [`Lender`] identity. The ring operations check
+//! io_uring buffer ring), named by a process-wide lender identity. The ring operations check
 //! that the region they are given is attached to them, so one socket's ring can never lend or
 //! reclaim another region's frames, and shutdown ([`crate::xsk::XskSocket::close_reclaiming`])
 //! takes back exactly the frames of the object that was closed. Sharing one region between

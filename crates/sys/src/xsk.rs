@@ -607,7 +607,7 @@ pub struct Reclaimed {
     pub frames: u32,
     /// Frames that stay lent because the kernel may still use them after the socket closed
     /// (zero-copy mode: the driver gives its posted buffers back only in deferred work). They
-    /// become usable again never; drop the UMEM.
+    /// never become usable again; drop the UMEM.
     pub still_lent: u32,
 }
 
@@ -1332,6 +1332,12 @@ impl XskSocket {
     /// pool (`xp_release_deferred` → `xp_clear_dev`), which may run after this returns, so
     /// those frames stay lent (reported in [`Reclaimed::still_lent`]) and the UMEM can only be
     /// dropped.
+    ///
+    /// The argument (see the code) rests on one assumption that the type system does not
+    /// enforce: this socket's descriptor is the only reference to its file. A duplicate made
+    /// from [`XskSocket::fd`] (`try_clone_to_owned`, `SCM_RIGHTS`), or a child process that
+    /// was forked but has not yet `exec`ed, keeps the socket bound after this returns, and the
+    /// kernel could then write into frames handed back here.
     ///
     /// # Panics
     ///
