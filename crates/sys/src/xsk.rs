@@ -332,8 +332,10 @@ impl Default for UmemConfig {
 }
 
 /// The memory an AF_XDP socket receives into and transmits from: a [`FrameRegion`] of equal
-/// frames, with the geometry the kernel is told about. Registered with the kernel when passed
-/// to [`XskSocket::new`].
+/// frames, and the ring sizes and headroom of its registration. Registered with the kernel when
+/// passed to [`XskSocket::new`]. The frame geometry (size, count, length) is always read from
+/// the [`FrameRegion`] itself, so a region swapped in through [`Umem::frames_mut`] is registered
+/// as what it is, never with another region's length.
 ///
 /// There is no need to `mlock` the region: registration pins the pages itself, and counts them
 /// against `RLIMIT_MEMLOCK` (unless `CAP_IPC_LOCK`); locking as well would count them twice.
@@ -341,8 +343,6 @@ impl Default for UmemConfig {
 pub struct Umem {
     frames: FrameRegion,
     config: UmemConfig,
-    /// `frame_count * frame_size`: the registered length, `<= region.len()`.
-    len: u64,
 }
 
 impl Umem {
@@ -382,47 +382,46 @@ impl Umem {
             .into_io());
         }
         let frames = FrameRegion::new(region, frame_size as usize, config.frame_count)?;
-        Ok(Self {
-            frames,
-            config,
-            len,
-        })
+        Ok(Self { frames, config })
     }
 
-    /// The configuration this UMEM was built with.
+    /// The configuration this UMEM was built with. Its frame size and count describe the
+    /// region built here; [`Umem::frame_size`] and [`Umem::frame_count`] describe the region
+    /// the UMEM holds now.
     pub fn config(&self) -> &UmemConfig {
         &self.config
     }
 
     /// The registered length in bytes, `frame_count * frame_size`. Valid addresses are below it.
     pub fn len(&self) -> u64 {
-        self.len
+        self.frames.len() as u64
     }
 
     /// Always `false`: a UMEM has at least one frame. Present because clippy pairs it with `len`.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.frames.is_empty()
     }
 
     /// Bytes per frame.
     pub fn frame_size(&self) -> u32 {
-        self.config.frame_size
+        // A `u32` by construction: `Umem::new` builds frames of 2048 or 4096 bytes, and a
+        // region swapped in with larger frames is refused by the kernel at registration.
+        u32::try_from(self.frames.frame_size()).unwrap_or(u32::MAX)
     }
 
     /// Number of frames.
     pub fn frame_count(&self) -> u32 {
-        self.config.frame_count
+        self.frames.frame_count()
     }
 
     /// The UMEM address of frame `index` (its first byte), or `None` past the last frame.
     pub fn frame_addr(&self, index: u32) -> Option<u64> {
-        (index < self.config.frame_count)
-            .then(|| u64::from(index) * u64::from(self.config.frame_size))
+        (index < self.frame_count()).then(|| u64::from(index) * u64::from(self.frame_size()))
     }
 
     /// The frame that UMEM address `addr` falls in, or `None` past the end.
     pub fn frame_index(&self, addr: u64) -> Option<u32> {
-        (addr < self.len).then(|| (addr / u64::from(self.config.frame_size)) as u32)
+        (addr < self.len()).then(|| (addr / u64::from(self.frame_size())) as u32)
     }
 
     /// The frames, to read and write those the caller holds.
@@ -453,7 +452,7 @@ impl Umem {
     /// Frame index and the byte range inside it that `desc` covers, if it stays in one frame.
     fn window(&self, desc: &XdpDesc) -> Option<(u32, usize, usize)> {
         let index = self.frame_index(desc.addr)?;
-        let frame_size = u64::from(self.config.frame_size);
+        let frame_size = u64::from(self.frame_size());
         let start = desc.addr % frame_size;
         let end = start.checked_add(u64::from(desc.len))?;
         (end <= frame_size).then_some((index, start as usize, end as usize))
@@ -461,8 +460,8 @@ impl Umem {
 
     fn geometry(&self) -> Geometry {
         Geometry {
-            len: self.len,
-            frame_size: self.config.frame_size,
+            len: self.len(),
+            frame_size: self.frame_size(),
         }
     }
 }
@@ -1518,8 +1517,10 @@ fn register_umem(fd: BorrowedFd<'_>, umem: &Umem) -> io::Result<()> {
     // SAFETY: `zeroed` is a valid bit pattern for this struct of integers.
     let mut reg: libc::xdp_umem_reg = unsafe { mem::zeroed() };
     reg.addr = umem.frames.as_ptr() as u64;
-    reg.len = umem.len;
-    reg.chunk_size = umem.config.frame_size;
+    // The pointer, length and chunk size all come from the one region, which the kernel pins
+    // as `[addr, addr + len)`: it lies inside the mapping the region owns.
+    reg.len = umem.len();
+    reg.chunk_size = umem.frame_size();
     reg.headroom = umem.config.headroom;
     // flags 0: aligned chunks, no tx metadata.
     set_opt(fd, libc::XDP_UMEM_REG, &reg).map_err(|source| {
@@ -1528,7 +1529,7 @@ fn register_umem(fd: BorrowedFd<'_>, umem: &Umem) -> io::Result<()> {
             Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM) => {
                 let (soft, hard) = crate::mmap::memlock_limit().unwrap_or((0, 0));
                 XskError::UmemMemlock {
-                    len: umem.len,
+                    len: umem.len(),
                     source,
                     soft,
                     hard,
@@ -1901,6 +1902,13 @@ mod tests {
         assert_eq!(umem.frame_addr(32), None);
         assert_eq!(umem.frame_index(31 * 2048 + 2047), Some(31));
         assert_eq!(umem.frame_index(64 * 1024), None);
+        // The geometry is the region's own: a region swapped in is described as what it is.
+        let mut umem = umem;
+        let small = Region::new(4 * 2048, RegionOptions::default()).unwrap();
+        *umem.frames_mut() = FrameRegion::new(small, 2048, 4).unwrap();
+        assert_eq!((umem.len(), umem.frame_count()), (4 * 2048, 4));
+        assert_eq!(umem.geometry().len, 4 * 2048);
+        assert_eq!(umem.frame_addr(4), None);
         let bad = [
             UmemConfig {
                 frame_size: 3000,
