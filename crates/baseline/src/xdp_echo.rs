@@ -21,7 +21,9 @@
 //! ring (the kernel's, on the way out). Frames come back to `free` from the completion ring, or
 //! straight away when we drop a frame or the tx ring refuses it. The stack is allocated at
 //! start-up with room for every frame, so a push that would grow it is a double free and
-//! asserts.
+//! asserts. The UMEM's own ledger (`melange_sys::frames`) enforces the kernel's side: a frame on
+//! a ring is refused to us, and the socket never returns a frame twice, so the echo rewrites a
+//! frame only through the per-frame accessor, never through a slice of the whole UMEM.
 //!
 //! One thread per queue, each with its own UMEM and socket (the engines do the same; sharing a
 //! UMEM would make the fill and completion rings shared state).
@@ -311,7 +313,9 @@ impl EchoQueue {
     /// Moves transmitted frames from the completion ring back to the free stack.
     fn reap(&mut self) {
         loop {
-            let n = self.socket.complete(&mut self.addrs);
+            let n = self
+                .socket
+                .complete(self.umem.frames_mut(), &mut self.addrs);
             for i in 0..n {
                 let addr = self.addrs[i];
                 self.release(addr);
@@ -330,7 +334,7 @@ impl EchoQueue {
             return;
         }
         let from = self.free.len() - want;
-        let placed = self.socket.fill(&self.free[from..]);
+        let placed = self.socket.fill(self.umem.frames_mut(), &self.free[from..]);
         // `fill` takes a prefix; keep the rest (normally none) on the stack.
         self.free.drain(from..from + placed);
         if placed > 0 && self.socket.needs_fill_wakeup() {
@@ -363,7 +367,9 @@ impl EchoQueue {
     fn poll(&mut self) -> std::io::Result<usize> {
         self.reap();
         self.refill();
-        let n = self.socket.receive(&mut self.rx[..self.batch]);
+        let n = self
+            .socket
+            .receive(self.umem.frames_mut(), &mut self.rx[..self.batch]);
         if n == 0 {
             if self.tx_in_flight > 0 {
                 // A previous batch ran out of kicks; finish it.
@@ -375,13 +381,11 @@ impl EchoQueue {
         let mut tx_len = 0;
         for i in 0..n {
             let desc = self.rx[i];
-            // `receive` validated the descriptor against the UMEM geometry, so the range is
-            // inside the region; `get_mut` keeps a bug from becoming a panic anyway.
-            let start = desc.addr as usize;
+            // `receive` validated the descriptor (inside one frame, which it gave back to us), so
+            // `packet_mut` finds it; a `None` would be a bug and drops the frame, not a panic.
             let verdict = self
                 .umem
-                .as_mut_slice()
-                .get_mut(start..start + desc.len as usize)
+                .packet_mut(&desc)
                 .map_or(Verdict::Malformed, |frame| echo_in_place(frame, self.port));
             if verdict == Verdict::Echo {
                 self.tx[tx_len] = desc;
@@ -392,7 +396,9 @@ impl EchoQueue {
             }
         }
         if tx_len > 0 {
-            let placed = self.socket.transmit(&self.tx[..tx_len]);
+            let placed = self
+                .socket
+                .transmit(self.umem.frames_mut(), &self.tx[..tx_len]);
             for i in placed..tx_len {
                 let addr = self.tx[i].addr;
                 self.release(addr);

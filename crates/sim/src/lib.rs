@@ -21,10 +21,10 @@ pub use melange_wire::frames;
 mod network;
 pub mod replay;
 
-pub use network::{Impairments, Link, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
-pub use replay::ReplayNic;
 /// The simulator's only source of randomness: SplitMix64 from `melange-core`.
 pub use melange_core::rng::SplitMix64 as SimRng;
+pub use network::{Impairments, Link, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
+pub use replay::ReplayNic;
 
 /// Runs `scenario` for every seed in `seeds` (or only `MELANGE_SIM_SEED` when set). On a
 /// failure, panics with the seed and the command that replays it.

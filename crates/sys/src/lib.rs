@@ -26,7 +26,10 @@
 //! against the borrowed buffers *before* the kernel is called, and the error is
 //! [`std::io::ErrorKind::InvalidInput`]. Types that own kernel objects own them through
 //! [`std::os::fd::OwnedFd`] or an equivalent RAII guard, so a descriptor or mapping is released
-//! exactly once.
+//! exactly once. Memory the kernel reads and writes on its own schedule (an AF_XDP UMEM) is a
+//! [`FrameRegion`]: it hands out one frame at a time, only frames not lent to the kernel, and
+//! only this crate's ring operations lend and reclaim frames; no safe function returns a slice
+//! over the whole of it.
 //!
 //! # Modules
 //!
@@ -41,6 +44,8 @@
 //! | [`udp`]    | batched datagram I/O with `recvmmsg`/`sendmmsg`, no per-call alloc   |
 //! | [`mmap`]   | anonymous mappings, optionally huge-page backed and locked           |
 //! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
+//! | [`frames`] | a mapping in frames, and the ledger of frames lent to the kernel     |
+//! | [`xsk`]    | AF_XDP sockets: UMEM registration, the four rings, kicks, statistics |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Turns the result of one libc call into an `std::io::Result`.
@@ -67,6 +72,7 @@ pub mod clock;
 pub mod cpu;
 pub mod epoll;
 pub mod eventfd;
+pub mod frames;
 pub mod mmap;
 pub mod netdev;
 pub mod poll;
@@ -81,13 +87,14 @@ pub use cpu::{
     rss_bytes, rss_bytes_of, thread_cpu_time_ns,
 };
 pub use eventfd::EventFd;
+pub use frames::{FrameRegion, FrameRegionError, Lease};
 pub use mmap::{has_cap_ipc_lock, memlock_limit, Region, RegionOptions};
 pub use netdev::{enter_netns, LinkInfo, NetnsGuard, PacketSocket};
 pub use poll::{wait_readable, wait_readable_mask, POLL_FDS_MAX};
 pub use udp::{RecvSlot, SendSlot, UdpBatchSocket, UdpSocketOptions, BATCH_MAX_LIMIT};
 pub use xsk::{
-    BindMode, BoundMode, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters, XskError,
-    XskSocket, XskStatistics,
+    BindMode, BoundMode, Reclaimed, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters,
+    XskError, XskSocket, XskStatistics,
 };
 
 /// The error convention of a libc return type, used by `syscall!`.

@@ -12,16 +12,17 @@
 //! | tx         | us       | kernel   | [`XdpDesc`]   | "send these bytes"                   |
 //! | completion | kernel   | us       | UMEM address  | "done sending this frame, reuse it"  |
 //!
-//! [`Umem`] owns the memory (a [`Region`]) and its geometry. [`XskSocket::new`] borrows the
-//! `Umem` only to register it, then sizes and maps the rings and binds; the socket keeps the
+//! [`Umem`] owns the memory: a [`FrameRegion`], which hands out one frame at a time and keeps
+//! the ledger of frames lent to the kernel (see [`crate::frames`]). [`XskSocket::new`] borrows
+//! the `Umem` only to register it and attaches the socket to its region; the socket keeps the
 //! geometry, not the memory. That lets the engine's packet pool own the UMEM as its memory while
-//! the NIC queue owns the socket. It is sound in either drop order: registration pins the pages
-//! (`pin_user_pages`) and the kernel reaches them through its own mapping (`vmap`), never
-//! through our virtual addresses, so unmapping the region before closing the socket leaves the
-//! kernel writing to pages it still holds, not to memory we reuse; and the socket itself never
-//! dereferences the UMEM. One UMEM per socket: sharing a UMEM between sockets
-//! (`XDP_SHARED_UMEM`) was left out because it makes the fill and completion rings shared state
-//! between sockets, and the engines are one socket per core with no sharing anyway.
+//! the NIC queue owns the socket, and every ring operation takes the region as an argument
+//! (`&mut FrameRegion`) and checks that it is the one the socket registered. The ring
+//! operations are the only code that lends frames to the kernel (fill, tx) and takes them back
+//! (rx, completion), so the ledger is always exactly the set of frames the kernel may touch.
+//! One UMEM per socket: sharing a UMEM between sockets (`XDP_SHARED_UMEM`) was left out because
+//! it makes the fill and completion rings shared state between sockets, and the engines are one
+//! socket per core with no sharing anyway.
 //!
 //! The ring API moves batches through caller-provided slices ([`XskSocket::fill`],
 //! [`XskSocket::receive`], [`XskSocket::transmit`], [`XskSocket::complete`]) and never
@@ -32,11 +33,12 @@
 //! cannot call anyway.
 //!
 //! Everything the kernel hands us is copied out of the shared ring with a volatile read and
-//! validated against the UMEM geometry before it is returned: an address past the end of the
-//! UMEM or a length that leaves its frame is counted in [`XskCounters`] and dropped, never
-//! returned and never a panic. Descriptors we publish are validated the same way first, so the
-//! kernel's `tx_invalid_descs` should stay at zero; a rejected one stops the batch (see
-//! [`XskSocket::transmit`]).
+//! validated before it is returned: an address past the end of the UMEM or a length that leaves
+//! its frame, and a descriptor naming a frame that is not lent that way (a repeated or forged
+//! one), are counted in [`XskCounters`] and dropped, never returned twice and never a panic.
+//! Descriptors we publish are validated the same way first (inside the UMEM, and naming a frame
+//! the caller holds), so the kernel's `tx_invalid_descs` should stay at zero; a rejected one
+//! stops the batch (see [`XskSocket::transmit`]).
 //!
 //! # Memory ordering
 //!
@@ -66,15 +68,23 @@
 //! - The producer and consumer words are only accessed atomically (`AtomicU32::from_ptr`); the
 //!   slots are accessed with volatile reads and writes, and only the slots the protocol gives
 //!   us at that moment.
-//! - The UMEM is registered from a [`Region`] the socket owns, and the socket's descriptor is
-//!   closed before the region is unmapped (field order), so the kernel never writes to memory
-//!   we have given back.
-//! - The kernel writes received frames into UMEM frames we placed on the fill ring while the
-//!   caller may hold `&[u8]`/`&mut [u8]` of the whole UMEM ([`Umem::as_slice`]). This is the
-//!   contract of every DMA buffer: it is sound for the frames the caller owns (never on the
-//!   fill or tx ring), and the caller's frame accounting must keep those sets apart. Exposing
-//!   only raw pointers was rejected: the layers above parse frames in place. No bounds can be
-//!   broken either way, because the kernel itself only writes inside the registered area.
+//! - The socket itself never dereferences the UMEM. The kernel writes frames we put on the fill
+//!   ring and reads frames we put on the tx ring, from another CPU and at any time; the
+//!   [`FrameRegion`] refuses access to exactly those frames, because the ring operations mark a
+//!   frame lent before the Release store that publishes it and unmark it only after the Acquire
+//!   load that shows the kernel handed it back. No safe function hands out a slice over the
+//!   whole UMEM ([`FrameRegion::as_slice`] is `unsafe`).
+//! - A ring operation given a region other than the one this socket registered panics (a bug in
+//!   the caller) before touching a ring: otherwise the kernel would write into frames of the
+//!   registered region that its ledger says the caller holds.
+//! - At shutdown, frames still lent come back only through [`XskSocket::close_reclaiming`],
+//!   after the kernel has unbound the socket (see there for the argument and its one
+//!   assumption: the socket's descriptor was never duplicated). A socket that is simply dropped
+//!   leaves its frames lent for good, which is always sound.
+//! - Dropping the UMEM before the socket is sound too: registration pins the pages
+//!   (`pin_user_pages`) and the kernel reaches them through its own mapping (`vmap`), never
+//!   through our virtual addresses, so unmapping the region leaves the kernel writing to pages
+//!   it still holds, not to memory we reuse.
 
 use std::io;
 use std::marker::PhantomData;
@@ -83,6 +93,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
+use crate::frames::{FrameRegion, Lease, Lender};
 use crate::mmap::Region;
 
 /// The largest ring size accepted, in entries. A 2048-entry ring already holds 4 MiB of 2 KiB
@@ -237,6 +248,14 @@ pub enum XskError {
         /// The bind error (`EOPNOTSUPP` or `EINVAL`).
         source: io::Error,
     },
+    /// The UMEM is already registered with another socket, or was with one that was dropped
+    /// without [`XskSocket::close_reclaiming`] (its frames may still be in the kernel's hands).
+    /// Give each socket its own UMEM.
+    #[error(
+        "this UMEM is registered with another AF_XDP socket (or with one dropped without \
+         close_reclaiming): give each socket its own UMEM"
+    )]
+    RegionInUse,
     /// `bind` failed for another reason. `ENETDOWN`: bring the link up.
     #[error("binding queue {queue_id} of interface {ifindex} failed: {source}")]
     Bind {
@@ -257,6 +276,7 @@ impl XskError {
             | Self::Headroom { .. }
             | Self::RingSize { .. }
             | Self::RegionTooSmall { .. } => io::ErrorKind::InvalidInput,
+            Self::RegionInUse => io::ErrorKind::AddrInUse,
             Self::MmapOffsets { .. } => io::ErrorKind::InvalidData,
             Self::NoSuchDevice { .. } | Self::QueueOutOfRange { .. } => io::ErrorKind::NotFound,
             Self::QueueBusy { .. } => io::ErrorKind::AddrInUse,
@@ -311,17 +331,18 @@ impl Default for UmemConfig {
     }
 }
 
-/// The memory an AF_XDP socket receives into and transmits from: a [`Region`] carved into
-/// equal frames. Registered with the kernel when passed to [`XskSocket::new`].
+/// The memory an AF_XDP socket receives into and transmits from: a [`FrameRegion`] of equal
+/// frames, and the ring sizes and headroom of its registration. Registered with the kernel when
+/// passed to [`XskSocket::new`]. The frame geometry (size, count, length) is always read from
+/// the [`FrameRegion`] itself, so a region swapped in through [`Umem::frames_mut`] is registered
+/// as what it is, never with another region's length.
 ///
 /// There is no need to `mlock` the region: registration pins the pages itself, and counts them
 /// against `RLIMIT_MEMLOCK` (unless `CAP_IPC_LOCK`); locking as well would count them twice.
 #[derive(Debug)]
 pub struct Umem {
-    region: Region,
+    frames: FrameRegion,
     config: UmemConfig,
-    /// `frame_count * frame_size`: the registered length, `<= region.len()`.
-    len: u64,
 }
 
 impl Umem {
@@ -360,73 +381,87 @@ impl Umem {
             }
             .into_io());
         }
-        Ok(Self {
-            region,
-            config,
-            len,
-        })
+        let frames = FrameRegion::new(region, frame_size as usize, config.frame_count)?;
+        Ok(Self { frames, config })
     }
 
-    /// The configuration this UMEM was built with.
+    /// The configuration this UMEM was built with. Its frame size and count describe the
+    /// region built here; [`Umem::frame_size`] and [`Umem::frame_count`] describe the region
+    /// the UMEM holds now.
     pub fn config(&self) -> &UmemConfig {
         &self.config
     }
 
     /// The registered length in bytes, `frame_count * frame_size`. Valid addresses are below it.
     pub fn len(&self) -> u64 {
-        self.len
+        self.frames.len() as u64
     }
 
     /// Always `false`: a UMEM has at least one frame. Present because clippy pairs it with `len`.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.frames.is_empty()
     }
 
     /// Bytes per frame.
     pub fn frame_size(&self) -> u32 {
-        self.config.frame_size
+        // A `u32` by construction: `Umem::new` builds frames of 2048 or 4096 bytes, and a
+        // region swapped in with larger frames is refused by the kernel at registration.
+        u32::try_from(self.frames.frame_size()).unwrap_or(u32::MAX)
     }
 
     /// Number of frames.
     pub fn frame_count(&self) -> u32 {
-        self.config.frame_count
+        self.frames.frame_count()
     }
 
     /// The UMEM address of frame `index` (its first byte), or `None` past the last frame.
     pub fn frame_addr(&self, index: u32) -> Option<u64> {
-        (index < self.config.frame_count)
-            .then(|| u64::from(index) * u64::from(self.config.frame_size))
+        (index < self.frame_count()).then(|| u64::from(index) * u64::from(self.frame_size()))
     }
 
-    /// The whole region as bytes (it may be longer than [`Umem::len`]). See the module's safety
-    /// contract about frames the kernel owns.
-    pub fn as_slice(&self) -> &[u8] {
-        self.region.as_slice()
+    /// The frame that UMEM address `addr` falls in, or `None` past the end.
+    pub fn frame_index(&self, addr: u64) -> Option<u32> {
+        (addr < self.len()).then(|| (addr / u64::from(self.frame_size())) as u32)
     }
 
-    /// The whole region as mutable bytes, to write frames for transmission.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.region.as_mut_slice()
+    /// The frames, to read and write those the caller holds.
+    pub fn frames(&self) -> &FrameRegion {
+        &self.frames
     }
 
-    /// The bytes `desc` describes, or `None` if they are not inside the UMEM.
+    /// The frames, mutably: what the ring operations of [`XskSocket`] take.
+    pub fn frames_mut(&mut self) -> &mut FrameRegion {
+        &mut self.frames
+    }
+
+    /// The bytes `desc` describes, or `None` if they are not inside one frame or the frame is
+    /// lent to the kernel.
     pub fn packet(&self, desc: &XdpDesc) -> Option<&[u8]> {
-        let start = usize::try_from(desc.addr).ok()?;
-        let end = start.checked_add(desc.len as usize)?;
-        self.region.as_slice().get(start..end)
+        let (index, start, end) = self.window(desc)?;
+        self.frames.get(index).map(|frame| &frame[start..end])
     }
 
-    /// The bytes `desc` describes, mutably, or `None` if they are not inside the UMEM.
+    /// The bytes `desc` describes, mutably, with the same checks as [`Umem::packet`].
     pub fn packet_mut(&mut self, desc: &XdpDesc) -> Option<&mut [u8]> {
-        let start = usize::try_from(desc.addr).ok()?;
-        let end = start.checked_add(desc.len as usize)?;
-        self.region.as_mut_slice().get_mut(start..end)
+        let (index, start, end) = self.window(desc)?;
+        self.frames
+            .get_mut(index)
+            .map(|frame| &mut frame[start..end])
+    }
+
+    /// Frame index and the byte range inside it that `desc` covers, if it stays in one frame.
+    fn window(&self, desc: &XdpDesc) -> Option<(u32, usize, usize)> {
+        let index = self.frame_index(desc.addr)?;
+        let frame_size = u64::from(self.frame_size());
+        let start = desc.addr % frame_size;
+        let end = start.checked_add(u64::from(desc.len))?;
+        (end <= frame_size).then_some((index, start as usize, end as usize))
     }
 
     fn geometry(&self) -> Geometry {
         Geometry {
-            len: self.len,
-            frame_size: self.config.frame_size,
+            len: self.len(),
+            frame_size: self.frame_size(),
         }
     }
 }
@@ -439,6 +474,12 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The frame an address inside the UMEM falls in. Callers check `addr_ok` first, so the
+    /// index is below the frame count, which is a `u32`.
+    fn frame_of(self, addr: u64) -> u32 {
+        (addr / u64::from(self.frame_size)) as u32
+    }
+
     /// A fill or completion address: inside the UMEM (the kernel rounds it down to its frame).
     fn addr_ok(self, addr: u64) -> bool {
         addr < self.len
@@ -536,18 +577,37 @@ pub struct XskStatistics {
 
 /// Descriptors this side refused, counted per socket. Nonzero values are bugs: in the caller's
 /// frame accounting (`fill_rejected`, `tx_rejected`) or in the kernel (`rx_invalid`,
-/// `completion_invalid`).
+/// `rx_not_lent`, `completion_invalid`, `completion_not_lent`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XskCounters {
     /// Rx descriptors from the kernel outside the UMEM or crossing a frame; skipped. Their frames
-    /// are lost to the caller's pool.
+    /// stay lent (the kernel may still hold them) and are lost to the caller until shutdown.
     pub rx_invalid: u64,
+    /// Rx descriptors naming a frame that is not lent for receive: repeated or forged; dropped,
+    /// never returned, so no frame is handed out twice.
+    pub rx_not_lent: u64,
     /// Completion addresses from the kernel outside the UMEM; skipped.
     pub completion_invalid: u64,
-    /// Tx descriptors from the caller that failed validation; not published.
+    /// Completion addresses naming a frame that is not lent for transmit: repeated or forged;
+    /// dropped.
+    pub completion_not_lent: u64,
+    /// Tx descriptors from the caller that failed validation (outside the UMEM, crossing a
+    /// frame, option bits) or name a frame already lent; not published.
     pub tx_rejected: u64,
-    /// Fill addresses from the caller outside the UMEM; not published.
+    /// Fill addresses from the caller outside the UMEM or naming a frame already lent; not
+    /// published.
     pub fill_rejected: u64,
+}
+
+/// What [`XskSocket::close_reclaiming`] got back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Frames that were lent to the socket and are held by the caller again.
+    pub frames: u32,
+    /// Frames that stay lent because the kernel may still use them after the socket closed
+    /// (zero-copy mode: the driver gives its posted buffers back only in deferred work). They
+    /// never become usable again; drop the UMEM.
+    pub still_lent: u32,
 }
 
 /// Kernel structures that `getsockopt` may overwrite with arbitrary bytes.
@@ -757,6 +817,13 @@ impl<T: Copy> ProdRing<T> {
             .min(self.ring.size)
     }
 
+    /// Free slots as last read, without touching the shared consumer index.
+    fn free_cached(&self) -> u32 {
+        self.cached_cons
+            .wrapping_sub(self.cached_prod)
+            .min(self.ring.size)
+    }
+
     /// Free slots right now, without updating the cache.
     fn free_now(&self) -> u32 {
         // Acquire: pairs with the kernel's smp_store_release of the consumer in
@@ -854,10 +921,12 @@ impl<T: Copy> ConsRing<T> {
     }
 }
 
-/// Pushes a prefix of `addrs` onto the fill ring; stops at the first invalid address.
+/// Pushes a prefix of `addrs` onto the fill ring, lending each frame for receive; stops at the
+/// first address outside the UMEM or naming a frame already lent.
 fn fill_ring(
     ring: &mut ProdRing<u64>,
     geometry: Geometry,
+    frames: &mut FrameRegion,
     addrs: &[u64],
     counters: &mut XskCounters,
 ) -> usize {
@@ -865,7 +934,9 @@ fn fill_ring(
     let free = ring.free(wanted) as usize;
     let mut placed = 0;
     for &addr in addrs.iter().take(free) {
-        if !geometry.addr_ok(addr) {
+        // Lent before the Release store in `submit` publishes it: the kernel cannot write the
+        // frame before the ledger says it may.
+        if !geometry.addr_ok(addr) || !frames.lend(geometry.frame_of(addr), Lease::Receive) {
             counters.fill_rejected += 1;
             break;
         }
@@ -879,10 +950,12 @@ fn fill_ring(
     placed
 }
 
-/// Pops up to `out.len()` completion addresses; invalid ones are counted and skipped.
+/// Pops up to `out.len()` completion addresses, taking each frame back from its transmit
+/// lease; invalid and unlent ones are counted and skipped.
 fn complete_ring(
     ring: &mut ConsRing<u64>,
     geometry: Geometry,
+    frames: &mut FrameRegion,
     out: &mut [u64],
     counters: &mut XskCounters,
 ) -> usize {
@@ -891,11 +964,19 @@ fn complete_ring(
     let mut written = 0;
     for _ in 0..available {
         let addr = ring.pop();
-        if geometry.addr_ok(addr) {
+        if !geometry.addr_ok(addr) {
+            counters.completion_invalid += 1;
+            continue;
+        }
+        // SAFETY: the kernel published `addr` on the completion ring, and `available` read its
+        // producer index with Acquire after that: the kernel has finished reading the frame
+        // (copy mode submits the completion from the skb destructor, `xsk_destruct_skb`;
+        // zero-copy drivers after the device's DMA completes).
+        if unsafe { frames.reclaim(geometry.frame_of(addr), Lease::Transmit) } {
             out[written] = addr;
             written += 1;
         } else {
-            counters.completion_invalid += 1;
+            counters.completion_not_lent += 1;
         }
     }
     if available > 0 {
@@ -904,10 +985,12 @@ fn complete_ring(
     written
 }
 
-/// Pops up to `out.len()` rx descriptors; invalid ones are counted and skipped.
+/// Pops up to `out.len()` rx descriptors, taking each frame back from its receive lease;
+/// invalid and unlent ones are counted and skipped.
 fn receive_ring(
     ring: &mut ConsRing<XdpDesc>,
     geometry: Geometry,
+    frames: &mut FrameRegion,
     out: &mut [XdpDesc],
     counters: &mut XskCounters,
 ) -> usize {
@@ -916,11 +999,18 @@ fn receive_ring(
     let mut written = 0;
     for _ in 0..available {
         let desc = ring.pop();
-        if geometry.desc_ok(&desc) {
+        if !geometry.desc_ok(&desc) {
+            counters.rx_invalid += 1;
+            continue;
+        }
+        // SAFETY: the kernel published `desc` on the rx ring, and `available` read its producer
+        // index with Acquire after that: the kernel has finished writing the frame (`xsk_flush`
+        // submits the rx ring only after `__xsk_rcv` copied the packet in).
+        if unsafe { frames.reclaim(geometry.frame_of(desc.addr), Lease::Receive) } {
             out[written] = desc;
             written += 1;
         } else {
-            counters.rx_invalid += 1;
+            counters.rx_not_lent += 1;
         }
     }
     if available > 0 {
@@ -929,10 +1019,12 @@ fn receive_ring(
     written
 }
 
-/// Pushes a prefix of `descs` onto the tx ring; stops at the first invalid descriptor.
+/// Pushes a prefix of `descs` onto the tx ring, lending each frame for transmit; stops at the
+/// first invalid descriptor or one naming a frame already lent.
 fn transmit_ring(
     ring: &mut ProdRing<XdpDesc>,
     geometry: Geometry,
+    frames: &mut FrameRegion,
     descs: &[XdpDesc],
     counters: &mut XskCounters,
 ) -> usize {
@@ -940,7 +1032,8 @@ fn transmit_ring(
     let free = ring.free(wanted) as usize;
     let mut placed = 0;
     for desc in descs.iter().take(free) {
-        if !geometry.desc_ok(desc) {
+        // Lent before the Release store in `submit` publishes it.
+        if !geometry.desc_ok(desc) || !frames.lend(geometry.frame_of(desc.addr), Lease::Transmit) {
             counters.tx_rejected += 1;
             break;
         }
@@ -958,7 +1051,8 @@ fn transmit_ring(
 ///
 /// Created in, and forever belonging to, the network namespace of the thread that calls
 /// [`XskSocket::new`]. Insert [`XskSocket::fd`] into an `XSKMAP` to have an XDP program redirect
-/// frames to it.
+/// frames to it. Every ring operation takes the UMEM's frames (`umem.frames_mut()`); close with
+/// [`XskSocket::close_reclaiming`] to get back the frames the kernel still holds.
 pub struct XskSocket {
     // Field order is drop order: rings are unmapped, then the socket is closed (which unpins
     // the UMEM pages; see the module documentation for why the UMEM may go first).
@@ -968,6 +1062,8 @@ pub struct XskSocket {
     tx: ProdRing<XdpDesc>,
     fd: OwnedFd,
     geometry: Geometry,
+    /// The identity this socket's UMEM region is attached to; checked by every ring operation.
+    lender: Lender,
     ifindex: u32,
     queue_id: u32,
     bound_mode: BoundMode,
@@ -1002,8 +1098,29 @@ impl XskSocket {
     /// ([`XskError::RingSize`]), the memory limit ([`XskError::UmemMemlock`], naming
     /// `RLIMIT_MEMLOCK` and `CAP_IPC_LOCK`), the queue ([`XskError::QueueBusy`],
     /// [`XskError::QueueOutOfRange`] naming the count), the mode
-    /// ([`XskError::ZeroCopyUnsupported`]) or the device ([`XskError::NoSuchDevice`]).
+    /// ([`XskError::ZeroCopyUnsupported`]), the device ([`XskError::NoSuchDevice`]), or the
+    /// UMEM, already registered with another socket ([`XskError::RegionInUse`]).
     pub fn new(ifindex: u32, queue_id: u32, umem: &Umem, config: SocketConfig) -> io::Result<Self> {
+        let lender = Lender::next();
+        if !umem.frames.attach(lender) {
+            return Err(XskError::RegionInUse.into_io());
+        }
+        let socket = Self::open(ifindex, queue_id, umem, config, lender);
+        if socket.is_err() {
+            // Nothing was lent: no ring existed to lend through. The descriptor, if any, is
+            // closed already, so the region is free for another socket.
+            umem.frames.detach_unused(lender);
+        }
+        socket
+    }
+
+    fn open(
+        ifindex: u32,
+        queue_id: u32,
+        umem: &Umem,
+        config: SocketConfig,
+        lender: Lender,
+    ) -> io::Result<Self> {
         check_ring_size("rx", config.rx_ring_size)?;
         check_ring_size("tx", config.tx_ring_size)?;
         let kind = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
@@ -1083,6 +1200,7 @@ impl XskSocket {
             tx: ProdRing::new(tx),
             fd,
             geometry,
+            lender,
             ifindex,
             queue_id,
             bound_mode,
@@ -1106,41 +1224,161 @@ impl XskSocket {
     }
 
     /// The socket descriptor: insert it into an `XSKMAP`, or poll it for readability.
+    ///
+    /// Do not duplicate it (`try_clone_to_owned`, `SCM_RIGHTS`): [`XskSocket::close_reclaiming`]
+    /// relies on this socket holding the only reference to it.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
+    /// Checks that `frames` is the region this socket registered.
+    ///
+    /// # Panics
+    ///
+    /// If it is not: a bug in the caller, who would otherwise let the kernel write into frames
+    /// of the registered region that its ledger says the caller holds.
+    #[inline]
+    fn check_region(&self, frames: &FrameRegion) {
+        assert!(
+            frames.is_attached_to(self.lender),
+            "AF_XDP ring operation on ifindex {} queue {} given a UMEM it did not register",
+            self.ifindex,
+            self.queue_id
+        );
+    }
+
     /// Places a prefix of `addrs` on the fill ring for the kernel to receive into, and returns
-    /// its length: `addrs[..n]` now belong to the kernel. Stops early when the ring is full or
-    /// at the first address outside the UMEM (counted in [`XskCounters::fill_rejected`]).
-    pub fn fill(&mut self, addrs: &[u64]) -> usize {
-        fill_ring(&mut self.fill, self.geometry, addrs, &mut self.counters)
+    /// its length: the frames of `addrs[..n]` are now lent to the kernel (`frames` refuses
+    /// them) until they come back through [`XskSocket::receive`]. Stops early when the ring is
+    /// full or at the first address outside the UMEM or naming a frame already lent (counted in
+    /// [`XskCounters::fill_rejected`]).
+    ///
+    /// # Panics
+    ///
+    /// If `frames` is not the region of the UMEM this socket registered.
+    pub fn fill(&mut self, frames: &mut FrameRegion, addrs: &[u64]) -> usize {
+        self.check_region(frames);
+        fill_ring(
+            &mut self.fill,
+            self.geometry,
+            frames,
+            addrs,
+            &mut self.counters,
+        )
     }
 
     /// Reaps up to `out.len()` transmitted frames from the completion ring into `out`, and
-    /// returns how many: those frames belong to the caller again.
-    pub fn complete(&mut self, out: &mut [u64]) -> usize {
-        complete_ring(&mut self.completion, self.geometry, out, &mut self.counters)
+    /// returns how many: those frames are the caller's again. An address outside the UMEM or
+    /// naming a frame not lent for transmit is counted ([`XskCounters::completion_invalid`],
+    /// [`XskCounters::completion_not_lent`]) and skipped.
+    ///
+    /// # Panics
+    ///
+    /// If `frames` is not the region of the UMEM this socket registered.
+    pub fn complete(&mut self, frames: &mut FrameRegion, out: &mut [u64]) -> usize {
+        self.check_region(frames);
+        complete_ring(
+            &mut self.completion,
+            self.geometry,
+            frames,
+            out,
+            &mut self.counters,
+        )
     }
 
     /// Takes up to `out.len()` received descriptors into `out` and returns how many. Each was
-    /// validated (inside the UMEM, inside one frame); invalid ones are counted in
-    /// [`XskCounters::rx_invalid`] and skipped. The frames belong to the caller until it puts
-    /// them back with [`XskSocket::fill`].
-    pub fn receive(&mut self, out: &mut [XdpDesc]) -> usize {
-        receive_ring(&mut self.rx, self.geometry, out, &mut self.counters)
+    /// validated (inside the UMEM, inside one frame, naming a frame lent for receive) and its
+    /// frame is the caller's again; invalid ones are counted in [`XskCounters::rx_invalid`],
+    /// repeated or forged ones in [`XskCounters::rx_not_lent`], and skipped.
+    ///
+    /// # Panics
+    ///
+    /// If `frames` is not the region of the UMEM this socket registered.
+    pub fn receive(&mut self, frames: &mut FrameRegion, out: &mut [XdpDesc]) -> usize {
+        self.check_region(frames);
+        receive_ring(&mut self.rx, self.geometry, frames, out, &mut self.counters)
     }
 
-    /// Places a prefix of `descs` on the tx ring and returns its length: `descs[..n]` now belong
-    /// to the kernel until they come back through [`XskSocket::complete`]. Stops early when the
-    /// ring is full or at the first descriptor that is empty, leaves the UMEM, crosses its
-    /// frame's end or has option bits set (counted in [`XskCounters::tx_rejected`]), so the
-    /// caller always knows exactly which frames it gave away.
+    /// Places a prefix of `descs` on the tx ring and returns its length: the frames of
+    /// `descs[..n]` are lent to the kernel until they come back through
+    /// [`XskSocket::complete`]. Stops early when the ring is full or at the first descriptor
+    /// that is empty, leaves the UMEM, crosses its frame's end, has option bits set or names a
+    /// frame already lent (counted in [`XskCounters::tx_rejected`]), so the caller always knows
+    /// exactly which frames it gave away.
     ///
     /// Then call [`XskSocket::kick_tx`] (needed in copy mode; with need-wakeup, only when
     /// [`XskSocket::needs_tx_wakeup`] says so).
-    pub fn transmit(&mut self, descs: &[XdpDesc]) -> usize {
-        transmit_ring(&mut self.tx, self.geometry, descs, &mut self.counters)
+    ///
+    /// # Panics
+    ///
+    /// If `frames` is not the region of the UMEM this socket registered.
+    pub fn transmit(&mut self, frames: &mut FrameRegion, descs: &[XdpDesc]) -> usize {
+        self.check_region(frames);
+        transmit_ring(
+            &mut self.tx,
+            self.geometry,
+            frames,
+            descs,
+            &mut self.counters,
+        )
+    }
+
+    /// Closes the socket, then takes back every frame still lent to it and calls
+    /// `reclaimed(index)` for each, so the caller can return them to its own accounting.
+    ///
+    /// In copy mode every lent frame comes back. In zero-copy mode none does: the driver keeps
+    /// the buffers it took from the fill ring until the kernel's deferred release of the buffer
+    /// pool (`xp_release_deferred` → `xp_clear_dev`), which may run after this returns, so
+    /// those frames stay lent (reported in [`Reclaimed::still_lent`]) and the UMEM can only be
+    /// dropped.
+    ///
+    /// The argument (see the code) rests on one assumption that the type system does not
+    /// enforce: this socket's descriptor is the only reference to its file. A duplicate made
+    /// from [`XskSocket::fd`] (`try_clone_to_owned`, `SCM_RIGHTS`), or a child process that
+    /// was forked but has not yet `exec`ed, keeps the socket bound after this returns, and the
+    /// kernel could then write into frames handed back here.
+    ///
+    /// # Panics
+    ///
+    /// If `frames` is not the region of the UMEM this socket registered.
+    pub fn close_reclaiming(
+        self,
+        frames: &mut FrameRegion,
+        reclaimed: impl FnMut(u32),
+    ) -> Reclaimed {
+        self.check_region(frames);
+        let lender = self.lender;
+        let bound_mode = self.bound_mode;
+        // Unmaps the four rings, then closes the descriptor (field order).
+        drop(self);
+        if bound_mode == BoundMode::ZeroCopy {
+            return Reclaimed {
+                frames: 0,
+                still_lent: frames.lent_total(),
+            };
+        }
+        // SAFETY: the kernel no longer touches any frame lent to `lender`.
+        // - Dropping `self` unmapped the four rings and closed the descriptor, the socket's last
+        //   references to its file, on the assumption that the descriptor was never duplicated
+        //   (`fd()` says not to; it is `SOCK_CLOEXEC`, so a `fork` + `exec` drops its copy at
+        //   `exec`). An XSKMAP entry holds no reference: `xsk_map_update_elem` (net/xdp/xskmap.c)
+        //   drops the one `sockfd_lookup` took with `sockfd_put`. The last `fput` of a user task
+        //   queues `__fput` as task work that runs before the task returns to user space
+        //   (fs/file_table.c), so `xsk_release` has run by the time `close` returned to us.
+        // - `xsk_release` (net/xdp/xsk.c) removes the socket from every XSKMAP
+        //   (`xsk_delete_from_maps`), then `xsk_unbind_dev` sets the state to `XSK_UNBOUND`,
+        //   after which `xsk_rcv_check` refuses every packet with `ENXIO` and
+        //   `__xsk_generic_xmit` refuses to send, and calls `synchronize_net()`, which waits for
+        //   every receive already running. In copy mode those are the only places the kernel
+        //   writes into the UMEM, so nothing writes a frame of this region any more.
+        // - A frame lent for transmit can still be *read* by an skb built before the release on
+        //   a device that sends straight from UMEM pages (`IFF_TX_SKB_NO_LINEAR`): at worst it
+        //   sends bytes we have since rewritten, never a write into our memory.
+        let count = unsafe { frames.reclaim_all(lender, reclaimed) };
+        Reclaimed {
+            frames: count,
+            still_lent: 0,
+        }
     }
 
     /// Asks the kernel to process the tx ring: `sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0)`.
@@ -1218,9 +1456,20 @@ impl XskSocket {
         self.tx.needs_wakeup()
     }
 
-    /// Free tx slots right now.
+    /// Free tx slots right now (one load of the kernel's consumer index, no system call).
     pub fn tx_free(&self) -> usize {
         self.tx.free_now() as usize
+    }
+
+    /// Free tx slots as of the last time a transmit looked at the kernel's consumer index: a
+    /// lower bound on [`XskSocket::tx_free`] that touches no shared memory.
+    pub fn tx_free_cached(&self) -> usize {
+        self.tx.free_cached() as usize
+    }
+
+    /// Entries in the tx ring: its size.
+    pub fn tx_ring_size(&self) -> usize {
+        self.tx.ring.size as usize
     }
 
     /// Free fill slots right now.
@@ -1267,9 +1516,11 @@ impl XskSocket {
 fn register_umem(fd: BorrowedFd<'_>, umem: &Umem) -> io::Result<()> {
     // SAFETY: `zeroed` is a valid bit pattern for this struct of integers.
     let mut reg: libc::xdp_umem_reg = unsafe { mem::zeroed() };
-    reg.addr = umem.region.as_ptr() as u64;
-    reg.len = umem.len;
-    reg.chunk_size = umem.config.frame_size;
+    reg.addr = umem.frames.as_ptr() as u64;
+    // The pointer, length and chunk size all come from the one region, which the kernel pins
+    // as `[addr, addr + len)`: it lies inside the mapping the region owns.
+    reg.len = umem.len();
+    reg.chunk_size = umem.frame_size();
     reg.headroom = umem.config.headroom;
     // flags 0: aligned chunks, no tx metadata.
     set_opt(fd, libc::XDP_UMEM_REG, &reg).map_err(|source| {
@@ -1278,7 +1529,7 @@ fn register_umem(fd: BorrowedFd<'_>, umem: &Umem) -> io::Result<()> {
             Some(libc::ENOBUFS | libc::ENOMEM | libc::EPERM) => {
                 let (soft, hard) = crate::mmap::memlock_limit().unwrap_or((0, 0));
                 XskError::UmemMemlock {
-                    len: umem.len,
+                    len: umem.len(),
                     source,
                     soft,
                     hard,
@@ -1424,86 +1675,128 @@ mod tests {
         frame_size: FRAME,
     };
 
+    /// The eight frames [`GEOMETRY`] describes, all held.
+    fn fake_frames() -> FrameRegion {
+        let region = Region::new(8 * FRAME as usize, RegionOptions::default()).unwrap();
+        FrameRegion::new(region, FRAME as usize, 8).unwrap()
+    }
+
     #[test]
     fn fill_ring_respects_space_and_validates() {
         let mut ring = ProdRing::new(fake_ring::<u64>(4));
+        let mut frames = fake_frames();
         let mut counters = XskCounters::default();
         let addrs = [0, 2048, 4096, 6144, 8192, 10240];
-        assert_eq!(fill_ring(&mut ring, GEOMETRY, &addrs, &mut counters), 4);
+        assert_eq!(
+            fill_ring(&mut ring, GEOMETRY, &mut frames, &addrs, &mut counters),
+            4
+        );
         assert_eq!(ring.ring.producer().load(Ordering::Relaxed), 4);
         assert_eq!(ring.free_now(), 0);
+        assert_eq!(frames.lent_count(Lease::Receive), 4);
+        assert!(
+            (0..4).all(|i| frames.get(i).is_none()),
+            "filled frames are refused"
+        );
         assert_eq!(
-            fill_ring(&mut ring, GEOMETRY, &addrs[4..], &mut counters),
+            fill_ring(&mut ring, GEOMETRY, &mut frames, &addrs[4..], &mut counters),
             0
+        );
+        assert!(
+            frames.get(4).is_some(),
+            "a frame that did not fit stays held"
         );
         // The "kernel" consumes three.
         ring.ring.consumer().store(3, Ordering::Release);
         assert_eq!(ring.free_now(), 3);
         // An address past the end stops the batch after the valid prefix.
         let batch = [8192, 16 * 1024, 10240];
-        assert_eq!(fill_ring(&mut ring, GEOMETRY, &batch, &mut counters), 1);
+        assert_eq!(
+            fill_ring(&mut ring, GEOMETRY, &mut frames, &batch, &mut counters),
+            1
+        );
         assert_eq!(counters.fill_rejected, 1);
         assert_eq!(ring.ring.read_slot(4), 8192);
         assert_eq!(ring.ring.producer().load(Ordering::Relaxed), 5);
+        // So does a frame already lent, or named twice in one batch (any offset in the frame).
+        assert_eq!(
+            fill_ring(&mut ring, GEOMETRY, &mut frames, &[100], &mut counters),
+            0
+        );
+        assert_eq!(
+            fill_ring(
+                &mut ring,
+                GEOMETRY,
+                &mut frames,
+                &[10240, 10300],
+                &mut counters
+            ),
+            1
+        );
+        assert_eq!(counters.fill_rejected, 3);
+        assert_eq!(frames.lent_count(Lease::Receive), 6);
+        assert_eq!(ring.ring.producer().load(Ordering::Relaxed), 6);
     }
 
     #[test]
-    fn receive_skips_invalid_descriptors() {
+    fn receive_takes_back_only_lent_frames_once() {
         let mut ring = ConsRing::new(fake_ring::<XdpDesc>(8));
+        let mut frames = fake_frames();
         let mut counters = XskCounters::default();
         let mut out = [XdpDesc::default(); 8];
         assert_eq!(
-            receive_ring(&mut ring, GEOMETRY, &mut out, &mut counters),
+            receive_ring(&mut ring, GEOMETRY, &mut frames, &mut out, &mut counters),
             0
         );
+        // Frames 0 and 2 are on the "fill ring".
+        assert!(frames.lend(0, Lease::Receive) && frames.lend(2, Lease::Receive));
+        let desc = |addr, len| XdpDesc {
+            addr,
+            len,
+            options: 0,
+        };
         let kernel_writes = [
-            XdpDesc {
-                addr: 256,
-                len: 60,
-                options: 0,
-            },
-            XdpDesc {
-                addr: 8 * 2048,
-                len: 60,
-                options: 0,
-            }, // past the UMEM
-            XdpDesc {
-                addr: 2048 + 2000,
-                len: 60,
-                options: 0,
-            }, // crosses the frame end
-            XdpDesc {
-                addr: u64::MAX,
-                len: u32::MAX,
-                options: 0,
-            },
-            XdpDesc {
-                addr: 4096 + 256,
-                len: 1792,
-                options: 0,
-            }, // exactly fills the frame
+            desc(256, 60),
+            desc(8 * 2048, 60),       // past the UMEM
+            desc(2048 + 2000, 60),    // crosses the frame end
+            desc(u64::MAX, u32::MAX), // nonsense
+            desc(4096 + 256, 1792),   // exactly fills frame 2
+            desc(256, 60),            // frame 0 again: repeated
+            desc(5 * 2048 + 256, 60), // frame 5, never lent: forged
         ];
         for (i, d) in kernel_writes.iter().enumerate() {
             ring.ring.write_slot(i as u32, *d);
         }
-        ring.ring.producer().store(5, Ordering::Release);
+        ring.ring.producer().store(7, Ordering::Release);
         // A short output slice takes only what fits.
         assert_eq!(
-            receive_ring(&mut ring, GEOMETRY, &mut out[..1], &mut counters),
+            receive_ring(
+                &mut ring,
+                GEOMETRY,
+                &mut frames,
+                &mut out[..1],
+                &mut counters
+            ),
             1
         );
         assert_eq!(out[0], kernel_writes[0]);
         assert_eq!(ring.ring.consumer().load(Ordering::Relaxed), 1);
         assert_eq!(
-            receive_ring(&mut ring, GEOMETRY, &mut out, &mut counters),
+            receive_ring(&mut ring, GEOMETRY, &mut frames, &mut out, &mut counters),
             1
         );
         assert_eq!(out[0], kernel_writes[4]);
         assert_eq!(counters.rx_invalid, 3);
-        assert_eq!(ring.ring.consumer().load(Ordering::Relaxed), 5);
+        assert_eq!(
+            counters.rx_not_lent, 2,
+            "the repeat and the forgery are dropped"
+        );
+        assert_eq!(ring.ring.consumer().load(Ordering::Relaxed), 7);
+        assert_eq!(frames.lent_total(), 0);
+        assert!(frames.get(0).is_some() && frames.get(2).is_some());
         // A producer far ahead (kernel bug) is clamped to one lap and never panics.
         ring.ring.producer().store(1_000_000, Ordering::Release);
-        let n = receive_ring(&mut ring, GEOMETRY, &mut out, &mut counters);
+        let n = receive_ring(&mut ring, GEOMETRY, &mut frames, &mut out, &mut counters);
         assert!(n <= 8);
     }
 
@@ -1511,9 +1804,10 @@ mod tests {
     fn completion_and_transmit_prefixes() {
         let mut cq = ConsRing::new(fake_ring::<u64>(4));
         let mut tx = ProdRing::new(fake_ring::<XdpDesc>(8));
+        let mut frames = fake_frames();
         let mut counters = XskCounters::default();
-        let good = XdpDesc {
-            addr: 2048,
+        let desc = |frame: u64| XdpDesc {
+            addr: frame * 2048 + 64,
             len: 64,
             options: 0,
         };
@@ -1539,33 +1833,57 @@ mod tests {
                 options: 1,
             },
         ];
-        for b in bad {
+        // Each bad descriptor stops the batch after the good one in front of it.
+        for (i, b) in bad.into_iter().enumerate() {
+            let batch = [desc(i as u64 + 1), b, desc(7)];
             assert_eq!(
-                transmit_ring(&mut tx, GEOMETRY, &[good, b, good], &mut counters),
+                transmit_ring(&mut tx, GEOMETRY, &mut frames, &batch, &mut counters),
                 1
             );
         }
         assert_eq!(counters.tx_rejected, 4);
         assert_eq!(tx.ring.producer().load(Ordering::Relaxed), 4);
+        assert_eq!(frames.lent_count(Lease::Transmit), 4);
+        // So does a frame already lent, or named twice in one batch.
+        let batch = [desc(5), desc(5), desc(6)];
         assert_eq!(
-            transmit_ring(&mut tx, GEOMETRY, &[good; 5], &mut counters),
-            4
+            transmit_ring(&mut tx, GEOMETRY, &mut frames, &batch, &mut counters),
+            1
         );
         assert_eq!(
-            transmit_ring(&mut tx, GEOMETRY, &[good], &mut counters),
+            transmit_ring(&mut tx, GEOMETRY, &mut frames, &[desc(1)], &mut counters),
+            0
+        );
+        assert_eq!(counters.tx_rejected, 6);
+        // Three slots are left.
+        let batch = [desc(6), desc(7), desc(0), desc(3)];
+        assert_eq!(
+            transmit_ring(&mut tx, GEOMETRY, &mut frames, &batch, &mut counters),
+            3
+        );
+        assert_eq!(
+            transmit_ring(&mut tx, GEOMETRY, &mut frames, &[desc(3)], &mut counters),
             0,
             "ring full"
         );
-        assert_eq!(counters.tx_rejected, 4);
+        assert_eq!(counters.tx_rejected, 6);
+        assert_eq!(frames.lent_count(Lease::Transmit), 8);
 
-        cq.ring.write_slot(0, 2048);
+        cq.ring.write_slot(0, desc(1).addr);
         cq.ring.write_slot(1, 1 << 40);
-        cq.ring.write_slot(2, 4096);
-        cq.ring.producer().store(3, Ordering::Release);
+        cq.ring.write_slot(2, desc(2).addr);
+        cq.ring.write_slot(3, desc(1).addr); // repeated
+        cq.ring.producer().store(4, Ordering::Release);
         let mut out = [0u64; 4];
-        assert_eq!(complete_ring(&mut cq, GEOMETRY, &mut out, &mut counters), 2);
-        assert_eq!(&out[..2], &[2048, 4096]);
+        assert_eq!(
+            complete_ring(&mut cq, GEOMETRY, &mut frames, &mut out, &mut counters),
+            2
+        );
+        assert_eq!(&out[..2], &[desc(1).addr, desc(2).addr]);
         assert_eq!(counters.completion_invalid, 1);
+        assert_eq!(counters.completion_not_lent, 1);
+        assert!(frames.get(1).is_some() && frames.get(2).is_some());
+        assert_eq!(frames.lent_count(Lease::Transmit), 6);
     }
 
     #[test]
@@ -1582,6 +1900,15 @@ mod tests {
         assert_eq!(umem.len(), 64 * 1024);
         assert_eq!(umem.frame_addr(31), Some(31 * 2048));
         assert_eq!(umem.frame_addr(32), None);
+        assert_eq!(umem.frame_index(31 * 2048 + 2047), Some(31));
+        assert_eq!(umem.frame_index(64 * 1024), None);
+        // The geometry is the region's own: a region swapped in is described as what it is.
+        let mut umem = umem;
+        let small = Region::new(4 * 2048, RegionOptions::default()).unwrap();
+        *umem.frames_mut() = FrameRegion::new(small, 2048, 4).unwrap();
+        assert_eq!((umem.len(), umem.frame_count()), (4 * 2048, 4));
+        assert_eq!(umem.geometry().len, 4 * 2048);
+        assert_eq!(umem.frame_addr(4), None);
         let bad = [
             UmemConfig {
                 frame_size: 3000,
@@ -1756,7 +2083,7 @@ mod tests {
     }
 
     /// Kicks until `expected` completions are reaped; returns (completions, retries seen).
-    fn drain_tx(xsk: &mut XskSocket, expected: usize) -> (Vec<u64>, usize) {
+    fn drain_tx(xsk: &mut XskSocket, umem: &mut Umem, expected: usize) -> (Vec<u64>, usize) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut done = Vec::new();
         let mut retries = 0;
@@ -1770,7 +2097,7 @@ mod tests {
             if xsk.needs_tx_wakeup() && xsk.kick_tx().unwrap() == TxKick::Retry {
                 retries += 1;
             }
-            let n = xsk.complete(&mut out);
+            let n = xsk.complete(umem.frames_mut(), &mut out);
             done.extend_from_slice(&out[..n]);
         }
         (done, retries)
@@ -1799,21 +2126,27 @@ mod tests {
         // Fill: 48 offered and taken, then the other 16 fill the ring; a 65th does not fit.
         let addrs: Vec<u64> = (0..64).map(|i| u64::from(i * FRAME)).collect();
         assert_eq!(xsk.fill_free(), 64);
-        assert_eq!(xsk.fill(&addrs[..48]), 48);
-        assert_eq!(xsk.fill(&addrs[48..]), 16);
-        assert_eq!(xsk.fill(&[u64::from(70 * FRAME)]), 0, "fill ring full");
+        assert_eq!(xsk.fill(umem.frames_mut(), &addrs[..48]), 48);
+        assert_eq!(xsk.fill(umem.frames_mut(), &addrs[48..]), 16);
+        let extra = [u64::from(70 * FRAME)];
+        assert_eq!(xsk.fill(umem.frames_mut(), &extra), 0, "fill ring full");
+        assert_eq!(umem.frames().lent_count(Lease::Receive), 64);
+        assert!(
+            umem.frames().get(0).is_none(),
+            "a frame on the fill ring is refused"
+        );
         eprintln!("needs_fill_wakeup after fill: {}", xsk.needs_fill_wakeup());
 
         // Receive on an empty ring: nothing, and nothing invalid.
         let mut rx = [XdpDesc::default(); 16];
         assert_eq!(xsk.rx_available(), 0);
-        assert_eq!(xsk.receive(&mut rx), 0);
+        assert_eq!(xsk.receive(umem.frames_mut(), &mut rx), 0);
 
         // Transmit one broadcast frame from frame 70, which the kernel does not hold.
         let sniffer = PacketSocket::bind(va).unwrap();
         let frame = test_frame(vb_mac, b"mlg-xsk1", 7);
         let addr = 70 * u64::from(FRAME) + 256;
-        umem.as_mut_slice()[addr as usize..addr as usize + frame.len()].copy_from_slice(&frame);
+        umem.frames_mut().frame_mut(70)[256..256 + frame.len()].copy_from_slice(&frame);
         let desc = XdpDesc {
             addr,
             len: frame.len() as u32,
@@ -1822,9 +2155,20 @@ mod tests {
         assert_eq!(umem.packet(&desc), Some(&frame[..]));
         assert_eq!(xsk.tx_free(), 64);
         assert!(xsk.needs_tx_wakeup(), "copy mode always wants a tx kick");
-        assert_eq!(xsk.transmit(&[desc]), 1);
-        let (done, retries) = drain_tx(&mut xsk, 1);
+        assert_eq!(xsk.transmit(umem.frames_mut(), &[desc]), 1);
+        assert_eq!(
+            umem.packet(&desc),
+            None,
+            "a frame on the tx ring is refused"
+        );
+        assert_eq!(xsk.tx_free_cached(), 63);
+        let (done, retries) = drain_tx(&mut xsk, &mut umem, 1);
         assert_eq!(done, [addr]);
+        assert_eq!(
+            umem.packet(&desc),
+            Some(&frame[..]),
+            "completed: the caller's again"
+        );
         eprintln!("single-frame tx: {retries} EAGAIN-class retries");
 
         // The frame arrived on the peer.
@@ -1846,21 +2190,28 @@ mod tests {
             len: 60,
             options: 0,
         };
-        assert_eq!(xsk.transmit(&[outside]), 0);
+        assert_eq!(xsk.transmit(umem.frames_mut(), &[outside]), 0);
         let crossing = XdpDesc {
             addr: u64::from(FRAME) - 10,
             len: 60,
             options: 0,
         };
-        assert_eq!(xsk.transmit(&[crossing]), 0);
-        assert_eq!(xsk.counters().tx_rejected, 2);
+        assert_eq!(xsk.transmit(umem.frames_mut(), &[crossing]), 0);
+        // A frame on the fill ring cannot be sent: the kernel may be writing it.
+        let filled = XdpDesc {
+            addr: 3 * u64::from(FRAME),
+            len: 60,
+            options: 0,
+        };
+        assert_eq!(xsk.transmit(umem.frames_mut(), &[filled]), 0);
+        assert_eq!(xsk.counters().tx_rejected, 3);
         assert_eq!(xsk.tx_free(), 64);
 
         let stats = xsk.statistics().unwrap();
         assert_eq!(stats.tx_invalid_descs, 0, "{stats:?}");
         assert_eq!(xsk.counters().rx_invalid, 0);
         xsk.wake_rx().unwrap();
-        assert_eq!(xsk.receive(&mut rx), 0);
+        assert_eq!(xsk.receive(umem.frames_mut(), &mut rx), 0);
     }
 
     #[test]
@@ -1880,7 +2231,7 @@ mod tests {
         for seq in 0..FRAMES {
             let frame = test_frame(mac, b"mlg-xsk2", seq);
             let addr = u64::from(seq * FRAME);
-            umem.as_mut_slice()[addr as usize..addr as usize + 60].copy_from_slice(&frame);
+            umem.frames_mut().frame_mut(seq)[..60].copy_from_slice(&frame);
             descs.push(XdpDesc {
                 addr,
                 len: 60,
@@ -1890,9 +2241,13 @@ mod tests {
         // Two rounds of a full ring: the second only fits after the first completes.
         let mut total_retries = 0;
         for round in 0..2 {
-            assert_eq!(xsk.transmit(&descs), FRAMES as usize, "round {round}");
+            assert_eq!(
+                xsk.transmit(umem.frames_mut(), &descs),
+                FRAMES as usize,
+                "round {round}"
+            );
             assert_eq!(xsk.tx_free(), 0);
-            let (mut done, retries) = drain_tx(&mut xsk, FRAMES as usize);
+            let (mut done, retries) = drain_tx(&mut xsk, &mut umem, FRAMES as usize);
             total_retries += retries;
             done.sort_unstable();
             let mut sent: Vec<u64> = descs.iter().map(|d| d.addr).collect();
@@ -1979,20 +2334,215 @@ mod tests {
             return;
         }
         let ns = TestNetns::new();
+        let umem = small_umem(64, 64);
         let xsk = {
             let _inside = netdev::enter_netns(&ns.name).unwrap();
             let vb = netdev::ifindex("vb").unwrap();
-            XskSocket::new(
-                vb,
-                0,
-                &small_umem(64, 64),
-                socket_config(64, BindMode::Copy),
-            )
-            .unwrap()
+            XskSocket::new(vb, 0, &umem, socket_config(64, BindMode::Copy)).unwrap()
         };
-        // The socket stays in its namespace after this thread left it, and can move threads.
-        let mut xsk = std::thread::spawn(move || xsk).join().unwrap();
-        assert_eq!(xsk.fill(&[0, 2048]), 2);
+        // The socket stays in its namespace after this thread left it, and can move threads
+        // together with its UMEM.
+        let (mut xsk, mut umem) = std::thread::spawn(move || (xsk, umem)).join().unwrap();
+        assert_eq!(xsk.fill(umem.frames_mut(), &[0, 2048]), 2);
         assert!(xsk.statistics().is_ok());
+    }
+
+    /// One `struct bpf_insn`, as the little-endian `u64` [`crate::bpf::Program::load`] takes.
+    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes[0] = code;
+        bytes[1] = (src << 4) | dst;
+        bytes[2..4].copy_from_slice(&off.to_le_bytes());
+        bytes[4..8].copy_from_slice(&imm.to_le_bytes());
+        u64::from_le_bytes(bytes)
+    }
+
+    /// An XDP program on `ifindex` that redirects every frame to the AF_XDP socket of its
+    /// receive queue, through an XSKMAP holding `xsk` at `xsk`'s queue. Detached on drop.
+    struct Redirect {
+        _link: crate::bpf::XdpLink,
+        _program: crate::bpf::Program,
+        _map: crate::bpf::Map,
+    }
+
+    impl Redirect {
+        fn attach(ifindex: u32, xsk: &XskSocket) -> Self {
+            use crate::bpf::{Map, MapKind, Program, ProgramType, XdpLink, XdpMode};
+            use std::os::fd::AsRawFd as _;
+            let map = Map::create(MapKind::XskMap, 4, 4, 2, 0).unwrap();
+            map.update_fd(&xsk.queue_id().to_ne_bytes(), xsk.fd())
+                .unwrap();
+            let insns = [
+                insn(0x61, 2, 1, 16, 0),              // r2 = ctx->rx_queue_index
+                insn(0x18, 1, 1, 0, map.as_raw_fd()), // r1 = the map (BPF_PSEUDO_MAP_FD)
+                insn(0x00, 0, 0, 0, 0),               //      (upper half of the immediate)
+                insn(0xb7, 3, 0, 0, 2),               // r3 = XDP_PASS, returned on a miss
+                insn(0x85, 0, 0, 0, 51),              // call bpf_redirect_map
+                insn(0x95, 0, 0, 0, 0),               // exit
+            ];
+            let program = Program::load(ProgramType::Xdp, &insns, "GPL").unwrap();
+            let link = XdpLink::attach(&program, ifindex, XdpMode::Native).unwrap();
+            Self {
+                _link: link,
+                _program: program,
+                _map: map,
+            }
+        }
+    }
+
+    /// Sends `frames` out of queue 0 of `ifindex` through an AF_XDP socket of its own, so that
+    /// on veth they arrive on queue 0 of the peer.
+    fn send_on_queue_0(ifindex: u32, frames: &[[u8; 60]]) {
+        let count = frames.len() as u32;
+        let mut umem = small_umem(count.max(64), 64);
+        let mut xsk = XskSocket::new(ifindex, 0, &umem, socket_config(64, BindMode::Copy)).unwrap();
+        let mut descs = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let index = i as u32;
+            umem.frames_mut().frame_mut(index)[..60].copy_from_slice(frame);
+            descs.push(XdpDesc {
+                addr: umem.frame_addr(index).unwrap(),
+                len: 60,
+                options: 0,
+            });
+        }
+        assert_eq!(xsk.transmit(umem.frames_mut(), &descs), frames.len());
+        drain_tx(&mut xsk, &mut umem, frames.len());
+    }
+
+    /// Receives until a frame carrying `tag` arrived; returns every descriptor taken.
+    fn receive_tagged(xsk: &mut XskSocket, umem: &mut Umem, tag: &[u8; 8]) -> Vec<XdpDesc> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut taken = Vec::new();
+        let mut rx = [XdpDesc::default(); 16];
+        loop {
+            let n = xsk.receive(umem.frames_mut(), &mut rx);
+            taken.extend_from_slice(&rx[..n]);
+            let seen = taken.iter().any(|d| {
+                umem.packet(d)
+                    .is_some_and(|p| p.len() >= 22 && &p[14..22] == tag)
+            });
+            if seen {
+                return taken;
+            }
+            assert!(Instant::now() < deadline, "no frame tagged {tag:?} arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_repeated_rx_descriptor_is_not_returned_twice() {
+        if !privileged("a_repeated_rx_descriptor_is_not_returned_twice") {
+            return;
+        }
+        let ns = TestNetns::new();
+        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let va = netdev::ifindex("va").unwrap();
+        let vb = netdev::ifindex("vb").unwrap();
+        let va_mac = netdev::mac_address("va").unwrap();
+        let mut umem = small_umem(64, 32);
+        let mut xsk = XskSocket::new(vb, 0, &umem, socket_config(32, BindMode::Copy)).unwrap();
+        let addrs: Vec<u64> = (0..32).map(|i| u64::from(i * FRAME)).collect();
+        assert_eq!(xsk.fill(umem.frames_mut(), &addrs), 32);
+        let _redirect = Redirect::attach(vb, &xsk);
+
+        send_on_queue_0(va, &[test_frame(va_mac, b"mlg-xsk3", 1)]);
+        let taken = receive_tagged(&mut xsk, &mut umem, b"mlg-xsk3");
+        let last = *taken.last().unwrap();
+        let lent_before = umem.frames().lent_count(Lease::Receive);
+        assert_eq!(lent_before as usize, 32 - taken.len());
+
+        // Step our consumer index back by one: the next receive reads the last slot again,
+        // exactly what a kernel that repeated a descriptor would hand us.
+        xsk.rx.cached_cons = xsk.rx.cached_cons.wrapping_sub(1);
+        let mut rx = [XdpDesc::default(); 16];
+        let n = xsk.receive(umem.frames_mut(), &mut rx);
+        assert!(
+            !rx[..n].contains(&last),
+            "the repeated descriptor came back: {:?}",
+            &rx[..n]
+        );
+        assert_eq!(xsk.counters().rx_not_lent, 1);
+        assert_eq!(xsk.counters().rx_invalid, 0);
+        // Its frame is held once, by us, and not counted back into the fill accounting twice.
+        assert!(umem.packet(&last).is_some());
+        assert_eq!(
+            umem.frames().lent_count(Lease::Receive) as usize,
+            lent_before as usize - n
+        );
+    }
+
+    #[test]
+    fn close_reclaiming_gives_every_frame_back() {
+        if !privileged("close_reclaiming_gives_every_frame_back") {
+            return;
+        }
+        let ns = TestNetns::new();
+        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let vb = netdev::ifindex("vb").unwrap();
+        let mut umem = small_umem(64, 32);
+        let config = socket_config(32, BindMode::Copy);
+        let mut xsk = XskSocket::new(vb, 0, &umem, config).unwrap();
+        // 32 frames on the fill ring, 8 on the tx ring that nobody kicks.
+        let addrs: Vec<u64> = (0..32).map(|i| u64::from(i * FRAME)).collect();
+        assert_eq!(xsk.fill(umem.frames_mut(), &addrs), 32);
+        let descs: Vec<XdpDesc> = (32..40)
+            .map(|i| XdpDesc {
+                addr: u64::from(i * FRAME),
+                len: 60,
+                options: 0,
+            })
+            .collect();
+        assert_eq!(xsk.transmit(umem.frames_mut(), &descs), 8);
+        assert_eq!(umem.frames().lent_total(), 40);
+
+        // While the socket holds the UMEM no other socket may register it.
+        let err = XskSocket::new(vb, 1, &umem, config).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("own UMEM"), "{err}");
+
+        let mut back = Vec::new();
+        let reclaimed = xsk.close_reclaiming(umem.frames_mut(), |index| back.push(index));
+        assert_eq!(
+            reclaimed,
+            Reclaimed {
+                frames: 40,
+                still_lent: 0
+            }
+        );
+        assert_eq!(back, (0..40).collect::<Vec<u32>>());
+        assert_eq!(umem.frames().lent_total(), 0);
+        for index in 0..64 {
+            umem.frames_mut().frame_mut(index)[0] = index as u8;
+        }
+        assert!((0..64).all(|i| umem.frames().frame(i)[0] == i as u8));
+        // The UMEM is free for a new socket (on queue 1: the kernel frees queue 0 a moment
+        // after the close, in deferred work).
+        let mut again = XskSocket::new(vb, 1, &umem, config).unwrap();
+        assert_eq!(again.fill(umem.frames_mut(), &addrs[..4]), 4);
+    }
+
+    #[test]
+    fn ring_operations_refuse_another_umem() {
+        if !privileged("ring_operations_refuse_another_umem") {
+            return;
+        }
+        let ns = TestNetns::new();
+        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let vb = netdev::ifindex("vb").unwrap();
+        let umem = small_umem(64, 32);
+        let mut other = small_umem(64, 32);
+        let mut xsk = XskSocket::new(vb, 0, &umem, socket_config(32, BindMode::Copy)).unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            xsk.fill(other.frames_mut(), &[0])
+        }));
+        let message = outcome.unwrap_err();
+        let message = message
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
+        assert!(message.contains("did not register"), "{message}");
+        assert_eq!(other.frames().lent_total(), 0, "nothing was lent");
+        assert_eq!(xsk.fill_free(), 32, "nothing was published");
     }
 }
