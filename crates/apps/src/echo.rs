@@ -20,6 +20,7 @@
 //! such services; so do we ([`REFLECTOR_PORTS`]), and from our own ports, and from port 0
 //! ("no port", RFC 768, which cannot be answered). Each refusal is counted, never answered.
 
+use melange_core::contract::CommandError;
 use melange_core::{App, BufChain, Event, IoContext, SocketId};
 use std::net::SocketAddrV4;
 
@@ -85,6 +86,7 @@ pub struct EchoApp {
     config: EchoConfig,
     spin_ns: fn(u64),
     sockets: Vec<SocketId>,
+    bind_error: Option<CommandError>,
     counters: EchoCounters,
 }
 
@@ -104,8 +106,14 @@ impl EchoApp {
             sockets: Vec::with_capacity(config.ports.len().min(ECHO_PORTS_MAX)),
             config,
             spin_ns,
+            bind_error: None,
             counters: EchoCounters::default(),
         }
+    }
+    /// The first port that could not be bound at start, and why. A server that cannot serve
+    /// every port it was given stops at once (its engine ends) rather than serve a part.
+    pub fn bind_error(&self) -> Option<CommandError> {
+        self.bind_error
     }
     /// Counters so far.
     pub fn counters(&self) -> EchoCounters {
@@ -164,9 +172,16 @@ impl App for EchoApp {
         for &port in self.config.ports.iter().take(ECHO_PORTS_MAX) {
             match io.bind_udp(port) {
                 Ok(socket) => self.sockets.push(socket),
-                Err(_) => self.counters.bind_errors += 1,
+                Err(error) => {
+                    self.counters.bind_errors += 1;
+                    self.bind_error.get_or_insert(error);
+                }
             }
         }
+    }
+
+    fn is_done(&self) -> bool {
+        self.bind_error.is_some()
     }
 
     fn run_io(&mut self, io: &mut IoContext<'_>) {
@@ -222,6 +237,28 @@ mod tests {
         app.start(&mut IoContext::new(&mut io));
         assert_eq!(app.bound_ports(), 1);
         (app, io)
+    }
+
+    #[test]
+    fn a_port_that_cannot_be_bound_ends_the_server_with_the_reason() {
+        let mut app = EchoApp::new(
+            EchoConfig {
+                ports: vec![7777, 7777],
+                ..EchoConfig::default()
+            },
+            |_| {},
+        );
+        let mut io = TestIo::new(16);
+        assert!(!app.is_done());
+        app.start(&mut IoContext::new(&mut io));
+        // TestIo refuses the second bind of one port, as a kernel without SO_REUSEPORT does.
+        assert_eq!(app.bound_ports(), 1);
+        assert_eq!(app.counters().bind_errors, 1);
+        assert!(app.is_done());
+        assert!(matches!(
+            app.bind_error(),
+            Some(CommandError::Bind { port: 7777, .. })
+        ));
     }
 
     #[test]

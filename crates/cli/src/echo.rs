@@ -1,16 +1,19 @@
 //! `melange echo`: a UDP echo server on Melange engines.
 
-use crate::util::{cpu_for, parse_duration, Backend};
+use crate::util::{
+    check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
+};
 use crate::xdp::{self, XdpSetup};
 use anyhow::{anyhow, Context, Result};
 use melange_apps::{EchoApp, EchoConfig, EchoProtocol};
 use melange_bpf::PortRange;
 use melange_core::{PacketPool, PoolConfig};
 use melange_engine::{Engine, EngineConfig, EngineDrop};
+use melange_engine::{Transport, TransportCounters};
 use melange_net::DropReason;
 use melange_runtime::{
-    spawn_engine, spin_ns, EngineOutcome, IdlePolicy, KernelQueueOptions, KernelUdpQueue,
-    ShellConfig, StopSignal,
+    spawn_engine, spin_ns, EngineOutcome, IdlePolicy, KernelOptions, KernelTransport, ShellConfig,
+    ShellError, StopSignal,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::JoinHandle;
@@ -22,9 +25,11 @@ pub struct EchoArgs {
     /// NIC backend.
     #[arg(long, value_enum, default_value_t = Backend::Kernel)]
     pub backend: Backend,
-    /// Address to serve on (with af_xdp: the interface's own address).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub addr: Ipv4Addr,
+    /// Address to serve on. kernel: default 127.0.0.1 (0.0.0.0 for every address). af_xdp:
+    /// default and only choice is the interface's own address (the XDP filter takes the port
+    /// for every address on the interface).
+    #[arg(long)]
+    pub addr: Option<Ipv4Addr>,
     /// UDP port.
     #[arg(long, default_value_t = 7777)]
     pub port: u16,
@@ -34,9 +39,6 @@ pub struct EchoArgs {
     /// af_xdp: queues to serve, one engine each (default: all of the interface's queues).
     #[arg(long, value_delimiter = ',')]
     pub queues: Vec<u32>,
-    /// af_xdp: prefix length of the interface's subnet.
-    #[arg(long, default_value_t = 24)]
-    pub prefix: u8,
     /// af_xdp: attach the XDP program in generic (skb) mode instead of native mode.
     #[arg(long)]
     pub generic_xdp: bool,
@@ -76,11 +78,81 @@ pub enum Protocol {
     Sockperf,
 }
 
+/// Most frames in one kernel-backend engine's pool: 256 Ki frames of 2 KiB is 512 MiB per
+/// engine, already far more than any socket buffer can hold in flight.
+pub const POOL_FRAMES_MAX: usize = 1 << 18;
+
+/// Longest simulated work per request: one second (beyond that, use a real app).
+pub const DELAY_US_MAX: u64 = 1_000_000;
+
+/// Checks every flag before anything is attached or started.
+pub fn validate(args: &EchoArgs) -> Result<()> {
+    check_engines(args.engines)?;
+    check_cpus(&args.cpus)?;
+    check_batch(args.batch)?;
+    check_range(
+        "pool-frames",
+        args.pool_frames,
+        args.batch.max(64)..=POOL_FRAMES_MAX,
+        "frames in each engine's pool (at least one batch, at least 64)",
+    )?;
+    check_range(
+        "delay-us",
+        args.delay_us,
+        0..=DELAY_US_MAX,
+        "simulated work per request in µs",
+    )?;
+    if args.port == 0 {
+        return Err(anyhow!(
+            "--port 0: a server needs a fixed port its clients can find; give e.g. 7777"
+        ));
+    }
+    if melange_apps::echo::REFLECTOR_PORTS.contains(&args.port) {
+        return Err(anyhow!(
+            "--port {}: the echo server refuses requests from well-known reflector ports, its own among them, so clients of another echo service could never reach it here; pick another port, e.g. 7777",
+            args.port
+        ));
+    }
+    if args.duration.is_some_and(|d| d.is_zero()) {
+        return Err(anyhow!(
+            "--duration 0: leave it out to run until stopped, or give e.g. 10s"
+        ));
+    }
+    if args.backend == Backend::AfXdp {
+        if args.interface.is_none() {
+            return Err(anyhow!(
+                "--backend af_xdp needs --interface (the lab's server side is mlg-vb in namespace mlg-b)"
+            ));
+        }
+        if args.engines != 1 {
+            return Err(anyhow!(
+                "--engines is for the kernel backend; on af_xdp there is one engine per queue (--queues)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The address af_xdp serves on: the interface's own, which `--addr` may only repeat.
+fn af_xdp_address(interface: &str, asked: Option<Ipv4Addr>) -> Result<(Ipv4Addr, u8)> {
+    let own = melange_sys::netdev::ipv4_address(interface).with_context(|| {
+        format!("interface {interface} (does it exist in this namespace? `ip -br addr` lists them)")
+    })?;
+    match (own, asked) {
+        (Some((addr, prefix)), None) => Ok((addr, prefix)),
+        (Some((addr, prefix)), Some(asked)) if asked == addr => Ok((addr, prefix)),
+        (Some((addr, _)), Some(asked)) => Err(anyhow!(
+            "--addr {asked} is not {interface}'s address ({addr}): the XDP filter takes the port for every address on {interface}, so datagrams to {addr} would reach an engine that answers only {asked} and be dropped; leave --addr out to serve {addr}"
+        )),
+        (None, _) => Err(anyhow!(
+            "{interface} has no IPv4 address; give it one (`ip addr add 10.77.0.2/24 dev {interface}`) so the kernel answers ARP for it, then start again"
+        )),
+    }
+}
+
 /// Runs the echo server until stopped, then prints its counters.
 pub fn run(args: EchoArgs) -> Result<()> {
-    if args.engines == 0 {
-        return Err(anyhow!("--engines must be at least 1"));
-    }
+    validate(&args)?;
     let stop = StopSignal::new();
     {
         let stop = stop.clone();
@@ -94,6 +166,7 @@ pub fn run(args: EchoArgs) -> Result<()> {
         });
     }
     let config = EchoConfig {
+        ports: vec![args.port],
         work_ns: args.delay_us * 1_000,
         protocol: match args.protocol {
             Protocol::Plain => EchoProtocol::Plain,
@@ -107,7 +180,8 @@ pub fn run(args: EchoArgs) -> Result<()> {
 }
 
 fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<()> {
-    let addr = SocketAddrV4::new(args.addr, args.port);
+    let ip = args.addr.unwrap_or(Ipv4Addr::LOCALHOST);
+    let addr = SocketAddrV4::new(ip, args.port);
     let mut handles = Vec::new();
     for id in 0..args.engines {
         let args = args.clone();
@@ -116,13 +190,14 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
             cpu: cpu_for(&args.cpus, id),
             idle: args.idle,
         };
+        let config = config.clone();
         let handle = spawn_engine(shell, stop.clone(), move |now| {
-            let options = KernelQueueOptions {
+            let options = KernelOptions {
                 batch_max: args.batch,
-                ..KernelQueueOptions::default()
+                ..KernelOptions::new(ip)
             };
-            let nic =
-                KernelUdpQueue::bind(addr, options).map_err(|e| format!("binding {addr}: {e}"))?;
+            let transport = KernelTransport::new(options)
+                .map_err(|e| format!("kernel sockets on {addr}: {e}"))?;
             let pool = PacketPool::new(PoolConfig {
                 frame_count: args.pool_frames,
                 ..PoolConfig::default()
@@ -132,8 +207,14 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
                 batch_max: args.batch,
                 ..EngineConfig::new(id)
             };
-            Engine::new(engine_config, nic, pool, EchoApp::new(config, spin_ns), now)
-                .map_err(|e| e.to_string())
+            Engine::new(
+                engine_config,
+                transport,
+                pool,
+                EchoApp::new(config, spin_ns),
+                now,
+            )
+            .map_err(|e| e.to_string())
         })?;
         handles.push(handle);
     }
@@ -143,9 +224,12 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         args.idle,
         args.batch
     );
-    report(handles, stop, |nic: &KernelUdpQueue| {
-        let k = nic.counters();
-        format!("recv calls {} send calls {}", k.recv_calls, k.send_calls)
+    report(handles, stop, |transport: &KernelTransport| {
+        let k = transport.kernel_counters();
+        format!(
+            "recv calls {} send calls {} truncated {}",
+            k.recv_calls, k.send_calls, k.rx_truncated
+        )
     })
 }
 
@@ -154,10 +238,11 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         .interface
         .clone()
         .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
+    let (addr, prefix_len) = af_xdp_address(&interface, args.addr)?;
     let setup = XdpSetup {
         interface: interface.clone(),
-        addr: args.addr,
-        prefix_len: args.prefix,
+        addr,
+        prefix_len,
         queues: args.queues.clone(),
         ports: PortRange::single(args.port),
         static_arp: Vec::new(),
@@ -171,17 +256,15 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         },
     };
     let port = args.port;
-    let run = xdp::start(&setup, stop, |_, _| {
-        (EchoApp::new(config, spin_ns), vec![port])
-    })?;
+    let run = xdp::start(&setup, stop, |_, _| EchoApp::new(config.clone(), spin_ns))?;
     tracing::info!(
-        "echo on {}:{port} (af_xdp backend on {interface}, queues {:?}, idle {:?}, batch {})",
-        args.addr,
+        "echo on {addr}:{port} (af_xdp backend on {interface}, queues {:?}, idle {:?}, batch {})",
         run.queues,
         args.idle,
         args.batch
     );
-    let result = report(run.handles, stop, |nic: &melange_runtime::AfXdpQueue| {
+    let result = report(run.handles, stop, |transport: &xdp::XdpTransport| {
+        let nic = transport.nic();
         let c = nic.counters();
         let kernel = nic
             .kernel_statistics()
@@ -201,16 +284,26 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
 }
 
 /// Joins the engines and logs what each did.
-fn report<N>(
-    handles: Vec<JoinHandle<Result<EngineOutcome<EchoApp, N>, String>>>,
+fn report<T: Transport>(
+    handles: Vec<JoinHandle<Result<EngineOutcome<EchoApp, T>, ShellError>>>,
     stop: &StopSignal,
-    nic_summary: impl Fn(&N) -> String,
+    transport_summary: impl Fn(&T) -> String,
 ) -> Result<()> {
     let mut failure = None;
     for (id, handle) in handles.into_iter().enumerate() {
         match handle.join().map_err(|_| anyhow!("engine {id} panicked"))? {
             Ok(outcome) => {
+                if let Some(error) = outcome.app.bind_error() {
+                    stop.stop();
+                    let message = format!(
+                        "engine {id}: {error}; stop the other server on that port or pick another --port"
+                    );
+                    tracing::error!("{message}");
+                    failure.get_or_insert(message);
+                    continue;
+                }
                 let c = &outcome.counters;
+                let t: &TransportCounters = &outcome.transport_counters;
                 let mut drops: Vec<String> = EngineDrop::ALL
                     .iter()
                     .filter(|&&d| c.drops(d) > 0)
@@ -225,27 +318,32 @@ fn report<N>(
                     );
                 }
                 tracing::info!(
-                    "engine {id}: echoed {} unanswered {} rx {} tx {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s busy {:.3}s ({:.0} ns per datagram)",
+                    "engine {id}: echoed {} send errors {} unanswered {} reflectors refused {} rx {} tx {} tx no room {} tx dropped {} device errors {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s busy {:.3}s ({:.0} ns per datagram)",
                     outcome.app.counters().echoed,
+                    outcome.app.counters().send_errors,
                     outcome.app.counters().unanswered,
-                    c.rx_packets,
-                    c.tx_packets,
+                    outcome.app.counters().reflector_refused,
+                    t.rx_packets,
+                    t.tx_packets,
+                    t.tx_no_room,
+                    t.tx_dropped,
+                    t.errors.total(),
                     c.rx_batches,
-                    c.rx_packets as f64 / c.rx_batches.max(1) as f64,
+                    t.rx_packets as f64 / c.rx_batches.max(1) as f64,
                     c.idle_polls,
-                    nic_summary(&outcome.nic),
+                    transport_summary(&outcome.transport),
                     drops.join(" "),
                     outcome.pool_available,
                     outcome.pool_capacity,
                     outcome.cpu_time_ns as f64 / 1e9,
                     outcome.busy_ns as f64 / 1e9,
-                    outcome.busy_ns as f64 / c.rx_packets.max(1) as f64,
+                    outcome.busy_ns as f64 / t.rx_packets.max(1) as f64,
                 );
             }
             Err(err) => {
                 stop.stop();
                 tracing::error!("engine {id}: {err}");
-                failure.get_or_insert(err);
+                failure.get_or_insert(err.to_string());
             }
         }
     }

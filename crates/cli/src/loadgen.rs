@@ -1,12 +1,17 @@
 //! `melange loadgen`: a UDP load generator on Melange engines.
 
-use crate::util::{cpu_for, parse_duration, us, Backend};
+use crate::util::{
+    check_batch, check_cpus, check_engines, check_prefix, check_range, cpu_for, parse_duration, us,
+    Backend,
+};
 use anyhow::{anyhow, Context, Result};
+use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
 use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport};
 use melange_core::{PacketPool, PoolConfig};
+use melange_engine::Transport;
 use melange_engine::{Engine, EngineConfig};
 use melange_runtime::{
-    spawn_engine, IdlePolicy, KernelQueueOptions, KernelUdpQueue, ShellConfig, StopSignal,
+    spawn_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, ShellError, StopSignal,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -147,11 +152,75 @@ fn engine_config(args: &LoadgenArgs, id: usize, local_port: u16) -> LoadgenConfi
     }
 }
 
+/// Checks every flag before anything starts, so that a bad value is an error that names the
+/// flag, never a run that measures nothing and exits 0.
+pub fn validate(args: &LoadgenArgs) -> Result<()> {
+    check_engines(args.engines)?;
+    check_cpus(&args.cpus)?;
+    check_prefix(args.prefix)?;
+    check_batch(64)?;
+    if args.target.port() == 0 {
+        return Err(anyhow!(
+            "--target {}: port 0 is not a port a server listens on; give the server's port",
+            args.target
+        ));
+    }
+    if args.target.ip().is_unspecified()
+        || args.target.ip().is_broadcast()
+        || args.target.ip().is_multicast()
+    {
+        return Err(anyhow!(
+            "--target {}: a load generator sends to one unicast server address",
+            args.target
+        ));
+    }
+    check_range(
+        "payload",
+        args.payload,
+        HEADER_LEN..=PAYLOAD_MAX,
+        "the request payload in bytes (the request header needs 24; UDP over IPv4 carries at most 65507)",
+    )?;
+    check_range(
+        "inflight",
+        args.inflight,
+        args.engines..=WINDOW_MAX * args.engines,
+        "requests in flight (at least one per engine)",
+    )?;
+    if let Some(rate) = args.rate {
+        if !rate.is_finite() || rate <= 0.0 || rate > 1e9 {
+            return Err(anyhow!(
+                "--rate {rate}: an open-loop rate is requests per second, more than 0 and at most 1e9; leave it out for a closed loop"
+            ));
+        }
+    }
+    if args.duration.is_zero() {
+        return Err(anyhow!("--duration 0: give a measured time, e.g. 5s"));
+    }
+    if args.timeout.is_zero() {
+        return Err(anyhow!(
+            "--timeout 0: every request would time out; give e.g. 1s"
+        ));
+    }
+    if args.backend == Backend::AfXdp {
+        if args.local_port == 0 {
+            return Err(anyhow!(
+                "--local-port 0: on af_xdp the XDP filter needs fixed ports; give e.g. 40000"
+            ));
+        }
+        if usize::from(args.local_port) + args.engines - 1 > usize::from(u16::MAX) {
+            return Err(anyhow!(
+                "--local-port {} with {} engines runs past port 65535",
+                args.local_port,
+                args.engines
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the load generator and returns the merged report.
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
-    if args.engines == 0 {
-        return Err(anyhow!("--engines must be at least 1"));
-    }
+    validate(args)?;
     match args.backend {
         Backend::Kernel => run_kernel(args),
         Backend::AfXdp => run_af_xdp(args),
@@ -168,10 +237,17 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
             "--backend af_xdp needs --bind with the interface's address"
         ));
     }
-    let last_port = args
-        .local_port
-        .checked_add(args.engines as u16 - 1)
-        .ok_or_else(|| anyhow!("--local-port + engines exceeds 65535"))?;
+    // validate() checked that the ports fit.
+    let last_port = (usize::from(args.local_port) + args.engines - 1) as u16;
+    let mtu = melange_sys::netdev::mtu(&interface)
+        .with_context(|| format!("interface {interface} (does it exist? `ip link` lists them)"))?;
+    let single_frame_max = (mtu as usize).saturating_sub(28);
+    if args.payload > single_frame_max {
+        return Err(anyhow!(
+            "--payload {}: {interface}'s MTU is {mtu}, so one datagram carries at most {single_frame_max} bytes unfragmented, and the af_xdp path does not fragment yet; use --payload {single_frame_max} or less, or --backend kernel",
+            args.payload
+        ));
+    }
     // The control plane resolves the server once, through the kernel, before the engines start.
     let server_mac = crate::xdp::kernel_neighbor(*args.target.ip())?;
     let setup = crate::xdp::XdpSetup {
@@ -193,7 +269,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let stop = StopSignal::new();
     let run = crate::xdp::start(&setup, &stop, |id, _queue| {
         let port = args.local_port + id as u16;
-        (LoadgenApp::new(engine_config(args, id, port)), vec![port])
+        LoadgenApp::new(engine_config(args, id, port))
     })?;
     join_reports(run.handles, &stop)
 }
@@ -210,16 +286,16 @@ fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
             idle: args.idle,
         };
         let handle = spawn_engine(shell, stop.clone(), move |now| {
-            let options = KernelQueueOptions {
+            let options = KernelOptions {
                 reuse_port: false,
-                ..KernelQueueOptions::default()
+                ..KernelOptions::new(*bind.ip())
             };
-            let nic =
-                KernelUdpQueue::bind(bind, options).map_err(|e| format!("binding {bind}: {e}"))?;
+            let transport = KernelTransport::new(options)
+                .map_err(|e| format!("kernel sockets on {bind}: {e}"))?;
             let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
             Engine::new(
                 EngineConfig::new(id),
-                nic,
+                transport,
                 pool,
                 LoadgenApp::new(config),
                 now,
@@ -234,9 +310,9 @@ fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
 
 /// Waits for every load generator engine and merges their reports; stops the others when
 /// one fails.
-fn join_reports<N>(
+fn join_reports<T: Transport>(
     handles: Vec<
-        std::thread::JoinHandle<Result<melange_runtime::EngineOutcome<LoadgenApp, N>, String>>,
+        std::thread::JoinHandle<Result<melange_runtime::EngineOutcome<LoadgenApp, T>, ShellError>>,
     >,
     stop: &StopSignal,
 ) -> Result<LoadgenReport> {
@@ -250,11 +326,18 @@ fn join_reports<N>(
             anyhow!("load generator engine {id}: {e}")
         })?;
         tracing::debug!(
-            "loadgen engine {id}: cpu {:.3}s busy {:.3}s {:?}",
+            "loadgen engine {id}: cpu {:.3}s busy {:.3}s {:?} {:?}",
             outcome.cpu_time_ns as f64 / 1e9,
             outcome.busy_ns as f64 / 1e9,
-            outcome.counters
+            outcome.counters,
+            outcome.transport_counters
         );
+        if outcome.app.bind_failed() {
+            stop.stop();
+            return Err(anyhow!(
+                "load generator engine {id} could not bind its UDP port (see the log above); pick another --local-port or --bind address"
+            ));
+        }
         reports.push(outcome.app.report());
     }
     LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))

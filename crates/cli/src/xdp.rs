@@ -16,11 +16,11 @@ use melange_bpf::{
     Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, Protocol, XdpFilters,
 };
 use melange_core::App;
-use melange_engine::{Engine, EngineConfig};
+use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::{EthernetAddress, InterfaceConfig};
 use melange_runtime::{
     spawn_engine, umem_frames_for, AfXdpOptions, AfXdpQueue, EngineOutcome, IdlePolicy,
-    ShellConfig, StopSignal,
+    ShellConfig, ShellError, StopSignal,
 };
 use melange_sys::bpf::XdpMode;
 use melange_sys::xsk::{BindMode, BoundMode};
@@ -56,10 +56,13 @@ pub struct XdpSetup {
     pub mode: XdpMode,
 }
 
+/// The transport of an AF_XDP engine: Melange's stack over one AF_XDP queue.
+pub type XdpTransport = StackTransport<AfXdpQueue>;
+
 /// Running AF_XDP engines and the control-plane objects that must outlive them.
 pub struct XdpRun<A> {
     /// Engine threads, in queue order.
-    pub handles: Vec<JoinHandle<Result<EngineOutcome<A, AfXdpQueue>, String>>>,
+    pub handles: Vec<JoinHandle<Result<EngineOutcome<A, XdpTransport>, ShellError>>>,
     /// The queue each engine serves.
     pub queues: Vec<u32>,
     /// The filter; dropping it gives the ports back to the kernel.
@@ -69,11 +72,12 @@ pub struct XdpRun<A> {
 }
 
 /// Attaches the program, opens the sockets and starts one engine per queue.
-/// `make_app(engine_index, queue)` returns the app and the UDP ports it listens on.
+/// `make_app(engine_index, queue)` returns the app (which binds its own ports when it starts;
+/// the filter steers `setup.ports` to the engines).
 pub fn start<A, F>(setup: &XdpSetup, stop: &StopSignal, make_app: F) -> Result<XdpRun<A>>
 where
     A: App + Send + 'static,
-    F: Fn(usize, u32) -> (A, Vec<u16>),
+    F: Fn(usize, u32) -> A,
 {
     let name = setup.interface.as_str();
     let ifindex =
@@ -129,25 +133,24 @@ where
         .context("installing the UDP filter")?;
     let mut handles = Vec::new();
     for (index, (queue, nic, pool)) in opened.into_iter().enumerate() {
-        let (app, udp_ports) = make_app(index, queue);
-        let mut config = EngineConfig {
+        let app = make_app(index, queue);
+        let config = EngineConfig {
             batch_max: setup.batch,
-            interface: Some(InterfaceConfig::new(
-                EthernetAddress(mac),
-                setup.addr,
-                setup.prefix_len,
-            )),
-            udp_ports,
             ..EngineConfig::new(index)
         };
-        config.static_arp = setup.static_arp.clone();
+        let interface = InterfaceConfig::new(EthernetAddress(mac), setup.addr, setup.prefix_len);
+        let static_arp = setup.static_arp.clone();
         let shell = ShellConfig {
             name: format!("xdp-q{queue}"),
             cpu: cpu_for(&setup.cpus, index),
             idle: setup.idle,
         };
+        let batch = setup.batch;
         let handle = spawn_engine(shell, stop.clone(), move |now| {
-            Engine::new(config, nic, pool, app, now).map_err(|e| e.to_string())
+            let mut pool = pool;
+            let transport = StackTransport::new(nic, interface, &static_arp, &mut pool, batch)
+                .map_err(|e| format!("interface configuration: {e}"))?;
+            Engine::new(config, transport, pool, app, now).map_err(|e| e.to_string())
         })?;
         handles.push(handle);
     }

@@ -254,5 +254,8 @@ fn echo_reports_a_clear_error_when_the_port_is_taken() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("binding 127.0.0.1:23003"), "{stderr}");
+    assert!(
+        stderr.contains("port 23003 cannot be bound") && stderr.contains("in use"),
+        "{stderr}"
+    );
 }

@@ -378,6 +378,55 @@ pub fn mtu(name: &str) -> io::Result<u32> {
     Ok(link_info(ifindex(name)?)?.mtu)
 }
 
+/// The primary IPv4 address of interface `name` and its prefix length, as `ip -4 addr`
+/// shows first, or `None` if it has no IPv4 address. Asked with `ioctl(SIOCGIFADDR)` and
+/// `ioctl(SIOCGIFNETMASK)` on a socket of the calling thread's namespace (one address is all
+/// the control plane needs; netlink's `RTM_GETADDR` dump would give every address).
+///
+/// # Errors
+///
+/// As for [`ifindex`]; socket and `ioctl` errors other than "no address" (`EADDRNOTAVAIL`).
+pub fn ipv4_address(name: &str) -> io::Result<Option<(std::net::Ipv4Addr, u8)>> {
+    let cname = validate_name(name)?;
+    ifindex(name)?;
+    let raw = syscall!(
+        // SAFETY: plain socket creation, no pointers.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+    )?;
+    // SAFETY: `raw` is a descriptor we just created and nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let ask = |request: libc::c_ulong| -> io::Result<Option<[u8; 4]>> {
+        // SAFETY: `zeroed` is a valid bit pattern for the plain-integer and union `ifreq`.
+        let mut req: libc::ifreq = unsafe { mem::zeroed() };
+        for (dst, &src) in req.ifr_name.iter_mut().zip(cname.as_bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: `req` is a live `ifreq` with a NUL-terminated name (zeroed beyond the name,
+        // which `validate_name` bounded to `IFNAME_LEN_MAX`); the kernel writes only inside it.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, ptr::from_mut(&mut req)) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        // SAFETY: the kernel filled `ifru_addr` with a `sockaddr_in` for these requests; a
+        // `sockaddr` and a `sockaddr_in` are both 16 plain bytes, so reading the union's
+        // `sockaddr` member and its data bytes is defined.
+        let addr = unsafe { req.ifr_ifru.ifru_addr };
+        // sockaddr_in: family (2), port (2), address (4), in network byte order.
+        let d = addr.sa_data;
+        Ok(Some([d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8]))
+    };
+    let Some(addr) = ask(libc::SIOCGIFADDR)? else {
+        return Ok(None);
+    };
+    let mask = ask(libc::SIOCGIFNETMASK)?.unwrap_or([255, 255, 255, 255]);
+    let prefix = u32::from_be_bytes(mask).leading_ones() as u8;
+    Ok(Some((std::net::Ipv4Addr::from(addr), prefix)))
+}
+
 /// Moves the calling thread back to its previous network namespace when dropped.
 ///
 /// Returned by [`enter_netns`]. It is neither `Send` nor `Sync`: the namespace switch belongs to
@@ -661,6 +710,15 @@ mod tests {
         assert_eq!(mac_address("lo").unwrap(), [0; 6]);
         let err = link_info(999_999).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        // Loopback's address is 127.0.0.1/8 in every namespace where lo is up or down.
+        assert_eq!(
+            ipv4_address("lo").unwrap(),
+            Some((std::net::Ipv4Addr::LOCALHOST, 8))
+        );
+        assert_eq!(
+            ipv4_address("mlg-nonexistent").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 
     #[test]

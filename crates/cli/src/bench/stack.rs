@@ -8,7 +8,7 @@
 use anyhow::{anyhow, ensure, Result};
 use melange_apps::{EchoApp, EchoConfig};
 use melange_core::{PacketPool, PoolConfig};
-use melange_engine::{Engine, EngineConfig};
+use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::InterfaceConfig;
 use melange_sim::{frames, ReplayNic};
 use melange_wire::EthernetAddress;
@@ -37,8 +37,27 @@ pub struct StackArgs {
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
+/// The largest payload the replayed request frame carries: one Ethernet frame of the
+/// standard MTU (1500 bytes of IPv4 packet, 28 of them IPv4 and UDP headers).
+pub const PAYLOAD_MAX: usize = 1472;
+
 /// Runs the stack benchmark and prints ns per request.
 pub fn run(args: &StackArgs) -> Result<()> {
+    crate::util::check_range(
+        "payload",
+        args.payload,
+        0..=PAYLOAD_MAX,
+        "the request payload in bytes (one standard 1500-byte-MTU frame)",
+    )?;
+    crate::util::check_batch(args.batch)?;
+    crate::util::check_cpus(&Some(vec![args.cpu]))?;
+    crate::util::check_range(
+        "requests",
+        args.requests,
+        1..=u64::MAX / 2,
+        "requests to replay",
+    )?;
+    crate::util::check_range("reps", args.reps, 1..=1000, "repetitions")?;
     melange_sys::cpu::pin_current_thread(args.cpu)?;
     let mut results = Vec::new();
     for _ in 0..args.reps {
@@ -65,30 +84,33 @@ fn one_run(args: &StackArgs) -> Result<f64> {
     let request = frames::udp_frame(CLIENT_MAC, SERVER_MAC, client, server, &payload);
     let prelude = vec![frames::arp_request(CLIENT_MAC, *client.ip(), server_ip)];
     let nic = ReplayNic::new(prelude, request, args.requests, false);
-    let pool = PacketPool::new(PoolConfig::default())?;
+    let mut pool = PacketPool::new(PoolConfig::default())?;
     let config = EngineConfig {
         batch_max: args.batch,
-        interface: Some(InterfaceConfig::new(
-            EthernetAddress(SERVER_MAC),
-            server_ip,
-            24,
-        )),
-        udp_ports: vec![7],
         ..EngineConfig::new(0)
     };
-    let app = EchoApp::new(EchoConfig::default(), |_| {});
-    let mut engine = Engine::new(config, nic, pool, app, 0).map_err(|e| anyhow!("{e}"))?;
+    let interface = InterfaceConfig::new(EthernetAddress(SERVER_MAC), server_ip, 24);
+    let transport = StackTransport::new(nic, interface, &[], &mut pool, args.batch)
+        .map_err(|e| anyhow!("{e}"))?;
+    let app = EchoApp::new(
+        EchoConfig {
+            ports: vec![7],
+            ..EchoConfig::default()
+        },
+        |_| {},
+    );
+    let mut engine = Engine::new(config, transport, pool, app, 0).map_err(|e| anyhow!("{e}"))?;
     // The prelude (ARP) and a warm-up batch, outside the timed part.
     engine.poll(0);
-    let replies_before = engine.nic().tx_frames;
+    let replies_before = engine.transport().nic().tx_frames;
     let start = melange_sys::clock::monotonic_ns();
     let mut now = 0;
-    while engine.nic().remaining() > 0 {
+    while engine.transport().nic().remaining() > 0 {
         now += 1_000;
         engine.poll(now);
     }
     let elapsed = melange_sys::clock::monotonic_ns() - start;
-    let replies = engine.nic().tx_frames;
+    let replies = engine.transport().nic().tx_frames;
     // One ARP reply for the prelude, then one echo reply per request.
     ensure!(
         replies == args.requests + 1,
