@@ -31,7 +31,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
-use melange_bpf::{Direction, FilterOptions, FilterSpec, PortRange, Protocol, XdpFilters};
+use melange_bpf::Protocol;
+use melange_control::{Direction, FilterOptions, FilterSpec, PortRange, XdpFilters};
 use melange_sys::bpf::XdpMode;
 use melange_sys::mmap::{Region, RegionOptions};
 use melange_sys::xsk::{

@@ -9,21 +9,17 @@
 //! |-------------|-----------------------------------------------------------------------|
 //! | [`asm`]     | an eBPF assembler: instruction encoding and a builder with labels      |
 //! | [`filter`]  | the filter program, generated from a spec, and its map layouts         |
-//! | [`control`] | [`control::XdpFilters`]: maps, program and link of one interface, and Arrakis' `create_filter` |
 //!
-//! The crate is pure Rust with `#![forbid(unsafe_code)]`: [`asm`] and [`filter`] only compute
-//! numbers, and [`control`] reaches the kernel through `melange_sys::bpf`, whose API is safe.
+//! The crate is pure: it computes instructions and map layouts and never calls the kernel, as
+//! aya splits `aya-obj` from `aya`. The part that loads the program, creates the maps and
+//! attaches them lives in the control plane, `melange-control`, which reaches the kernel
+//! through `melange_sys::bpf`.
 //! No clang, libbpf or ELF is involved: the program is assembled in memory and handed to
 //! `bpf(BPF_PROG_LOAD)`; the kernel's verifier checks it, and the tests load every variant.
 #![forbid(unsafe_code)]
 
 pub mod asm;
-pub mod control;
 pub mod filter;
 
 pub use asm::{Asm, AsmError, Insn};
-pub use control::{
-    ControlError, Direction, FilterHandle, FilterOptions, FilterSpec, FilterStats, Interface,
-    Ipv4Prefix, PortRange, XdpFilters,
-};
 pub use filter::{build, FilterMapFds, FilterProgramSpec, Protocol, Steer};

@@ -5,9 +5,9 @@
 //! the lab down. Without them it says so and runs Melange's echo on the kernel backend against
 //! the same Linux baseline on 127.0.0.1.
 
-use crate::bench::{self, EchoRunArgs, KernelEchoArgs, LabEchoArgs};
-use crate::util::parse_duration;
 use anyhow::Result;
+use melange_bench::{self as bench, EchoRunArgs, KernelEchoArgs, LabEchoArgs};
+use melange_control::options::parse_duration;
 use std::process::Command;
 use std::time::Duration;
 

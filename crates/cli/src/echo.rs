@@ -1,12 +1,12 @@
 //! `melange echo`: a UDP echo server on Melange engines.
 
-use crate::util::{
-    check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
-};
-use crate::xdp::{self, XdpSetup};
 use anyhow::{anyhow, Context, Result};
 use melange_apps::{EchoApp, EchoConfig, EchoProtocol};
-use melange_bpf::PortRange;
+use melange_control::engines::{self as xdp, XdpSetup};
+use melange_control::options::{
+    check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
+};
+use melange_control::PortRange;
 use melange_core::{PacketPool, PoolConfig};
 use melange_engine::{Engine, EngineConfig, EngineDrop};
 use melange_engine::{Transport, TransportCounters};

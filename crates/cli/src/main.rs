@@ -1,19 +1,19 @@
 //! The `melange` command: run Melange's apps on its engines, and measure them.
 //!
 //! Subcommands are thin: argument parsing and reporting live here, everything else in the
-//! library crates, so tests and benchmarks drive the same code paths users do.
+//! library crates (`melange-control` for the control plane, `melange-lab` for the namespace
+//! lab, `melange-bench` for the load generator and the benchmarks), so tests and benchmarks
+//! drive the same code paths users do.
 #![forbid(unsafe_code)]
 
-mod bench;
 mod demo;
 mod echo;
-mod lab;
-mod loadgen;
-mod util;
-mod xdp;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use melange_bench::{self as bench, loadgen};
+use melange_lab as lab;
+use std::io::IsTerminal;
 
 /// Melange: a protected user-space I/O dataplane.
 #[derive(Parser, Debug)]
@@ -40,9 +40,9 @@ enum Command {
     /// The namespace lab: two network namespaces joined by a veth pair.
     #[command(subcommand)]
     Lab(lab::LabCommand),
-    /// The baselines of the benchmarks (`melange-baseline`'s commands), run by `bench` and
-    /// `demo` as separate processes so that they need no second executable.
-    #[command(hide = true)]
+    /// The baselines of the benchmarks: `melange baseline udp-echo ...` (a recvmmsg/sendmmsg
+    /// server) and `melange baseline xdp-echo ...` (a raw AF_XDP echo); `melange baseline
+    /// --help` lists their flags. `bench` and `demo` run them as separate processes.
     Baseline(BaselineArgs),
 }
 
@@ -59,6 +59,8 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Echo(args) => echo::run(args),

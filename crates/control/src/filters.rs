@@ -3,7 +3,7 @@
 //! # Design
 //!
 //! [`XdpFilters`] owns everything the kernel holds for one interface: the five maps of
-//! [`crate::filter`], the verified program and the [`XdpLink`] that attaches it. Filters are
+//! [`melange_bpf::filter`], the verified program and the [`XdpLink`] that attaches it. Filters are
 //! created with [`XdpFilters::create_filter`] and live as long as the returned
 //! [`FilterHandle`]: dropping the handle removes the filter's map entries, the way dropping a
 //! file closes it. Handles share the maps through an [`Arc`], so a handle may outlive the
@@ -23,7 +23,7 @@
 //! naming the other filter: two filters on one port accepting any peer
 //! ([`ControlError::Overlap`]), or listing the same prefix ([`ControlError::PeerOverlap`]).
 //!
-//! The program decides this with O(1) lookups and no loop (see [`crate::filter`]): the
+//! The program decides this with O(1) lookups and no loop (see [`melange_bpf::filter`]): the
 //! `services` entry of a port names its any-peer filter and says whether restricted filters
 //! exist; if they do, one lookup in the `peers` LPM trie, keyed by (port, source), returns the
 //! filter of the longest matching prefix. The price is paid here, in entries: a filter with P
@@ -61,8 +61,8 @@ use melange_sys::bpf::{
     interface_index, BpfError, Map, MapKind, Program, ProgramType, UpdateMode, XdpLink, XdpMode,
 };
 
-use crate::asm::AsmError;
-use crate::filter::{
+use melange_bpf::asm::AsmError;
+use melange_bpf::filter::{
     self, peer_key, service_index, service_value, Counter, FilterEntry, FilterMapFds,
     FilterProgramSpec, Protocol, Steer, FILTER_F_ACTIVE, FILTER_VALUE_SIZE, PEER_KEY_SIZE,
     PEER_VALUE_SIZE, SERVICES_LEN, SERVICE_FILTER_MASK, SERVICE_VALUE_SIZE, STATS_LEN,

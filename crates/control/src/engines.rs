@@ -10,11 +10,10 @@
 //! learn their peers from the datagrams they receive, and a client resolves its server
 //! through the kernel's neighbour table before it starts.
 
-use crate::util::cpu_for;
+use crate::filters::{Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, XdpFilters};
+use crate::options::cpu_for;
 use anyhow::{anyhow, bail, Context, Result};
-use melange_bpf::{
-    Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, Protocol, XdpFilters,
-};
+use melange_bpf::Protocol;
 use melange_core::App;
 use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::{EthernetAddress, InterfaceConfig};

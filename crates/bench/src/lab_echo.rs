@@ -20,7 +20,7 @@
 //! client cannot drive it, and it runs on the kernel stack like (b).
 
 use super::{median_of, print_rows, EchoRunArgs, Row, Server};
-use crate::util::{print_table, us};
+use crate::table::{print_table, us};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};

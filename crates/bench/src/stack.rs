@@ -43,27 +43,27 @@ pub const PAYLOAD_MAX: usize = 1472;
 
 /// Runs the stack benchmark and prints ns per request.
 pub fn run(args: &StackArgs) -> Result<()> {
-    crate::util::check_range(
+    melange_control::options::check_range(
         "payload",
         args.payload,
         0..=PAYLOAD_MAX,
         "the request payload in bytes (one standard 1500-byte-MTU frame)",
     )?;
-    crate::util::check_batch(args.batch)?;
-    crate::util::check_cpus(&Some(vec![args.cpu]))?;
-    crate::util::check_range(
+    melange_control::options::check_batch(args.batch)?;
+    melange_control::options::check_cpus(&Some(vec![args.cpu]))?;
+    melange_control::options::check_range(
         "requests",
         args.requests,
         1..=u64::MAX / 2,
         "requests to replay",
     )?;
-    crate::util::check_range("reps", args.reps, 1..=1000, "repetitions")?;
+    melange_control::options::check_range("reps", args.reps, 1..=1000, "repetitions")?;
     melange_sys::cpu::pin_current_thread(args.cpu)?;
     let mut results = Vec::new();
     for _ in 0..args.reps {
         results.push(one_run(args)?);
     }
-    let ns = crate::util::median(&mut results);
+    let ns = crate::table::median(&mut results);
     println!(
         "stack: {} requests of {} B, batch {}: median {:.1} ns per request-reply ({:.2} M/s), runs {:?}",
         args.requests,

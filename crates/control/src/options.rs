@@ -1,4 +1,12 @@
-//! Small helpers shared by the subcommands: durations, backends, CPU lists, tables.
+//! What an operator configures, checked before anything starts: durations, backends, CPU
+//! lists and the ranges of numeric settings.
+//!
+//! Every value that reaches the control plane from a person (a flag today, a configuration
+//! file or a daemon's request later) passes through one of these checks, so that a bad value
+//! is an error naming the setting, its range and what it means, and never a panic, an
+//! allocation of gigabytes or a run that measures nothing and exits 0. The checks live here,
+//! in the control plane, rather than in the command-line crate, so that every front end
+//! applies the same limits.
 
 use anyhow::{bail, Result};
 use std::time::Duration;
@@ -114,43 +122,6 @@ pub fn cpu_for(cpus: &Option<Vec<usize>>, i: usize) -> Option<usize> {
         .map(|c| c[i % c.len()])
 }
 
-/// Formats nanoseconds as microseconds with one decimal.
-pub fn us(ns: u64) -> String {
-    format!("{:.1}", ns as f64 / 1e3)
-}
-
-/// Prints a table with aligned columns.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:>w$}"))
-            .collect();
-        println!("  {}", parts.join("  "));
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    line(widths.iter().map(|w| "-".repeat(*w)).collect());
-    for row in rows {
-        line(row.clone());
-    }
-}
-
-/// The median of a list (the lower middle for even lengths); 0 for an empty list.
-pub fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[(values.len() - 1) / 2]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,11 +149,5 @@ mod tests {
         assert!(check_batch(0).is_err());
         assert!(check_cpus(&Some(vec![usize::MAX])).is_err());
         assert!(check_cpus(&Some(vec![0])).is_ok());
-    }
-
-    #[test]
-    fn median_of_three() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut []), 0.0);
     }
 }

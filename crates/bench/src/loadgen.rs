@@ -1,12 +1,13 @@
 //! `melange loadgen`: a UDP load generator on Melange engines.
 
-use crate::util::{
-    check_batch, check_cpus, check_engines, check_prefix, check_range, cpu_for, parse_duration, us,
-    Backend,
-};
+use crate::table::us;
 use anyhow::{anyhow, Context, Result};
 use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
 use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport};
+use melange_control::options::{
+    check_batch, check_cpus, check_engines, check_prefix, check_range, cpu_for, parse_duration,
+    Backend,
+};
 use melange_core::{PacketPool, PoolConfig};
 use melange_engine::Transport;
 use melange_engine::{Engine, EngineConfig};
@@ -249,13 +250,13 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         ));
     }
     // The control plane resolves the server once, through the kernel, before the engines start.
-    let server_mac = crate::xdp::kernel_neighbor(*args.target.ip())?;
-    let setup = crate::xdp::XdpSetup {
+    let server_mac = melange_control::engines::kernel_neighbor(*args.target.ip())?;
+    let setup = melange_control::engines::XdpSetup {
         interface,
         addr: args.bind,
         prefix_len: args.prefix,
         queues: (0..args.engines as u32).collect(),
-        ports: melange_bpf::PortRange::new(args.local_port, last_port)?,
+        ports: melange_control::PortRange::new(args.local_port, last_port)?,
         static_arp: vec![(*args.target.ip(), server_mac)],
         batch: 64,
         cpus: args.cpus.clone(),
@@ -267,7 +268,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         },
     };
     let stop = StopSignal::new();
-    let run = crate::xdp::start(&setup, &stop, |id, _queue| {
+    let run = melange_control::engines::start(&setup, &stop, |id, _queue| {
         let port = args.local_port + id as u16;
         LoadgenApp::new(engine_config(args, id, port))
     })?;

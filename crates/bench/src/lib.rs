@@ -1,12 +1,21 @@
-//! `melange bench`: benchmarks that run Melange and its baseline in one run and report ratios.
+//! `melange-bench`: benchmarks that run Melange and its baseline in one run and report ratios,
+//! and the load generator they drive ([`loadgen`]).
+//!
+//! | module        | role |
+//! |---------------|------|
+//! | [`loadgen`]   | `melange loadgen`: runs [`melange_apps::LoadgenApp`] engines and merges their reports |
+//! | [`lab_echo`]  | `bench echo`: echo servers over AF_XDP and the kernel, in the namespace lab |
+//! | [`stack`]     | `bench stack`: the engine's own cost per request, no kernel |
+//! | [`table`]     | tables and medians for people |
 //!
 //! This machine is noisy (a 2-vCPU VM), so no number here is compared with a constant from
 //! another run: each benchmark measures Melange and the baseline back to back, repeats, and
 //! reports medians and the ratio between them.
 
-use crate::loadgen::{self, LoadgenArgs};
-use crate::util::{median, parse_duration, print_table, us, Backend};
+use crate::loadgen::LoadgenArgs;
+use crate::table::{median, print_table, us};
 use anyhow::{anyhow, bail, Context, Result};
+use melange_control::options::{parse_duration, Backend};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
@@ -14,7 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod lab_echo;
-mod stack;
+pub mod loadgen;
+pub mod stack;
+pub mod table;
 
 pub use lab_echo::LabEchoArgs;
 
