@@ -18,10 +18,11 @@
 //! # Datagrams larger than a frame
 //!
 //! A UDP datagram over IPv4 carries up to [`UDP_PAYLOAD_MAX`] (65,507) bytes, far more than a
-//! pool frame. On receive, each slot can get a second iovec over a *spill area* that the socket
-//! owns (`recv_spill_bytes` per slot, allocated once at bind): the kernel fills the slot's frame
-//! first and puts the rest in the spill, and the caller copies the rest out
-//! ([`UdpBatchSocket::spill`]) only for the rare datagram that needed it. Two iovecs per message
+//! pool frame. On receive, each slot can get a second iovec over a *spill area*, a range of a
+//! second caller-owned region ([`UdpBatchSocket::recv_batch_spill`]): the kernel fills the
+//! slot's frame first and puts the rest in the spill, and the caller copies the rest out only
+//! for the rare datagram that needed it. The spill belongs to the caller, not the socket, so
+//! one spill serves every socket of a thread (the receives are sequential). Two iovecs per message
 //! stay under the kernel's `UIO_FASTIOV` (8), so `recvmmsg` copies the iovec array onto its
 //! stack instead of allocating it per message. Posting a chain of further pool frames per slot
 //! (no copy at all) was rejected: 65,507 bytes in 2 KiB frames is 33 frames per slot, 2,112
@@ -101,13 +102,6 @@ pub enum UdpError {
         /// The length of the region.
         region_len: usize,
     },
-    /// `recv_spill_bytes` is above [`UDP_PAYLOAD_MAX`], which no datagram can fill. Fix the
-    /// configuration.
-    #[error("recv_spill_bytes {bytes} exceeds the largest UDP payload, {UDP_PAYLOAD_MAX}")]
-    SpillBytes {
-        /// The requested value.
-        bytes: usize,
-    },
     /// A gathered datagram names more segments than remain in the segment list, or more than
     /// [`SEND_SEGMENTS_MAX`]. This is a bug in the caller; nothing was sent.
     #[error(
@@ -149,11 +143,6 @@ pub struct UdpSocketOptions {
     /// `SO_BUSY_POLL` in microseconds. Raising it needs `CAP_NET_ADMIN`; if refused the socket
     /// is still created and [`UdpBatchSocket::busy_poll_us`] returns `None`.
     pub busy_poll_us: Option<u32>,
-    /// Bytes of spill area per receive slot, for datagrams longer than the slot (see the
-    /// module documentation); 0 for none. `batch_max * recv_spill_bytes` bytes are allocated
-    /// at bind (pages are committed only when a datagram first reaches them). At most
-    /// [`UDP_PAYLOAD_MAX`].
-    pub recv_spill_bytes: usize,
 }
 
 impl Default for UdpSocketOptions {
@@ -165,7 +154,6 @@ impl Default for UdpSocketOptions {
             recv_buffer_bytes: None,
             send_buffer_bytes: None,
             busy_poll_us: None,
-            recv_spill_bytes: 0,
         }
     }
 }
@@ -177,10 +165,15 @@ pub struct RecvSlot {
     pub offset: usize,
     /// How many bytes the slot can hold.
     pub capacity: usize,
+    /// Start of this slot's spill area in the spill region
+    /// ([`UdpBatchSocket::recv_batch_spill`]).
+    pub spill_offset: usize,
+    /// How many bytes past `capacity` the spill area holds; 0 for none.
+    pub spill_capacity: usize,
     /// Out: bytes written into the slot (at most `capacity`).
     pub len: usize,
-    /// Out: bytes past `capacity` that went to this slot's spill area
-    /// ([`UdpBatchSocket::spill`]); the datagram is `len + spill_len` bytes long.
+    /// Out: bytes past `capacity` that went to the slot's spill area (at most
+    /// `spill_capacity`); the datagram is `len + spill_len` bytes long.
     pub spill_len: usize,
     /// Out: the sender. `0.0.0.0:0` if the kernel reported a non-IPv4 address, which an
     /// `AF_INET` socket cannot receive.
@@ -196,6 +189,8 @@ impl RecvSlot {
         Self {
             offset,
             capacity,
+            spill_offset: 0,
+            spill_capacity: 0,
             len: 0,
             spill_len: 0,
             peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
@@ -251,10 +246,6 @@ pub struct UdpBatchSocket {
     iovs: Box<[libc::iovec]>,
     /// `batch_max` addresses: destinations on send, sources on receive.
     addrs: Box<[libc::sockaddr_in]>,
-    /// Spill bytes per receive slot (see the module documentation).
-    spill_bytes: usize,
-    /// `batch_max * spill_bytes` bytes: slot `i`'s spill area is `[i * spill_bytes..][..spill_bytes]`.
-    spill: Box<[u8]>,
 }
 
 // SAFETY: the only non-`Send` fields are the raw pointers inside `msgs` and `iovs`. They point
@@ -288,10 +279,6 @@ impl UdpBatchSocket {
         if !(1..=BATCH_MAX_LIMIT).contains(&batch_max) {
             return Err(UdpError::BatchMax { batch_max }.into());
         }
-        let spill_bytes = options.recv_spill_bytes;
-        if spill_bytes > UDP_PAYLOAD_MAX {
-            return Err(UdpError::SpillBytes { bytes: spill_bytes }.into());
-        }
         let (fd, busy_poll_us) = bind_socket(addr, &options)?;
         // The only allocations of the socket's life, sized by `batch_max`.
         let msgs = (0..batch_max).map(|_| zeroed_mmsghdr()).collect();
@@ -303,9 +290,6 @@ impl UdpBatchSocket {
             vec![iov_empty; RECV_IOVS_PER_SLOT * batch_max + SEND_SEGMENTS_MAX].into_boxed_slice();
         let addrs = vec![sockaddr_from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); batch_max]
             .into_boxed_slice();
-        // Zeroed memory comes from `calloc`, which for large sizes maps fresh pages: the spill
-        // costs address space at bind and memory only where big datagrams land.
-        let spill = vec![0_u8; batch_max * spill_bytes].into_boxed_slice();
         Ok(Self {
             fd,
             batch_max,
@@ -313,24 +297,7 @@ impl UdpBatchSocket {
             msgs,
             iovs,
             addrs,
-            spill_bytes,
-            spill,
         })
-    }
-
-    /// The spill area of receive slot `index` of the last [`recv_batch`](Self::recv_batch):
-    /// its first `slots[index].spill_len` bytes are the datagram's bytes past the slot's
-    /// capacity. Empty when the socket has no spill or `index` is not below `batch_max`.
-    pub fn spill(&self, index: usize) -> &[u8] {
-        let start = index.saturating_mul(self.spill_bytes);
-        self.spill
-            .get(start..start.saturating_add(self.spill_bytes))
-            .unwrap_or(&[])
-    }
-
-    /// Spill bytes per receive slot ([`UdpSocketOptions::recv_spill_bytes`]).
-    pub fn spill_bytes(&self) -> usize {
-        self.spill_bytes
     }
 
     /// The address the socket is bound to, with the ephemeral port filled in.
@@ -403,8 +370,27 @@ impl UdpBatchSocket {
     /// `region`; the kernel is not called and nothing is consumed. Otherwise the `recvmmsg`
     /// error, e.g. a pending ICMP error on a connected socket; the caller logs it and goes on.
     pub fn recv_batch(&mut self, region: &mut [u8], slots: &mut [RecvSlot]) -> io::Result<usize> {
+        self.recv_batch_spill(region, &mut [], slots)
+    }
+
+    /// As [`recv_batch`](Self::recv_batch), and each slot with a `spill_capacity` also gets
+    /// `spill[spill_offset..][..spill_capacity]` for the bytes past its `capacity`: a datagram
+    /// of up to `capacity + spill_capacity` bytes arrives whole, its first `len` bytes in the
+    /// region and the next `spill_len` in the spill.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_batch`](Self::recv_batch), and [`UdpError::SlotOutOfRegion`] when a slot's
+    /// spill range is outside `spill`.
+    pub fn recv_batch_spill(
+        &mut self,
+        region: &mut [u8],
+        spill: &mut [u8],
+        slots: &mut [RecvSlot],
+    ) -> io::Result<usize> {
         for (index, slot) in slots.iter().enumerate() {
             check_range(region.len(), index, slot.offset, slot.capacity)?;
+            check_range(spill.len(), index, slot.spill_offset, slot.spill_capacity)?;
         }
         let count = slots.len().min(self.batch_max);
         if count == 0 {
@@ -415,9 +401,7 @@ impl UdpBatchSocket {
         let region_ptr = region.as_mut_ptr();
         let iovs_ptr = self.iovs.as_mut_ptr();
         let addrs_ptr = self.addrs.as_mut_ptr();
-        let spill_ptr = self.spill.as_mut_ptr();
-        let spill_bytes = self.spill_bytes;
-        let iovs_per_msg = if spill_bytes > 0 { 2 } else { 1 };
+        let spill_ptr = spill.as_mut_ptr();
         for (i, (slot, msg)) in slots[..count].iter().zip(self.msgs.iter_mut()).enumerate() {
             let iov = iovs_ptr.wrapping_add(RECV_IOVS_PER_SLOT * i);
             // SAFETY: `RECV_IOVS_PER_SLOT * i + 1 < RECV_IOVS_PER_SLOT * batch_max <=
@@ -433,18 +417,18 @@ impl UdpBatchSocket {
             // SAFETY: as above, `spill_iov` is the element after `iov`, inside `iovs`.
             unsafe {
                 spill_iov.write(libc::iovec {
-                    // Inside `spill` (`i < batch_max`), or its end when the spill is empty.
-                    iov_base: spill_ptr.wrapping_add(i * spill_bytes).cast(),
-                    iov_len: spill_bytes,
+                    iov_base: spill_ptr.wrapping_add(slot.spill_offset).cast(),
+                    iov_len: slot.spill_capacity,
                 })
             };
-            reset_msg(msg, addrs_ptr.wrapping_add(i), iov, iovs_per_msg);
+            let iovs = if slot.spill_capacity > 0 { 2 } else { 1 };
+            reset_msg(msg, addrs_ptr.wrapping_add(i), iov, iovs);
         }
         // SAFETY: `msgs[..count]` are initialised headers. Each points to one or two `iovec`s
-        // in `iovs`: the first covers `region[offset..offset + capacity]`, which was checked
-        // above to lie inside `region`, writable through our `&mut` borrow; the second, when
-        // there is a spill, covers slot `i`'s `spill_bytes` inside `spill`, which we own and
-        // borrow mutably through `&mut self`. Each also points to one `sockaddr_in` in `addrs`
+        // in `iovs`: the first covers `region[offset..offset + capacity]`, the second (when
+        // `spill_capacity > 0`) `spill[spill_offset..][..spill_capacity]`; both were checked
+        // above to lie inside their regions, writable through our `&mut` borrows. Each also
+        // points to one `sockaddr_in` in `addrs`
         // with `msg_namelen` set to its size. All of these live until we return. A null timeout
         // is allowed (and irrelevant with MSG_DONTWAIT).
         let ret = syscall!(unsafe {
@@ -466,9 +450,10 @@ impl UdpBatchSocket {
             let msg = &self.msgs[i];
             let total = msg.msg_len as usize;
             assert!(
-                total <= slot.capacity + spill_bytes,
-                "kernel wrote {total} into {} + {spill_bytes}",
-                slot.capacity
+                total <= slot.capacity + slot.spill_capacity,
+                "kernel wrote {total} into {} + {}",
+                slot.capacity,
+                slot.spill_capacity
             );
             slot.len = total.min(slot.capacity);
             slot.spill_len = total - slot.len;
@@ -1197,12 +1182,10 @@ mod tests {
     fn spill_receives_the_largest_datagram_and_gather_sends_it() {
         let options = UdpSocketOptions {
             batch_max: 4,
-            recv_spill_bytes: UDP_PAYLOAD_MAX - 1000,
             ..Default::default()
         };
         let mut tx = bind_default();
         let mut rx = UdpBatchSocket::bind(LOCALHOST_ANY, options).unwrap();
-        assert_eq!(rx.spill_bytes(), UDP_PAYLOAD_MAX - 1000);
         let peer = rx.local_addr().unwrap();
         let region: Vec<u8> = (0..UDP_PAYLOAD_MAX + 1).map(|i| (i % 253) as u8).collect();
         // Datagram 0: the largest, from three ranges. 1: one byte. 2: empty, no segment.
@@ -1244,31 +1227,63 @@ mod tests {
                 .sum::<usize>();
             sent += n;
         }
+        const SPILL: usize = UDP_PAYLOAD_MAX - 1000;
         let mut rx_region = vec![0_u8; 4 * 1000];
-        let mut rx_slots: Vec<RecvSlot> = (0..4).map(|i| RecvSlot::new(i * 1000, 1000)).collect();
-        assert_eq!(recv_all(&mut rx, &mut rx_region, &mut rx_slots, 4), 4);
+        let mut spill = vec![0_u8; 4 * SPILL];
+        let mut rx_slots: Vec<RecvSlot> = (0..4)
+            .map(|i| RecvSlot {
+                spill_offset: i * SPILL,
+                spill_capacity: SPILL,
+                ..RecvSlot::new(i * 1000, 1000)
+            })
+            .collect();
+        let deadline = crate::monotonic_ns() + 5_000_000_000;
+        let mut got = 0;
+        while got < 4 && crate::monotonic_ns() < deadline {
+            let n = rx
+                .recv_batch_spill(&mut rx_region, &mut spill, &mut rx_slots[got..])
+                .unwrap();
+            if n == 0 {
+                wait_readable(&[rx.as_fd()], Some(100_000_000)).unwrap();
+            }
+            got += n;
+        }
+        assert_eq!(got, 4);
         let s = rx_slots[0];
         assert!(!s.truncated);
-        assert_eq!((s.len, s.spill_len), (1000, UDP_PAYLOAD_MAX - 1000));
+        assert_eq!((s.len, s.spill_len), (1000, SPILL));
         assert_eq!(&rx_region[..1000], &region[..1000]);
-        assert_eq!(&rx.spill(0)[..s.spill_len], &region[1000..UDP_PAYLOAD_MAX]);
+        assert_eq!(&spill[..SPILL], &region[1000..UDP_PAYLOAD_MAX]);
         assert_eq!((rx_slots[1].len, rx_slots[1].spill_len), (1, 0));
         assert_eq!(rx_region[1000], region[UDP_PAYLOAD_MAX]);
         assert_eq!((rx_slots[2].len, rx_slots[2].spill_len), (0, 0));
         assert_eq!((rx_slots[3].len, rx_slots[3].spill_len), (1000, 0));
-        assert!(rx.spill(4).is_empty(), "no spill past batch_max");
         // One byte more than the slot and its spill hold is truncated, and says so.
-        let options = UdpSocketOptions {
-            recv_spill_bytes: 10,
-            ..Default::default()
-        };
-        let mut small = UdpBatchSocket::bind(LOCALHOST_ANY, options).unwrap();
-        tx.send_to(&region[..21], small.local_addr().unwrap())
-            .unwrap();
-        let mut slots = [RecvSlot::new(0, 10)];
-        assert_eq!(recv_all(&mut small, &mut rx_region, &mut slots, 1), 1);
+        tx.send_to(&region[..21], peer).unwrap();
+        let mut slots = [RecvSlot {
+            spill_capacity: 10,
+            ..RecvSlot::new(0, 10)
+        }];
+        let mut small_spill = [0_u8; 10];
+        wait_readable(&[rx.as_fd()], Some(1_000_000_000)).unwrap();
+        assert_eq!(
+            rx.recv_batch_spill(&mut rx_region, &mut small_spill, &mut slots)
+                .unwrap(),
+            1
+        );
         assert!(slots[0].truncated);
         assert_eq!((slots[0].len, slots[0].spill_len), (10, 10));
+        assert_eq!(&small_spill, &region[10..20]);
+        // A spill range outside the spill region is refused before the kernel.
+        let mut bad = [RecvSlot {
+            spill_offset: 5,
+            spill_capacity: 6,
+            ..RecvSlot::new(0, 10)
+        }];
+        let err = rx
+            .recv_batch_spill(&mut rx_region, &mut small_spill, &mut bad)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
@@ -1286,11 +1301,6 @@ mod tests {
             .send_gather(&region, &[GatherSlot { segments: 1, peer }], &outside)
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        let too_big = UdpSocketOptions {
-            recv_spill_bytes: UDP_PAYLOAD_MAX + 1,
-            ..Default::default()
-        };
-        assert!(UdpBatchSocket::bind(LOCALHOST_ANY, too_big).is_err());
     }
 
     #[test]

@@ -183,6 +183,12 @@ pub struct UringSocketId {
 }
 
 impl UringSocketId {
+    /// The socket's slot, below `sockets_max`; a closed socket's slot is reused by a later one
+    /// (with another generation), so this indexes per-socket tables of the caller.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+
     fn user_data(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }
