@@ -619,14 +619,7 @@ impl Transport for KernelTransport {
             Backend::Mmsg(_) => self.poll_receive_mmsg(pool, events, budget),
             Backend::Uring(io) => {
                 let max = budget.min(events.room());
-                io.receive(
-                    pool,
-                    events,
-                    max,
-                    &self.sockets,
-                    &mut self.counters,
-                    &mut self.kernel,
-                )
+                io.receive(pool, events, max, &mut self.counters, &mut self.kernel)
             }
         }
     }

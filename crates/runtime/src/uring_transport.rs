@@ -111,7 +111,6 @@ impl UringIo {
         pool: &mut PacketPool,
         events: &mut EventQueue,
         max: usize,
-        _sockets: &HandleTable<SocketKind, KernelSocket>,
         counters: &mut TransportCounters,
         kernel: &mut KernelCounters,
     ) -> usize {

@@ -51,7 +51,7 @@
 
 use std::fmt;
 use std::io;
-use std::mem::ManuallyDrop;
+use std::mem::{self, ManuallyDrop};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr;
@@ -100,6 +100,8 @@ struct BufEntry {
 
 const _: () = assert!(std::mem::size_of::<BufEntry>() == 16);
 const _: () = assert!(RX_BUFFER_BYTES <= u32::MAX as usize);
+const _: () =
+    assert!(RX_BUFFER_BYTES.is_multiple_of(64) && RX_BUFFER_BYTES >= 16 + 16 + UDP_PAYLOAD_MAX);
 const _: () = assert!(RX_BUFFERS_LIMIT <= 1 << 16, "buffer ids are u16");
 
 /// Why a [`UringUdp`] could not be built or used. Carried inside an [`io::Error`].
@@ -379,7 +381,7 @@ impl Buffers {
         // SAFETY: entry 0 is inside the mapping, and its `resv` field is the ring tail: a
         // 2-byte-aligned u16 that the kernel reads atomically (`smp_load_acquire`) and that
         // we only ever access through this atomic, for the life of the mapping.
-        let tail = unsafe { AtomicU16::from_ptr(ptr::addr_of_mut!((*first).resv)) };
+        let tail = unsafe { AtomicU16::from_ptr(field(first, mem::offset_of!(BufEntry, resv))) };
         // Release: pairs with the kernel's Acquire load of the tail, so the entries written by
         // `provide` are visible before the kernel can pick them.
         tail.store(self.tail, Ordering::Release);
@@ -906,6 +908,11 @@ impl Drop for UringUdp {
     }
 }
 
+/// A pointer to the field at `offset` of the entry at `entry`, computed without dereferencing.
+fn field<T>(entry: *mut BufEntry, offset: usize) -> *mut T {
+    entry.cast::<u8>().wrapping_add(offset).cast::<T>()
+}
+
 /// Writes one buffer-ring entry field by field (see [`BufEntry`]).
 fn write_entry(entry: *mut BufEntry, addr: u64, bid: u16) {
     // SAFETY: the only caller, `Buffers::provide`, passes an entry inside the ring mapping
@@ -913,17 +920,11 @@ fn write_entry(entry: *mut BufEntry, addr: u64, bid: u16) {
     // bytes), at our unpublished tail. The kernel reads only entries between its head and the
     // published tail, and at most `rx_buffers` buffers exist, so it is not reading this one.
     // The tail field (entry 0's `resv`) is not written.
-    unsafe {
-        ptr::addr_of_mut!((*entry).addr).write(addr);
-    }
+    unsafe { field::<u64>(entry, mem::offset_of!(BufEntry, addr)).write(addr) };
     // SAFETY: as above.
-    unsafe {
-        ptr::addr_of_mut!((*entry).len).write(RX_BUFFER_BYTES as u32);
-    }
+    unsafe { field::<u32>(entry, mem::offset_of!(BufEntry, len)).write(RX_BUFFER_BYTES as u32) };
     // SAFETY: as above.
-    unsafe {
-        ptr::addr_of_mut!((*entry).bid).write(bid);
-    }
+    unsafe { field::<u16>(entry, mem::offset_of!(BufEntry, bid)).write(bid) };
 }
 
 /// The sender from the name field of a received buffer: a `sockaddr_in` as bytes, or
@@ -1140,8 +1141,6 @@ mod tests {
             let err = UringUdp::new(options).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
         }
-        assert_eq!(RX_BUFFER_BYTES % 64, 0);
-        assert!(RX_BUFFER_BYTES >= 16 + 16 + UDP_PAYLOAD_MAX);
     }
 
     #[test]
