@@ -10,15 +10,17 @@
 //! - [`af_xdp`]: the kernel-bypass backend: raw frames over AF_XDP, the pool over the UMEM.
 //! - [`kernel`]: the portable transport: the app contract over ordinary UDP sockets with
 //!   batched `recvmmsg` and `sendmmsg`, one socket per bound port and engine with
-//!   `SO_REUSEPORT`. It needs no privileges.
+//!   `SO_REUSEPORT`. It needs no privileges. [`uring_transport`] is its io_uring side,
+//!   chosen with [`SocketIo::Uring`].
 #![forbid(unsafe_code)]
 
 pub mod af_xdp;
 pub mod kernel;
 pub mod shell;
+pub mod uring_transport;
 
 pub use af_xdp::{umem_frames_for, AfXdpCounters, AfXdpError, AfXdpOptions, AfXdpQueue};
-pub use kernel::{KernelCounters, KernelOptions, KernelTransport};
+pub use kernel::{KernelCounters, KernelOptions, KernelTransport, SocketIo, DATAGRAM_LEN_MAX};
 pub use shell::{
     spawn_engine, spin_ns, EngineOutcome, IdlePolicy, ShellConfig, ShellError, StopSignal,
 };

@@ -42,6 +42,7 @@
 //! | [`eventfd`]| a non-blocking `eventfd` used to wake a polling thread               |
 //! | [`poll`]   | `ppoll` over a handful of descriptors with a nanosecond timeout      |
 //! | [`udp`]    | batched datagram I/O with `recvmmsg`/`sendmmsg`, no per-call alloc   |
+//! | [`uring`]  | datagram I/O on io_uring: multishot receive, provided buffers, batched sends |
 //! | [`mmap`]   | anonymous mappings, optionally huge-page backed and locked           |
 //! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
 //! | [`frames`] | a mapping in frames, and the ledger of frames lent to the kernel     |
@@ -79,6 +80,7 @@ pub mod poll;
 pub mod process;
 pub mod ring;
 pub mod udp;
+pub mod uring;
 pub mod xsk;
 
 pub use clock::monotonic_ns;
@@ -91,7 +93,11 @@ pub use frames::{FrameRegion, FrameRegionError, Lease};
 pub use mmap::{has_cap_ipc_lock, memlock_limit, Region, RegionOptions};
 pub use netdev::{enter_netns, LinkInfo, NetnsGuard, PacketSocket};
 pub use poll::{wait_readable, wait_readable_mask, POLL_FDS_MAX};
-pub use udp::{RecvSlot, SendSlot, UdpBatchSocket, UdpSocketOptions, BATCH_MAX_LIMIT};
+pub use udp::{
+    GatherSlot, RecvSlot, Segment, SendSlot, UdpBatchSocket, UdpSocketOptions, BATCH_MAX_LIMIT,
+    SEND_SEGMENTS_MAX, UDP_PAYLOAD_MAX,
+};
+pub use uring::{Received, UringCounters, UringOptions, UringSendSlot, UringSocketId, UringUdp};
 pub use xsk::{
     BindMode, BoundMode, Reclaimed, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters,
     XskError, XskSocket, XskStatistics,

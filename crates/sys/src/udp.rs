@@ -15,6 +15,22 @@
 //! so allocated or bounded, on every call. An `io::IoSliceMut` API like `std`'s was rejected for
 //! the same reason.
 //!
+//! # Datagrams larger than a frame
+//!
+//! A UDP datagram over IPv4 carries up to [`UDP_PAYLOAD_MAX`] (65,507) bytes, far more than a
+//! pool frame. On receive, each slot can get a second iovec over a *spill area*, a range of a
+//! second caller-owned region ([`UdpBatchSocket::recv_batch_spill`]): the kernel fills the
+//! slot's frame first and puts the rest in the spill, and the caller copies the rest out only
+//! for the rare datagram that needed it. The spill belongs to the caller, not the socket, so
+//! one spill serves every socket of a thread (the receives are sequential). Two iovecs per message
+//! stay under the kernel's `UIO_FASTIOV` (8), so `recvmmsg` copies the iovec array onto its
+//! stack instead of allocating it per message. Posting a chain of further pool frames per slot
+//! (no copy at all) was rejected: 65,507 bytes in 2 KiB frames is 33 frames per slot, 2,112
+//! frames held for a batch of 64 (half the default pool), and 33 iovecs per message, which the
+//! kernel allocates for on every message. On send, a datagram may be gathered from several byte
+//! ranges ([`UdpBatchSocket::send_gather`]), one iovec each, so a chain of frames leaves without
+//! a copy.
+//!
 //! # Safety contract
 //!
 //! The kernel writes (recv) or reads (send) `region[offset..offset + len]` for each slot. Before
@@ -44,7 +60,18 @@ pub const BATCH_MAX_LIMIT: usize = 1024;
 /// The default `batch_max`: 64 datagrams of 1500 bytes is 96 KiB, which fits in L2.
 pub const BATCH_MAX_DEFAULT: usize = 64;
 
-const SOCKADDR_IN_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// The largest UDP payload over IPv4: 65,535 bytes of IPv4 total length, less 20 of IPv4
+/// header and 8 of UDP header.
+pub const UDP_PAYLOAD_MAX: usize = 65_507;
+
+/// The most byte ranges (iovecs) one gathered datagram may have: the kernel's `UIO_MAXIOV`.
+pub const SEND_SEGMENTS_MAX: usize = 1024;
+
+/// Iovecs one receive slot uses: its frame and its spill area.
+const RECV_IOVS_PER_SLOT: usize = 2;
+
+pub(crate) const SOCKADDR_IN_LEN: libc::socklen_t =
+    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
 /// Why a UDP call was refused before reaching the kernel. Carried inside an [`io::Error`] of
 /// kind [`io::ErrorKind::InvalidInput`].
@@ -74,6 +101,19 @@ pub enum UdpError {
         len: usize,
         /// The length of the region.
         region_len: usize,
+    },
+    /// A gathered datagram names more segments than remain in the segment list, or more than
+    /// [`SEND_SEGMENTS_MAX`]. This is a bug in the caller; nothing was sent.
+    #[error(
+        "slot {index}: {segments} segments, but {available} remain (at most {SEND_SEGMENTS_MAX})"
+    )]
+    Segments {
+        /// The index of the first bad slot.
+        index: usize,
+        /// Segments the slot asked for.
+        segments: usize,
+        /// Segments left in the list for it.
+        available: usize,
     },
 }
 
@@ -125,12 +165,21 @@ pub struct RecvSlot {
     pub offset: usize,
     /// How many bytes the slot can hold.
     pub capacity: usize,
+    /// Start of this slot's spill area in the spill region
+    /// ([`UdpBatchSocket::recv_batch_spill`]).
+    pub spill_offset: usize,
+    /// How many bytes past `capacity` the spill area holds; 0 for none.
+    pub spill_capacity: usize,
     /// Out: bytes written into the slot (at most `capacity`).
     pub len: usize,
+    /// Out: bytes past `capacity` that went to the slot's spill area (at most
+    /// `spill_capacity`); the datagram is `len + spill_len` bytes long.
+    pub spill_len: usize,
     /// Out: the sender. `0.0.0.0:0` if the kernel reported a non-IPv4 address, which an
     /// `AF_INET` socket cannot receive.
     pub peer: SocketAddrV4,
-    /// Out: the datagram was longer than `capacity` and the rest was discarded (`MSG_TRUNC`).
+    /// Out: the datagram was longer than `capacity` plus the spill area and the rest was
+    /// discarded (`MSG_TRUNC`).
     pub truncated: bool,
 }
 
@@ -140,7 +189,10 @@ impl RecvSlot {
         Self {
             offset,
             capacity,
+            spill_offset: 0,
+            spill_capacity: 0,
             len: 0,
+            spill_len: 0,
             peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             truncated: false,
         }
@@ -158,6 +210,24 @@ pub struct SendSlot {
     pub peer: SocketAddrV4,
 }
 
+/// One byte range of a gathered datagram: `region[offset..offset + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Start of the range in the region.
+    pub offset: usize,
+    /// Length of the range in bytes.
+    pub len: usize,
+}
+
+/// One datagram to send, gathered from the next `segments` entries of a [`Segment`] list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatherSlot {
+    /// How many segments, in order, make up the datagram (at most [`SEND_SEGMENTS_MAX`]).
+    pub segments: usize,
+    /// Destination.
+    pub peer: SocketAddrV4,
+}
+
 /// An IPv4 UDP socket that moves datagrams in batches with `recvmmsg`/`sendmmsg`.
 ///
 /// Call order: [`bind`](Self::bind) once; then, whenever [`crate::poll::wait_readable`] says the
@@ -170,7 +240,9 @@ pub struct UdpBatchSocket {
     busy_poll_us: Option<u32>,
     /// `batch_max` message headers; their pointers are rewritten by each batch call.
     msgs: Box<[libc::mmsghdr]>,
-    /// `batch_max` iovecs, one per message.
+    /// `RECV_IOVS_PER_SLOT * batch_max + SEND_SEGMENTS_MAX` iovecs: two per message on
+    /// receive; on send as many as the gathered messages need, and always room for one message
+    /// of the most segments.
     iovs: Box<[libc::iovec]>,
     /// `batch_max` addresses: destinations on send, sources on receive.
     addrs: Box<[libc::sockaddr_in]>,
@@ -207,54 +279,15 @@ impl UdpBatchSocket {
         if !(1..=BATCH_MAX_LIMIT).contains(&batch_max) {
             return Err(UdpError::BatchMax { batch_max }.into());
         }
-        let mut ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
-        if options.nonblocking {
-            ty |= libc::SOCK_NONBLOCK;
-        }
-        // SAFETY: `socket` takes three integers and touches no caller memory.
-        let raw = syscall!(unsafe { libc::socket(libc::AF_INET, ty, 0) })?;
-        // SAFETY: `socket` succeeded, so `raw` is a new descriptor that nothing else owns. From
-        // here on every error path closes it by dropping `fd`.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-
-        if options.reuse_port {
-            setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
-        }
-        if let Some(bytes) = options.recv_buffer_bytes {
-            set_buffer(fd.as_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)?;
-        }
-        if let Some(bytes) = options.send_buffer_bytes {
-            set_buffer(fd.as_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes)?;
-        }
-        let mut busy_poll_us = None;
-        if let Some(us) = options.busy_poll_us {
-            let value = libc::c_int::try_from(us).unwrap_or(libc::c_int::MAX);
-            match setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_BUSY_POLL, value) {
-                Ok(()) => busy_poll_us = Some(us),
-                // Unprivileged: busy polling is an optimisation, run without it.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-                Err(e) => return Err(e),
-            }
-        }
-
-        let sockaddr = sockaddr_from(addr);
-        // SAFETY: `sockaddr` is a live, initialised `sockaddr_in` and we pass its exact size;
-        // the kernel only reads it.
-        syscall!(unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sockaddr).cast(),
-                SOCKADDR_IN_LEN,
-            )
-        })?;
-
+        let (fd, busy_poll_us) = bind_socket(addr, &options)?;
         // The only allocations of the socket's life, sized by `batch_max`.
         let msgs = (0..batch_max).map(|_| zeroed_mmsghdr()).collect();
         let iov_empty = libc::iovec {
             iov_base: ptr::null_mut(),
             iov_len: 0,
         };
-        let iovs = vec![iov_empty; batch_max].into_boxed_slice();
+        let iovs =
+            vec![iov_empty; RECV_IOVS_PER_SLOT * batch_max + SEND_SEGMENTS_MAX].into_boxed_slice();
         let addrs = vec![sockaddr_from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); batch_max]
             .into_boxed_slice();
         Ok(Self {
@@ -273,19 +306,7 @@ impl UdpBatchSocket {
     ///
     /// Only `getsockname` errors, which a bound socket does not produce.
     pub fn local_addr(&self) -> io::Result<SocketAddrV4> {
-        let mut sockaddr = sockaddr_from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        let mut len = SOCKADDR_IN_LEN;
-        // SAFETY: `sockaddr` and `len` are live and writable; `len` holds the size of
-        // `sockaddr`, so the kernel writes at most that many bytes.
-        syscall!(unsafe {
-            libc::getsockname(self.fd.as_raw_fd(), (&raw mut sockaddr).cast(), &mut len)
-        })?;
-        sockaddr_to(&sockaddr, len).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "getsockname returned a non-IPv4 address",
-            )
-        })
+        local_addr_of(self.fd.as_fd())
     }
 
     /// The most datagrams one batch call moves.
@@ -349,8 +370,27 @@ impl UdpBatchSocket {
     /// `region`; the kernel is not called and nothing is consumed. Otherwise the `recvmmsg`
     /// error, e.g. a pending ICMP error on a connected socket; the caller logs it and goes on.
     pub fn recv_batch(&mut self, region: &mut [u8], slots: &mut [RecvSlot]) -> io::Result<usize> {
+        self.recv_batch_spill(region, &mut [], slots)
+    }
+
+    /// As [`recv_batch`](Self::recv_batch), and each slot with a `spill_capacity` also gets
+    /// `spill[spill_offset..][..spill_capacity]` for the bytes past its `capacity`: a datagram
+    /// of up to `capacity + spill_capacity` bytes arrives whole, its first `len` bytes in the
+    /// region and the next `spill_len` in the spill.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv_batch`](Self::recv_batch), and [`UdpError::SlotOutOfRegion`] when a slot's
+    /// spill range is outside `spill`.
+    pub fn recv_batch_spill(
+        &mut self,
+        region: &mut [u8],
+        spill: &mut [u8],
+        slots: &mut [RecvSlot],
+    ) -> io::Result<usize> {
         for (index, slot) in slots.iter().enumerate() {
             check_range(region.len(), index, slot.offset, slot.capacity)?;
+            check_range(spill.len(), index, slot.spill_offset, slot.spill_capacity)?;
         }
         let count = slots.len().min(self.batch_max);
         if count == 0 {
@@ -361,23 +401,36 @@ impl UdpBatchSocket {
         let region_ptr = region.as_mut_ptr();
         let iovs_ptr = self.iovs.as_mut_ptr();
         let addrs_ptr = self.addrs.as_mut_ptr();
+        let spill_ptr = spill.as_mut_ptr();
         for (i, (slot, msg)) in slots[..count].iter().zip(self.msgs.iter_mut()).enumerate() {
-            let iov = iovs_ptr.wrapping_add(i);
-            // SAFETY: `i < count <= batch_max == iovs.len()`, so `iov` points to a live element
-            // of `iovs`, which no reference aliases right now.
+            let iov = iovs_ptr.wrapping_add(RECV_IOVS_PER_SLOT * i);
+            // SAFETY: `RECV_IOVS_PER_SLOT * i + 1 < RECV_IOVS_PER_SLOT * batch_max <=
+            // iovs.len()`, so `iov` points to a live element of `iovs`, which no reference
+            // aliases right now.
             unsafe {
                 iov.write(libc::iovec {
                     iov_base: region_ptr.wrapping_add(slot.offset).cast(),
                     iov_len: slot.capacity,
                 })
             };
-            reset_msg(msg, addrs_ptr.wrapping_add(i), iov);
+            let spill_iov = iov.wrapping_add(1);
+            // SAFETY: as above, `spill_iov` is the element after `iov`, inside `iovs`.
+            unsafe {
+                spill_iov.write(libc::iovec {
+                    iov_base: spill_ptr.wrapping_add(slot.spill_offset).cast(),
+                    iov_len: slot.spill_capacity,
+                })
+            };
+            let iovs = if slot.spill_capacity > 0 { 2 } else { 1 };
+            reset_msg(msg, addrs_ptr.wrapping_add(i), iov, iovs);
         }
-        // SAFETY: `msgs[..count]` are initialised headers. Each points to one `iovec` in `iovs`
-        // covering `region[offset..offset + capacity]`, which was checked above to lie inside
-        // `region`, writable through our `&mut` borrow; and to one `sockaddr_in` in `addrs` with
-        // `msg_namelen` set to its size. All of these live until we return. A null timeout is
-        // allowed (and irrelevant with MSG_DONTWAIT).
+        // SAFETY: `msgs[..count]` are initialised headers. Each points to one or two `iovec`s
+        // in `iovs`: the first covers `region[offset..offset + capacity]`, the second (when
+        // `spill_capacity > 0`) `spill[spill_offset..][..spill_capacity]`; both were checked
+        // above to lie inside their regions, writable through our `&mut` borrows. Each also
+        // points to one `sockaddr_in` in `addrs`
+        // with `msg_namelen` set to its size. All of these live until we return. A null timeout
+        // is allowed (and irrelevant with MSG_DONTWAIT).
         let ret = syscall!(unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
@@ -395,13 +448,15 @@ impl UdpBatchSocket {
         assert!(received <= count, "recvmmsg returned {received} > {count}");
         for (i, slot) in slots[..received].iter_mut().enumerate() {
             let msg = &self.msgs[i];
-            slot.len = msg.msg_len as usize;
+            let total = msg.msg_len as usize;
             assert!(
-                slot.len <= slot.capacity,
-                "kernel wrote {} into {}",
-                slot.len,
-                slot.capacity
+                total <= slot.capacity + slot.spill_capacity,
+                "kernel wrote {total} into {} + {}",
+                slot.capacity,
+                slot.spill_capacity
             );
+            slot.len = total.min(slot.capacity);
+            slot.spill_len = total - slot.len;
             slot.truncated = msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             slot.peer = sockaddr_to(&self.addrs[i], msg.msg_hdr.msg_namelen)
                 .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
@@ -451,12 +506,115 @@ impl UdpBatchSocket {
                     iov_len: slot.len,
                 })
             };
-            reset_msg(msg, addrs_ptr.wrapping_add(i), iov);
+            reset_msg(msg, addrs_ptr.wrapping_add(i), iov, 1);
         }
         // SAFETY: `msgs[..count]` are initialised headers. Each points to one `iovec` in `iovs`
         // covering `region[offset..offset + len]`, checked above to lie inside `region`, which
         // we borrow and the kernel only reads; and to one initialised `sockaddr_in` in `addrs`
         // with `msg_namelen` set to its size. All of these live until we return.
+        let ret = syscall!(unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        });
+        match ret {
+            Ok(n) => {
+                let sent = n as usize;
+                assert!(sent <= count, "sendmmsg returned {sent} > {count}");
+                Ok(sent)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends datagrams gathered from several byte ranges each, without blocking: datagram `i`
+    /// is the concatenation of the next `slots[i].segments` entries of `segments` (ranges of
+    /// `region`), sent to `slots[i].peer`, with one iovec per range and no copy.
+    ///
+    /// One call moves at most `batch_max` datagrams and at most `2 * batch_max +`
+    /// [`SEND_SEGMENTS_MAX`] segments; returns how many datagrams the kernel accepted, always a
+    /// prefix of `slots`, 0 when the socket buffer is full. The caller re-offers the rest,
+    /// with the segments that follow the sent ones.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` wrapping [`UdpError::Segments`] when a slot names more segments than
+    /// remain or than [`SEND_SEGMENTS_MAX`], or [`UdpError::SlotOutOfRegion`] (indexing
+    /// `segments`) when a range is outside `region`; the kernel is not called. Otherwise as
+    /// [`send_batch`](Self::send_batch): the kernel refused `slots[0]` and sent nothing.
+    pub fn send_gather(
+        &mut self,
+        region: &[u8],
+        slots: &[GatherSlot],
+        segments: &[Segment],
+    ) -> io::Result<usize> {
+        let mut next = 0;
+        for (index, slot) in slots.iter().enumerate() {
+            let available = segments.len() - next;
+            if slot.segments > available || slot.segments > SEND_SEGMENTS_MAX {
+                return Err(UdpError::Segments {
+                    index,
+                    segments: slot.segments,
+                    available,
+                }
+                .into());
+            }
+            for (i, segment) in segments[next..next + slot.segments].iter().enumerate() {
+                check_range(region.len(), next + i, segment.offset, segment.len)?;
+            }
+            next += slot.segments;
+        }
+        // Take as many whole datagrams as fit in one call's messages and iovecs.
+        let iov_capacity = self.iovs.len();
+        let mut count = 0;
+        let mut iov_used = 0;
+        for slot in slots.iter().take(self.batch_max) {
+            if iov_used + slot.segments > iov_capacity {
+                break;
+            }
+            iov_used += slot.segments;
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        for (addr, slot) in self.addrs.iter_mut().zip(&slots[..count]) {
+            *addr = sockaddr_from(slot.peer);
+        }
+        // As in `recv_batch`: raw pointers taken once, after the last reference-based write to
+        // `addrs`.
+        let region_ptr = region.as_ptr();
+        let iovs_ptr = self.iovs.as_mut_ptr();
+        let addrs_ptr = self.addrs.as_mut_ptr();
+        let mut iov_next = 0;
+        let mut segment_next = 0;
+        for (i, (slot, msg)) in slots[..count].iter().zip(self.msgs.iter_mut()).enumerate() {
+            let first = iovs_ptr.wrapping_add(iov_next);
+            for segment in &segments[segment_next..segment_next + slot.segments] {
+                let iov = iovs_ptr.wrapping_add(iov_next);
+                // SAFETY: `iov_next < iov_used <= iovs.len()` (counted above), so `iov` points
+                // to a live element of `iovs`, which no reference aliases right now.
+                unsafe {
+                    iov.write(libc::iovec {
+                        // `iovec` has no const variant; `sendmmsg` only reads through it.
+                        iov_base: region_ptr.wrapping_add(segment.offset).cast_mut().cast(),
+                        iov_len: segment.len,
+                    })
+                };
+                iov_next += 1;
+            }
+            segment_next += slot.segments;
+            reset_msg(msg, addrs_ptr.wrapping_add(i), first, slot.segments);
+        }
+        // SAFETY: `msgs[..count]` are initialised headers. Each points to `segments` iovecs in
+        // `iovs` (a zero-length list for an empty datagram), each covering a range checked above
+        // to lie inside `region`, which we borrow and the kernel only reads; and to one
+        // initialised `sockaddr_in` in `addrs` with `msg_namelen` set to its size. All of these
+        // live until we return.
         let ret = syscall!(unsafe {
             libc::sendmmsg(
                 self.fd.as_raw_fd(),
@@ -539,6 +697,71 @@ impl AsFd for UdpBatchSocket {
     }
 }
 
+/// Creates an `AF_INET` datagram socket (close-on-exec), applies `options` and binds it to
+/// `addr`; returns it and the `SO_BUSY_POLL` value in effect. Shared with the io_uring
+/// backend ([`crate::uring`]), which binds its sockets the same way.
+pub(crate) fn bind_socket(
+    addr: SocketAddrV4,
+    options: &UdpSocketOptions,
+) -> io::Result<(OwnedFd, Option<u32>)> {
+    let mut ty = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+    if options.nonblocking {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: `socket` takes three integers and touches no caller memory.
+    let raw = syscall!(unsafe { libc::socket(libc::AF_INET, ty, 0) })?;
+    // SAFETY: `socket` succeeded, so `raw` is a new descriptor that nothing else owns. From
+    // here on every error path closes it by dropping `fd`.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    if options.reuse_port {
+        setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if let Some(bytes) = options.recv_buffer_bytes {
+        set_buffer(fd.as_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)?;
+    }
+    if let Some(bytes) = options.send_buffer_bytes {
+        set_buffer(fd.as_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes)?;
+    }
+    let mut busy_poll_us = None;
+    if let Some(us) = options.busy_poll_us {
+        let value = libc::c_int::try_from(us).unwrap_or(libc::c_int::MAX);
+        match setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_BUSY_POLL, value) {
+            Ok(()) => busy_poll_us = Some(us),
+            // Unprivileged: busy polling is an optimisation, run without it.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+
+    let sockaddr = sockaddr_from(addr);
+    // SAFETY: `sockaddr` is a live, initialised `sockaddr_in` and we pass its exact size;
+    // the kernel only reads it.
+    syscall!(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sockaddr).cast(),
+            SOCKADDR_IN_LEN,
+        )
+    })?;
+    Ok((fd, busy_poll_us))
+}
+
+/// The local address of a bound IPv4 socket.
+pub(crate) fn local_addr_of(fd: BorrowedFd<'_>) -> io::Result<SocketAddrV4> {
+    let mut sockaddr = sockaddr_from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let mut len = SOCKADDR_IN_LEN;
+    // SAFETY: `sockaddr` and `len` are live and writable; `len` holds the size of
+    // `sockaddr`, so the kernel writes at most that many bytes.
+    syscall!(unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sockaddr).cast(), &mut len) })?;
+    sockaddr_to(&sockaddr, len).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "getsockname returned a non-IPv4 address",
+        )
+    })
+}
+
 /// Checks that `offset..offset + len` lies inside a region of `region_len` bytes.
 fn check_range(region_len: usize, index: usize, offset: usize, len: usize) -> io::Result<()> {
     match offset.checked_add(len) {
@@ -553,12 +776,18 @@ fn check_range(region_len: usize, index: usize, offset: usize, len: usize) -> io
     }
 }
 
-/// Points `msg` at one address and one iovec and clears what the last call left behind.
-fn reset_msg(msg: &mut libc::mmsghdr, addr: *mut libc::sockaddr_in, iov: *mut libc::iovec) {
+/// Points `msg` at one address and `iovlen` iovecs from `iov` on, and clears what the last call
+/// left behind.
+fn reset_msg(
+    msg: &mut libc::mmsghdr,
+    addr: *mut libc::sockaddr_in,
+    iov: *mut libc::iovec,
+    iovlen: usize,
+) {
     msg.msg_hdr.msg_name = addr.cast();
     msg.msg_hdr.msg_namelen = SOCKADDR_IN_LEN;
     msg.msg_hdr.msg_iov = iov;
-    msg.msg_hdr.msg_iovlen = 1;
+    msg.msg_hdr.msg_iovlen = iovlen as _;
     msg.msg_hdr.msg_control = ptr::null_mut();
     msg.msg_hdr.msg_controllen = 0;
     msg.msg_hdr.msg_flags = 0;
@@ -571,7 +800,7 @@ fn zeroed_mmsghdr() -> libc::mmsghdr {
     unsafe { mem::zeroed() }
 }
 
-fn sockaddr_from(addr: SocketAddrV4) -> libc::sockaddr_in {
+pub(crate) fn sockaddr_from(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
@@ -584,7 +813,10 @@ fn sockaddr_from(addr: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// Converts a kernel-filled address, or `None` if it is not a complete IPv4 address.
-fn sockaddr_to(sockaddr: &libc::sockaddr_in, len: libc::socklen_t) -> Option<SocketAddrV4> {
+pub(crate) fn sockaddr_to(
+    sockaddr: &libc::sockaddr_in,
+    len: libc::socklen_t,
+) -> Option<SocketAddrV4> {
     if len < SOCKADDR_IN_LEN || sockaddr.sin_family != libc::AF_INET as libc::sa_family_t {
         return None;
     }
@@ -944,6 +1176,131 @@ mod tests {
             UdpBatchSocket::bind(LOCALHOST_ANY, bad).unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn spill_receives_the_largest_datagram_and_gather_sends_it() {
+        let options = UdpSocketOptions {
+            batch_max: 4,
+            ..Default::default()
+        };
+        let mut tx = bind_default();
+        let mut rx = UdpBatchSocket::bind(LOCALHOST_ANY, options).unwrap();
+        let peer = rx.local_addr().unwrap();
+        let region: Vec<u8> = (0..UDP_PAYLOAD_MAX + 1).map(|i| (i % 253) as u8).collect();
+        // Datagram 0: the largest, from three ranges. 1: one byte. 2: empty, no segment.
+        // 3: exactly the slot's 1000 bytes.
+        let segments = [
+            Segment { offset: 0, len: 10 },
+            Segment {
+                offset: 10,
+                len: 40_000,
+            },
+            Segment {
+                offset: 40_010,
+                len: UDP_PAYLOAD_MAX - 40_010,
+            },
+            Segment {
+                offset: UDP_PAYLOAD_MAX,
+                len: 1,
+            },
+            Segment {
+                offset: 0,
+                len: 1000,
+            },
+        ];
+        let slots = [
+            GatherSlot { segments: 3, peer },
+            GatherSlot { segments: 1, peer },
+            GatherSlot { segments: 0, peer },
+            GatherSlot { segments: 1, peer },
+        ];
+        let mut sent = 0;
+        let mut next_segment = 0;
+        while sent < slots.len() {
+            let n = tx
+                .send_gather(&region, &slots[sent..], &segments[next_segment..])
+                .unwrap();
+            next_segment += slots[sent..sent + n]
+                .iter()
+                .map(|s| s.segments)
+                .sum::<usize>();
+            sent += n;
+        }
+        const SPILL: usize = UDP_PAYLOAD_MAX - 1000;
+        let mut rx_region = vec![0_u8; 4 * 1000];
+        let mut spill = vec![0_u8; 4 * SPILL];
+        let mut rx_slots: Vec<RecvSlot> = (0..4)
+            .map(|i| RecvSlot {
+                spill_offset: i * SPILL,
+                spill_capacity: SPILL,
+                ..RecvSlot::new(i * 1000, 1000)
+            })
+            .collect();
+        let deadline = crate::monotonic_ns() + 5_000_000_000;
+        let mut got = 0;
+        while got < 4 && crate::monotonic_ns() < deadline {
+            let n = rx
+                .recv_batch_spill(&mut rx_region, &mut spill, &mut rx_slots[got..])
+                .unwrap();
+            if n == 0 {
+                wait_readable(&[rx.as_fd()], Some(100_000_000)).unwrap();
+            }
+            got += n;
+        }
+        assert_eq!(got, 4);
+        let s = rx_slots[0];
+        assert!(!s.truncated);
+        assert_eq!((s.len, s.spill_len), (1000, SPILL));
+        assert_eq!(&rx_region[..1000], &region[..1000]);
+        assert_eq!(&spill[..SPILL], &region[1000..UDP_PAYLOAD_MAX]);
+        assert_eq!((rx_slots[1].len, rx_slots[1].spill_len), (1, 0));
+        assert_eq!(rx_region[1000], region[UDP_PAYLOAD_MAX]);
+        assert_eq!((rx_slots[2].len, rx_slots[2].spill_len), (0, 0));
+        assert_eq!((rx_slots[3].len, rx_slots[3].spill_len), (1000, 0));
+        // One byte more than the slot and its spill hold is truncated, and says so.
+        tx.send_to(&region[..21], peer).unwrap();
+        let mut slots = [RecvSlot {
+            spill_capacity: 10,
+            ..RecvSlot::new(0, 10)
+        }];
+        let mut small_spill = [0_u8; 10];
+        wait_readable(&[rx.as_fd()], Some(1_000_000_000)).unwrap();
+        assert_eq!(
+            rx.recv_batch_spill(&mut rx_region, &mut small_spill, &mut slots)
+                .unwrap(),
+            1
+        );
+        assert!(slots[0].truncated);
+        assert_eq!((slots[0].len, slots[0].spill_len), (10, 10));
+        assert_eq!(&small_spill, &region[10..20]);
+        // A spill range outside the spill region is refused before the kernel.
+        let mut bad = [RecvSlot {
+            spill_offset: 5,
+            spill_capacity: 6,
+            ..RecvSlot::new(0, 10)
+        }];
+        let err = rx
+            .recv_batch_spill(&mut rx_region, &mut small_spill, &mut bad)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn gather_checks_segments_before_the_kernel() {
+        let mut tx = bind_default();
+        let peer = tx.local_addr().unwrap();
+        let region = [0_u8; 10];
+        let one = [Segment { offset: 5, len: 5 }];
+        let err = tx
+            .send_gather(&region, &[GatherSlot { segments: 2, peer }], &one)
+            .unwrap_err();
+        assert!(err.to_string().contains("segments"), "{err}");
+        let outside = [Segment { offset: 6, len: 5 }];
+        let err = tx
+            .send_gather(&region, &[GatherSlot { segments: 1, peer }], &outside)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
