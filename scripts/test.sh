@@ -4,6 +4,10 @@
 #
 #   ./scripts/test.sh            # everything
 #   FUZZ_SECONDS=0 ./scripts/test.sh   # skip the libFuzzer run (property tests still run)
+#
+# Run it as root (sudo): the AF_XDP, bpf(2) and lab tests need it, and under CI (CI=true,
+# which .ci/run sets) a test that lacks a privilege fails instead of skipping.
+# Miri is a separate, slower command: ./scripts/miri.sh (about 8 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +23,19 @@ echo "== fmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --release -- -D warnings
-echo "== build"
+echo "== build (release: the binaries the end-to-end tests run)"
 cargo build --workspace --release
-echo "== tests (unit, property, simulation, end-to-end)"
+# Unit, property and simulation tests run twice: under `ci-test` (optimised, with
+# debug assertions and overflow checks, so every debug_assert! and the pool's ownership
+# states are live) and under `release` (the code as it ships). The end-to-end tests of the
+# `melange` crate start the release binaries, so they run under `release` only.
+echo "== tests under the ci-test profile (debug assertions, overflow checks)"
+cargo test --workspace --profile ci-test --exclude melange
+echo "== tests under release (unit, property, simulation and end-to-end)"
 cargo test --workspace --release
+echo "== loom: the shared-memory ring's producer/consumer model-checked"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p melange-sys --release --lib ring::loom
 
 echo "== fuzz (bounded: ${fuzz_seconds}s per target)"
 if [ "$fuzz_seconds" -gt 0 ]; then

@@ -72,16 +72,7 @@ fn wait_for_echo(port: u16) {
 }
 
 fn sockperf_available() -> bool {
-    let found = Command::new("sockperf").arg("--version").output().is_ok();
-    if !found {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("sockperf is not installed in CI: scripts/setup.sh must install it");
-        }
-        eprintln!(
-            "SKIPPED: sockperf is not installed; run scripts/setup.sh as root to test against it"
-        );
-    }
-    found
+    melange_sys::testenv::tool_or_skip("sockperf client test", "sockperf")
 }
 
 #[test]

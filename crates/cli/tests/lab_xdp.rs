@@ -753,21 +753,12 @@ fn filters_isolate_kernel_traffic_and_detach_on_sigkill() {
     assert_eq!(client.kernel_probe_retrying(PORT + 1, 3), Some(1));
 }
 
-/// A small deterministic generator (SplitMix64) for the random frames.
-struct Rng(u64);
+/// The random frames come from the workspace's one deterministic generator.
+type Rng = melange_core::rng::SplitMix64;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
+/// `len` random bytes.
+fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 const ETH: usize = 14;
@@ -831,13 +822,13 @@ fn bad_frame(kind: &str, good: &[u8], va_mac: [u8; 6], rng: &mut Rng) -> Vec<u8>
         "bad_ip_checksum" => f[IP + 10] ^= 0x5a,
         "fragment_mf" => {
             f[IP + 6] = 0x20; // MF, offset 0, DF cleared
-            f[IP + 4..IP + 6].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+            f[IP + 4..IP + 6].copy_from_slice(&(rng.next_u64() as u16).to_be_bytes());
             fix_ip_checksum(&mut f);
         }
         "fragment_offset" => {
             f[IP + 6] = 0x00;
             f[IP + 7] = 0x10;
-            f[IP + 4..IP + 6].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+            f[IP + 4..IP + 6].copy_from_slice(&(rng.next_u64() as u16).to_be_bytes());
             fix_ip_checksum(&mut f);
         }
         "oversized_total_len" => {
@@ -845,8 +836,8 @@ fn bad_frame(kind: &str, good: &[u8], va_mac: [u8; 6], rng: &mut Rng) -> Vec<u8>
             fix_ip_checksum(&mut f);
         }
         "random_bytes" => {
-            let len = 14 + (rng.next() % 100) as usize;
-            f = rng.bytes(len);
+            let len = 14 + (rng.next_u64() % 100) as usize;
+            f = random_bytes(rng, len);
         }
         "wrong_dst_mac" => f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]),
         "arp_for_other_host" => {
@@ -894,7 +885,7 @@ fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
         b"a well-formed request from a raw socket",
     );
 
-    let mut rng = Rng(0x006d_656c_616e_6765);
+    let mut rng = Rng::new(0x006d_656c_616e_6765);
     let mut sent_per_kind = vec![0u64; BAD_KINDS.len()];
     let mut send_errors = Vec::new();
     let mut retried = 0;

@@ -1061,14 +1061,7 @@ mod tests {
     fn privileged(test: &str) -> bool {
         match Map::create(MapKind::Array, 4, 4, 1, 0) {
             Ok(_) => true,
-            Err(e) if e.is_permission() => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{test}: bpf(2) not permitted under CI, which must run as root: {e}"
-                );
-                eprintln!("SKIPPED {test}: needs root or CAP_BPF + CAP_NET_ADMIN ({e})");
-                false
-            }
+            Err(e) if e.is_permission() => melange_sys::testenv::root_or_skip(test),
             Err(e) => panic!("{test}: creating a map failed: {e}"),
         }
     }
@@ -1222,8 +1215,7 @@ mod tests {
         /// The socket, or `None` (test skipped) without the `ip` command outside CI.
         fn new(test: &str) -> Option<Self> {
             if Command::new("ip").arg("-V").output().is_err() {
-                assert!(std::env::var_os("CI").is_none(), "CI must have iproute2");
-                eprintln!("SKIPPED {test}: no `ip` command");
+                melange_sys::testenv::skip_or_fail("netns fixture", "needs iproute2 (`ip`)");
                 return None;
             }
             static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -2508,8 +2500,7 @@ mod tests {
             return;
         }
         if Command::new("ip").arg("-V").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "CI must have iproute2");
-            eprintln!("SKIPPED attach_and_detach_on_veth: no `ip` command");
+            melange_sys::testenv::skip_or_fail("netns fixture", "needs iproute2 (`ip`)");
             return;
         }
         let pid = std::process::id();

@@ -743,20 +743,7 @@ mod tests {
     /// Whether the root-only tests can run. In CI (`CI=true`) lacking root is a failure, not a
     /// skip.
     fn root_or_skip(test: &str) -> bool {
-        let status = std::fs::read_to_string("/proc/self/status").expect("readable");
-        let root = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().nth(1))
-            == Some("0");
-        if !root {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but not root; the AF_XDP tests must run as root in CI"
-            );
-            eprintln!("SKIPPED: needs root ({test})");
-        }
-        root
+        melange_sys::testenv::root_or_skip(test)
     }
 
     /// A fresh network namespace holding the veth pair `va` <-> `vb`, deleted on drop.

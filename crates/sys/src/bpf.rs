@@ -1023,14 +1023,7 @@ mod tests {
     fn privileged(test: &str) -> bool {
         match Map::create(MapKind::Array, 4, 4, 1, 0) {
             Ok(_) => true,
-            Err(e) if e.is_permission() => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{test}: bpf(2) not permitted under CI, which must run as root: {e}"
-                );
-                eprintln!("SKIPPED {test}: bpf(2) needs root or CAP_BPF ({e})");
-                false
-            }
+            Err(e) if e.is_permission() => crate::testenv::root_or_skip(test),
             Err(e) => panic!("{test}: creating a map failed: {e}"),
         }
     }

@@ -36,6 +36,9 @@
 //! | module     | what it wraps                                                        |
 //! |------------|----------------------------------------------------------------------|
 //! | [`alloc_count`] | a counting global allocator, for tests that prove a path allocates nothing |
+//! | [`bpf`]    | bpf(2): maps, program load, XDP links, test runs                     |
+//! | [`netdev`] | interface index, MAC, MTU, queues and IPv4 address; network namespaces |
+//! | [`process`]| child processes that die with their parent                           |
 //! | [`clock`]  | `clock_gettime(CLOCK_MONOTONIC)` through the vDSO                    |
 //! | [`cpu`]    | affinity, current CPU, CPU time of threads and processes, RSS        |
 //! | [`epoll`]  | one wakeup descriptor for many sockets                               |
@@ -47,6 +50,7 @@
 //! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
 //! | [`frames`] | a mapping in frames, and the ledger of frames lent to the kernel     |
 //! | [`xsk`]    | AF_XDP sockets: UMEM registration, the four rings, kicks, statistics |
+//! | [`testenv`]| for tests: may this test skip here (root, tools), never under CI      |
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Turns the result of one libc call into an `std::io::Result`.
@@ -79,6 +83,7 @@ pub mod netdev;
 pub mod poll;
 pub mod process;
 pub mod ring;
+pub mod testenv;
 pub mod udp;
 pub mod uring;
 pub mod xsk;

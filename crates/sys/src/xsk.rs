@@ -1966,16 +1966,7 @@ mod tests {
 
     /// Whether the kernel tests can run. In CI (`CI=true`) lacking root is a failure, not a skip.
     fn privileged(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        if !root {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: CI=true but not root; the AF_XDP tests must run as root in CI"
-            );
-            eprintln!("SKIPPED: needs root ({test})");
-        }
-        root
+        crate::testenv::root_or_skip(test)
     }
 
     fn ip(args: &[&str]) {

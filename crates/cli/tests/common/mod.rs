@@ -12,31 +12,12 @@ pub const TEST_LOCK_PATH: &str = "/tmp/melange-lab-tests.lock";
 
 /// Whether the effective user is root.
 pub fn is_root() -> bool {
-    let status =
-        std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
-    let euid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .expect("/proc/self/status has a Uid line with an effective uid");
-    euid == "0"
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+    melange_sys::testenv::is_root()
 }
 
 /// Whether a root-only test should run: yes as root, a failure in CI without root, else a skip.
 pub fn root_or_skip() -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "the lab tests need root, and CI (CI=true) must not skip them"
-    );
-    println!("SKIPPED: needs root");
-    false
+    melange_sys::testenv::root_or_skip("lab test")
 }
 
 /// Serializes lab tests across test binaries; released when dropped.
