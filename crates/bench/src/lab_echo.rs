@@ -39,6 +39,12 @@ pub struct LabEchoArgs {
     /// `--delay-us` with no value skips the curve.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "0,2,4,8,16,32,64")]
     pub delay_us: Vec<u64>,
+    /// Where each lab host's receive work runs (`melange lab up --napi`): `threaded` (the
+    /// default) pins each end's NAPI threads to that host's core (--server-cpu, --client-cpu),
+    /// as on two machines; `inline` is the kernel's default, where on veth the sender's core
+    /// runs the receiver's XDP program and copy.
+    #[arg(long, value_enum, default_value_t = melange_lab::NapiMode::Threaded)]
+    pub napi: melange_lab::NapiMode,
 }
 
 /// The lab's servers.
@@ -353,6 +359,8 @@ pub struct Ratios {
 /// The results of `bench echo`.
 #[derive(Debug, Serialize)]
 pub struct LabEchoResults {
+    /// The lab's NAPI mode during the run.
+    pub napi: melange_lab::NapiMode,
     /// Medians per server and load.
     pub rows: Vec<Row<Run>>,
     /// Ratios per load, each the median over repetitions of the ratio within a repetition.
@@ -423,7 +431,11 @@ impl Drop for SingleQueue {
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     let exe = std::env::current_exe()?;
-    let up = Command::new(&exe).args(["lab", "up"]).output()?;
+    let up = Command::new(&exe)
+        .args(["lab", "up", "--napi", args.napi.name()])
+        .args(["--server-cpu", &args.run.server_cpu.to_string()])
+        .args(["--client-cpu", &args.run.client_cpu.to_string()])
+        .output()?;
     if !up.status.success() {
         bail!(
             "`melange lab up` failed (the lab needs root):\n{}",
@@ -527,6 +539,17 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
         });
     }
     print_rows(&rows);
+    println!(
+        "  lab napi mode: {} (server receive work on cpu {}, client's on cpu {}{})",
+        args.napi.name(),
+        args.run.server_cpu,
+        args.run.client_cpu,
+        if args.napi == melange_lab::NapiMode::Inline {
+            "; inline: each side's receive work runs on the sender's core"
+        } else {
+            ""
+        }
+    );
     println!("  ratios: medians over repetitions of the ratio within each repetition");
     for r in &ratios {
         println!(
@@ -569,6 +592,7 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
         );
     }
     let results = LabEchoResults {
+        napi: args.napi,
         rows,
         ratios,
         curve,

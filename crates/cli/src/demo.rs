@@ -1,9 +1,10 @@
 //! `melange demo`: the README's first command.
 //!
-//! With the privileges to build the namespace lab (root), it brings the lab up, runs echo on
-//! AF_XDP against the Linux baseline and a raw AF_XDP echo, prints the comparison, and takes
-//! the lab down. Without them it says so and runs Melange's echo on the kernel backend against
-//! the same Linux baseline on 127.0.0.1.
+//! With the privileges to build the namespace lab (root), it brings the lab up (threaded NAPI,
+//! each host's receive work on its own core), runs echo on AF_XDP against the Linux baseline
+//! and a raw AF_XDP echo, prints the comparison, and takes the lab down again if it created
+//! it (a lab that was already there is left as it was). Without them it says so and runs
+//! Melange's echo on the kernel backend against the same Linux baseline on 127.0.0.1.
 
 use anyhow::Result;
 use melange_bench::{self as bench, EchoRunArgs, KernelEchoArgs, LabEchoArgs};
@@ -25,6 +26,19 @@ pub struct DemoArgs {
     pub no_lab: bool,
 }
 
+/// Whether any part of the lab exists now (a namespace of it), as `lab status` reports.
+fn lab_exists(exe: &std::path::Path) -> bool {
+    let Ok(out) = Command::new(exe).args(["lab", "status", "--json"]).output() else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    status["namespaces"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|ns| ns["exists"] == true))
+}
+
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
@@ -40,29 +54,40 @@ pub fn run(args: DemoArgs) -> Result<()> {
         json: None,
     };
     if !args.no_lab {
-        let up = Command::new(&exe).args(["lab", "up"]).output()?;
+        // A lab that is already there (with whatever runs in it) is used and left as it was;
+        // only a lab this demo creates is taken down again.
+        let existed = lab_exists(&exe);
+        let up = Command::new(&exe)
+            .args(["lab", "up", "--napi", "threaded"])
+            .output()?;
         if up.status.success() {
             println!("Melange demo: 64-byte UDP echo in the namespace lab (mlg-a -> mlg-b over a veth pair),");
-            println!("server on cpu 0, Melange's AF_XDP load generator on cpu 1.\n");
+            println!("server on cpu 0, Melange's AF_XDP load generator on cpu 1, each host's receive work on its own core.\n");
             let result = bench::lab_echo::run(&LabEchoArgs {
                 run: run.clone(),
                 delay_us: Vec::new(),
+                napi: melange_lab::NapiMode::Threaded,
             });
-            let down = Command::new(&exe).args(["lab", "down"]).output();
-            if let Ok(down) = down {
-                if !down.status.success() {
-                    eprintln!("lab down failed: {}", String::from_utf8_lossy(&down.stderr));
+            if existed {
+                println!("(the lab existed before the demo and is left up: `melange lab down` removes it)");
+            } else {
+                let down = Command::new(&exe).args(["lab", "down"]).output();
+                if let Ok(down) = down {
+                    if !down.status.success() {
+                        eprintln!("lab down failed: {}", String::from_utf8_lossy(&down.stderr));
+                    }
                 }
             }
             return result.map(|_| ());
         }
+        let stderr = String::from_utf8_lossy(&up.stderr);
+        // The reason is anyhow's first line ("Error: ..."), never a backtrace line after it.
+        let reason = stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("Error: "))
+            .unwrap_or("melange lab up failed");
         println!(
-            "No namespace lab ({}): running on the kernel backend on 127.0.0.1 instead.",
-            String::from_utf8_lossy(&up.stderr)
-                .lines()
-                .last()
-                .unwrap_or("melange lab up failed")
-                .trim()
+            "No namespace lab ({reason}): running on the kernel backend on 127.0.0.1 instead."
         );
     }
     println!(

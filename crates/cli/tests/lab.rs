@@ -297,7 +297,7 @@ fn refuses_without_privileges() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("melange lab needs root (CAP_NET_ADMIN) to create namespaces"),
+        stderr.contains("melange lab status needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to look inside the lab's namespaces"),
         "{stderr}"
     );
 }
@@ -325,6 +325,40 @@ fn lab_lifecycle_and_impairment() {
         "second up changed something:\n{out}"
     );
     assert_up();
+    // Threaded NAPI: each end's receive work in its own pinned threads, read back by status;
+    // and back to inline.
+    let out = melange(&[
+        "lab",
+        "up",
+        "--napi",
+        "threaded",
+        "--client-cpu",
+        "1",
+        "--server-cpu",
+        "0",
+    ]);
+    assert!(out.contains("napi threaded"), "{out}");
+    let s = status();
+    for (ns, cpu) in [("mlg-a", "1"), ("mlg-b", "0")] {
+        let napi = &namespace(&s, ns)["interface"]["napi"];
+        assert_eq!(napi["mode"], "threaded", "{ns}: {napi}");
+        let threads = napi["threads"].as_array().expect("threads");
+        assert_eq!(
+            threads.len(),
+            2,
+            "{ns}: one NAPI thread per receive queue: {napi}"
+        );
+        for t in threads {
+            assert_eq!(t["cpus"], cpu, "{ns}: {t}");
+        }
+    }
+    ping_b_from_a();
+    melange(&["lab", "up", "--napi", "inline"]);
+    let s = status();
+    for ns in ["mlg-a", "mlg-b"] {
+        assert_eq!(namespace(&s, ns)["interface"]["napi"]["mode"], "inline");
+    }
+    ping_b_from_a();
     melange(&["lab", "down"]);
     assert_down();
     assert!(melange(&["lab", "down"]).contains("nothing to remove"));

@@ -1215,7 +1215,7 @@ mod tests {
         /// The socket, or `None` (test skipped) without the `ip` command outside CI.
         fn new(test: &str) -> Option<Self> {
             if Command::new("ip").arg("-V").output().is_err() {
-                melange_sys::testenv::skip_or_fail("netns fixture", "needs iproute2 (`ip`)");
+                melange_sys::testenv::skip_or_fail(test, "needs iproute2 (`ip`)");
                 return None;
             }
             static NEXT: AtomicUsize = AtomicUsize::new(0);

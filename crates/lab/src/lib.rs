@@ -76,8 +76,6 @@ const QUEUE_COUNT: u64 = 2;
 const LOCK_PATH: &str = "/run/melange-lab.lock";
 /// How long `up` waits for both veth ends to become operationally UP.
 const UP_WAIT_MAX: Duration = Duration::from_secs(5);
-/// The message for a caller without the privileges to build the lab.
-const NEED_ROOT: &str = "melange lab needs root (CAP_NET_ADMIN) to create namespaces";
 
 /// One end of the lab: a namespace and the veth end inside it.
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +106,7 @@ const ENDS: [End; 2] = [END_A, END_B];
 pub enum LabCommand {
     /// Create the lab, or repair a partial one: namespaces mlg-a (client) and mlg-b (server)
     /// joined by veth mlg-va (10.77.0.1/24) <-> mlg-vb (10.77.0.2/24), 2 RX and 2 TX queues each.
-    Up,
+    Up(UpArgs),
     /// Remove everything `up` and `impair` made. Safe to run when nothing is there.
     Down,
     /// Show the lab's state: namespaces, interfaces, addresses, queues, XDP programs, impairment.
@@ -121,6 +119,60 @@ pub enum LabCommand {
     /// consumed or redirected: traffic from an AF_XDP sender to an XDP receiver cannot be impaired by
     /// nftables at all.
     Impair(ImpairArgs),
+}
+
+/// Where each veth end's receive work runs: its NAPI poll, which runs the XDP program, copies
+/// into an AF_XDP socket's UMEM, and hands packets to the kernel's stack.
+///
+/// On veth, `inline` (the kernel's default) runs the receiver's poll in the softirq of the CPU
+/// that *sent* the frame: the server core pays for the client's receive work and the other
+/// way round, which no pair of real hosts does. `threaded` moves each end's poll into kernel
+/// threads (`napi/<dev>-<id>`, one per receive queue; veth has NAPI with GRO on) and pins them
+/// to that end's host core, so each side's receive work runs on its own core, as a NIC's
+/// interrupt and NAPI poll do on a real machine.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NapiMode {
+    /// The kernel's default: receive work runs where the frame was sent (GRO off).
+    Inline,
+    /// Each end's receive work in NAPI threads pinned to that end's core (GRO on).
+    Threaded,
+}
+
+impl NapiMode {
+    /// The name the command line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inline => "inline",
+            Self::Threaded => "threaded",
+        }
+    }
+}
+
+/// Arguments of `melange lab up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Where each end's receive work runs (see `NapiMode`): `inline` in the sender's softirq
+    /// (the kernel's default), or `threaded` in NAPI threads pinned to each host's core, which
+    /// models two machines.
+    #[arg(long, value_enum, default_value_t = NapiMode::Inline)]
+    pub napi: NapiMode,
+    /// threaded: the client host's core (mlg-a's NAPI threads run there).
+    #[arg(long, default_value_t = 1)]
+    pub client_cpu: usize,
+    /// threaded: the server host's core (mlg-b's NAPI threads run there).
+    #[arg(long, default_value_t = 0)]
+    pub server_cpu: usize,
+}
+
+impl Default for UpArgs {
+    fn default() -> Self {
+        Self {
+            napi: NapiMode::Inline,
+            client_cpu: 1,
+            server_cpu: 0,
+        }
+    }
 }
 
 /// Arguments of `melange lab status`.
@@ -189,11 +241,30 @@ impl Direction {
 
 /// Runs a lab subcommand.
 pub fn run(command: LabCommand) -> Result<()> {
-    require_root()?;
+    if let LabCommand::Up(args) = &command {
+        let online = melange_sys::cpu::online_cpus();
+        for (flag, cpu) in [
+            ("client-cpu", args.client_cpu),
+            ("server-cpu", args.server_cpu),
+        ] {
+            if cpu >= online {
+                bail!(
+                    "--{flag} {cpu}: this machine has {online} core(s), numbered 0 to {}",
+                    online - 1
+                );
+            }
+        }
+    }
+    require_root(match &command {
+        LabCommand::Up(_) => ("up", "to create the namespaces and the veth pair"),
+        LabCommand::Down => ("down", "to delete the namespaces"),
+        LabCommand::Status(_) => ("status", "to look inside the lab's namespaces"),
+        LabCommand::Impair(_) => ("impair", "to change nftables rules inside the namespaces"),
+    })?;
     let tools = Tools::find()?;
     let _lock = lock()?;
     match command {
-        LabCommand::Up => up(&tools),
+        LabCommand::Up(args) => up(&tools, &args),
         LabCommand::Down => down(&tools),
         LabCommand::Status(args) => {
             let status = status(&tools)?;
@@ -215,7 +286,7 @@ pub fn run(command: LabCommand) -> Result<()> {
 /// mount). Reads the effective capability set from /proc rather than comparing the uid with 0,
 /// so that a capable non-root user and a root user without capabilities (a restricted container)
 /// both get the right answer.
-fn require_root() -> Result<()> {
+fn require_root((command, why): (&str, &str)) -> Result<()> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
@@ -226,7 +297,9 @@ fn require_root() -> Result<()> {
         .ok_or_else(|| anyhow!("no CapEff line in /proc/self/status"))?;
     let needed = (1u64 << CAP_NET_ADMIN) | (1u64 << CAP_SYS_ADMIN);
     if caps & needed != needed {
-        bail!(NEED_ROOT);
+        bail!(
+            "melange lab {command} needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) {why}; run it as root, e.g. `sudo melange lab {command}`"
+        );
     }
     Ok(())
 }
@@ -410,6 +483,28 @@ struct InterfaceStatus {
     xdp: Option<XdpStatus>,
     /// ethtool's `tx-checksumming`; None when ethtool is missing.
     tx_checksum_offload: Option<bool>,
+    /// Where the end's receive work runs; None when it could not be read.
+    napi: Option<NapiStatus>,
+}
+
+/// An end's NAPI placement, read back from the kernel.
+#[derive(Debug, Serialize)]
+struct NapiStatus {
+    /// `threaded` when `/sys/class/net/DEV/threaded` is 1, else `inline`.
+    mode: NapiMode,
+    /// The end's NAPI threads (threaded mode) and the cores each may run on.
+    threads: Vec<NapiThread>,
+}
+
+/// One NAPI poller thread.
+#[derive(Debug, Serialize)]
+struct NapiThread {
+    /// Its name, `napi/<dev>-<id>` (truncated by the kernel to 15 characters).
+    name: String,
+    /// Its pid.
+    pid: u32,
+    /// `Cpus_allowed_list`, e.g. `0`.
+    cpus: String,
 }
 
 /// An XDP attachment, as `ip -j link` reports it.
@@ -481,6 +576,7 @@ impl InterfaceStatus {
             tx_queues: link["num_tx_queues"].as_u64().unwrap_or_default(),
             xdp,
             tx_checksum_offload: None,
+            napi: None,
         }
     }
 
@@ -559,6 +655,7 @@ fn status(tools: &Tools) -> Result<LabStatus> {
             if let Some(link) = link_json(tools, Some(end.ns), end.dev)? {
                 let mut parsed = InterfaceStatus::parse(&link);
                 parsed.tx_checksum_offload = tx_checksum_offload(tools, end.ns, end.dev);
+                parsed.napi = napi_status(tools, end).ok();
                 interface = Some(parsed);
             }
             impairs = match tools.nft {
@@ -621,9 +718,22 @@ impl LabStatus {
                         Some(false) => "off",
                         None => "unknown (no ethtool)",
                     };
+                    let napi = match &i.napi {
+                        None => "unknown".to_string(),
+                        Some(n) if n.threads.is_empty() => n.mode.name().to_string(),
+                        Some(n) => format!(
+                            "{} ({})",
+                            n.mode.name(),
+                            n.threads
+                                .iter()
+                                .map(|t| format!("{} pid {} on cpu {}", t.name, t.pid, t.cpus))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
                     let _ = writeln!(
                         out,
-                        "  {} ({}, {}, mac {}): {}\n    queues: {} rx / {} tx\n    xdp: {}\n    tx checksum offload: {}",
+                        "  {} ({}, {}, mac {}): {}\n    queues: {} rx / {} tx\n    xdp: {}\n    tx checksum offload: {}\n    napi: {napi}",
                         i.name,
                         i.kind.as_deref().unwrap_or("?"),
                         i.operstate,
@@ -694,7 +804,7 @@ fn veth_problem(a: Option<&InterfaceStatus>, b: Option<&InterfaceStatus>) -> Opt
     None
 }
 
-fn up(tools: &Tools) -> Result<()> {
+fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
     // Step 1: the namespaces. `ip netns add` creates a network namespace and pins it with a bind
     // mount under /run/netns, so it outlives this process and `ip netns exec` can enter it.
     for end in ENDS {
@@ -799,11 +909,148 @@ fn up(tools: &Tools) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Step 8: where each end's receive work runs (see `NapiMode`). After the links are up:
+    // setting a link down and up recreates its NAPI threads, unpinned.
+    for (end, cpu) in [(END_A, args.client_cpu), (END_B, args.server_cpu)] {
+        set_napi(tools, end, args.napi, cpu)?;
+    }
     println!(
-        "lab: up: {}/{} {} <-> {} {}/{}",
-        END_A.ns, END_A.dev, END_A.addr, END_B.addr, END_B.ns, END_B.dev
+        "lab: up: {}/{} {} <-> {} {}/{}, napi {}",
+        END_A.ns,
+        END_A.dev,
+        END_A.addr,
+        END_B.addr,
+        END_B.ns,
+        END_B.dev,
+        args.napi.name()
     );
     Ok(())
+}
+
+/// How long `up` waits for an end's NAPI threads to appear after switching it to threaded.
+const NAPI_THREADS_WAIT_MAX: Duration = Duration::from_secs(3);
+
+/// Puts `end`'s receive work where `mode` says; in threaded mode pins its NAPI threads to
+/// `cpu`.
+fn set_napi(tools: &Tools, end: End, mode: NapiMode, cpu: usize) -> Result<()> {
+    let ethtool = tools.ethtool.as_deref().ok_or_else(|| {
+        anyhow!("ethtool not found, and `lab up` needs it to set GRO for the NAPI mode: run scripts/setup.sh")
+    })?;
+    let sh = Path::new("/bin/sh");
+    let threaded_path = format!("/sys/class/net/{}/threaded", end.dev);
+    match mode {
+        NapiMode::Inline => {
+            // Only an end that has NAPI instances takes the write (the kernel answers EIO
+            // otherwise); one without them is inline already.
+            if napi_status(tools, end)?.mode == NapiMode::Threaded {
+                tools.exec_in(
+                    end.ns,
+                    sh,
+                    &["-c", &format!("echo 0 > {threaded_path}")],
+                    None,
+                )?;
+            }
+            tools.exec_in(end.ns, ethtool, &["-K", end.dev, "gro", "off"], None)?;
+            println!(
+                "lab: {} napi inline (GRO off: receive work runs in the sender's softirq)",
+                end.dev
+            );
+        }
+        NapiMode::Threaded => {
+            // veth has NAPI (and so NAPI threads) only with GRO on or an XDP program attached;
+            // GRO on keeps it there whether or not a server attaches XDP later.
+            tools.exec_in(end.ns, ethtool, &["-K", end.dev, "gro", "on"], None)?;
+            tools.exec_in(
+                end.ns,
+                sh,
+                &["-c", &format!("echo 1 > {threaded_path}")],
+                None,
+            )?;
+            let deadline = Instant::now() + NAPI_THREADS_WAIT_MAX;
+            let threads = loop {
+                let threads = napi_threads(end.dev)?;
+                if threads.len() >= QUEUE_COUNT as usize {
+                    break threads;
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "{} has {} NAPI thread(s) {NAPI_THREADS_WAIT_MAX:?} after switching to threaded NAPI, expected {QUEUE_COUNT} (one per receive queue); does this kernel support /sys/class/net/DEV/threaded?",
+                        end.dev,
+                        threads.len()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            for (pid, name) in &threads {
+                melange_sys::cpu::pin_thread(*pid, cpu)
+                    .with_context(|| format!("pinning {name} (pid {pid}) to cpu {cpu}"))?;
+            }
+            println!(
+                "lab: {} napi threaded: {} pinned to cpu {cpu} (the {} host's core)",
+                end.dev,
+                threads
+                    .iter()
+                    .map(|(pid, name)| format!("{name} (pid {pid})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                end.role
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The NAPI threads of `dev`: kernel threads named `napi/<dev>-<id>`, as (pid, name).
+fn napi_threads(dev: &str) -> Result<Vec<(u32, String)>> {
+    let prefix = format!("napi/{dev}-");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read; that is not an error.
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        if comm.starts_with(&prefix) {
+            found.push((pid, comm.to_string()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads back `end`'s NAPI mode and its threads' cores.
+fn napi_status(tools: &Tools, end: End) -> Result<NapiStatus> {
+    let text = tools.exec_in(
+        end.ns,
+        Path::new("/bin/cat"),
+        &[&format!("/sys/class/net/{}/threaded", end.dev)],
+        None,
+    )?;
+    let mode = if text.trim() == "1" || text.trim() == "enabled" {
+        NapiMode::Threaded
+    } else {
+        NapiMode::Inline
+    };
+    let mut threads = Vec::new();
+    for (pid, name) in napi_threads(end.dev)? {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        threads.push(NapiThread { name, pid, cpus });
+    }
+    Ok(NapiStatus { mode, threads })
 }
 
 /// Deletes every `mlg-va`/`mlg-vb` in the root namespace and the lab namespaces, then waits until

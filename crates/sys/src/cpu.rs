@@ -48,6 +48,18 @@ pub enum ProcError {
 /// `sched_setaffinity` error otherwise: `EINVAL` if `cpu` is offline or outside this process's
 /// cpuset (containers often restrict it). The caller should pick another CPU or run unpinned.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    pin_thread(0, cpu)
+}
+
+/// Pins thread `tid` (a thread id as in `/proc/PID/task`, or a kernel thread's pid, such as a
+/// threaded NAPI poller's) to CPU `cpu`; `tid` 0 is the calling thread.
+///
+/// # Errors
+///
+/// As for [`pin_current_thread`], and `ESRCH` if there is no such thread, `EPERM` without the
+/// privilege to change another user's thread (`CAP_SYS_NICE`), `EINVAL` for a kernel thread
+/// that may not move.
+pub fn pin_thread(tid: u32, cpu: usize) -> io::Result<()> {
     let setsize = libc::CPU_SETSIZE as usize;
     if cpu >= setsize {
         return Err(io::Error::new(
@@ -55,14 +67,20 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
             format!("cpu {cpu} is not below CPU_SETSIZE {setsize}"),
         ));
     }
+    let tid = libc::pid_t::try_from(tid).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("thread id {tid} is out of range"),
+        )
+    })?;
     // SAFETY: `cpu_set_t` is a plain array of integers; all-zero is the valid empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
     // SAFETY: `CPU_SET` writes bit `cpu` of `set`; `cpu < CPU_SETSIZE` was checked above, so
     // the bit lies inside the array.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a live, initialised `cpu_set_t` on our stack and we pass its exact size;
-    // the kernel only reads it. Pid 0 means the calling thread.
-    syscall!(unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    // the kernel only reads it.
+    syscall!(unsafe { libc::sched_setaffinity(tid, mem::size_of::<libc::cpu_set_t>(), &set) })?;
     Ok(())
 }
 
