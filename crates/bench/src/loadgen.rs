@@ -5,8 +5,7 @@ use anyhow::{anyhow, Context, Result};
 use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
 use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport};
 use melange_control::options::{
-    check_batch, check_cpus, check_engines, check_prefix, check_range, cpu_for, parse_duration,
-    Backend,
+    check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
 use melange_core::{PacketPool, PoolConfig};
 use melange_engine::Transport;
@@ -27,7 +26,8 @@ pub struct LoadgenArgs {
     /// Server address, IP:PORT.
     #[arg(long)]
     pub target: SocketAddrV4,
-    /// Local address to send from (with af_xdp: the interface's own address).
+    /// Local address to send from. kernel: any (default 0.0.0.0). af_xdp: the interface's own
+    /// address, the default; another is refused.
     #[arg(long, default_value = "0.0.0.0")]
     pub bind: Ipv4Addr,
     /// af_xdp: the interface, e.g. mlg-va.
@@ -36,9 +36,6 @@ pub struct LoadgenArgs {
     /// af_xdp: first local UDP port; engine i sends from this plus i, on queue i.
     #[arg(long, default_value_t = 40000)]
     pub local_port: u16,
-    /// af_xdp: prefix length of the interface's subnet.
-    #[arg(long, default_value_t = 24)]
-    pub prefix: u8,
     /// af_xdp: attach the XDP program in generic (skb) mode instead of native mode.
     #[arg(long)]
     pub generic_xdp: bool,
@@ -158,7 +155,6 @@ fn engine_config(args: &LoadgenArgs, id: usize, local_port: u16) -> LoadgenConfi
 pub fn validate(args: &LoadgenArgs) -> Result<()> {
     check_engines(args.engines)?;
     check_cpus(&args.cpus)?;
-    check_prefix(args.prefix)?;
     check_batch(64)?;
     if args.target.port() == 0 {
         return Err(anyhow!(
@@ -233,11 +229,9 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         .interface
         .clone()
         .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
-    if args.bind.is_unspecified() {
-        return Err(anyhow!(
-            "--backend af_xdp needs --bind with the interface's address"
-        ));
-    }
+    let (bind, prefix) =
+        melange_control::engines::interface_address(&interface, Some(args.bind), "--bind")?;
+    melange_control::engines::check_on_link(&interface, bind, prefix, *args.target.ip())?;
     // validate() checked that the ports fit.
     let last_port = (usize::from(args.local_port) + args.engines - 1) as u16;
     let mtu = melange_sys::netdev::mtu(&interface)
@@ -253,8 +247,8 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let server_mac = melange_control::engines::kernel_neighbor(*args.target.ip())?;
     let setup = melange_control::engines::XdpSetup {
         interface,
-        addr: args.bind,
-        prefix_len: args.prefix,
+        addr: bind,
+        prefix_len: prefix,
         queues: (0..args.engines as u32).collect(),
         ports: melange_control::PortRange::new(args.local_port, last_port)?,
         static_arp: vec![(*args.target.ip(), server_mac)],

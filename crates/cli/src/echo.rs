@@ -133,23 +133,6 @@ pub fn validate(args: &EchoArgs) -> Result<()> {
     Ok(())
 }
 
-/// The address af_xdp serves on: the interface's own, which `--addr` may only repeat.
-fn af_xdp_address(interface: &str, asked: Option<Ipv4Addr>) -> Result<(Ipv4Addr, u8)> {
-    let own = melange_sys::netdev::ipv4_address(interface).with_context(|| {
-        format!("interface {interface} (does it exist in this namespace? `ip -br addr` lists them)")
-    })?;
-    match (own, asked) {
-        (Some((addr, prefix)), None) => Ok((addr, prefix)),
-        (Some((addr, prefix)), Some(asked)) if asked == addr => Ok((addr, prefix)),
-        (Some((addr, _)), Some(asked)) => Err(anyhow!(
-            "--addr {asked} is not {interface}'s address ({addr}): the XDP filter takes the port for every address on {interface}, so datagrams to {addr} would reach an engine that answers only {asked} and be dropped; leave --addr out to serve {addr}"
-        )),
-        (None, _) => Err(anyhow!(
-            "{interface} has no IPv4 address; give it one (`ip addr add 10.77.0.2/24 dev {interface}`) so the kernel answers ARP for it, then start again"
-        )),
-    }
-}
-
 /// Runs the echo server until stopped, then prints its counters.
 pub fn run(args: EchoArgs) -> Result<()> {
     validate(&args)?;
@@ -238,7 +221,7 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         .interface
         .clone()
         .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
-    let (addr, prefix_len) = af_xdp_address(&interface, args.addr)?;
+    let (addr, prefix_len) = xdp::interface_address(&interface, args.addr, "--addr")?;
     let setup = XdpSetup {
         interface: interface.clone(),
         addr,

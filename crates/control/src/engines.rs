@@ -97,8 +97,15 @@ where
         queues_max: (queue_count as u32).max(1),
         ..FilterOptions::default()
     };
-    let filters = XdpFilters::attach(name, setup.mode, options)
-        .with_context(|| format!("attaching Melange's XDP program to {name}"))?;
+    let filters = XdpFilters::attach(name, setup.mode, options).map_err(|e| {
+        let hint = match &e {
+            crate::ControlError::Bpf(b) if b.is_permission() => {
+                " (bpf(2) and AF_XDP need root, or CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW: run it with sudo)"
+            }
+            _ => "",
+        };
+        anyhow::Error::new(e).context(format!("attaching Melange's XDP program to {name}{hint}"))
+    })?;
     let frames = umem_frames_for(queues.len())?;
     let mut opened = Vec::new();
     for &queue in &queues {
@@ -159,6 +166,44 @@ where
         filter,
         filters,
     })
+}
+
+/// The address engines on `interface` use: the interface's own IPv4 address and prefix, which
+/// `asked` (the value of flag `flag`, if given) may only repeat. The XDP filter takes a port for
+/// every address on the interface, so an engine with any other address would receive
+/// datagrams it then drops: a silent black hole, refused here with the reason.
+pub fn interface_address(
+    interface: &str,
+    asked: Option<Ipv4Addr>,
+    flag: &str,
+) -> Result<(Ipv4Addr, u8)> {
+    let own = melange_sys::netdev::ipv4_address(interface).with_context(|| {
+        format!("interface {interface} (does it exist in this namespace? `ip -br addr` lists them)")
+    })?;
+    match (own, asked) {
+        (Some((addr, prefix)), None) => Ok((addr, prefix)),
+        (Some((addr, prefix)), Some(asked)) if asked == addr || asked.is_unspecified() => {
+            Ok((addr, prefix))
+        }
+        (Some((addr, _)), Some(asked)) => Err(anyhow!(
+            "{flag} {asked} is not {interface}'s address ({addr}): the XDP filter takes the port for every address on {interface}, so an engine using {asked} would drop what arrives for {addr}; leave {flag} out to use {addr}"
+        )),
+        (None, _) => Err(anyhow!(
+            "{interface} has no IPv4 address; give it one (e.g. `ip addr add 10.77.0.2/24 dev {interface}`) so the kernel answers ARP for it, then start again"
+        )),
+    }
+}
+
+/// Checks that `target` is on the subnet of `addr/prefix`: the af_xdp path has no router, so an
+/// off-subnet target could never be resolved.
+pub fn check_on_link(interface: &str, addr: Ipv4Addr, prefix: u8, target: Ipv4Addr) -> Result<()> {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    if u32::from(addr) & mask != u32::from(target) & mask {
+        bail!(
+            "{target} is not on {interface}'s subnet ({addr}/{prefix}): engines on AF_XDP reach only hosts on the link (there is no router on this path); use a target on that subnet, or --backend kernel"
+        );
+    }
+    Ok(())
 }
 
 /// Opens an AF_XDP queue, retrying for up to 2 s while the queue is still held: the kernel
