@@ -57,7 +57,7 @@
 //! or `entries_max × per-hop bound` preallocated slots, while one shared queue of
 //! `pending_max` frames bounds memory directly and keeps release order trivially correct.
 
-use crate::arp_cache::ArpCache;
+use crate::arp_cache::{ArpCache, Refresh};
 use crate::config::{ConfigError, InterfaceConfig};
 use crate::counters::{DropReason, NetCounters};
 use crate::ports::{BindError, PortTable};
@@ -254,15 +254,15 @@ impl Interface {
         self.tx.len()
     }
 
-    /// Adds an entry that never expires (it can still be evicted when the cache is full, or
-    /// replaced by what ARP learns). For a control plane that resolved the next hop itself,
-    /// through the kernel's neighbour table say.
+    /// Adds a static entry: it never expires, is never evicted, and ARP traffic never
+    /// overwrites it. For a control plane that resolved the next hop itself, through the
+    /// kernel's neighbour table say. Nothing is installed when the cache is full of static
+    /// entries.
     pub fn add_static_arp(&mut self, pool: &mut PacketPool, ip: Ipv4Addr, mac: EthernetAddress) {
         let ip_u32 = u32::from(ip);
-        if !self.arp.update(ip_u32, mac, u64::MAX) {
-            self.arp.insert(ip_u32, mac, u64::MAX);
+        if self.arp.pin(ip_u32, mac) {
+            self.release_parked(pool, ip_u32, mac);
         }
-        self.release_parked(pool, ip_u32, mac);
     }
 
     /// Refreshes the cache from a delivered datagram's source (see
@@ -283,7 +283,7 @@ impl Interface {
             return;
         }
         let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
-        if !self.arp.update(ip_u32, mac, expires_at_ns) {
+        if self.arp.refresh(ip_u32, mac, expires_at_ns) == Refresh::Absent {
             self.arp.insert(ip_u32, mac, expires_at_ns);
         }
         self.release_parked(pool, ip_u32, mac);
@@ -639,7 +639,7 @@ impl Interface {
         let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
         // RFC 826 "Packet Reception": if the sender is already in the table, update it
         // (merge), whoever the target is.
-        let merged = learnable && self.arp.update(spa_u32, sha, expires_at_ns);
+        let merged = learnable && self.arp.refresh(spa_u32, sha, expires_at_ns) != Refresh::Absent;
         // RFC 826: "Am I the target protocol address?"
         if repr.target_protocol_addr != self.config.ipv4 {
             return (
