@@ -74,9 +74,12 @@ pub fn frame_input(data: &[u8]) {
     let datagram = feed(&mut iface, &mut pool, now_ns, frame_bytes);
     if let Some(d) = datagram {
         if flags & FLAG_ECHO != 0 {
-            let _ = iface.send_udp(now_ns, &mut pool, d.buf, d.local_port, d.from);
+            if let Err((_, data)) = iface.send_udp(now_ns, &mut pool, d.data, d.local_port, d.from)
+            {
+                pool.free_chain(data);
+            }
         } else {
-            pool.free(d.buf);
+            pool.free_chain(d.data);
         }
     }
     if flags & FLAG_SEND_UNRESOLVED != 0 {
@@ -90,7 +93,10 @@ pub fn frame_input(data: &[u8]) {
                 if pool.set_len(&mut buf, len).is_ok() {
                     pool.data_mut(&buf).copy_from_slice(&frame_bytes[..len]);
                 }
-                let _ = iface.send_udp(now_ns, &mut pool, buf, PORT, SocketAddrV4::new(dst, 9));
+                let to = SocketAddrV4::new(dst, 9);
+                if let Err((_, data)) = iface.send_udp(now_ns, &mut pool, buf.into(), PORT, to) {
+                    pool.free_chain(data);
+                }
             }
         }
     }
