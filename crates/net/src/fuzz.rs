@@ -1,6 +1,6 @@
 //! The body of the `net_frame_input` fuzz target: untrusted frames through a live interface.
 //!
-//! Design: each input builds a fresh, small world (a pool of [`FRAME_COUNT`] frames, an
+//! Design: each input builds a fresh, small world (a pool of `FRAME_COUNT` frames, an
 //! interface with one bound port, one learned neighbour and a gateway), so inputs are
 //! independent and any crash replays from its bytes alone. The first input byte selects
 //! what the rest means:

@@ -8,7 +8,7 @@
 //! fragment. A datagram in progress is one of [`REASSEMBLY_DATAGRAMS_MAX`] slots, keyed by
 //! (source, identification): RFC 791 also keys on destination and protocol, but only UDP
 //! datagrams to our own address get here. Each slot keeps its fragments in a vector sorted
-//! by offset, preallocated to [`REASSEMBLY_FRAGMENTS_MAX`] in [`Reassembler::new`] and never
+//! by offset, preallocated to [`REASSEMBLY_FRAGMENTS_MAX`] in `Reassembler::new` and never
 //! grown. Because overlapping fragments are refused (below), the held fragments are disjoint
 //! intervals of the datagram, so "complete" is simply: the last fragment (MF clear) has told
 //! us the length, and the bytes held add up to it. That is equivalent to RFC 815's hole list,
