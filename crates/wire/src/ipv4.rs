@@ -81,8 +81,9 @@ pub enum Error {
     /// The header carries options, which this dataplane does not process; drop it.
     #[error("IPv4 options are not supported")]
     Options,
-    /// The datagram is a fragment, which this dataplane does not reassemble; drop it.
-    #[error("IPv4 fragments are not supported")]
+    /// The datagram is a fragment, which a [`Repr`] does not describe; the network core
+    /// reassembles UDP fragments from the [`Packet`] view and drops the rest.
+    #[error("an IPv4 fragment has no Repr")]
     Fragment,
 }
 
