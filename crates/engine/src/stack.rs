@@ -146,8 +146,9 @@ fn map_send_error(error: melange_net::SendError) -> SendError {
     use melange_net::SendError as E;
     match error {
         E::NoRoute(_) => SendError::NoRoute,
+        E::BadDestination { .. } => SendError::BadDestination,
         E::ArpPendingFull => SendError::ResolutionQueueFull,
-        E::TxQueueFull => SendError::TxQueueFull,
+        E::TxQueueFull | E::PoolExhausted { .. } => SendError::TxQueueFull,
         E::PayloadTooLarge { .. } => SendError::PayloadTooLarge,
         E::NoHeadroom { .. } => SendError::NoHeadroom,
     }
@@ -190,10 +191,10 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             };
             let Some(socket) = self.by_port.iter().find(|(p, _)| *p == datagram.local_port) else {
                 // The stack delivers only bound ports, and every bound port has a socket.
-                pool.free(datagram.buf);
+                pool.free_chain(datagram.data);
                 continue;
             };
-            let data = BufChain::from(datagram.buf);
+            let data = datagram.data;
             pool.hand_over_chain(&data, FrameOwner::App);
             let event = Event::Datagram {
                 socket: socket.1,
@@ -293,15 +294,21 @@ impl<N: NicQueue> Transport for StackTransport<N> {
         if let Some(token) = notify {
             pool.return_after_tx(&buf, token);
         }
-        match self.iface.send_udp(now_ns, pool, buf, port, to) {
+        match self
+            .iface
+            .send_udp(now_ns, pool, BufChain::from(buf), port, to)
+        {
             Ok(()) => {
                 self.move_stack_frames(pool);
                 Ok(())
             }
-            Err((error, buf)) => {
-                pool.cancel_return(&buf);
-                pool.hand_over(&buf, FrameOwner::App);
-                Err(refused(map_send_error(error), buf))
+            Err((error, data)) => {
+                pool.cancel_return(data.head());
+                pool.hand_over_chain(&data, FrameOwner::App);
+                Err(Refused {
+                    error: map_send_error(error).into(),
+                    data: Some(data),
+                })
             }
         }
     }

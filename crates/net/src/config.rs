@@ -72,19 +72,14 @@ pub struct InterfaceConfig {
     /// Accept received UDP datagrams whose checksum was left partial by transmit offload
     /// (see the `iface` module documentation for the policy).
     pub accept_partial_udp_checksum: bool,
-    /// Largest IPv4 datagram we send, in bytes (Ethernet: 1500).
+    /// Largest IPv4 datagram we send in one frame, in bytes (Ethernet: 1500). Larger UDP
+    /// datagrams are sent as fragments of at most this size.
     pub mtu: u16,
-    /// Learn an on-link sender's MAC address from the IPv4 datagrams it sends us (as well as
-    /// from ARP). With AF_XDP the kernel usually answers ARP for the shared address and each
-    /// engine has its own cache, so a server engine could otherwise never learn where its
-    /// clients are without an ARP round trip of its own. The source MAC of a frame from an
-    /// on-link host is that host's address; off-link sources are not learned.
-    pub learn_from_ip: bool,
 }
 
 impl InterfaceConfig {
     /// A configuration with the defaults: no gateway, [`ArpConfig::default`], a transmit
-    /// queue of 256, partial UDP checksums accepted, MTU 1500, learning from IPv4 on.
+    /// queue of 256, partial UDP checksums accepted, MTU 1500.
     pub fn new(mac: EthernetAddress, ipv4: Ipv4Addr, prefix_len: u8) -> Self {
         InterfaceConfig {
             mac,
@@ -95,7 +90,6 @@ impl InterfaceConfig {
             tx_queue_max: 256,
             accept_partial_udp_checksum: true,
             mtu: 1500,
-            learn_from_ip: true,
         }
     }
 
@@ -111,24 +105,67 @@ impl InterfaceConfig {
         (u32::from(addr) ^ u32::from(self.ipv4)) & self.netmask() == 0
     }
 
+    /// Why `addr` cannot be a unicast peer of this interface, or `None` when it can. The
+    /// interface drops datagrams *from* such an address (RFC 1122 §3.2.1.3, RFC 1812 §5.3.7)
+    /// and refuses to send *to* one. Our own address is [`Martian::Ours`].
+    pub fn martian(&self, addr: Ipv4Addr) -> Option<Martian> {
+        let a = u32::from(addr);
+        let [first, ..] = addr.octets();
+        // RFC 1122 §3.2.1.3 (a), (b): {0, 0} and {0, Host-number} are "this host on this
+        // network", legal only as the source of a host that does not know its address yet
+        // (BOOTP/DHCP), which this interface never serves.
+        if first == 0 {
+            return Some(Martian::ThisNetwork);
+        }
+        // RFC 1122 §3.2.1.3 (g): {127, any} is internal host loopback, never on a wire.
+        if first == 127 {
+            return Some(Martian::Loopback);
+        }
+        // RFC 1112 §4 / RFC 1812 §5.3.7: class D is multicast, never a source.
+        if addr.is_multicast() {
+            return Some(Martian::Multicast);
+        }
+        // RFC 1122 §3.2.1.3 (c): the limited broadcast.
+        if addr.is_broadcast() {
+            return Some(Martian::Broadcast);
+        }
+        // RFC 1812 §5.3.7: class E (240/4) is reserved.
+        if first >= 240 {
+            return Some(Martian::Reserved);
+        }
+        // RFC 1122 §3.2.1.3 (d), RFC 922: a subnet's all-ones and all-zeros host numbers are
+        // its directed broadcast and its network. /31 and /32 have neither (RFC 3021).
+        if self.prefix_len < 31 && self.is_on_link(addr) {
+            let host_mask = !self.netmask();
+            if a & host_mask == host_mask {
+                return Some(Martian::Broadcast);
+            }
+            if a & host_mask == 0 {
+                return Some(Martian::Network);
+            }
+        }
+        if addr == self.ipv4 {
+            return Some(Martian::Ours);
+        }
+        None
+    }
+
     /// Checks every field; [`crate::Interface::new`] calls this.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.mac.is_unicast() {
             return Err(ConfigError::Mac(self.mac));
         }
         let ip = self.ipv4;
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-            return Err(ConfigError::Address(ip));
-        }
         if self.prefix_len > 32 {
             return Err(ConfigError::PrefixLen(self.prefix_len));
         }
+        // Our address must be a unicast host address of its own subnet (not its network or
+        // broadcast address), or the martian checks would refuse everything.
+        if self.martian(ip) != Some(Martian::Ours) {
+            return Err(ConfigError::Address(ip));
+        }
         if let Some(gateway) = self.gateway {
-            if gateway == ip
-                || !self.is_on_link(gateway)
-                || gateway.is_unspecified()
-                || gateway.is_broadcast()
-            {
+            if !self.is_on_link(gateway) || self.martian(gateway).is_some() {
                 return Err(ConfigError::Gateway(gateway));
             }
         }
@@ -155,19 +192,54 @@ impl InterfaceConfig {
     }
 }
 
+/// Why an address cannot be a unicast peer; see [`InterfaceConfig::martian`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Martian {
+    /// `0.0.0.0/8`: "this network" (RFC 1122 §3.2.1.3 (a), (b)).
+    ThisNetwork,
+    /// `127.0.0.0/8`: loopback (RFC 1122 §3.2.1.3 (g)).
+    Loopback,
+    /// `224.0.0.0/4`: multicast.
+    Multicast,
+    /// `240.0.0.0/4` other than the limited broadcast: reserved (RFC 1812 §5.3.7).
+    Reserved,
+    /// `255.255.255.255`, or the all-ones host of our subnet (RFC 922).
+    Broadcast,
+    /// The all-zeros host of our subnet: the network address.
+    Network,
+    /// Our own address.
+    Ours,
+}
+
+impl std::fmt::Display for Martian {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Martian::ThisNetwork => "a \"this network\" address (0.0.0.0/8)",
+            Martian::Loopback => "a loopback address (127.0.0.0/8)",
+            Martian::Multicast => "a multicast address (224.0.0.0/4)",
+            Martian::Reserved => "a reserved address (240.0.0.0/4)",
+            Martian::Broadcast => "a broadcast address",
+            Martian::Network => "the subnet's network address",
+            Martian::Ours => "our own address",
+        })
+    }
+}
+
 /// Why a configuration was refused. Fix the named field and build the interface again.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigError {
     /// The MAC address is multicast, broadcast or zero; give the interface's unicast MAC.
     #[error("MAC address {0} is not unicast")]
     Mac(EthernetAddress),
-    /// The IPv4 address is unspecified, broadcast or multicast; give a unicast address.
-    #[error("IPv4 address {0} is not unicast")]
+    /// The IPv4 address is not a unicast host address of its subnet (it is in 0/8, 127/8,
+    /// 224/4 or 240/4, or it is the subnet's network or broadcast address); give a unicast
+    /// address or fix the prefix length.
+    #[error("IPv4 address {0} is not a unicast host address of its subnet")]
     Address(Ipv4Addr),
     /// The prefix length is above 32.
     #[error("prefix length {0} is above 32")]
     PrefixLen(u8),
-    /// The gateway is our own address, off-link, unspecified or broadcast.
+    /// The gateway is our own address, off-link, or not a unicast host address.
     #[error("gateway {0} is not a usable on-link address")]
     Gateway(Ipv4Addr),
     /// `arp.entries_max` is zero or above [`ARP_ENTRIES_MAX_LIMIT`].
@@ -256,5 +328,66 @@ mod tests {
         let mut c = good();
         c.mtu = 20;
         assert_eq!(c.validate(), Err(ConfigError::Mtu(20)));
+        // Our address may not be martian, nor our subnet's network or broadcast address.
+        for ip in [
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(0, 0, 0, 9),
+            Ipv4Addr::new(240, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 0),
+            Ipv4Addr::new(10, 0, 0, 255),
+        ] {
+            let mut c = good();
+            c.ipv4 = ip;
+            assert_eq!(c.validate(), Err(ConfigError::Address(ip)), "{ip}");
+        }
+        for gateway in [Ipv4Addr::new(10, 0, 0, 255), Ipv4Addr::new(10, 0, 0, 1)] {
+            let mut c = good();
+            c.gateway = Some(gateway);
+            assert_eq!(c.validate(), Err(ConfigError::Gateway(gateway)));
+        }
+        // A /31 has no network or broadcast address (RFC 3021), so .0 is a host.
+        let mut c = good();
+        c.ipv4 = Ipv4Addr::new(10, 0, 0, 0);
+        c.prefix_len = 31;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn martian_classes() {
+        let c = good();
+        let class = |a: [u8; 4]| c.martian(Ipv4Addr::from(a));
+        assert_eq!(class([0, 0, 0, 0]), Some(Martian::ThisNetwork));
+        assert_eq!(class([0, 1, 2, 3]), Some(Martian::ThisNetwork));
+        assert_eq!(class([127, 0, 0, 1]), Some(Martian::Loopback));
+        assert_eq!(class([127, 255, 255, 255]), Some(Martian::Loopback));
+        assert_eq!(class([224, 0, 0, 1]), Some(Martian::Multicast));
+        assert_eq!(class([239, 255, 255, 255]), Some(Martian::Multicast));
+        assert_eq!(class([240, 0, 0, 1]), Some(Martian::Reserved));
+        assert_eq!(class([255, 255, 255, 254]), Some(Martian::Reserved));
+        assert_eq!(class([255, 255, 255, 255]), Some(Martian::Broadcast));
+        assert_eq!(class([10, 0, 0, 255]), Some(Martian::Broadcast));
+        assert_eq!(class([10, 0, 0, 0]), Some(Martian::Network));
+        assert_eq!(class([10, 0, 0, 1]), Some(Martian::Ours));
+        assert_eq!(class([10, 0, 0, 2]), None);
+        assert_eq!(class([10, 0, 0, 254]), None);
+        // Another subnet's broadcast and network addresses are hosts as far as we can tell.
+        assert_eq!(class([10, 0, 1, 255]), None);
+        assert_eq!(class([10, 0, 1, 0]), None);
+        assert_eq!(class([8, 8, 8, 8]), None);
+        assert_eq!(class([223, 255, 255, 255]), None);
+        let mut p31 = good();
+        p31.prefix_len = 31;
+        assert_eq!(p31.martian(Ipv4Addr::new(10, 0, 0, 0)), None);
+        let mut p30 = good();
+        p30.prefix_len = 30;
+        assert_eq!(
+            p30.martian(Ipv4Addr::new(10, 0, 0, 3)),
+            Some(Martian::Broadcast)
+        );
+        assert_eq!(
+            p30.martian(Ipv4Addr::new(10, 0, 0, 0)),
+            Some(Martian::Network)
+        );
+        assert_eq!(p30.martian(Ipv4Addr::new(10, 0, 0, 4)), None);
     }
 }

@@ -3,7 +3,9 @@
 //! Design: every frame the interface consumes without delivering or transmitting it is
 //! counted under exactly one [`DropReason`], so `rx_frames` can be reconciled against
 //! deliveries, replies and drops, and a test can provoke each reason and see its counter
-//! move. Drops live in a fixed array indexed by the reason's discriminant: counting is one
+//! move. The one exception is reassembly: fragments held for a datagram that is then given
+//! up (timed out, overlapped, too big) are counted once for the datagram, the unit an
+//! operator cares about; each `Reasm*` reason says which unit it counts. Drops live in a fixed array indexed by the reason's discriminant: counting is one
 //! increment with no branch, and adding a reason is one line in the enum plus one in `ALL`
 //! (a compile-time assertion keeps the two in step).
 //!
@@ -17,7 +19,7 @@ pub enum DropReason {
     EthTruncated,
     /// Destination MAC is neither ours nor broadcast.
     EthNotForUs,
-    /// Source MAC is multicast or broadcast (sources are individual addresses).
+    /// Source MAC is multicast, broadcast or all zeros (sources are individual addresses).
     EthBadSource,
     /// 802.1Q VLAN-tagged frame; this interface is untagged.
     Vlan,
@@ -27,6 +29,9 @@ pub enum DropReason {
     ArpMalformed,
     /// ARP packet whose target is another host.
     ArpNotForUs,
+    /// ARP packet whose sender protocol address is martian (loopback, multicast, reserved,
+    /// broadcast, our subnet's network address) or our own: neither learned nor answered.
+    ArpBadSender,
     /// IPv4 packet shorter than 20 bytes.
     IpTruncated,
     /// IP version is not 4.
@@ -39,12 +44,25 @@ pub enum DropReason {
     IpBadTotalLen,
     /// IPv4 header with options (not processed).
     IpOptions,
-    /// IPv4 fragment (not reassembled).
+    /// IPv4 fragment of a protocol other than UDP (only UDP is reassembled).
     IpFragment,
     /// IPv4 destination is not our address.
     IpNotForUs,
-    /// IPv4 source is unspecified, broadcast or multicast (RFC 1122 §3.2.1.3).
-    IpBadSource,
+    /// IPv4 source in `0.0.0.0/8`, "this network" (RFC 1122 §3.2.1.3 (a), (b)).
+    IpSrcThisNetwork,
+    /// IPv4 source in `127.0.0.0/8`, loopback (RFC 1122 §3.2.1.3 (g)).
+    IpSrcLoopback,
+    /// IPv4 source in `224.0.0.0/4`, multicast (RFC 1812 §5.3.7).
+    IpSrcMulticast,
+    /// IPv4 source in `240.0.0.0/4`, reserved (RFC 1812 §5.3.7).
+    IpSrcReserved,
+    /// IPv4 source is the limited broadcast or our subnet's directed broadcast (RFC 1122
+    /// §3.2.1.3 (c), (d)).
+    IpSrcBroadcast,
+    /// IPv4 source is our subnet's network address (all-zeros host number).
+    IpSrcNetwork,
+    /// IPv4 source is our own address (a reflection or a spoof).
+    IpSrcOurs,
     /// IPv4 protocol neither ICMP nor UDP.
     IpUnknownProtocol,
     /// ICMP message shorter than its header.
@@ -61,17 +79,44 @@ pub enum DropReason {
     UdpBadChecksum,
     /// No socket bound to the destination port.
     UdpNoListener,
+    /// A UDP fragment that cannot be part of any datagram: empty, or not the last and not a
+    /// multiple of 8 bytes long (RFC 791 §3.2). One count per fragment.
+    ReasmMalformed,
+    /// A datagram not completed within the reassembly timeout; its fragments were freed.
+    /// One count per datagram.
+    ReasmTimeout,
+    /// A datagram abandoned because two of its fragments overlapped with different contents
+    /// or ends (RFC 5722's rule, applied to IPv4). One count per datagram.
+    ReasmOverlap,
+    /// A datagram refused or abandoned because the reassembly table had no free entry or its
+    /// byte budget was spent. One count per datagram (or per refused first fragment).
+    ReasmTableFull,
+    /// A datagram abandoned because a fragment reached past 65,535 bytes of total length.
+    /// One count per datagram (or per refused first fragment).
+    ReasmTooBig,
+    /// A datagram abandoned because it needed more fragments than a datagram may hold.
+    /// One count per datagram.
+    ReasmTooManyFragments,
+    /// An exact copy (same offset, length and bytes) of a fragment already held, freed
+    /// while the datagram stays (network duplication, RFC 8200 §4.5). One count per fragment.
+    ReasmDuplicate,
+    /// A fragment of a datagram already delivered or abandoned, freed (RFC 5722: fragments
+    /// of an abandoned datagram "including those not yet received" are discarded). One count
+    /// per fragment.
+    ReasmStale,
     /// The transmit queue was full.
     TxQueueFull,
     /// The ARP pending queue was full, so the frame could not wait for resolution.
     ArpPendingFull,
     /// The next hop never answered ARP; parked frames were freed.
     ArpUnresolved,
-    /// No route: the destination is off-link and there is no gateway, or unspecified.
+    /// No route: the destination is off-link and there is no gateway.
     NoRoute,
-    /// The pool had no buffer (for an ARP request).
+    /// A send to a martian, broadcast or network address, or to our own address, refused.
+    TxBadDestination,
+    /// The pool had no buffer (for an ARP request, or for every fragment of a datagram).
     PoolExhausted,
-    /// The payload does not fit the MTU.
+    /// The payload is above 65,507 bytes, or needs more fragments than one send may build.
     PayloadTooLarge,
     /// The payload buffer had less than 42 bytes of headroom for the headers.
     TxNoHeadroom,
@@ -79,7 +124,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 31;
+    pub const COUNT: usize = 47;
 
     /// Every reason, in declaration order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -90,6 +135,7 @@ impl DropReason {
         DropReason::UnknownEthertype,
         DropReason::ArpMalformed,
         DropReason::ArpNotForUs,
+        DropReason::ArpBadSender,
         DropReason::IpTruncated,
         DropReason::IpBadVersion,
         DropReason::IpBadHeaderLen,
@@ -98,7 +144,13 @@ impl DropReason {
         DropReason::IpOptions,
         DropReason::IpFragment,
         DropReason::IpNotForUs,
-        DropReason::IpBadSource,
+        DropReason::IpSrcThisNetwork,
+        DropReason::IpSrcLoopback,
+        DropReason::IpSrcMulticast,
+        DropReason::IpSrcReserved,
+        DropReason::IpSrcBroadcast,
+        DropReason::IpSrcNetwork,
+        DropReason::IpSrcOurs,
         DropReason::IpUnknownProtocol,
         DropReason::IcmpMalformed,
         DropReason::IcmpBadChecksum,
@@ -107,10 +159,19 @@ impl DropReason {
         DropReason::UdpBadLength,
         DropReason::UdpBadChecksum,
         DropReason::UdpNoListener,
+        DropReason::ReasmMalformed,
+        DropReason::ReasmTimeout,
+        DropReason::ReasmOverlap,
+        DropReason::ReasmTableFull,
+        DropReason::ReasmTooBig,
+        DropReason::ReasmTooManyFragments,
+        DropReason::ReasmDuplicate,
+        DropReason::ReasmStale,
         DropReason::TxQueueFull,
         DropReason::ArpPendingFull,
         DropReason::ArpUnresolved,
         DropReason::NoRoute,
+        DropReason::TxBadDestination,
         DropReason::PoolExhausted,
         DropReason::PayloadTooLarge,
         DropReason::TxNoHeadroom,
@@ -126,6 +187,7 @@ impl DropReason {
             DropReason::UnknownEthertype => "unknown_ethertype",
             DropReason::ArpMalformed => "arp_malformed",
             DropReason::ArpNotForUs => "arp_not_for_us",
+            DropReason::ArpBadSender => "arp_bad_sender",
             DropReason::IpTruncated => "ip_truncated",
             DropReason::IpBadVersion => "ip_bad_version",
             DropReason::IpBadHeaderLen => "ip_bad_header_len",
@@ -134,7 +196,13 @@ impl DropReason {
             DropReason::IpOptions => "ip_options",
             DropReason::IpFragment => "ip_fragment",
             DropReason::IpNotForUs => "ip_not_for_us",
-            DropReason::IpBadSource => "ip_bad_source",
+            DropReason::IpSrcThisNetwork => "ip_src_this_network",
+            DropReason::IpSrcLoopback => "ip_src_loopback",
+            DropReason::IpSrcMulticast => "ip_src_multicast",
+            DropReason::IpSrcReserved => "ip_src_reserved",
+            DropReason::IpSrcBroadcast => "ip_src_broadcast",
+            DropReason::IpSrcNetwork => "ip_src_network",
+            DropReason::IpSrcOurs => "ip_src_ours",
             DropReason::IpUnknownProtocol => "ip_unknown_protocol",
             DropReason::IcmpMalformed => "icmp_malformed",
             DropReason::IcmpBadChecksum => "icmp_bad_checksum",
@@ -143,10 +211,19 @@ impl DropReason {
             DropReason::UdpBadLength => "udp_bad_length",
             DropReason::UdpBadChecksum => "udp_bad_checksum",
             DropReason::UdpNoListener => "udp_no_listener",
+            DropReason::ReasmMalformed => "reasm_malformed",
+            DropReason::ReasmTimeout => "reasm_timeout",
+            DropReason::ReasmOverlap => "reasm_overlap",
+            DropReason::ReasmTableFull => "reasm_table_full",
+            DropReason::ReasmTooBig => "reasm_too_big",
+            DropReason::ReasmTooManyFragments => "reasm_too_many_fragments",
+            DropReason::ReasmDuplicate => "reasm_duplicate",
+            DropReason::ReasmStale => "reasm_stale",
             DropReason::TxQueueFull => "tx_queue_full",
             DropReason::ArpPendingFull => "arp_pending_full",
             DropReason::ArpUnresolved => "arp_unresolved",
             DropReason::NoRoute => "no_route",
+            DropReason::TxBadDestination => "tx_bad_destination",
             DropReason::PoolExhausted => "pool_exhausted",
             DropReason::PayloadTooLarge => "payload_too_large",
             DropReason::TxNoHeadroom => "tx_no_headroom",
@@ -165,7 +242,7 @@ const _: () = {
 };
 
 /// Traffic and drop counters of one interface. Counts only grow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetCounters {
     /// Frames handed to `handle_frame`.
     pub rx_frames: u64,
@@ -189,7 +266,52 @@ pub struct NetCounters {
     pub udp_checksum_zero: u64,
     /// UDP datagrams accepted with a partial (offload) checksum.
     pub udp_checksum_partial: u64,
+    /// ARP entries created: from a request for our address or a reply to it (RFC 826).
+    pub arp_learned: u64,
+    /// ARP entries rewritten because their sender was already in the cache (RFC 826 merge).
+    pub arp_updated: u64,
+    /// ARP entries evicted to make room for a new one (the least recently written).
+    pub arp_evicted: u64,
+    /// ARP packets from a sender not in the cache that neither asked for our address nor
+    /// answered to it, or that is not on our subnet, so were not learned from.
+    pub arp_ignored_unsolicited: u64,
+    /// UDP fragments that entered reassembly.
+    pub frag_received: u64,
+    /// Datagrams reassembled from fragments and delivered.
+    pub reassembled: u64,
+    /// UDP datagrams sent as IPv4 fragments.
+    pub fragmented: u64,
+    /// Fragments queued for those datagrams.
+    pub frag_sent: u64,
     drops: [u64; DropReason::COUNT],
+}
+
+// Written out because `Default` is derived only for arrays of up to 32 elements.
+impl Default for NetCounters {
+    fn default() -> Self {
+        NetCounters {
+            rx_frames: 0,
+            rx_bytes: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
+            udp_rx: 0,
+            udp_tx: 0,
+            icmp_echo_replies: 0,
+            arp_requests_sent: 0,
+            arp_replies_sent: 0,
+            udp_checksum_zero: 0,
+            udp_checksum_partial: 0,
+            arp_learned: 0,
+            arp_updated: 0,
+            arp_evicted: 0,
+            arp_ignored_unsolicited: 0,
+            frag_received: 0,
+            reassembled: 0,
+            fragmented: 0,
+            frag_sent: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl NetCounters {

@@ -1,32 +1,41 @@
-//! The sans-IO core of one Ethernet/IPv4 interface: ARP, IPv4 receive, ICMP echo, UDP.
+//! The sans-IO core of one Ethernet/IPv4 interface: ARP, IPv4 receive with reassembly, ICMP
+//! echo, UDP with fragmentation.
 //!
 //! # Design
 //!
 //! [`Interface`] owns no memory for packets: frames live in the engine's [`PacketPool`] and
 //! move through the core as [`PacketBuf`] handles. A received frame is parsed in place and
 //! then has exactly one fate: it is returned as a [`Datagram`] (its window narrowed to the
-//! UDP payload, zero-copy), rewritten in place into a reply and queued (ARP reply, ICMP echo
-//! reply), or freed and counted under one [`DropReason`]. A datagram the application sends
-//! gets its UDP, IPv4 and Ethernet headers written into the headroom in front of its payload,
-//! so an echo server returns the very buffer it was given with no copy.
+//! UDP payload, zero-copy), kept as a fragment until its datagram is complete (see
+//! `reasm`), rewritten in place into a reply and queued (ARP reply, ICMP echo reply), or
+//! freed and counted under one [`DropReason`]. A datagram the application sends in one
+//! buffer that fits the MTU gets its UDP, IPv4 and Ethernet headers written into the headroom
+//! in front of its payload, so an echo server returns the very buffer it was given with no
+//! copy. Only a payload that must be fragmented, or that arrives as a chain of several
+//! frames, is copied, into fresh frames of one fragment each: fragment boundaries fall every
+//! `MTU - 20` bytes rounded down to 8, which the app's frames would almost never match.
 //!
 //! The core makes no system calls and reads no clock (`now_ns` is an argument), so the
 //! engine, the simulator and the fuzzers all drive the same code. Every table and queue is
 //! allocated in [`Interface::new`] to its configured `*_max` and never grows.
 //!
-//! # Receive checks (RFC 791, RFC 1122)
+//! # Receive checks (RFC 791, RFC 1122, RFC 1812)
 //!
 //! Only frames to our MAC (or, for ARP, to broadcast) from an individual source MAC are looked
 //! at; IPv4 to the broadcast MAC is refused because we accept no IPv4 broadcast destination
-//! (RFC 1122 §3.3.6). IPv4 datagrams must have version 4,
-//! a valid IHL, a total length inside the frame (Ethernet padding beyond it is ignored), a
-//! correct header checksum, no options, not be a fragment (we do not reassemble), be
-//! addressed to our unicast address and come from a unicast source. Each failure is counted
-//! under its own reason.
+//! (RFC 1122 §3.3.6). IPv4 datagrams must have version 4, a valid IHL, a total length inside
+//! the frame (Ethernet padding beyond it is ignored), a correct header checksum, no options,
+//! and be addressed to our unicast address. A datagram from a *martian* source is dropped and
+//! never answered, each class under its own reason (RFC 1122 §3.2.1.3, RFC 1812 §5.3.7): `0/8`,
+//! `127/8`, `224/4`, `240/4`, the limited broadcast, our subnet's broadcast and network
+//! addresses (for prefixes below /31), and our own address. Answering any of them would make
+//! us a reflector: a reply to a broadcast source is a broadcast. UDP fragments go to
+//! reassembly; fragments of other protocols are dropped.
 //!
 //! # UDP checksum policy (RFC 768)
 //!
-//! Received checksums are classified by [`melange_wire::udp::checksum_status`]:
+//! Received checksums are classified by [`melange_wire::udp::checksum_status`] (or, for a
+//! reassembled datagram, the same rules over its fragments):
 //!
 //! - `Valid`: accept.
 //! - `Zero`: the sender computed no checksum, which RFC 768 allows over IPv4: accept and
@@ -41,27 +50,49 @@
 //! A received checksum is never forwarded: [`Interface::send_udp`] always computes the full
 //! checksum over the pseudo-header, header and payload (a computed zero is sent as `0xffff`).
 //!
-//! # ARP (RFC 826)
+//! # ARP (RFC 826), and where a frame's destination MAC comes from
 //!
-//! The cache is a fixed open-addressing table (see `arp_cache`). A send to a next hop with
-//! no fresh entry parks the frame in one bounded queue shared by all next hops
-//! (`pending_max`), records the next hop as *resolving* and broadcasts a request; the request
-//! is repeated every `request_retry_ns` up to `request_retries_max` times, after which the
-//! parked frames are freed and counted as `ArpUnresolved`. When the answer arrives the
-//! parked frames for that next hop are released to the transmit queue in the order they were
-//! sent. Entries expire after `entry_ttl_ns`; an expired entry is a miss, so the next send
-//! resolves it again. Expiry is lazy, so [`Interface::poll_at`] reports only retry deadlines:
-//! there is nothing to do at the moment an entry expires.
+//! The destination MAC of every unicast frame we send comes from the ARP cache (see
+//! `arp_cache`), or from a static entry the control plane installed, never from the source
+//! MAC of a frame we received: a forged frame claiming a neighbour's address must not
+//! redirect our replies. The cache learns only from ARP, by RFC 826's merge rule: a packet
+//! whose sender is already in the cache updates that entry, whoever it was addressed to; a
+//! new entry is created only from a request for our address (we are about to answer it) or a
+//! reply to our address. Anything else is counted as `arp_ignored_unsolicited` and not
+//! learned, so a host on the LAN cannot fill our cache by asking about others. Static
+//! entries are never overwritten or evicted by ARP.
 //!
-//! Alternative rejected: a per-next-hop queue of parked frames. It needs either allocation
+//! A send to a next hop with no fresh entry parks the frame in one bounded queue shared by
+//! all next hops (`pending_max`), records the next hop as *resolving* and broadcasts a
+//! request; the request is repeated every `request_retry_ns` up to `request_retries_max`
+//! times, after which the parked frames are freed and counted as `ArpUnresolved`. When the
+//! answer arrives the parked frames for that next hop are released to the transmit queue in
+//! the order they were sent. ICMP echo replies take the same path. Entries expire after
+//! `entry_ttl_ns`; an expired entry is a miss, so the next send resolves it again. Expiry is
+//! lazy, so [`Interface::poll_at`] reports only retry and reassembly deadlines.
+//!
+//! Alternatives rejected: a per-next-hop queue of parked frames (it needs either allocation
 //! or `entries_max × per-hop bound` preallocated slots, while one shared queue of
-//! `pending_max` frames bounds memory directly and keeps release order trivially correct.
+//! `pending_max` frames bounds memory directly and keeps release order trivially correct);
+//! and learning neighbours from the source MAC of IPv4 frames, which saves an ARP round trip
+//! but lets any host on the link point our replies for any address at itself.
+//!
+//! # Fragmentation on transmit (RFC 791 §3.2)
+//!
+//! A UDP payload of up to [`UDP_PAYLOAD_MAX`] bytes that does not fit one frame is sent as
+//! fragments of one identification, offsets in multiples of 8, MF set on all but the last,
+//! the UDP checksum computed once over the whole datagram. Unfragmented datagrams carry DF
+//! (we rely on path MTU discovery for them, as before); fragments do not. A send is all or
+//! nothing: the room in the transmit (or ARP pending) queue and the pool's free frames are
+//! checked for every fragment before the first is built, and a refusal hands the payload
+//! back untouched.
 
-use crate::arp_cache::ArpCache;
-use crate::config::{ConfigError, InterfaceConfig};
+use crate::arp_cache::{ArpCache, Insert, Refresh};
+use crate::config::{ConfigError, InterfaceConfig, Martian};
 use crate::counters::{DropReason, NetCounters};
 use crate::ports::{BindError, PortTable};
-use melange_core::pool::{PacketBuf, PacketPool, TxDropped};
+use crate::reasm::{self, Outcome, Reassembler};
+use melange_core::pool::{BufChain, PacketBuf, PacketPool, TxDropped};
 use melange_wire::{arp, checksum, ethernet, icmpv4, ipv4, udp, EtherType, EthernetAddress};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -71,31 +102,46 @@ use thiserror::Error;
 pub const HEADERS_LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN;
 const _: () = assert!(HEADERS_LEN == melange_core::pool::PoolConfig::HEADROOM_MIN);
 
+/// Largest UDP payload over IPv4: a total length of 65,535 bytes less the IPv4 (20) and UDP
+/// (8) headers.
+pub const UDP_PAYLOAD_MAX: usize = ipv4::TOTAL_LEN_MAX - ipv4::HEADER_LEN - udp::HEADER_LEN;
+const _: () = assert!(UDP_PAYLOAD_MAX == 65_507);
+
+/// Most frames one send may become. The same bound as a receiver's
+/// [`reasm::REASSEMBLY_FRAGMENTS_MAX`]: a datagram cut finer than that would be refused by
+/// our own reassembly, and it bounds how much of the transmit queue one send may take. At
+/// MTU 1500 the largest payload needs 45.
+pub const TX_FRAGMENTS_MAX: usize = reasm::REASSEMBLY_FRAGMENTS_MAX;
+
 /// Offset of the IPv4 header in a frame.
 const IP_AT: usize = ethernet::HEADER_LEN;
 /// Offset of the transport header in a frame whose IPv4 header has no options.
 const L4_AT: usize = IP_AT + ipv4::HEADER_LEN;
 /// Length of an ARP frame without padding.
 const ARP_FRAME_LEN: usize = ethernet::HEADER_LEN + arp::PACKET_LEN;
+/// Bytes copied at a time from a payload chain into a fragment (a stack buffer: the pool
+/// lends one frame's bytes at a time).
+const COPY_CHUNK_LEN: usize = 1024;
 
 /// TTL of datagrams we originate (RFC 1700 / RFC 1122 §3.2.1.7 recommend 64).
 pub const TTL: u8 = 64;
 
-/// A UDP datagram received for a bound port. The application owns `buf` (window = the UDP
-/// payload) and must send it or free it to the pool.
+/// A UDP datagram received for a bound port. The application owns `data` (the UDP payload:
+/// one frame, or the fragments of a reassembled datagram in order) and must send it or free
+/// it to the pool.
 #[derive(Debug, PartialEq, Eq)]
-#[must_use = "a Datagram holds a PacketBuf that must be sent or freed"]
+#[must_use = "a Datagram holds a BufChain that must be sent or freed"]
 pub struct Datagram {
     /// The payload.
-    pub buf: PacketBuf,
+    pub data: BufChain,
     /// Sender address and port.
     pub from: SocketAddrV4,
     /// Our port it was sent to.
     pub local_port: u16,
 }
 
-/// Why `send_udp` refused a datagram. In every case the buffer has already been freed to
-/// the pool and the drop counted under [`SendError::reason`].
+/// Why `send_udp` refused a datagram. In every case the payload comes back with the error,
+/// as it was given, and the refusal is counted under [`SendError::reason`].
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
     /// The payload buffer has less than [`HEADERS_LEN`] bytes of headroom; allocate payload
@@ -105,7 +151,8 @@ pub enum SendError {
         /// Headroom the buffer had.
         headroom: usize,
     },
-    /// The payload exceeds the MTU less 28 bytes of headers; send less per datagram.
+    /// The payload exceeds [`UDP_PAYLOAD_MAX`], or would need more than
+    /// [`TX_FRAGMENTS_MAX`] fragments at this MTU and frame size; send less per datagram.
     #[error("payload of {len} bytes exceeds {max}")]
     PayloadTooLarge {
         /// Payload length.
@@ -113,16 +160,38 @@ pub enum SendError {
         /// Largest payload.
         max: usize,
     },
-    /// No route to the destination: it is off-link and no gateway is configured, or it is
-    /// unspecified, multicast or our own address. Fix the destination or configure a gateway.
+    /// No route to the destination: it is off-link and no gateway is configured. Fix the
+    /// destination or configure a gateway.
     #[error("no route to {0}")]
     NoRoute(Ipv4Addr),
-    /// The transmit queue is full; poll transmissions more often or retry later.
+    /// The destination is not a unicast host: a martian (`0/8`, `127/8`, multicast, `240/4`),
+    /// a broadcast or network address, or our own address. We never send to one (a reply to
+    /// a forged broadcast source would make us an amplifier). Check where the address came
+    /// from.
+    #[error("destination {dst} is {why}")]
+    BadDestination {
+        /// The destination.
+        dst: Ipv4Addr,
+        /// What kind of address it is.
+        why: Martian,
+    },
+    /// The transmit queue cannot take the datagram's frames; poll transmissions more often or
+    /// retry later.
     #[error("transmit queue full")]
     TxQueueFull,
-    /// The frame had to wait for ARP but the pending queue is full; retry later.
+    /// The frames had to wait for ARP but the pending queue cannot take them all; retry
+    /// later.
     #[error("ARP pending queue full")]
     ArpPendingFull,
+    /// The pool has fewer free frames than the datagram's fragments; retry once buffers
+    /// come back, or size the pool for fragmented sends.
+    #[error("{needed} frames needed for the fragments, {available} free in the pool")]
+    PoolExhausted {
+        /// Frames the fragments need.
+        needed: usize,
+        /// Frames free.
+        available: usize,
+    },
 }
 
 impl SendError {
@@ -132,10 +201,23 @@ impl SendError {
             SendError::NoHeadroom { .. } => DropReason::TxNoHeadroom,
             SendError::PayloadTooLarge { .. } => DropReason::PayloadTooLarge,
             SendError::NoRoute(_) => DropReason::NoRoute,
+            SendError::BadDestination { .. } => DropReason::TxBadDestination,
             SendError::TxQueueFull => DropReason::TxQueueFull,
             SendError::ArpPendingFull => DropReason::ArpPendingFull,
+            SendError::PoolExhausted { .. } => DropReason::PoolExhausted,
         }
     }
+}
+
+/// What a transmitted frame counts as once it is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A whole UDP datagram, or the last fragment of one: counts `udp_tx`.
+    Udp,
+    /// A fragment before the last: counts nothing of its own.
+    UdpFragment,
+    /// An ICMP echo reply: counts `icmp_echo_replies`.
+    EchoReply,
 }
 
 /// A frame waiting for its next hop's MAC address.
@@ -143,6 +225,7 @@ impl SendError {
 struct Parked {
     next_hop: u32,
     buf: PacketBuf,
+    kind: Kind,
 }
 
 /// A next hop being resolved.
@@ -162,17 +245,49 @@ enum Rx {
         offset: usize,
         len: usize,
     },
+    /// A UDP fragment whose data is `len` bytes at `data_at` in the frame.
+    Fragment {
+        src: Ipv4Addr,
+        ident: u16,
+        offset: u32,
+        more: bool,
+        data_at: usize,
+        len: usize,
+    },
     ArpReply,
+    /// An echo reply built in place, `len` bytes, to go to `peer`.
     EchoReply {
         len: usize,
+        peer: Ipv4Addr,
     },
     Consumed,
 }
 
-/// Where a datagram goes on the link.
-enum NextHop {
-    Broadcast,
-    Unicast(u32),
+/// The drop reason for a datagram from a martian source.
+const fn source_drop(why: Martian) -> DropReason {
+    match why {
+        Martian::ThisNetwork => DropReason::IpSrcThisNetwork,
+        Martian::Loopback => DropReason::IpSrcLoopback,
+        Martian::Multicast => DropReason::IpSrcMulticast,
+        Martian::Reserved => DropReason::IpSrcReserved,
+        Martian::Broadcast => DropReason::IpSrcBroadcast,
+        Martian::Network => DropReason::IpSrcNetwork,
+        Martian::Ours => DropReason::IpSrcOurs,
+    }
+}
+
+/// The folded one's-complement sum (RFC 1071) of several byte slices read as one stream:
+/// a slice that starts at an odd offset of the stream has its sum byte-swapped before it is
+/// added (RFC 1071 §2(B): the sum is byte-order independent, so a one-byte shift is a swap).
+fn sum_segments<'a>(segments: impl Iterator<Item = &'a [u8]>) -> u16 {
+    let mut acc = 0u64;
+    let mut odd = false;
+    for segment in segments {
+        let sum = checksum::sum(segment);
+        acc += u64::from(if odd { sum.swap_bytes() } else { sum });
+        odd ^= segment.len() % 2 == 1;
+    }
+    checksum::fold(acc)
 }
 
 /// The network core of one Ethernet/IPv4 interface. See the module documentation.
@@ -193,7 +308,6 @@ enum NextHop {
 #[derive(Debug)]
 pub struct Interface {
     config: InterfaceConfig,
-    ip_u32: u32,
     ports: PortTable,
     arp: ArpCache,
     /// Next hops being resolved; at most `arp.pending_max` (each has a parked frame).
@@ -202,6 +316,8 @@ pub struct Interface {
     pending: VecDeque<Parked>,
     /// Frames ready to transmit; at most `tx_queue_max`.
     tx: VecDeque<PacketBuf>,
+    /// Fragments of datagrams being reassembled.
+    reasm: Reassembler,
     /// IPv4 identification of the next datagram we send.
     ident_next: u16,
     counters: NetCounters,
@@ -212,12 +328,12 @@ impl Interface {
     pub fn new(config: InterfaceConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Interface {
-            ip_u32: u32::from(config.ipv4),
             ports: PortTable::new(),
             arp: ArpCache::new(config.arp.entries_max),
             resolving: Vec::with_capacity(config.arp.pending_max),
             pending: VecDeque::with_capacity(config.arp.pending_max),
             tx: VecDeque::with_capacity(config.tx_queue_max),
+            reasm: Reassembler::new(),
             ident_next: 0,
             counters: NetCounters::default(),
             config,
@@ -254,39 +370,40 @@ impl Interface {
         self.tx.len()
     }
 
-    /// Adds an entry that never expires (it can still be evicted when the cache is full, or
-    /// replaced by what ARP learns). For a control plane that resolved the next hop itself,
-    /// through the kernel's neighbour table say.
-    pub fn add_static_arp(&mut self, pool: &mut PacketPool, ip: Ipv4Addr, mac: EthernetAddress) {
-        let ip_u32 = u32::from(ip);
-        if !self.arp.update(ip_u32, mac, u64::MAX) {
-            self.arp.insert(ip_u32, mac, u64::MAX);
-        }
-        self.release_parked(pool, ip_u32, mac);
+    /// Datagrams being reassembled, and the fragment frames they hold.
+    pub fn reassembly_len(&self) -> (usize, usize) {
+        (self.reasm.datagrams(), self.reasm.frames())
     }
 
-    /// Refreshes the cache from a delivered datagram's source (see
-    /// [`InterfaceConfig::learn_from_ip`]). The common case, a fresh entry with the same MAC,
-    /// costs one lookup.
-    fn learn_from_ip(
+    /// Frames a payload of `len` bytes becomes when sent: 1 when it fits the MTU and one
+    /// frame of `pool`, else its fragment count. For a caller that reserves device room
+    /// before sending; `None` when the payload is too large to send at all.
+    pub fn tx_frames_for(&self, pool: &PacketPool, len: usize) -> Option<usize> {
+        if len > UDP_PAYLOAD_MAX {
+            return None;
+        }
+        let (count, _) = self.fragment_plan(pool, len);
+        (count <= TX_FRAGMENTS_MAX).then_some(count)
+    }
+
+    /// Installs a static ARP entry: it never expires, is never evicted, and ARP traffic
+    /// never overwrites it (for a control plane that resolved the next hop itself, through
+    /// the kernel's neighbour table say). Frames parked for `ip` leave at once. Returns
+    /// false, installing nothing, when the cache is full of static entries.
+    pub fn add_static_arp(
         &mut self,
-        now_ns: u64,
         pool: &mut PacketPool,
-        src: Ipv4Addr,
+        ip: Ipv4Addr,
         mac: EthernetAddress,
-    ) {
-        if !mac.is_unicast() || !self.config.is_on_link(src) {
-            return;
+    ) -> bool {
+        let ip_u32 = u32::from(ip);
+        let evictions = self.arp.evictions();
+        if !self.arp.pin(ip_u32, mac) {
+            return false;
         }
-        let ip_u32 = u32::from(src);
-        if self.arp.lookup(ip_u32, now_ns) == Some(mac) {
-            return;
-        }
-        let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
-        if !self.arp.update(ip_u32, mac, expires_at_ns) {
-            self.arp.insert(ip_u32, mac, expires_at_ns);
-        }
+        self.counters.arp_evicted += self.arp.evictions() - evictions;
         self.release_parked(pool, ip_u32, mac);
+        true
     }
 
     /// The cached MAC address of `ip`, if known and fresh at `now_ns`.
@@ -300,9 +417,11 @@ impl Interface {
     }
 
     /// Takes ownership of one received Ethernet frame (window = the whole frame).
-    /// Returns the datagram if it is UDP for a bound port (window advanced to the UDP
-    /// payload); otherwise the frame is consumed: dropped and counted by reason, or turned
-    /// in place into a reply that is queued for transmission (ARP reply, ICMP echo reply).
+    /// Returns the datagram if it is UDP for a bound port (the frame's window advanced to
+    /// the UDP payload), or if it is the fragment that completes such a datagram (a chain of
+    /// the fragments' frames). Otherwise the frame is consumed: kept as a fragment, dropped
+    /// and counted by reason, or turned in place into a reply that is queued for
+    /// transmission (ARP reply, ICMP echo reply).
     pub fn handle_frame(
         &mut self,
         now_ns: u64,
@@ -312,118 +431,117 @@ impl Interface {
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
         let (rx, learned) = self.receive(now_ns, pool.data_mut(&frame));
-        match rx {
+        let delivered = match rx {
             Rx::Deliver {
                 from,
                 local_port,
                 offset,
                 len,
             } => {
-                if self.config.learn_from_ip {
-                    let data = pool.data(&frame);
-                    let src_mac =
-                        EthernetAddress([data[6], data[7], data[8], data[9], data[10], data[11]]);
-                    self.learn_from_ip(now_ns, pool, *from.ip(), src_mac);
-                }
                 // `receive` checked `offset + len` lies inside the window.
                 frame.advance(offset);
                 frame.truncate(len);
                 self.counters.udp_rx += 1;
-                debug_assert!(learned.is_none());
-                return Some(Datagram {
-                    buf: frame,
+                Some(Datagram {
+                    data: BufChain::from(frame),
                     from,
                     local_port,
-                });
+                })
+            }
+            Rx::Fragment {
+                src,
+                ident,
+                offset,
+                more,
+                data_at,
+                len,
+            } => {
+                // `receive` checked the fragment's data lies inside the window.
+                frame.advance(data_at);
+                frame.truncate(len);
+                self.counters.frag_received += 1;
+                let key = reasm::Key {
+                    src: u32::from(src),
+                    ident,
+                };
+                match self
+                    .reasm
+                    .handle(now_ns, pool, &mut self.counters, key, offset, more, frame)
+                {
+                    Outcome::Complete(at) => self.deliver_reassembled(pool, at, src),
+                    Outcome::Held | Outcome::Dropped => None,
+                }
             }
             Rx::Drop(reason) => {
                 self.counters.count_drop(reason);
                 pool.free(frame);
+                None
             }
             Rx::ArpReply => {
                 frame.truncate(ARP_FRAME_LEN);
                 if self.enqueue_tx(pool, frame) {
                     self.counters.arp_replies_sent += 1;
                 }
+                None
             }
-            Rx::EchoReply { len } => {
+            Rx::EchoReply { len, peer } => {
                 frame.truncate(len);
-                if self.enqueue_tx(pool, frame) {
-                    self.counters.icmp_echo_replies += 1;
-                }
+                self.send_echo_reply(now_ns, pool, frame, peer);
+                None
             }
-            Rx::Consumed => pool.free(frame),
-        }
+            Rx::Consumed => {
+                pool.free(frame);
+                None
+            }
+        };
         if let Some((ip, mac)) = learned {
             self.release_parked(pool, ip, mac);
         }
-        None
+        delivered
     }
 
-    /// Sends a UDP datagram whose payload is `payload`'s window (needs >= 42 bytes of
-    /// headroom in front). Writes UDP/IPv4/Ethernet headers in place in front of the payload
-    /// (full UDP checksum), and queues the frame for transmission, or parks it (bounded)
-    /// while ARP resolves the next hop. On error the drop is counted and the buffer comes
-    /// back with the error, its window as it was given.
+    /// Sends `payload` (the windows of its frames, in order) as one UDP datagram from our
+    /// `src_port` to `dst`.
+    ///
+    /// A one-frame payload that fits the MTU needs [`HEADERS_LEN`] bytes of headroom: the
+    /// headers are written in place in front of it (full UDP checksum, DF set), and that
+    /// frame is queued for transmission, or parked (bounded) while ARP resolves the next hop.
+    /// Any other payload up to [`UDP_PAYLOAD_MAX`] bytes is copied into fresh frames: one if
+    /// it fits, otherwise IPv4 fragments (see the module documentation); its own frames are
+    /// then released as transmitted (`PacketPool::release_tx`), so a buffer marked with
+    /// `return_after_tx` goes back to its app.
+    ///
+    /// On error nothing was sent, the refusal is counted, and the payload comes back with
+    /// the error as it was given.
     pub fn send_udp(
         &mut self,
         now_ns: u64,
         pool: &mut PacketPool,
-        mut payload: PacketBuf,
+        payload: BufChain,
         src_port: u16,
         dst: SocketAddrV4,
-    ) -> Result<(), (SendError, PacketBuf)> {
+    ) -> Result<(), (SendError, BufChain)> {
         let len = payload.len();
-        let headroom = payload.start();
-        if headroom < HEADERS_LEN {
-            return self.refuse(payload, SendError::NoHeadroom { headroom });
-        }
-        let max = usize::from(self.config.mtu) - ipv4::HEADER_LEN - udp::HEADER_LEN;
-        if len > max {
+        if len > UDP_PAYLOAD_MAX {
+            let max = UDP_PAYLOAD_MAX;
             return self.refuse(payload, SendError::PayloadTooLarge { len, max });
         }
-        let dst_ip = *dst.ip();
-        // `Ok(mac)` when the link address is known, `Err(next_hop)` when it must be resolved.
-        let resolved = match self.next_hop(dst_ip) {
-            None => return self.refuse(payload, SendError::NoRoute(dst_ip)),
-            Some(NextHop::Broadcast) => Ok(EthernetAddress::BROADCAST),
-            Some(NextHop::Unicast(ip)) => self.arp.lookup(ip, now_ns).ok_or(ip),
+        let next_hop = match self.next_hop(*dst.ip()) {
+            Ok(next_hop) => next_hop,
+            Err(error) => return self.refuse(payload, error),
         };
-        payload.prepend(HEADERS_LEN);
-        let ident = self.ident_next;
-        self.ident_next = ident.wrapping_add(1);
-        let dst_mac = resolved.unwrap_or_default();
-        self.write_udp_headers(
-            pool.data_mut(&payload),
-            dst_mac,
-            dst_ip,
-            src_port,
-            dst.port(),
-            len,
-            ident,
-        );
-        match resolved {
-            Ok(_) => {
-                if self.tx.len() >= self.config.tx_queue_max {
-                    payload.advance(HEADERS_LEN);
-                    return self.refuse(payload, SendError::TxQueueFull);
-                }
-                self.tx.push_back(payload);
-                self.counters.udp_tx += 1;
-                Ok(())
-            }
-            Err(next_hop) => {
-                self.park(now_ns, pool, next_hop, payload)
-                    .map_err(|(error, mut buf)| {
-                        buf.advance(HEADERS_LEN);
-                        (error, buf)
-                    })
-            }
+        let fits_mtu = len <= usize::from(self.config.mtu) - ipv4::HEADER_LEN - udp::HEADER_LEN;
+        match payload.into_single() {
+            Ok(buf) if fits_mtu => self
+                .send_in_place(now_ns, pool, buf, src_port, dst, next_hop)
+                .map_err(|(error, buf)| (error, BufChain::from(buf))),
+            Ok(buf) => self.send_copied(now_ns, pool, BufChain::from(buf), src_port, dst, next_hop),
+            Err(chain) => self.send_copied(now_ns, pool, chain, src_port, dst, next_hop),
         }
     }
 
     /// Next frame to transmit (window = whole frame): ARP requests/replies, ICMP replies,
-    /// UDP.
+    /// UDP datagrams and fragments.
     pub fn poll_transmit(&mut self) -> Option<PacketBuf> {
         let buf = self.tx.pop_front()?;
         self.counters.tx_frames += 1;
@@ -431,14 +549,19 @@ impl Interface {
         Some(buf)
     }
 
-    /// Earliest time `handle_timeout` has work (an ARP retry or give-up), if any. Entry
-    /// expiry needs no timer (see the module documentation).
+    /// Earliest time `handle_timeout` has work (an ARP retry or give-up, a reassembly
+    /// timeout), if any. ARP entry expiry needs no timer (see the module documentation).
     pub fn poll_at(&self) -> Option<u64> {
-        self.resolving.iter().map(|r| r.next_retry_ns).min()
+        let arp = self.resolving.iter().map(|r| r.next_retry_ns).min();
+        match (arp, self.reasm.poll_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sends due ARP retries and gives up on next hops that used all their retries,
-    /// freeing their parked frames (counted as `ArpUnresolved`).
+    /// freeing their parked frames (counted as `ArpUnresolved`); frees datagrams whose
+    /// reassembly timed out (counted as `ReasmTimeout`).
     pub fn handle_timeout(&mut self, now_ns: u64, pool: &mut PacketPool) {
         let mut i = 0;
         while i < self.resolving.len() {
@@ -459,10 +582,11 @@ impl Interface {
                 self.counters.count_drops(DropReason::ArpUnresolved, freed);
             }
         }
+        self.reasm.expire(now_ns, pool, &mut self.counters);
     }
 
-    /// Frees every parked and queued frame back to the pool (engine shutdown; tests check
-    /// no leak). Nothing is counted as dropped.
+    /// Frees every parked, queued and reassembling frame back to the pool (engine shutdown;
+    /// tests check no leak). Nothing is counted as dropped.
     pub fn drain(&mut self, pool: &mut PacketPool) {
         while let Some(parked) = self.pending.pop_front() {
             pool.free(parked.buf);
@@ -471,12 +595,13 @@ impl Interface {
         while let Some(buf) = self.tx.pop_front() {
             pool.free(buf);
         }
+        self.reasm.drain(pool);
     }
 
     // ----- receive -----
 
-    /// Parses a frame in place and decides its fate; returns the sender learned by ARP, if
-    /// any, so parked frames can be released once the frame's borrow ends.
+    /// Parses a frame in place and decides its fate; returns the sender learned or updated
+    /// by ARP, if any, so parked frames can be released once the frame's borrow ends.
     fn receive(&mut self, now_ns: u64, data: &mut [u8]) -> (Rx, Option<(u32, EthernetAddress)>) {
         let Ok(eth) = ethernet::Packet::new_checked(&*data) else {
             return (Rx::Drop(DropReason::EthTruncated), None);
@@ -487,8 +612,8 @@ impl Interface {
             return (Rx::Drop(DropReason::EthNotForUs), None);
         }
         // Source addresses are individual (IEEE 802.3 §3.2.3); a group source would turn our
-        // replies into broadcasts.
-        if eth.src_addr().is_multicast() {
+        // replies into broadcasts, and the all-zeros address names no station.
+        if !eth.src_addr().is_unicast() {
             return (Rx::Drop(DropReason::EthBadSource), None);
         }
         match eth.ethertype() {
@@ -526,26 +651,69 @@ impl Interface {
         if ip.has_options() {
             return Rx::Drop(DropReason::IpOptions);
         }
-        // RFC 791 §3.2 "Fragmentation and Reassembly": we do not reassemble.
-        if ip.is_fragment() {
-            return Rx::Drop(DropReason::IpFragment);
-        }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if dst != self.config.ipv4 {
             return Rx::Drop(DropReason::IpNotForUs);
         }
-        // RFC 1122 §3.2.1.3: discard datagrams whose source is not a unicast address.
-        if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
-            return Rx::Drop(DropReason::IpBadSource);
+        // RFC 1122 §3.2.1.3, RFC 1812 §5.3.7: a datagram from a martian source is silently
+        // discarded, and never answered.
+        if let Some(why) = self.config.martian(src) {
+            return Rx::Drop(source_drop(why));
         }
         // No options, so the transport header starts at L4_AT; ip_end excludes padding.
         let ip_end = IP_AT + usize::from(ip.total_len());
+        if ip.is_fragment() {
+            // RFC 791 §3.2 "Fragmentation and Reassembly": only UDP is reassembled.
+            if ip.protocol() != ipv4::Protocol::Udp {
+                return Rx::Drop(DropReason::IpFragment);
+            }
+            let len = ip_end - L4_AT;
+            let more = ip.more_frags();
+            // RFC 791 §3.2: every fragment but the last carries a multiple of 8 bytes.
+            if len == 0 || (more && !len.is_multiple_of(8)) {
+                return Rx::Drop(DropReason::ReasmMalformed);
+            }
+            return Rx::Fragment {
+                src,
+                ident: ip.ident(),
+                offset: ip.frag_offset_bytes(),
+                more,
+                data_at: L4_AT,
+                len,
+            };
+        }
         match ip.protocol() {
             ipv4::Protocol::Udp => self.receive_udp(&frame[..ip_end], src, dst),
             ipv4::Protocol::Icmp => self.receive_icmp(&mut frame[..ip_end]),
             ipv4::Protocol::Tcp | ipv4::Protocol::Unknown(_) => {
                 Rx::Drop(DropReason::IpUnknownProtocol)
             }
+        }
+    }
+
+    /// Applies the checksum policy (see the module documentation) to a datagram whose
+    /// checksum field is `field` and whose pseudo-header and body sums are given.
+    fn udp_checksum_ok(&mut self, field: u16, pseudo: u16, body: u16) -> bool {
+        let status = if field == 0 {
+            udp::ChecksumStatus::Zero
+        } else if checksum::combine(&[pseudo, body]) == 0xffff {
+            udp::ChecksumStatus::Valid
+        } else if field == pseudo {
+            udp::ChecksumStatus::Partial
+        } else {
+            udp::ChecksumStatus::Invalid
+        };
+        match status {
+            udp::ChecksumStatus::Valid => true,
+            udp::ChecksumStatus::Zero => {
+                self.counters.udp_checksum_zero += 1;
+                true
+            }
+            udp::ChecksumStatus::Partial if self.config.accept_partial_udp_checksum => {
+                self.counters.udp_checksum_partial += 1;
+                true
+            }
+            udp::ChecksumStatus::Partial | udp::ChecksumStatus::Invalid => false,
         }
     }
 
@@ -560,25 +728,120 @@ impl Interface {
         if !self.ports.contains(local_port) {
             return Rx::Drop(DropReason::UdpNoListener);
         }
-        match udp::checksum_status(&udp, src, dst) {
-            udp::ChecksumStatus::Valid => {}
-            udp::ChecksumStatus::Zero => self.counters.udp_checksum_zero += 1,
-            udp::ChecksumStatus::Partial if self.config.accept_partial_udp_checksum => {
-                self.counters.udp_checksum_partial += 1
-            }
-            udp::ChecksumStatus::Partial | udp::ChecksumStatus::Invalid => {
-                return Rx::Drop(DropReason::UdpBadChecksum)
-            }
+        let udp_len = udp.len();
+        let pseudo = checksum::pseudo_header_v4(src, dst, udp::PROTOCOL, udp_len);
+        let body = checksum::sum(&frame[L4_AT..L4_AT + usize::from(udp_len)]);
+        if !self.udp_checksum_ok(udp.checksum(), pseudo, body) {
+            return Rx::Drop(DropReason::UdpBadChecksum);
         }
         Rx::Deliver {
             from: SocketAddrV4::new(src, udp.src_port()),
             local_port,
             offset: L4_AT + udp::HEADER_LEN,
-            len: usize::from(udp.len()) - udp::HEADER_LEN,
+            len: usize::from(udp_len) - udp::HEADER_LEN,
         }
     }
 
-    /// Answers an echo request in place; `frame` ends where the IPv4 datagram ends.
+    /// Checks a reassembled datagram as `receive_udp` checks one frame, and delivers it as
+    /// a chain of its fragments' frames, narrowed to the UDP payload. Either way the slot is
+    /// closed, so late duplicates of its fragments are not taken for a new datagram.
+    #[cold]
+    #[inline(never)]
+    fn deliver_reassembled(
+        &mut self,
+        pool: &mut PacketPool,
+        at: usize,
+        src: Ipv4Addr,
+    ) -> Option<Datagram> {
+        let frags = self.reasm.fragments(at);
+        let total = frags.last().map_or(0, |f| f.offset as usize + f.buf.len());
+        // The first fragment sits at offset 0 and, carrying MF, holds at least 8 bytes
+        // (`receive_ipv4` refuses fragment lengths before the last that are not non-zero
+        // multiples of 8); the check below only keeps a broken invariant from panicking.
+        let head = pool.data(&frags[0].buf);
+        debug_assert!(frags[0].offset == 0 && head.len() >= udp::HEADER_LEN);
+        // Only the header is read from the first fragment: its length field covers the
+        // whole datagram, not this fragment, so `new_checked` does not apply.
+        let (src_port, local_port, udp_len, field) = match head.get(..udp::HEADER_LEN) {
+            Some(bytes) => {
+                let h = udp::Packet::new_unchecked(bytes);
+                (
+                    h.src_port(),
+                    h.dst_port(),
+                    usize::from(h.len()),
+                    h.checksum(),
+                )
+            }
+            None => (0, 0, 0, 0),
+        };
+        let verdict = if head.len() < udp::HEADER_LEN {
+            Err(DropReason::UdpTruncated)
+        } else if udp_len < udp::HEADER_LEN || udp_len > total {
+            Err(DropReason::UdpBadLength)
+        } else if !self.ports.contains(local_port) {
+            Err(DropReason::UdpNoListener)
+        } else {
+            // Each fragment starts at a multiple of 8, so the slices' sums add directly;
+            // bytes past the UDP length (if the IPv4 payload is longer) are not covered.
+            let body = sum_segments(frags.iter().map(|f| {
+                let data = pool.data(&f.buf);
+                let start = f.offset as usize;
+                &data[..data.len().min(udp_len.saturating_sub(start))]
+            }));
+            let pseudo =
+                checksum::pseudo_header_v4(src, self.config.ipv4, udp::PROTOCOL, udp_len as u16);
+            if self.udp_checksum_ok(field, pseudo, body) {
+                Ok(())
+            } else {
+                Err(DropReason::UdpBadChecksum)
+            }
+        };
+        if let Err(reason) = verdict {
+            self.counters.count_drop(reason);
+            for frag in self.reasm.close(at) {
+                pool.free(frag.buf);
+            }
+            return None;
+        }
+        let mut chain: Option<BufChain> = None;
+        for frag in self.reasm.close(at) {
+            let mut buf = frag.buf;
+            let start = frag.offset as usize;
+            // Keep the payload bytes of this fragment: past the UDP header, before the end.
+            let lo = start.max(udp::HEADER_LEN);
+            let hi = (start + buf.len()).min(udp_len);
+            match chain.as_mut() {
+                // The first fragment always stays, as the head (its window may be empty).
+                None => {
+                    buf.advance(lo - start);
+                    buf.truncate(hi.saturating_sub(lo));
+                    chain = Some(BufChain::from(buf));
+                }
+                Some(_) if hi <= lo => pool.free(buf),
+                Some(chain) => {
+                    buf.advance(lo - start);
+                    buf.truncate(hi - lo);
+                    // A chain holds up to 65,535 bytes and the payload is below 65,515.
+                    if let Err((_, buf)) = pool.chain_push(chain, buf) {
+                        debug_assert!(false, "a reassembled payload fits a chain");
+                        pool.free(buf);
+                    }
+                }
+            }
+        }
+        let data = chain?;
+        debug_assert_eq!(data.len(), udp_len - udp::HEADER_LEN);
+        self.counters.reassembled += 1;
+        self.counters.udp_rx += 1;
+        Some(Datagram {
+            data,
+            from: SocketAddrV4::new(src, src_port),
+            local_port,
+        })
+    }
+
+    /// Answers an echo request in place; `frame` ends where the IPv4 datagram ends. The
+    /// destination MAC is left for the transmit path to fill from the ARP cache.
     fn receive_icmp(&mut self, frame: &mut [u8]) -> Rx {
         {
             let Ok(icmp) = icmpv4::Packet::new_checked(&frame[L4_AT..]) else {
@@ -594,10 +857,7 @@ impl Interface {
         }
         let len = frame.len();
         // Lengths were checked above: Ethernet 14, IPv4 20 and ICMP 8 bytes are present.
-        let mut eth = ethernet::Packet::new_unchecked(&mut *frame);
-        let peer_mac = eth.src_addr();
-        eth.set_dst_addr(peer_mac);
-        eth.set_src_addr(self.config.mac);
+        ethernet::Packet::new_unchecked(&mut *frame).set_src_addr(self.config.mac);
         let mut ip = ipv4::Packet::new_unchecked(&mut frame[IP_AT..]);
         let peer = ip.src_addr();
         ip.set_src_addr(self.config.ipv4);
@@ -611,7 +871,7 @@ impl Interface {
         let old_csum = icmp.checksum();
         icmp.set_msg_type(icmpv4::Message::EchoReply);
         icmp.set_checksum(checksum::update_u16(old_csum, 0x0800, 0x0000));
-        Rx::EchoReply { len }
+        Rx::EchoReply { len, peer }
     }
 
     fn receive_arp(
@@ -629,29 +889,55 @@ impl Interface {
         if !sha.is_unicast() {
             return (Rx::Drop(DropReason::ArpMalformed), None);
         }
-        let spa_u32 = u32::from(spa);
-        // A sender of 0.0.0.0 is an RFC 5227 probe, and a sender claiming our address is a
-        // conflict: neither is learned.
-        let learnable = !spa.is_unspecified()
-            && spa_u32 != self.ip_u32
-            && !spa.is_broadcast()
-            && !spa.is_multicast();
-        let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
-        // RFC 826 "Packet Reception": if the sender is already in the table, update it
-        // (merge), whoever the target is.
-        let merged = learnable && self.arp.update(spa_u32, sha, expires_at_ns);
+        // A sender of 0.0.0.0 is an RFC 5227 probe: answered if it asks for us, never
+        // learned. Any other martian sender, or one claiming our own address, is neither.
+        let probe = spa.is_unspecified();
+        if !probe && self.config.martian(spa).is_some() {
+            return (Rx::Drop(DropReason::ArpBadSender), None);
+        }
         // RFC 826: "Am I the target protocol address?"
-        if repr.target_protocol_addr != self.config.ipv4 {
-            return (
-                Rx::Drop(DropReason::ArpNotForUs),
-                merged.then_some((spa_u32, sha)),
-            );
+        let for_us = repr.target_protocol_addr == self.config.ipv4;
+        let mut learned = None;
+        if !probe {
+            let spa_u32 = u32::from(spa);
+            let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
+            // RFC 826 "Packet Reception": if the sender is already in the table, update it
+            // (merge), whoever the target is.
+            match self.arp.refresh(spa_u32, sha, expires_at_ns) {
+                Refresh::Updated => {
+                    self.counters.arp_updated += 1;
+                    learned = Some((spa_u32, sha));
+                }
+                // A static entry is the control plane's word; ARP does not overrule it.
+                Refresh::Pinned => {}
+                // RFC 826: if not merged and we are the target, add the sender. Only a
+                // request for our address or a reply to it qualifies, and only from our
+                // subnet: an off-link entry could never be used (off-link traffic goes to
+                // the gateway), but a flood of them would evict the entries that are.
+                Refresh::Absent
+                    if for_us
+                        && self.config.is_on_link(spa)
+                        && matches!(
+                            repr.operation,
+                            arp::Operation::Request | arp::Operation::Reply
+                        ) =>
+                {
+                    match self.arp.insert(spa_u32, sha, expires_at_ns) {
+                        Insert::Inserted => self.counters.arp_learned += 1,
+                        Insert::Evicted => {
+                            self.counters.arp_learned += 1;
+                            self.counters.arp_evicted += 1;
+                        }
+                        Insert::Full => {}
+                    }
+                    learned = Some((spa_u32, sha));
+                }
+                Refresh::Absent => self.counters.arp_ignored_unsolicited += 1,
+            }
         }
-        // RFC 826: if not merged, add the sender to the table.
-        if learnable && !merged {
-            self.arp.insert(spa_u32, sha, expires_at_ns);
+        if !for_us {
+            return (Rx::Drop(DropReason::ArpNotForUs), learned);
         }
-        let learned = learnable.then_some((spa_u32, sha));
         match repr.operation {
             arp::Operation::Request => {
                 // RFC 826: swap the fields, put our addresses in the sender fields, set the
@@ -675,70 +961,316 @@ impl Interface {
 
     // ----- transmit -----
 
-    /// Where a datagram to `dst` goes on the link, or `None` without a route.
-    fn next_hop(&self, dst: Ipv4Addr) -> Option<NextHop> {
-        if dst.is_broadcast() {
-            return Some(NextHop::Broadcast);
+    /// The link-layer next hop for `dst`: itself on-link, the gateway off-link. Martian,
+    /// broadcast and network destinations, and our own address, are refused.
+    fn next_hop(&self, dst: Ipv4Addr) -> Result<u32, SendError> {
+        if let Some(why) = self.config.martian(dst) {
+            return Err(SendError::BadDestination { dst, why });
         }
-        if dst.is_unspecified() || dst.is_multicast() || dst == self.config.ipv4 {
-            return None;
-        }
-        let d = u32::from(dst);
-        let mask = self.config.netmask();
         if self.config.is_on_link(dst) {
-            // RFC 922: the all-ones host part is the subnet's directed broadcast (not for
-            // /31 and /32, which have no broadcast address, RFC 3021).
-            if self.config.prefix_len <= 30 && d | mask == u32::MAX {
-                return Some(NextHop::Broadcast);
-            }
-            return Some(NextHop::Unicast(d));
+            return Ok(u32::from(dst));
         }
-        self.config.gateway.map(|g| NextHop::Unicast(u32::from(g)))
+        self.config
+            .gateway
+            .map(u32::from)
+            .ok_or(SendError::NoRoute(dst))
     }
 
-    /// Writes Ethernet, IPv4 and UDP headers in front of `payload_len` bytes already in
-    /// place; `frame` is exactly `HEADERS_LEN + payload_len` bytes.
-    #[allow(clippy::too_many_arguments)]
-    fn write_udp_headers(
+    /// Queues an echo reply built in place to `peer`, addressed from the ARP cache or
+    /// parked until ARP resolves. A reply that cannot leave is freed and counted.
+    fn send_echo_reply(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        frame: PacketBuf,
+        peer: Ipv4Addr,
+    ) {
+        let next_hop = match self.next_hop(peer) {
+            Ok(next_hop) => next_hop,
+            Err(error) => {
+                self.counters.count_drop(error.reason());
+                pool.free(frame);
+                return;
+            }
+        };
+        match self.arp.lookup(next_hop, now_ns) {
+            Some(mac) => {
+                ethernet::Packet::new_unchecked(pool.data_mut(&frame)).set_dst_addr(mac);
+                if self.enqueue_tx(pool, frame) {
+                    self.counters.icmp_echo_replies += 1;
+                }
+            }
+            None => {
+                if let Err((_, frame)) = self.park(now_ns, pool, next_hop, frame, Kind::EchoReply) {
+                    pool.free(frame);
+                }
+            }
+        }
+    }
+
+    /// The zero-copy path: headers written into `payload`'s headroom.
+    fn send_in_place(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        mut payload: PacketBuf,
+        src_port: u16,
+        dst: SocketAddrV4,
+        next_hop: u32,
+    ) -> Result<(), (SendError, PacketBuf)> {
+        let len = payload.len();
+        let headroom = payload.start();
+        if headroom < HEADERS_LEN {
+            return self.refuse(payload, SendError::NoHeadroom { headroom });
+        }
+        let mac = self.arp.lookup(next_hop, now_ns);
+        if mac.is_some() && self.tx.len() >= self.config.tx_queue_max {
+            return self.refuse(payload, SendError::TxQueueFull);
+        }
+        payload.prepend(HEADERS_LEN);
+        let ident = self.take_ident();
+        let frame = pool.data_mut(&payload);
+        self.write_eth_ip(
+            frame,
+            mac.unwrap_or_default(),
+            *dst.ip(),
+            udp::HEADER_LEN + len,
+            ident,
+        );
+        // RFC 768: full checksum over pseudo-header, header and data, always.
+        udp::Repr {
+            src_port,
+            dst_port: dst.port(),
+            payload_len: len,
+        }
+        .emit(
+            &mut udp::Packet::new_unchecked(&mut frame[L4_AT..]),
+            self.config.ipv4,
+            *dst.ip(),
+        );
+        match mac {
+            Some(_) => {
+                self.tx.push_back(payload);
+                self.counters.udp_tx += 1;
+                Ok(())
+            }
+            None => self
+                .park(now_ns, pool, next_hop, payload, Kind::Udp)
+                .map_err(|(error, mut buf)| {
+                    buf.advance(HEADERS_LEN);
+                    (error, buf)
+                }),
+        }
+    }
+
+    /// Frames and data bytes per frame for a payload of `len` bytes on the copying path:
+    /// `(1, len)` when header and payload fit one frame and the MTU, else the fragment count
+    /// and the IPv4 data bytes per fragment (RFC 791 §3.2: a multiple of 8).
+    fn fragment_plan(&self, pool: &PacketPool, len: usize) -> (usize, usize) {
+        let frame_cap = pool.config().frame_size.min(usize::from(u16::MAX));
+        let mtu = usize::from(self.config.mtu);
+        let udp_len = udp::HEADER_LEN + len;
+        if ipv4::HEADER_LEN + udp_len <= mtu && HEADERS_LEN + len <= frame_cap {
+            return (1, udp_len);
+        }
+        // A valid pool has frames of at least 43 bytes and the MTU is at least 68, so there
+        // is room for 8 data bytes after the 34 bytes of Ethernet and IPv4 headers.
+        let per = (mtu - ipv4::HEADER_LEN).min(frame_cap.saturating_sub(L4_AT)) & !7;
+        let per = per.max(8);
+        (udp_len.div_ceil(per), per)
+    }
+
+    /// The copying path: the payload goes into fresh frames, one datagram or its fragments.
+    /// Kept out of line: it is the rare path, and inlined it would crowd the echo path.
+    #[cold]
+    #[inline(never)]
+    fn send_copied(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        payload: BufChain,
+        src_port: u16,
+        dst: SocketAddrV4,
+        next_hop: u32,
+    ) -> Result<(), (SendError, BufChain)> {
+        let len = payload.len();
+        let (count, per) = self.fragment_plan(pool, len);
+        if count > TX_FRAGMENTS_MAX {
+            let max = (TX_FRAGMENTS_MAX * per - udp::HEADER_LEN).min(UDP_PAYLOAD_MAX);
+            return self.refuse(payload, SendError::PayloadTooLarge { len, max });
+        }
+        // All or nothing: room for every frame is checked before the first is built.
+        let mac = self.arp.lookup(next_hop, now_ns);
+        match mac {
+            Some(_) if self.tx.len() + count > self.config.tx_queue_max => {
+                return self.refuse(payload, SendError::TxQueueFull);
+            }
+            None if self.pending.len() + count > self.config.arp.pending_max => {
+                return self.refuse(payload, SendError::ArpPendingFull);
+            }
+            _ => {}
+        }
+        let available = pool.available();
+        if available < count {
+            let error = SendError::PoolExhausted {
+                needed: count,
+                available,
+            };
+            return self.refuse(payload, error);
+        }
+        let fragmented = count > 1;
+        let dst_ip = *dst.ip();
+        let udp_len = udp::HEADER_LEN + len;
+        // RFC 768: the checksum covers the whole datagram, so it is computed once, over the
+        // pseudo-header, the header (checksum zero) and every payload segment.
+        let mut header = [0u8; udp::HEADER_LEN];
+        {
+            let mut h = udp::Packet::new_unchecked(&mut header[..]);
+            h.set_src_port(src_port);
+            h.set_dst_port(dst.port());
+            h.set_len(udp_len as u16);
+        }
+        let pseudo =
+            checksum::pseudo_header_v4(self.config.ipv4, dst_ip, udp::PROTOCOL, udp_len as u16);
+        let body = sum_segments(std::iter::once(&header[..]).chain(pool.chain_segments(&payload)));
+        let csum = !checksum::combine(&[pseudo, body]);
+        // RFC 768: a computed zero is transmitted as all ones.
+        udp::Packet::new_unchecked(&mut header[..]).set_checksum(if csum == 0 {
+            0xffff
+        } else {
+            csum
+        });
+
+        let ident = self.take_ident();
+        let queued_before = if mac.is_some() {
+            self.tx.len()
+        } else {
+            self.pending.len()
+        };
+        let mut offset = 0;
+        while offset < udp_len {
+            let data_len = per.min(udp_len - offset);
+            let more = offset + data_len < udp_len;
+            let Some(mut buf) = pool.alloc() else {
+                // Unreachable: the pool had `count` free frames and nothing else allocates
+                // in between. Undo what was queued rather than send part of a datagram.
+                self.unqueue(pool, mac.is_some(), queued_before);
+                let error = SendError::PoolExhausted {
+                    needed: count,
+                    available: pool.available(),
+                };
+                return self.refuse(payload, error);
+            };
+            if pool.set_window(&mut buf, 0, L4_AT + data_len).is_err() {
+                // Unreachable: `fragment_plan` sized `data_len` to the frame.
+                pool.free(buf);
+                self.unqueue(pool, mac.is_some(), queued_before);
+                let error = SendError::PayloadTooLarge { len, max: 0 };
+                return self.refuse(payload, error);
+            }
+            let frame = pool.data_mut(&buf);
+            self.write_eth_ip(frame, mac.unwrap_or_default(), dst_ip, data_len, ident);
+            if fragmented {
+                // RFC 791 §3.2: same identification, offset in 8-byte units, MF on all but
+                // the last, and no DF on a datagram that is being fragmented.
+                let mut ip = ipv4::Packet::new_unchecked(&mut frame[IP_AT..]);
+                ip.set_fragment(offset, more);
+                ip.fill_checksum();
+            }
+            // The UDP datagram's bytes [offset, offset + data_len): header, then payload.
+            let mut at = L4_AT;
+            let mut from = offset;
+            if from < udp::HEADER_LEN {
+                let n = (udp::HEADER_LEN - from).min(data_len);
+                frame[at..at + n].copy_from_slice(&header[from..from + n]);
+                at += n;
+                from += n;
+            }
+            let end = offset + data_len;
+            copy_from_chain(pool, &payload, from - udp::HEADER_LEN, &buf, at, end - from);
+            let kind = if more { Kind::UdpFragment } else { Kind::Udp };
+            match mac {
+                Some(_) => self.tx.push_back(buf),
+                None => self.pending.push_back(Parked {
+                    next_hop,
+                    buf,
+                    kind,
+                }),
+            }
+            offset = end;
+        }
+        if mac.is_some() {
+            self.counters.udp_tx += 1;
+        } else {
+            self.start_resolving(now_ns, pool, next_hop);
+        }
+        if fragmented {
+            self.counters.fragmented += 1;
+            self.counters.frag_sent += count as u64;
+        }
+        // The payload's bytes are in the new frames: its own frames' transmit is over.
+        let mut rest = Some(payload);
+        while let Some(chain) = rest {
+            let (buf, tail) = pool.chain_pop_front(chain);
+            pool.release_tx(buf, Ok(()));
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Removes the frames queued after position `to` (in the transmit queue, or the pending
+    /// queue) and frees them: the undo of a send that could not complete.
+    fn unqueue(&mut self, pool: &mut PacketPool, tx: bool, to: usize) {
+        if tx {
+            while self.tx.len() > to {
+                if let Some(buf) = self.tx.pop_back() {
+                    pool.free(buf);
+                }
+            }
+        } else {
+            while self.pending.len() > to {
+                if let Some(parked) = self.pending.pop_back() {
+                    pool.free(parked.buf);
+                }
+            }
+        }
+    }
+
+    fn take_ident(&mut self) -> u16 {
+        let ident = self.ident_next;
+        self.ident_next = ident.wrapping_add(1);
+        ident
+    }
+
+    /// Writes the Ethernet and IPv4 headers (unfragmented, DF set) of a UDP datagram whose
+    /// IPv4 payload is `ip_payload_len` bytes at the front of `frame`.
+    fn write_eth_ip(
         &self,
         frame: &mut [u8],
         dst_mac: EthernetAddress,
         dst_ip: Ipv4Addr,
-        src_port: u16,
-        dst_port: u16,
-        payload_len: usize,
+        ip_payload_len: usize,
         ident: u16,
     ) {
-        debug_assert_eq!(frame.len(), HEADERS_LEN + payload_len);
-        let src_ip = self.config.ipv4;
+        debug_assert_eq!(frame.len(), L4_AT + ip_payload_len);
         ethernet::Repr {
             src_addr: self.config.mac,
             dst_addr: dst_mac,
             ethertype: EtherType::Ipv4,
         }
         .emit(&mut ethernet::Packet::new_unchecked(&mut *frame));
-        // RFC 791 §3.1; TTL 64 and DF set: we send no fragments and rely on PMTU discovery.
+        // RFC 791 §3.1; TTL 64 and DF set: a datagram that fits is never fragmented on the
+        // way, and we rely on path MTU discovery.
         ipv4::Repr {
-            src_addr: src_ip,
+            src_addr: self.config.ipv4,
             dst_addr: dst_ip,
             protocol: ipv4::Protocol::Udp,
-            payload_len: udp::HEADER_LEN + payload_len,
+            payload_len: ip_payload_len,
             ttl: TTL,
             ident,
             dont_frag: true,
         }
         .emit(&mut ipv4::Packet::new_unchecked(&mut frame[IP_AT..]));
-        // RFC 768: full checksum over pseudo-header, header and data, always.
-        udp::Repr {
-            src_port,
-            dst_port,
-            payload_len,
-        }
-        .emit(
-            &mut udp::Packet::new_unchecked(&mut frame[L4_AT..]),
-            src_ip,
-            dst_ip,
-        );
     }
 
     /// Parks a frame until `next_hop` resolves, starting resolution if needed.
@@ -748,23 +1280,35 @@ impl Interface {
         pool: &mut PacketPool,
         next_hop: u32,
         buf: PacketBuf,
+        kind: Kind,
     ) -> Result<(), (SendError, PacketBuf)> {
         if self.pending.len() >= self.config.arp.pending_max {
             return self.refuse(buf, SendError::ArpPendingFull);
         }
-        if !self.resolving.iter().any(|r| r.ip == next_hop) {
-            // Every resolving next hop has at least one parked frame, so this cannot
-            // exceed `pending_max` while `pending` has room.
-            debug_assert!(self.resolving.len() < self.config.arp.pending_max);
-            self.resolving.push(Resolving {
-                ip: next_hop,
-                next_retry_ns: now_ns.saturating_add(self.config.arp.request_retry_ns),
-                retries_left: self.config.arp.request_retries_max,
-            });
-            self.send_arp_request(pool, next_hop);
-        }
-        self.pending.push_back(Parked { next_hop, buf });
+        self.pending.push_back(Parked {
+            next_hop,
+            buf,
+            kind,
+        });
+        self.start_resolving(now_ns, pool, next_hop);
         Ok(())
+    }
+
+    /// Records `next_hop` as resolving and asks for it, unless it already is. The caller
+    /// has just parked a frame for it.
+    fn start_resolving(&mut self, now_ns: u64, pool: &mut PacketPool, next_hop: u32) {
+        if self.resolving.iter().any(|r| r.ip == next_hop) {
+            return;
+        }
+        // Every resolving next hop has at least one parked frame, so this cannot exceed
+        // `pending_max`.
+        debug_assert!(self.resolving.len() < self.config.arp.pending_max);
+        self.resolving.push(Resolving {
+            ip: next_hop,
+            next_retry_ns: now_ns.saturating_add(self.config.arp.request_retry_ns),
+            retries_left: self.config.arp.request_retries_max,
+        });
+        self.send_arp_request(pool, next_hop);
     }
 
     /// Broadcasts an ARP request for `target` in a fresh buffer (RFC 826 "Packet
@@ -831,7 +1375,11 @@ impl Interface {
                         eth.set_dst_addr(mac);
                     }
                     if self.enqueue_tx(pool, parked.buf) {
-                        self.counters.udp_tx += 1;
+                        match parked.kind {
+                            Kind::Udp => self.counters.udp_tx += 1,
+                            Kind::UdpFragment => {}
+                            Kind::EchoReply => self.counters.icmp_echo_replies += 1,
+                        }
                     }
                 }
                 // The frame's transmit ends here: its owner (the pool, or the app that asked
@@ -856,23 +1404,50 @@ impl Interface {
     }
 
     /// Counts a send we refuse and hands the buffer back with the error.
-    fn refuse(&mut self, buf: PacketBuf, error: SendError) -> Result<(), (SendError, PacketBuf)> {
+    fn refuse<B>(&mut self, buf: B, error: SendError) -> Result<(), (SendError, B)> {
         self.counters.count_drop(error.reason());
         Err((error, buf))
+    }
+}
+
+/// Copies `len` bytes of `chain` from byte `from` into `dst`'s window at `dst_at`, through a
+/// stack buffer: the pool lends one frame's bytes at a time.
+fn copy_from_chain(
+    pool: &mut PacketPool,
+    chain: &BufChain,
+    from: usize,
+    dst: &PacketBuf,
+    dst_at: usize,
+    len: usize,
+) {
+    let mut chunk = [0u8; COPY_CHUNK_LEN];
+    let mut done = 0;
+    while done < len {
+        let n = COPY_CHUNK_LEN.min(len - done);
+        let got = pool.chain_read(chain, from + done, &mut chunk[..n]);
+        debug_assert_eq!(got, n, "the chain holds the bytes being copied");
+        pool.data_mut(dst)[dst_at + done..dst_at + done + got].copy_from_slice(&chunk[..got]);
+        if got < n {
+            break;
+        }
+        done += n;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reasm::{REASSEMBLY_DATAGRAMS_MAX, REASSEMBLY_TIMEOUT_NS};
     use melange_core::pool::PoolConfig;
 
     /// The error of a refused send, after checking the buffer came back with its payload
     /// window and returning it to the pool.
-    fn refused(pool: &mut PacketPool, result: Result<(), (SendError, PacketBuf)>) -> SendError {
-        let (error, buf) = result.expect_err("the send was refused");
-        assert!(buf.start() >= HEADERS_LEN || matches!(error, SendError::NoHeadroom { .. }));
-        pool.free(buf);
+    fn refused(pool: &mut PacketPool, result: Result<(), (SendError, BufChain)>) -> SendError {
+        let (error, data) = result.expect_err("the send was refused");
+        assert!(
+            data.head().start() >= HEADERS_LEN || matches!(error, SendError::NoHeadroom { .. })
+        );
+        pool.free_chain(data);
         error
     }
     use proptest::prelude::*;
@@ -943,9 +1518,13 @@ mod tests {
     }
 
     fn world_with(config: InterfaceConfig) -> (Interface, PacketPool) {
+        world_with_pool(config, pool())
+    }
+
+    fn world_with_pool(config: InterfaceConfig, pool: PacketPool) -> (Interface, PacketPool) {
         let mut iface = Interface::new(config).unwrap();
         iface.bind_udp(7).unwrap();
-        (iface, pool())
+        (iface, pool)
     }
 
     fn world() -> (Interface, PacketPool) {
@@ -995,6 +1574,23 @@ mod tests {
         iface.drain(&mut pool);
         assert_eq!(iface.pending_len(), 0);
         assert_eq!(pool.available(), pool.capacity(), "a frame leaked");
+    }
+
+    /// The bytes of a chain, in order.
+    fn bytes(pool: &PacketPool, chain: &BufChain) -> Vec<u8> {
+        pool.chain_segments(chain).flatten().copied().collect()
+    }
+
+    /// A chain holding `bytes`, at most `per_frame` of them in each frame (default headroom).
+    fn chain_of(pool: &mut PacketPool, bytes: &[u8], per_frame: usize) -> BufChain {
+        let mut pieces = bytes.chunks(per_frame.max(1));
+        let first = pieces.next().unwrap_or(&[]);
+        let mut chain = BufChain::from(payload(pool, first));
+        for piece in pieces {
+            let buf = payload(pool, piece);
+            pool.chain_push(&mut chain, buf).unwrap();
+        }
+        chain
     }
 
     /// A payload buffer with default headroom holding `bytes`.
@@ -1112,6 +1708,7 @@ mod tests {
     #[test]
     fn golden_icmp_echo_request_gets_reply_in_place() {
         let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
         let mut request = hex(ICMP_REQUEST);
         request.extend_from_slice(&[0xee; 4]); // Trailing padding must not be echoed.
         assert!(rx(&mut iface, &mut pool, 0, &request).is_none());
@@ -1123,6 +1720,7 @@ mod tests {
     #[test]
     fn echo_reply_sets_ttl_and_refreshes_ip_checksum() {
         let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
         let mut request = hex(ICMP_REQUEST);
         request[IP_AT + 8] = 3; // Arrived with TTL 3 after some hops.
         refill_ip_checksum(&mut request);
@@ -1144,10 +1742,10 @@ mod tests {
         let d = rx(&mut iface, &mut pool, 1, &hex(UDP_REQUEST)).expect("delivered");
         assert_eq!(d.from, SocketAddrV4::new(PEER_IP, 40000));
         assert_eq!(d.local_port, 7);
-        assert_eq!(pool.data(&d.buf), &hex(UDP_REQUEST)[L4_AT + 8..]);
-        assert_eq!(d.buf.start(), HEADERS_LEN);
+        assert_eq!(bytes(&pool, &d.data), &hex(UDP_REQUEST)[L4_AT + 8..]);
+        assert_eq!(d.data.head().start(), HEADERS_LEN);
         iface
-            .send_udp(2, &mut pool, d.buf, d.local_port, d.from)
+            .send_udp(2, &mut pool, d.data, d.local_port, d.from)
             .unwrap();
         assert_eq!(tx_all(&mut iface, &mut pool), vec![hex(UDP_REPLY)]);
         let c = iface.counters();
@@ -1161,20 +1759,20 @@ mod tests {
         let mut frame = udp_frame(PEER_IP, 5000, 7, b"hi");
         frame.resize(60, 0); // Padded to the Ethernet minimum.
         let d = rx(&mut iface, &mut pool, 0, &frame).unwrap();
-        assert_eq!(pool.data(&d.buf), b"hi");
-        pool.free(d.buf);
+        assert_eq!(bytes(&pool, &d.data), b"hi");
+        pool.free_chain(d.data);
         // Zero checksum: accepted and counted (RFC 768).
         let mut zero = udp_frame(PEER_IP, 5000, 7, b"zero");
         zero[L4_AT + 6..L4_AT + 8].copy_from_slice(&[0, 0]);
         let d = rx(&mut iface, &mut pool, 0, &zero).unwrap();
-        pool.free(d.buf);
+        pool.free_chain(d.data);
         assert_eq!(iface.counters().udp_checksum_zero, 1);
         // Partial checksum as left by veth TX offload: accepted by default.
         let mut partial = udp_frame(PEER_IP, 5000, 7, b"partial");
         let pseudo = checksum::pseudo_header_v4(PEER_IP, OUR_IP, 17, 15);
         partial[L4_AT + 6..L4_AT + 8].copy_from_slice(&pseudo.to_be_bytes());
         let d = rx(&mut iface, &mut pool, 0, &partial).unwrap();
-        pool.free(d.buf);
+        pool.free_chain(d.data);
         assert_eq!(iface.counters().udp_checksum_partial, 1);
         assert_eq!(iface.counters().drops_total(), 0);
         // The same frame is refused when the policy says so.
@@ -1188,8 +1786,9 @@ mod tests {
     }
 
     #[test]
-    fn learns_on_link_senders_from_ipv4_unless_told_not_to() {
-        // Learning on: a reply to a sender never seen in ARP goes out at once.
+    fn ipv4_frames_teach_the_cache_nothing() {
+        // A datagram from a host never seen in ARP is delivered, but the reply waits for ARP:
+        // the frame's source MAC is not taken as the host's address.
         let (mut iface, mut pool) = world();
         let d = rx(
             &mut iface,
@@ -1198,32 +1797,73 @@ mod tests {
             &udp_frame(PEER_IP, 5000, 7, b"hi"),
         )
         .unwrap();
-        iface.send_udp(1, &mut pool, d.buf, 7, d.from).unwrap();
+        assert_eq!(iface.arp_lookup(0, PEER_IP), None);
+        iface.send_udp(1, &mut pool, d.data, 7, d.from).unwrap();
         let sent = tx_all(&mut iface, &mut pool);
         assert_eq!(sent.len(), 1);
         assert_eq!(
             &sent[0][12..14],
-            &[0x08, 0x00],
-            "the reply itself, no ARP request"
+            &[0x08, 0x06],
+            "an ARP request, not the reply"
         );
-        assert_eq!(&sent[0][0..6], PEER_MAC.as_bytes());
-        assert_eq!(iface.counters().arp_requests_sent, 0);
-        assert_no_leak(iface, pool);
-        // Learning off: the same reply waits for ARP.
-        let mut strict = config();
-        strict.learn_from_ip = false;
-        let (mut iface, mut pool) = world_with(strict);
-        let d = rx(
-            &mut iface,
-            &mut pool,
-            0,
-            &udp_frame(PEER_IP, 5000, 7, b"hi"),
-        )
-        .unwrap();
-        iface.send_udp(1, &mut pool, d.buf, 7, d.from).unwrap();
+        assert_eq!(iface.pending_len(), 1);
+        // The answer releases the reply, addressed from the cache.
+        assert!(rx(&mut iface, &mut pool, 2, &arp_reply_from(PEER_MAC, PEER_IP)).is_none());
         let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(&sent[0][12..14], &[0x08, 0x00]);
+        assert_eq!(&sent[0][0..6], PEER_MAC.as_bytes());
+        assert_eq!(iface.counters().udp_tx, 1);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn spoofed_source_mac_does_not_redirect_replies() {
+        const ATTACKER_MAC: EthernetAddress = EthernetAddress([0x02, 0xba, 0xd0, 0, 0, 0x66]);
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        // The attacker sends as PEER_IP from its own MAC: a UDP datagram and a ping.
+        let mut frame = udp_frame(PEER_IP, 5000, 7, b"spoof");
+        frame[6..12].copy_from_slice(&ATTACKER_MAC.0);
+        let d = rx(&mut iface, &mut pool, 1, &frame).expect("IPv4 cannot tell a spoof");
+        iface.send_udp(1, &mut pool, d.data, 7, d.from).unwrap();
+        let mut ping = hex(ICMP_REQUEST);
+        ping[6..12].copy_from_slice(&ATTACKER_MAC.0);
+        assert!(rx(&mut iface, &mut pool, 1, &ping).is_none());
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 2, "the UDP reply and the echo reply");
+        for f in &sent {
+            assert_eq!(
+                &f[0..6],
+                PEER_MAC.as_bytes(),
+                "replies go to the cached MAC"
+            );
+            assert_eq!(&f[6..12], OUR_MAC.as_bytes());
+        }
+        assert_eq!(iface.arp_lookup(1, PEER_IP), Some(PEER_MAC));
+        assert_eq!(iface.counters().icmp_echo_replies, 1);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn echo_reply_to_an_unknown_host_waits_for_arp() {
+        let (mut iface, mut pool) = world();
+        assert!(rx(&mut iface, &mut pool, 0, &hex(ICMP_REQUEST)).is_none());
+        assert_eq!(iface.counters().icmp_echo_replies, 0);
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
         assert_eq!(&sent[0][12..14], &[0x08, 0x06], "an ARP request");
         assert_eq!(iface.pending_len(), 1);
+        assert!(rx(&mut iface, &mut pool, 1, &arp_reply_from(PEER_MAC, PEER_IP)).is_none());
+        assert_eq!(tx_all(&mut iface, &mut pool), vec![hex(ICMP_REPLY)]);
+        assert_eq!(iface.counters().icmp_echo_replies, 1);
+        // Off-link with no gateway: no route, counted, nothing sent.
+        let mut far = hex(ICMP_REQUEST);
+        far[IP_AT + 12..IP_AT + 16].copy_from_slice(&[192, 0, 2, 7]);
+        refill_ip_checksum(&mut far);
+        assert!(rx(&mut iface, &mut pool, 2, &far).is_none());
+        assert_eq!(iface.counters().drops(DropReason::NoRoute), 1);
+        assert!(tx_all(&mut iface, &mut pool).is_empty());
         assert_no_leak(iface, pool);
     }
 
@@ -1232,7 +1872,7 @@ mod tests {
         let (mut iface, mut pool) = world();
         let to = SocketAddrV4::new(PEER_IP, 9);
         let buf = payload(&mut pool, b"parked");
-        iface.send_udp(0, &mut pool, buf, 7, to).unwrap();
+        iface.send_udp(0, &mut pool, buf.into(), 7, to).unwrap();
         assert_eq!(iface.pending_len(), 1);
         let _arp_request = tx_all(&mut iface, &mut pool);
         iface.add_static_arp(&mut pool, PEER_IP, PEER_MAC);
@@ -1269,7 +1909,7 @@ mod tests {
         {
             let buf = payload(&mut pool, &[i as u8]);
             iface
-                .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(dst, 9))
+                .send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(dst, 9))
                 .unwrap();
         }
         assert_eq!(iface.pending_len(), 5);
@@ -1330,7 +1970,7 @@ mod tests {
             .send_udp(
                 0,
                 &mut pool,
-                buf,
+                buf.into(),
                 7,
                 SocketAddrV4::new(Ipv4Addr::new(8, 8, 8, 8), 53),
             )
@@ -1359,7 +1999,7 @@ mod tests {
         let err = iface.send_udp(
             0,
             &mut pool,
-            buf,
+            buf.into(),
             7,
             SocketAddrV4::new(Ipv4Addr::new(8, 8, 8, 8), 53),
         );
@@ -1367,34 +2007,47 @@ mod tests {
             refused(&mut pool, err),
             SendError::NoRoute(Ipv4Addr::new(8, 8, 8, 8))
         );
-        let buf = payload(&mut pool, b"x");
-        let result = iface.send_udp(
-            0,
-            &mut pool,
-            buf,
-            7,
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 53),
-        );
-        assert_eq!(
-            refused(&mut pool, result),
-            SendError::NoRoute(Ipv4Addr::UNSPECIFIED)
-        );
-        assert_eq!(iface.counters().drops(DropReason::NoRoute), 2);
+        assert_eq!(iface.counters().drops(DropReason::NoRoute), 1);
         assert_no_leak(iface, pool);
     }
 
     #[test]
-    fn broadcast_needs_no_arp() {
-        let (mut iface, mut pool) = world();
-        for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(10, 0, 0, 255)] {
-            let buf = payload(&mut pool, b"b");
-            iface
-                .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(dst, 9))
-                .unwrap();
+    fn martian_and_broadcast_destinations_are_refused() {
+        let mut c = config();
+        c.gateway = Some(GATEWAY);
+        let (mut iface, mut pool) = world_with(c);
+        let cases = [
+            (Ipv4Addr::BROADCAST, Martian::Broadcast),
+            (Ipv4Addr::new(10, 0, 0, 255), Martian::Broadcast),
+            (Ipv4Addr::new(10, 0, 0, 0), Martian::Network),
+            (Ipv4Addr::UNSPECIFIED, Martian::ThisNetwork),
+            (Ipv4Addr::new(0, 1, 2, 3), Martian::ThisNetwork),
+            (Ipv4Addr::new(127, 0, 0, 1), Martian::Loopback),
+            (Ipv4Addr::new(224, 0, 0, 251), Martian::Multicast),
+            (Ipv4Addr::new(240, 0, 0, 9), Martian::Reserved),
+            (OUR_IP, Martian::Ours),
+        ];
+        for (dst, why) in cases {
+            let buf = payload(&mut pool, b"no");
+            let result = iface.send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(dst, 9));
+            let (error, data) = result.expect_err("refused");
+            assert_eq!(error, SendError::BadDestination { dst, why });
+            assert_eq!(
+                bytes(&pool, &data),
+                b"no",
+                "the payload comes back as given"
+            );
+            assert_eq!(data.head().start(), 64);
+            pool.free_chain(data);
         }
-        let frames = tx_all(&mut iface, &mut pool);
-        assert_eq!(frames.len(), 2);
-        assert!(frames.iter().all(|f| f[..6] == [0xff; 6]));
+        assert!(
+            tx_all(&mut iface, &mut pool).is_empty(),
+            "nothing sent, not even ARP"
+        );
+        assert_eq!(
+            iface.counters().drops(DropReason::TxBadDestination),
+            cases.len() as u64
+        );
         assert_no_leak(iface, pool);
     }
 
@@ -1404,7 +2057,7 @@ mod tests {
         for _ in 0..3 {
             let buf = payload(&mut pool, b"lost");
             iface
-                .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9))
+                .send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(OTHER_IP, 9))
                 .unwrap();
         }
         assert_eq!(tx_all(&mut iface, &mut pool).len(), 1);
@@ -1438,13 +2091,19 @@ mod tests {
         let ttl = iface.config().arp.entry_ttl_ns;
         let buf = payload(&mut pool, b"fresh");
         iface
-            .send_udp(ttl - 1, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9))
+            .send_udp(
+                ttl - 1,
+                &mut pool,
+                buf.into(),
+                7,
+                SocketAddrV4::new(PEER_IP, 9),
+            )
             .unwrap();
         assert_eq!(tx_all(&mut iface, &mut pool).len(), 1);
         assert_eq!(iface.pending_len(), 0);
         let buf = payload(&mut pool, b"stale");
         iface
-            .send_udp(ttl, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9))
+            .send_udp(ttl, &mut pool, buf.into(), 7, SocketAddrV4::new(PEER_IP, 9))
             .unwrap();
         assert_eq!(iface.pending_len(), 1);
         let req = tx_all(&mut iface, &mut pool).pop().unwrap();
@@ -1489,6 +2148,116 @@ mod tests {
         assert_eq!(iface.arp_lookup(5, Ipv4Addr::new(10, 0, 0, 9)), None);
         assert_eq!(iface.counters().drops(DropReason::ArpNotForUs), 2);
         assert!(tx_all(&mut iface, &mut pool).is_empty());
+        let c = iface.counters();
+        assert_eq!(
+            (c.arp_learned, c.arp_updated, c.arp_ignored_unsolicited),
+            (1, 1, 1)
+        );
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn arp_creates_entries_only_from_requests_for_us_and_replies_to_us() {
+        let (mut iface, mut pool) = world();
+        let host = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let mac = |n: u8| EthernetAddress([2, 0, 0, 0, 7, n]);
+        // Unsolicited: a reply to another host, a broadcast reply to another host, a
+        // gratuitous announcement (sender = target), a request for another host.
+        let unsolicited = [
+            arp_frame(arp::Operation::Reply, OUR_MAC, mac(20), host(20), OTHER_IP),
+            arp_frame(
+                arp::Operation::Reply,
+                EthernetAddress::BROADCAST,
+                mac(21),
+                host(21),
+                host(21),
+            ),
+            arp_frame(
+                arp::Operation::Request,
+                EthernetAddress::BROADCAST,
+                mac(22),
+                host(22),
+                host(22),
+            ),
+            arp_frame(
+                arp::Operation::Request,
+                EthernetAddress::BROADCAST,
+                mac(23),
+                host(23),
+                OTHER_IP,
+            ),
+            // Off-link: asks for us (and is answered) but is not learned.
+            arp_frame(
+                arp::Operation::Request,
+                EthernetAddress::BROADCAST,
+                mac(24),
+                Ipv4Addr::new(192, 168, 7, 7),
+                OUR_IP,
+            ),
+        ];
+        for frame in &unsolicited {
+            assert!(rx(&mut iface, &mut pool, 0, frame).is_none());
+        }
+        for n in 20..=23 {
+            assert_eq!(iface.arp_lookup(0, host(n)), None, "{n} not learned");
+        }
+        assert_eq!(iface.arp_lookup(0, Ipv4Addr::new(192, 168, 7, 7)), None);
+        assert_eq!(iface.arp_cache_stats().0, 0);
+        assert_eq!(iface.counters().arp_ignored_unsolicited, 5);
+        // A request for us, and a reply to us, each create an entry.
+        let request = arp_frame(
+            arp::Operation::Request,
+            EthernetAddress::BROADCAST,
+            mac(30),
+            host(30),
+            OUR_IP,
+        );
+        assert!(rx(&mut iface, &mut pool, 0, &request).is_none());
+        assert!(rx(&mut iface, &mut pool, 0, &arp_reply_from(mac(31), host(31))).is_none());
+        assert_eq!(iface.arp_lookup(0, host(30)), Some(mac(30)));
+        assert_eq!(iface.arp_lookup(0, host(31)), Some(mac(31)));
+        assert_eq!(iface.counters().arp_learned, 2);
+        // Now known, host 30's gratuitous announcement of a new MAC is merged.
+        let moved = arp_frame(
+            arp::Operation::Request,
+            EthernetAddress::BROADCAST,
+            mac(99),
+            host(30),
+            host(30),
+        );
+        assert!(rx(&mut iface, &mut pool, 1, &moved).is_none());
+        assert_eq!(iface.arp_lookup(1, host(30)), Some(mac(99)));
+        assert_eq!(iface.counters().arp_updated, 1);
+        // A probe (sender 0.0.0.0, RFC 5227) for our address is answered, not learned.
+        let probe = arp_frame(
+            arp::Operation::Request,
+            EthernetAddress::BROADCAST,
+            mac(40),
+            Ipv4Addr::UNSPECIFIED,
+            OUR_IP,
+        );
+        assert!(rx(&mut iface, &mut pool, 1, &probe).is_none());
+        assert_eq!(iface.arp_cache_stats().0, 2);
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(
+            sent.len(),
+            3,
+            "replies to the off-link host, the request, the probe"
+        );
+        assert_eq!(&sent[0][0..6], mac(24).as_bytes());
+        assert_eq!(&sent[2][0..6], mac(40).as_bytes());
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn static_entries_are_not_overwritten_by_arp() {
+        let (mut iface, mut pool) = world();
+        assert!(iface.add_static_arp(&mut pool, PEER_IP, PEER_MAC));
+        let forged = arp_reply_from(EthernetAddress([2, 0xee, 0, 0, 0, 1]), PEER_IP);
+        assert!(rx(&mut iface, &mut pool, 5, &forged).is_none());
+        assert_eq!(iface.arp_lookup(5, PEER_IP), Some(PEER_MAC));
+        let c = iface.counters();
+        assert_eq!((c.arp_learned, c.arp_updated), (0, 0));
         assert_no_leak(iface, pool);
     }
 
@@ -1505,6 +2274,12 @@ mod tests {
             assert!(rx(&mut iface, &mut pool, u64::from(i), &frame).is_none());
         }
         assert_eq!(iface.arp_cache_stats(), (4, 6));
+        assert_eq!(iface.counters().arp_evicted, 6);
+        assert_eq!(iface.counters().arp_learned, 10);
+        // The least recently written went first: 10..=15 are gone, 16..=19 stay.
+        for i in 0..6u8 {
+            assert_eq!(iface.arp_lookup(100, Ipv4Addr::new(10, 0, 0, 10 + i)), None);
+        }
         assert_eq!(
             iface.arp_lookup(100, Ipv4Addr::new(10, 0, 0, 19)),
             Some(EthernetAddress([2, 0, 0, 0, 1, 9]))
@@ -1519,14 +2294,14 @@ mod tests {
         for _ in 0..pending_max {
             let buf = payload(&mut pool, b"p");
             iface
-                .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9))
+                .send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(OTHER_IP, 9))
                 .unwrap();
         }
         let buf = payload(&mut pool, b"p");
-        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9));
+        let result = iface.send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(OTHER_IP, 9));
         assert_eq!(refused(&mut pool, result), SendError::ArpPendingFull);
         let buf = payload(&mut pool, b"p");
-        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9));
+        let result = iface.send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(PEER_IP, 9));
         assert_eq!(refused(&mut pool, result), SendError::ArpPendingFull);
         assert_eq!(iface.pending_len(), pending_max);
         assert_eq!(iface.counters().drops(DropReason::ArpPendingFull), 2);
@@ -1536,6 +2311,7 @@ mod tests {
     #[test]
     fn tx_queue_is_bounded() {
         let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
         let tx_queue_max = iface.config().tx_queue_max;
         for _ in 0..tx_queue_max + 3 {
             assert!(rx(&mut iface, &mut pool, 0, &hex(ICMP_REQUEST)).is_none());
@@ -1545,7 +2321,7 @@ mod tests {
         assert_eq!(iface.counters().icmp_echo_replies, tx_queue_max as u64);
         learn_peer(&mut iface, &mut pool, 0);
         let buf = payload(&mut pool, b"q");
-        let result = iface.send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9));
+        let result = iface.send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(PEER_IP, 9));
         assert_eq!(refused(&mut pool, result), SendError::TxQueueFull);
         assert_no_leak(iface, pool);
     }
@@ -1559,7 +2335,7 @@ mod tests {
             hoard.push(b);
         }
         iface
-            .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(OTHER_IP, 9))
+            .send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(OTHER_IP, 9))
             .unwrap();
         assert_eq!(iface.counters().drops(DropReason::PoolExhausted), 1);
         assert_eq!(
@@ -1580,20 +2356,21 @@ mod tests {
         let (mut iface, mut pool) = world();
         learn_peer(&mut iface, &mut pool, 0);
         let to = SocketAddrV4::new(PEER_IP, 9);
-        let big = payload(&mut pool, &[0u8; 1473]);
-        let result = iface.send_udp(0, &mut pool, big, 7, to);
+        let too_big = vec![7u8; UDP_PAYLOAD_MAX + 1];
+        let chain = chain_of(&mut pool, &too_big, 1984);
+        let result = iface.send_udp(0, &mut pool, chain, 7, to);
         assert_eq!(
             refused(&mut pool, result),
             SendError::PayloadTooLarge {
-                len: 1473,
-                max: 1472
+                len: 65_508,
+                max: 65_507
             }
         );
         let fits = payload(&mut pool, &[0u8; 1472]);
-        assert_eq!(iface.send_udp(0, &mut pool, fits, 7, to), Ok(()));
+        assert_eq!(iface.send_udp(0, &mut pool, fits.into(), 7, to), Ok(()));
         let mut no_headroom = pool.alloc_frame().unwrap();
         pool.set_len(&mut no_headroom, 10).unwrap();
-        let result = iface.send_udp(0, &mut pool, no_headroom, 7, to);
+        let result = iface.send_udp(0, &mut pool, no_headroom.into(), 7, to);
         assert_eq!(
             refused(&mut pool, result),
             SendError::NoHeadroom { headroom: 0 }
@@ -1610,7 +2387,7 @@ mod tests {
         for _ in 0..3 {
             let buf = payload(&mut pool, b"i");
             iface
-                .send_udp(0, &mut pool, buf, 7, SocketAddrV4::new(PEER_IP, 9))
+                .send_udp(0, &mut pool, buf.into(), 7, SocketAddrV4::new(PEER_IP, 9))
                 .unwrap();
         }
         let idents: Vec<u16> = tx_all(&mut iface, &mut pool)
@@ -1619,6 +2396,711 @@ mod tests {
             .collect();
         assert_eq!(idents, vec![0, 1, 2]);
         assert_no_leak(iface, pool);
+    }
+
+    // ----- reassembly -----
+
+    /// A pool of `frames` 2 KiB frames.
+    fn pool_of(frames: usize) -> PacketPool {
+        PacketPool::new(PoolConfig {
+            frame_size: 2048,
+            frame_count: frames,
+            headroom: 64,
+        })
+        .unwrap()
+    }
+
+    /// A UDP datagram (header and payload, checksum filled) from `PEER_IP:src_port` to our
+    /// port 7: the IPv4 payload that fragments cut up.
+    fn udp_datagram(src_port: u16, data: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0u8; udp::HEADER_LEN + data.len()];
+        l4[udp::HEADER_LEN..].copy_from_slice(data);
+        udp::Repr {
+            src_port,
+            dst_port: 7,
+            payload_len: data.len(),
+        }
+        .emit(
+            &mut udp::Packet::new_unchecked(&mut l4[..]),
+            PEER_IP,
+            OUR_IP,
+        );
+        l4
+    }
+
+    /// A fragment frame from `src` carrying `piece` at byte `offset` of datagram `ident`.
+    fn frag_frame(src: Ipv4Addr, ident: u16, offset: usize, more: bool, piece: &[u8]) -> Vec<u8> {
+        let mut f = ip_frame(17, src, OUR_IP, piece);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[IP_AT..]);
+        ip.set_ident(ident);
+        ip.set_fragment(offset, more);
+        ip.fill_checksum();
+        f
+    }
+
+    /// `datagram` cut at `cuts` (multiples of 8, increasing) into fragment frames from the
+    /// peer, in order.
+    fn fragments(datagram: &[u8], ident: u16, cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut bounds = vec![0];
+        bounds.extend(
+            cuts.iter()
+                .copied()
+                .filter(|&c| c > 0 && c < datagram.len()),
+        );
+        bounds.push(datagram.len());
+        bounds
+            .windows(2)
+            .map(|w| {
+                let more = w[1] < datagram.len();
+                frag_frame(PEER_IP, ident, w[0], more, &datagram[w[0]..w[1]])
+            })
+            .collect()
+    }
+
+    fn test_payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    #[test]
+    fn fragments_in_any_order_are_reassembled_into_a_chain() {
+        let (mut iface, mut pool) = world();
+        let data = test_payload(3000);
+        let frags = fragments(&udp_datagram(40_000, &data), 0x1234, &[1480, 2960]);
+        assert_eq!(frags.len(), 3);
+        for i in [2, 0] {
+            assert!(rx(&mut iface, &mut pool, 10, &frags[i]).is_none());
+        }
+        assert_eq!(iface.reassembly_len(), (1, 2));
+        assert_eq!(iface.poll_at(), Some(10 + REASSEMBLY_TIMEOUT_NS));
+        let d = rx(&mut iface, &mut pool, 11, &frags[1]).expect("the last piece completes it");
+        assert_eq!(d.from, SocketAddrV4::new(PEER_IP, 40_000));
+        assert_eq!(d.local_port, 7);
+        assert_eq!(d.data.frames(), 3, "zero-copy: the fragments' own frames");
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        let c = iface.counters();
+        assert_eq!((c.frag_received, c.reassembled, c.udp_rx), (3, 1, 1));
+        assert_eq!(c.drops_total(), 0);
+        assert_eq!(iface.reassembly_len(), (0, 0));
+        assert_eq!(iface.poll_at(), None, "a closed entry needs no timer");
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn reassembly_honours_the_udp_length_and_tiny_last_fragments() {
+        let (mut iface, mut pool) = world();
+        // The IPv4 payload is 16 bytes longer than the UDP length says: those bytes are not
+        // part of the datagram (RFC 768), and a fragment holding only them adds no segment.
+        let data = test_payload(100);
+        let mut datagram = udp_datagram(5, &data);
+        datagram.extend_from_slice(&[0xee; 16]);
+        let frags = fragments(&datagram, 9, &[8, 104, 112]);
+        assert_eq!(frags.len(), 4);
+        let mut got = None;
+        for f in &frags {
+            got = got.or(rx(&mut iface, &mut pool, 0, f));
+        }
+        let d = got.expect("delivered");
+        assert_eq!(bytes(&pool, &d.data), data);
+        // The header-only fragment heads the chain with an empty window; the fragment of
+        // bytes past the UDP length adds no segment.
+        assert_eq!(d.data.frames(), 3);
+        assert_eq!(d.data.head().len(), 0);
+        pool.free_chain(d.data);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn reassembled_datagrams_get_the_udp_checks() {
+        let (mut iface, mut pool) = world();
+        let data = test_payload(2000);
+        let mut datagram = udp_datagram(5, &data);
+        datagram[udp::HEADER_LEN + 1500] ^= 0x40;
+        for f in fragments(&datagram, 1, &[1480]) {
+            assert!(rx(&mut iface, &mut pool, 0, &f).is_none());
+        }
+        assert_eq!(iface.counters().drops(DropReason::UdpBadChecksum), 1);
+        let mut datagram = udp_datagram(5, &data);
+        datagram[2..4].copy_from_slice(&9u16.to_be_bytes()); // Nobody on port 9.
+        for f in fragments(&datagram, 2, &[1480]) {
+            assert!(rx(&mut iface, &mut pool, 0, &f).is_none());
+        }
+        assert_eq!(iface.counters().drops(DropReason::UdpNoListener), 1);
+        let mut datagram = udp_datagram(5, &data);
+        datagram[4..6].copy_from_slice(&3000u16.to_be_bytes()); // Past the datagram.
+        for f in fragments(&datagram, 3, &[1480]) {
+            assert!(rx(&mut iface, &mut pool, 0, &f).is_none());
+        }
+        assert_eq!(iface.counters().drops(DropReason::UdpBadLength), 1);
+        let mut datagram = udp_datagram(5, &data);
+        datagram[6..8].copy_from_slice(&[0, 0]); // No checksum: allowed (RFC 768).
+        let mut got = None;
+        for f in fragments(&datagram, 4, &[1480]) {
+            got = got.or(rx(&mut iface, &mut pool, 0, &f));
+        }
+        let d = got.expect("a zero checksum is accepted");
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        let c = iface.counters();
+        assert_eq!(
+            (c.udp_checksum_zero, c.reassembled, c.frag_received),
+            (1, 1, 8)
+        );
+        assert_eq!(iface.reassembly_len(), (0, 0));
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn overlapping_fragments_abandon_the_whole_datagram() {
+        let (mut iface, mut pool) = world();
+        let datagram = udp_datagram(5, &test_payload(3000));
+        let primary = fragments(&datagram, 7, &[1480, 2960]);
+        // The same bytes cut elsewhere: [1472, 2960) overlaps [0, 1480) by 8 bytes.
+        let overlapping = frag_frame(PEER_IP, 7, 1472, true, &datagram[1472..2960]);
+        assert!(rx(&mut iface, &mut pool, 0, &primary[0]).is_none());
+        assert!(rx(&mut iface, &mut pool, 0, &overlapping).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmOverlap), 1);
+        assert_eq!(iface.reassembly_len(), (0, 0), "every fragment was freed");
+        assert_eq!(pool.available(), pool.capacity());
+        // RFC 5722: fragments not yet received are discarded too, even a complete set.
+        for f in &primary {
+            assert!(rx(&mut iface, &mut pool, 1, f).is_none());
+        }
+        assert_eq!(iface.counters().drops(DropReason::ReasmStale), 3);
+        assert_eq!(iface.counters().reassembled, 0);
+        // Once the closed entry's deadline has passed, the identification is free again.
+        let later = REASSEMBLY_TIMEOUT_NS;
+        let mut got = None;
+        for f in &primary {
+            got = got.or(rx(&mut iface, &mut pool, later, f));
+        }
+        pool.free_chain(got.expect("a fresh datagram").data);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn exact_duplicates_are_dropped_alone_and_never_delivered_twice() {
+        let (mut iface, mut pool) = world();
+        let data = test_payload(2000);
+        let datagram = udp_datagram(5, &data);
+        let frags = fragments(&datagram, 7, &[1480]);
+        assert!(rx(&mut iface, &mut pool, 0, &frags[0]).is_none());
+        assert!(rx(&mut iface, &mut pool, 0, &frags[0]).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmDuplicate), 1);
+        let d = rx(&mut iface, &mut pool, 0, &frags[1]).expect("delivered");
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        // The network duplicated the whole train: the copies are stale, not a datagram.
+        for f in &frags {
+            assert!(rx(&mut iface, &mut pool, 1, f).is_none());
+        }
+        assert_eq!(iface.counters().drops(DropReason::ReasmStale), 2);
+        assert_eq!(iface.counters().udp_rx, 1);
+        // A "duplicate" that changes the bytes is an overlap.
+        let frags = fragments(&datagram, 8, &[1480]);
+        let mut forged = frags[0].clone();
+        forged[L4_AT + 100] ^= 1;
+        refill_ip_checksum(&mut forged);
+        assert!(rx(&mut iface, &mut pool, 2, &frags[0]).is_none());
+        assert!(rx(&mut iface, &mut pool, 2, &forged).is_none());
+        assert!(rx(&mut iface, &mut pool, 2, &frags[1]).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmOverlap), 1);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn fragments_disagreeing_about_the_end_abandon_the_datagram() {
+        let datagram = udp_datagram(5, &test_payload(3000));
+        let frags = fragments(&datagram, 7, &[1480, 2960]);
+        let cases: Vec<Vec<Vec<u8>>> = vec![
+            // Two different last fragments.
+            vec![
+                frags[2].clone(),
+                frag_frame(PEER_IP, 7, 2960, false, &datagram[2960..3000]),
+            ],
+            // Data past the known end.
+            vec![
+                frag_frame(PEER_IP, 7, 1480, false, &datagram[1480..1488]),
+                frags[2].clone(),
+            ],
+            // A last fragment ending before data already held.
+            vec![
+                frags[1].clone(),
+                frag_frame(PEER_IP, 7, 8, false, &datagram[8..1480]),
+            ],
+            // A fragment with MF set that ends exactly at the end.
+            vec![
+                frags[2].clone(),
+                frag_frame(PEER_IP, 7, 2960, true, &datagram[2960..3008]),
+            ],
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let (mut iface, mut pool) = world();
+            for f in case {
+                assert!(rx(&mut iface, &mut pool, 0, f).is_none(), "case {i}");
+            }
+            assert_eq!(
+                iface.counters().drops(DropReason::ReasmOverlap),
+                1,
+                "case {i}: {:?}",
+                iface.counters()
+            );
+            assert_eq!(iface.reassembly_len(), (0, 0), "case {i}");
+            assert_no_leak(iface, pool);
+        }
+    }
+
+    #[test]
+    fn incomplete_datagrams_time_out() {
+        let (mut iface, mut pool) = world();
+        let frags = fragments(&udp_datagram(5, &test_payload(2000)), 7, &[1480]);
+        assert!(rx(&mut iface, &mut pool, 100, &frags[0]).is_none());
+        let deadline = 100 + REASSEMBLY_TIMEOUT_NS;
+        assert_eq!(iface.poll_at(), Some(deadline));
+        iface.handle_timeout(deadline - 1, &mut pool);
+        assert_eq!(iface.reassembly_len(), (1, 1));
+        iface.handle_timeout(deadline, &mut pool);
+        assert_eq!(iface.reassembly_len(), (0, 0));
+        assert_eq!(iface.counters().drops(DropReason::ReasmTimeout), 1);
+        assert_eq!(iface.poll_at(), None);
+        assert_eq!(pool.available(), pool.capacity(), "the frame came back");
+        // Expiry is also checked when a fragment arrives, whether or not the timer ran: the
+        // late piece starts a fresh datagram instead of completing the stale one.
+        assert!(rx(&mut iface, &mut pool, 0, &frags[0]).is_none());
+        assert!(rx(&mut iface, &mut pool, REASSEMBLY_TIMEOUT_NS, &frags[1]).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTimeout), 2);
+        assert_eq!(iface.reassembly_len(), (1, 1));
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn reassembly_table_is_bounded() {
+        let (mut iface, mut pool) = world_with_pool(config(), pool_of(128));
+        let datagram = udp_datagram(5, &test_payload(2000));
+        let first = |ident| frag_frame(PEER_IP, ident, 0, true, &datagram[..1480]);
+        for ident in 0..REASSEMBLY_DATAGRAMS_MAX as u16 {
+            assert!(rx(&mut iface, &mut pool, 0, &first(ident)).is_none());
+        }
+        assert_eq!(
+            iface.reassembly_len(),
+            (REASSEMBLY_DATAGRAMS_MAX, REASSEMBLY_DATAGRAMS_MAX)
+        );
+        assert!(rx(&mut iface, &mut pool, 0, &first(100)).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTableFull), 1);
+        // Completing one closes its entry; a new datagram may reclaim a closed entry.
+        let last = frag_frame(PEER_IP, 0, 1480, false, &datagram[1480..]);
+        let d = rx(&mut iface, &mut pool, 0, &last).expect("complete");
+        pool.free_chain(d.data);
+        assert!(rx(&mut iface, &mut pool, 0, &first(100)).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTableFull), 1);
+        assert_eq!(iface.reassembly_len().0, REASSEMBLY_DATAGRAMS_MAX);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn reassembly_memory_is_bounded_by_frames_pinned() {
+        // 8-byte fragments are charged a whole 2 KiB frame each: 128 fit in 256 KiB.
+        let (mut iface, mut pool) = world_with_pool(config(), pool_of(160));
+        let datagram = udp_datagram(5, &test_payload(1000));
+        let piece = |ident: u16, k: usize| {
+            frag_frame(PEER_IP, ident, 8 * k, true, &datagram[8 * k..8 * k + 8])
+        };
+        for ident in 0..16u16 {
+            for k in 0..8 {
+                assert!(rx(&mut iface, &mut pool, 0, &piece(ident, k)).is_none());
+            }
+        }
+        assert_eq!(iface.reassembly_len(), (16, 128));
+        assert_eq!(iface.counters().drops_total(), 0);
+        // One more frame would pass the budget: its datagram is abandoned, its frames freed.
+        assert!(rx(&mut iface, &mut pool, 0, &piece(3, 8)).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTableFull), 1);
+        assert_eq!(iface.reassembly_len(), (15, 120));
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn oversized_and_over_fragmented_datagrams_are_refused() {
+        let (mut iface, mut pool) = world_with_pool(config(), pool_of(128));
+        // A fragment reaching past 65,535 bytes of total length (65,515 of payload).
+        let tail = frag_frame(PEER_IP, 1, 65_512, false, &[0; 8]);
+        assert!(rx(&mut iface, &mut pool, 0, &tail).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTooBig), 1);
+        assert_eq!(iface.reassembly_len(), (0, 0));
+        let head = frag_frame(PEER_IP, 2, 0, true, &[0; 8]);
+        assert!(rx(&mut iface, &mut pool, 0, &head).is_none());
+        assert!(rx(&mut iface, &mut pool, 0, &tail.clone()).is_none());
+        let mut tail2 = tail.clone();
+        ipv4::Packet::new_unchecked(&mut tail2[IP_AT..]).set_ident(2);
+        refill_ip_checksum(&mut tail2);
+        assert!(rx(&mut iface, &mut pool, 0, &tail2).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTooBig), 3);
+        assert_eq!(
+            iface.reassembly_len(),
+            (0, 0),
+            "the datagram in progress was abandoned"
+        );
+        // The largest legal fragment end is accepted.
+        let edge = frag_frame(PEER_IP, 3, 65_504, false, &[0; 11]);
+        assert!(rx(&mut iface, &mut pool, 0, &edge).is_none());
+        assert_eq!(iface.reassembly_len(), (1, 1));
+        // Sixty-four 8-byte fragments are the most one datagram may hold.
+        let datagram = udp_datagram(5, &test_payload(1000));
+        for k in 0..64 {
+            let f = frag_frame(PEER_IP, 4, 8 * k, true, &datagram[8 * k..8 * k + 8]);
+            assert!(rx(&mut iface, &mut pool, 0, &f).is_none());
+        }
+        assert_eq!(iface.reassembly_len(), (2, 65));
+        let f = frag_frame(PEER_IP, 4, 8 * 64, true, &datagram[8 * 64..8 * 64 + 8]);
+        assert!(rx(&mut iface, &mut pool, 0, &f).is_none());
+        assert_eq!(iface.counters().drops(DropReason::ReasmTooManyFragments), 1);
+        assert_eq!(iface.reassembly_len(), (1, 1));
+        assert_no_leak(iface, pool);
+    }
+
+    // ----- fragmentation on transmit -----
+
+    /// Turns a frame we sent to the peer around, as if the peer had sent it to us. Swapping
+    /// the two addresses changes neither checksum (the sums commute).
+    fn turn_around(frame: &mut [u8]) {
+        frame[..6].copy_from_slice(&OUR_MAC.0);
+        frame[6..12].copy_from_slice(&PEER_MAC.0);
+        let mut ip = ipv4::Packet::new_unchecked(&mut frame[IP_AT..]);
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        ip.set_src_addr(dst);
+        ip.set_dst_addr(src);
+    }
+
+    #[test]
+    fn large_payloads_are_sent_as_fragments_that_reassemble() {
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        let data = test_payload(4000);
+        let chain = chain_of(&mut pool, &data, 999);
+        assert_eq!(chain.frames(), 5);
+        assert_eq!(iface.tx_frames_for(&pool, data.len()), Some(3));
+        iface
+            .send_udp(0, &mut pool, chain, 7, SocketAddrV4::new(PEER_IP, 7))
+            .unwrap();
+        let mut sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 3);
+        let mut offsets = Vec::new();
+        for f in &sent {
+            assert!(f.len() <= 14 + 1500, "each fragment fits the MTU");
+            assert_eq!(&f[0..6], PEER_MAC.as_bytes());
+            let ip = ipv4::Packet::new_checked(&f[IP_AT..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.ident(), 0, "one identification for all fragments");
+            assert!(!ip.dont_frag(), "no DF on fragments");
+            assert_eq!(ip.frag_offset_bytes() % 8, 0);
+            offsets.push((ip.frag_offset_bytes(), ip.more_frags(), ip.payload().len()));
+        }
+        assert_eq!(
+            offsets,
+            vec![(0, true, 1480), (1480, true, 1480), (2960, false, 1048)]
+        );
+        let c = iface.counters();
+        assert_eq!((c.udp_tx, c.fragmented, c.frag_sent), (1, 1, 3));
+        assert_eq!(
+            pool.available(),
+            pool.capacity(),
+            "the payload's frames were released"
+        );
+        // What we sent, turned around and fed back last first, is the payload again: the
+        // checksum over the whole datagram verifies.
+        let mut got = None;
+        for f in sent.iter_mut().rev() {
+            turn_around(f);
+            got = got.or(rx(&mut iface, &mut pool, 1, f));
+        }
+        let d = got.expect("reassembled");
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn one_frame_above_the_mtu_is_fragmented_and_a_small_chain_is_joined() {
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        let to = SocketAddrV4::new(PEER_IP, 7);
+        // 1473 bytes in one 2 KiB frame: one byte more than fits unfragmented.
+        let data = test_payload(1473);
+        let buf = payload(&mut pool, &data);
+        iface.send_udp(0, &mut pool, buf.into(), 7, to).unwrap();
+        let mut sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 2);
+        let mut got = None;
+        for f in sent.iter_mut() {
+            turn_around(f);
+            got = got.or(rx(&mut iface, &mut pool, 1, f));
+        }
+        let d = got.unwrap();
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        // Three small frames (odd lengths, so the checksum must carry across segments) that
+        // fit the MTU together go out as one unfragmented frame with DF.
+        let data = test_payload(301);
+        let chain = chain_of(&mut pool, &data, 101);
+        assert_eq!(chain.frames(), 3);
+        iface.send_udp(0, &mut pool, chain, 7, to).unwrap();
+        let mut sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
+        let ip = ipv4::Packet::new_checked(&sent[0][IP_AT..]).unwrap();
+        assert!(ip.dont_frag() && !ip.is_fragment());
+        turn_around(&mut sent[0]);
+        let d = rx(&mut iface, &mut pool, 2, &sent[0]).expect("one frame, delivered at once");
+        assert_eq!(bytes(&pool, &d.data), data);
+        pool.free_chain(d.data);
+        assert_eq!(iface.counters().fragmented, 1);
+        assert_eq!(iface.counters().udp_tx, 2);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn fragmented_sends_are_all_or_nothing() {
+        let to = SocketAddrV4::new(PEER_IP, 7);
+        let data = test_payload(4000);
+        // Transmit queue: 16 places, 14 taken; three fragments do not fit.
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        for _ in 0..14 {
+            let buf = payload(&mut pool, b"x");
+            iface.send_udp(0, &mut pool, buf.into(), 7, to).unwrap();
+        }
+        let chain = chain_of(&mut pool, &data, 1984);
+        let (error, chain) = iface.send_udp(0, &mut pool, chain, 7, to).unwrap_err();
+        assert_eq!(error, SendError::TxQueueFull);
+        assert_eq!(bytes(&pool, &chain), data, "the payload comes back intact");
+        assert_eq!(iface.tx_len(), 14, "no fragment was queued");
+        pool.free_chain(chain);
+        assert_no_leak(iface, pool);
+        // Pool: two frames free, three needed.
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        let chain = chain_of(&mut pool, &data, 1984);
+        let mut hoard = Vec::new();
+        while pool.available() > 2 {
+            hoard.push(pool.alloc().unwrap());
+        }
+        let (error, chain) = iface.send_udp(0, &mut pool, chain, 7, to).unwrap_err();
+        assert_eq!(
+            error,
+            SendError::PoolExhausted {
+                needed: 3,
+                available: 2
+            }
+        );
+        assert_eq!(bytes(&pool, &chain), data);
+        assert_eq!((iface.tx_len(), pool.available()), (0, 2));
+        assert_eq!(iface.counters().drops(DropReason::PoolExhausted), 1);
+        pool.free_chain(chain);
+        for b in hoard {
+            pool.free(b);
+        }
+        assert_no_leak(iface, pool);
+        // ARP pending queue: 8 places, 6 taken by frames for an unresolved host.
+        let (mut iface, mut pool) = world();
+        for _ in 0..6 {
+            let buf = payload(&mut pool, b"x");
+            iface.send_udp(0, &mut pool, buf.into(), 7, to).unwrap();
+        }
+        let chain = chain_of(&mut pool, &data, 1984);
+        let (error, chain) = iface.send_udp(0, &mut pool, chain, 7, to).unwrap_err();
+        assert_eq!(error, SendError::ArpPendingFull);
+        assert_eq!(iface.pending_len(), 6);
+        pool.free_chain(chain);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn fragments_wait_for_arp_together() {
+        let (mut iface, mut pool) = world();
+        let chain = chain_of(&mut pool, &test_payload(4000), 1984);
+        iface
+            .send_udp(0, &mut pool, chain, 7, SocketAddrV4::new(PEER_IP, 7))
+            .unwrap();
+        assert_eq!(iface.pending_len(), 3);
+        let requests = tx_all(&mut iface, &mut pool);
+        assert_eq!(requests.len(), 1, "one request for the next hop");
+        assert_eq!(iface.counters().udp_tx, 0);
+        assert!(rx(&mut iface, &mut pool, 1, &arp_reply_from(PEER_MAC, PEER_IP)).is_none());
+        let sent = tx_all(&mut iface, &mut pool);
+        let offsets: Vec<u32> = sent
+            .iter()
+            .map(|f| {
+                ipv4::Packet::new_checked(&f[IP_AT..])
+                    .unwrap()
+                    .frag_offset_bytes()
+            })
+            .collect();
+        assert_eq!(offsets, vec![0, 1480, 2960], "released in order");
+        assert!(sent.iter().all(|f| f[..6] == PEER_MAC.0));
+        assert_eq!(iface.counters().udp_tx, 1, "one datagram");
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn a_copied_payload_goes_back_to_its_app() {
+        let (mut iface, mut pool) = world();
+        learn_peer(&mut iface, &mut pool, 0);
+        let chain = chain_of(&mut pool, &test_payload(3000), 1984);
+        pool.return_after_tx(chain.head(), 77);
+        iface
+            .send_udp(0, &mut pool, chain, 7, SocketAddrV4::new(PEER_IP, 7))
+            .unwrap();
+        let returned = pool.take_returned().expect("the head comes back");
+        assert_eq!((returned.token, returned.result), (77, Ok(())));
+        assert_eq!(pool.data(&returned.buf), &test_payload(3000)[..1984]);
+        pool.free(returned.buf);
+        assert_eq!(tx_all(&mut iface, &mut pool).len(), 3);
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn payloads_needing_too_many_fragments_are_refused() {
+        let mut c = config();
+        c.mtu = 68; // 48 data bytes per fragment.
+        let (mut iface, mut pool) = world_with(c);
+        learn_peer(&mut iface, &mut pool, 0);
+        let max = TX_FRAGMENTS_MAX * 48 - 8;
+        assert_eq!(iface.tx_frames_for(&pool, max), Some(TX_FRAGMENTS_MAX));
+        assert_eq!(iface.tx_frames_for(&pool, max + 1), None);
+        let chain = chain_of(&mut pool, &test_payload(max + 1), 1984);
+        let result = iface.send_udp(0, &mut pool, chain, 7, SocketAddrV4::new(PEER_IP, 7));
+        assert_eq!(
+            refused(&mut pool, result),
+            SendError::PayloadTooLarge { len: max + 1, max }
+        );
+        assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn segment_sums_carry_odd_offsets() {
+        let data = test_payload(333);
+        let whole = checksum::sum(&data);
+        for cuts in [vec![1], vec![1, 2], vec![3, 100, 101], vec![0, 332], vec![]] {
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for &c in &cuts {
+                pieces.push(&data[at..c]);
+                at = c;
+            }
+            pieces.push(&data[at..]);
+            assert_eq!(sum_segments(pieces.into_iter()), whole, "{cuts:?}");
+        }
+    }
+
+    /// One fragment of a random delivery schedule: datagram bytes `start..end`.
+    #[derive(Debug, Clone)]
+    struct Piece {
+        start: usize,
+        end: usize,
+    }
+
+    proptest! {
+        /// Random fragment sequences of a random datagram (shuffled, duplicated, with
+        /// overlapping pieces of the same bytes cut elsewhere): the datagram is delivered at
+        /// most once and then exactly, or dropped and counted; a schedule with every primary
+        /// piece and no overlap is delivered; and every frame comes back to the pool.
+        #[test]
+        fn random_fragment_sequences(
+            len in 1usize..6000,
+            cut_units in proptest::collection::vec(1usize..180, 1..40),
+            alt_units in proptest::collection::vec(1usize..180, 1..40),
+            order in proptest::collection::vec(any::<u32>(), 0..120),
+            dups in proptest::collection::vec(any::<u16>(), 0..8),
+            overlaps in proptest::collection::vec(any::<u16>(), 0..3),
+            gaps in proptest::collection::vec(0u64..REASSEMBLY_TIMEOUT_NS / 64, 0..120),
+            pause in proptest::option::of((0usize..12, 0u64..2 * REASSEMBLY_TIMEOUT_NS)),
+        ) {
+            let data = test_payload(len);
+            let datagram = udp_datagram(4242, &data);
+            let total = datagram.len();
+            // Cut points at multiples of 8; always at least one, so every piece is a
+            // fragment (a piece from 0 to the end with MF clear would be a whole datagram).
+            let cut = |units: &[usize]| {
+                let mut bounds = vec![0];
+                // Cycling the units reaches the end; every piece fits a 2 KiB frame.
+                for u in units.iter().cycle() {
+                    let next = bounds.last().unwrap() + u * 8;
+                    if next >= total { break; }
+                    bounds.push(next);
+                }
+                if bounds.len() == 1 {
+                    bounds.push(8);
+                }
+                bounds.push(total);
+                bounds
+            };
+            let primary: Vec<Piece> = cut(&cut_units)
+                .windows(2)
+                .map(|w| Piece { start: w[0], end: w[1] })
+                .collect();
+            let alternative: Vec<Piece> = cut(&alt_units)
+                .windows(2)
+                .map(|w| Piece { start: w[0], end: w[1] })
+                .filter(|p| !primary.iter().any(|q| q.start == p.start && q.end == p.end))
+                .collect();
+            let mut schedule = primary.clone();
+            for d in &dups {
+                schedule.push(primary[usize::from(*d) % primary.len()].clone());
+            }
+            let mut overlapped = false;
+            if !alternative.is_empty() {
+                for o in &overlaps {
+                    schedule.push(alternative[usize::from(*o) % alternative.len()].clone());
+                    overlapped = true;
+                }
+            }
+            // Shuffle with the generated keys (Fisher-Yates).
+            for i in (1..schedule.len()).rev() {
+                let k = order.get(i).copied().unwrap_or(i as u32) as usize % (i + 1);
+                schedule.swap(i, k);
+            }
+            let (mut iface, mut pool) = world_with_pool(config(), pool_of(256));
+            let mut now = 0;
+            let mut delivered = 0;
+            for (i, p) in schedule.iter().enumerate() {
+                now += gaps.get(i).copied().unwrap_or(0);
+                // Sometimes the train stalls, past the reassembly timeout or not.
+                if let Some((at, ns)) = pause {
+                    if at == i {
+                        now += ns;
+                    }
+                }
+                let frame = frag_frame(PEER_IP, 99, p.start, p.end < total, &datagram[p.start..p.end]);
+                if let Some(d) = rx(&mut iface, &mut pool, now, &frame) {
+                    prop_assert_eq!(bytes(&pool, &d.data), data.clone());
+                    prop_assert_eq!(d.from, SocketAddrV4::new(PEER_IP, 4242));
+                    pool.free_chain(d.data);
+                    delivered += 1;
+                }
+            }
+            // Within one timeout of the first fragment, the closed entry keeps a second
+            // delivery out; after it the identification may legitimately be reused.
+            let within_timeout = now < REASSEMBLY_TIMEOUT_NS;
+            if within_timeout {
+                prop_assert!(delivered <= 1, "delivered {} times", delivered);
+            }
+            // Whatever is still waiting times out.
+            iface.handle_timeout(now + REASSEMBLY_TIMEOUT_NS, &mut pool);
+            prop_assert_eq!(iface.reassembly_len(), (0, 0));
+            let c = iface.counters().clone();
+            let lost = c.drops(DropReason::ReasmOverlap)
+                + c.drops(DropReason::ReasmTimeout)
+                + c.drops(DropReason::ReasmTooManyFragments)
+                + c.drops(DropReason::ReasmTableFull);
+            if delivered == 0 {
+                prop_assert!(lost >= 1, "dropped without a count: {:?}", c);
+            }
+            prop_assert_eq!(c.reassembled, delivered);
+            if !overlapped && within_timeout && primary.len() <= 64 {
+                prop_assert_eq!(delivered, 1, "a clean schedule must be delivered: {:?}", c);
+            }
+            prop_assert_eq!(c.frag_received, schedule.len() as u64);
+            assert_no_leak(iface, pool);
+        }
     }
 
     // ----- every drop reason provoked from bytes -----
@@ -1673,6 +3155,9 @@ mod tests {
         let mut f = hex(UDP_REQUEST);
         f[12..14].copy_from_slice(&[0x86, 0xdd]);
         assert_drop(&f, DropReason::UnknownEthertype);
+        let mut f = hex(UDP_REQUEST);
+        f[6..12].copy_from_slice(&[0; 6]); // The all-zeros MAC names no station.
+        assert_drop(&f, DropReason::EthBadSource);
     }
 
     #[test]
@@ -1695,6 +3180,24 @@ mod tests {
             OTHER_IP,
         );
         assert_drop(&f, DropReason::ArpNotForUs);
+        // A martian sender, or one claiming our own address, is neither learned nor
+        // answered, even when it asks for us.
+        for spa in [
+            Ipv4Addr::new(127, 0, 0, 1),
+            Ipv4Addr::new(224, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 255),
+            Ipv4Addr::BROADCAST,
+            OUR_IP,
+        ] {
+            let f = arp_frame(
+                arp::Operation::Request,
+                EthernetAddress::BROADCAST,
+                PEER_MAC,
+                spa,
+                OUR_IP,
+            );
+            assert_drop(&f, DropReason::ArpBadSender);
+        }
     }
 
     #[test]
@@ -1731,24 +3234,46 @@ mod tests {
             .copy_from_slice(&(good.len() as u16 - IP_AT as u16 + 4).to_be_bytes());
         refill_ip_checksum(&mut f);
         assert_drop(&f, DropReason::IpOptions);
+        // Fragments of anything but UDP are not reassembled.
         for flags in [0x2000u16, 0x0001, 0x4000 | 0x00b9] {
-            let mut f = good.clone();
+            let mut f = hex(ICMP_REQUEST);
             f[IP_AT + 6..IP_AT + 8].copy_from_slice(&flags.to_be_bytes());
             refill_ip_checksum(&mut f);
             assert_drop(&f, DropReason::IpFragment);
         }
+        // A UDP fragment that can belong to no datagram: empty, or a middle fragment whose
+        // length is not a multiple of 8.
+        let mut f = ip_frame(17, PEER_IP, OUR_IP, &[]);
+        f[IP_AT + 6..IP_AT + 8].copy_from_slice(&0x0001u16.to_be_bytes());
+        refill_ip_checksum(&mut f);
+        assert_drop(&f, DropReason::ReasmMalformed);
+        let mut f = ip_frame(17, PEER_IP, OUR_IP, &[0u8; 12]);
+        f[IP_AT + 6..IP_AT + 8].copy_from_slice(&0x2001u16.to_be_bytes());
+        refill_ip_checksum(&mut f);
+        assert_drop(&f, DropReason::ReasmMalformed);
         assert_drop(
             &ip_frame(17, PEER_IP, OTHER_IP, &good[L4_AT..]),
             DropReason::IpNotForUs,
         );
-        assert_drop(
-            &udp_frame(Ipv4Addr::BROADCAST, 1, 7, b"x"),
-            DropReason::IpBadSource,
-        );
-        assert_drop(
-            &udp_frame(Ipv4Addr::new(224, 0, 0, 1), 1, 7, b"x"),
-            DropReason::IpBadSource,
-        );
+        // Martian sources, each class under its own reason (RFC 1122 §3.2.1.3, RFC 1812
+        // §5.3.7), UDP and ICMP alike: never delivered, never answered.
+        for (src, reason) in [
+            (Ipv4Addr::UNSPECIFIED, DropReason::IpSrcThisNetwork),
+            (Ipv4Addr::new(0, 0, 0, 7), DropReason::IpSrcThisNetwork),
+            (Ipv4Addr::new(127, 0, 0, 1), DropReason::IpSrcLoopback),
+            (Ipv4Addr::new(224, 0, 0, 1), DropReason::IpSrcMulticast),
+            (Ipv4Addr::new(240, 1, 2, 3), DropReason::IpSrcReserved),
+            (Ipv4Addr::BROADCAST, DropReason::IpSrcBroadcast),
+            (Ipv4Addr::new(10, 0, 0, 255), DropReason::IpSrcBroadcast),
+            (Ipv4Addr::new(10, 0, 0, 0), DropReason::IpSrcNetwork),
+            (OUR_IP, DropReason::IpSrcOurs),
+        ] {
+            assert_drop(&udp_frame(src, 1, 7, b"x"), reason);
+            let mut ping = hex(ICMP_REQUEST);
+            ping[IP_AT + 12..IP_AT + 16].copy_from_slice(&src.octets());
+            refill_ip_checksum(&mut ping);
+            assert_drop(&ping, reason);
+        }
         assert_drop(
             &ip_frame(6, PEER_IP, OUR_IP, &[0u8; 20]),
             DropReason::IpUnknownProtocol,
@@ -1818,6 +3343,12 @@ mod tests {
         off_link_goes_via_gateway_and_no_gateway_is_no_route();
         pool_exhaustion_when_arp_request_needed();
         send_errors_give_the_buffer_back();
+        martian_and_broadcast_destinations_are_refused();
+        incomplete_datagrams_time_out();
+        overlapping_fragments_abandon_the_whole_datagram();
+        exact_duplicates_are_dropped_alone_and_never_delivered_twice();
+        reassembly_table_is_bounded();
+        oversized_and_over_fragmented_datagrams_are_refused();
         let seen = SEEN.with(|seen| seen.borrow().clone());
         let missing: Vec<DropReason> = DropReason::ALL
             .into_iter()
@@ -1831,7 +3362,9 @@ mod tests {
     #[test]
     fn fuzz_body_runs_golden_frames() {
         for frame in [ARP_REQUEST, ICMP_REQUEST, UDP_REQUEST, ARP_REPLY] {
-            for flags in 0..8u8 {
+            // All flag combinations; with FLAG_FRAGMENTS the frame's bytes are read as a
+            // fragment program instead.
+            for flags in 0..16u8 {
                 let mut input = vec![flags];
                 input.extend_from_slice(&hex(frame));
                 crate::fuzz::frame_input(&input);
@@ -1873,17 +3406,17 @@ mod tests {
             let (mut iface, mut pool) = world();
             learn_peer(&mut iface, &mut pool, 0);
             let buf = payload(&mut pool, &data);
-            iface.send_udp(0, &mut pool, buf, port, SocketAddrV4::new(PEER_IP, 7)).unwrap();
+            iface.send_udp(0, &mut pool, buf.into(), port, SocketAddrV4::new(PEER_IP, 7)).unwrap();
             let mut frame = tx_all(&mut iface, &mut pool).pop().unwrap();
             // Turn it around as if the peer had sent it to us.
             frame[..6].copy_from_slice(&OUR_MAC.0);
             frame[IP_AT + 12..IP_AT + 20].copy_from_slice(&[10, 0, 0, 2, 10, 0, 0, 1]);
             // Swapping the two addresses changes neither checksum (the sums commute).
             let d = rx(&mut iface, &mut pool, 0, &frame).unwrap();
-            prop_assert_eq!(pool.data(&d.buf), &data[..]);
+            prop_assert_eq!(bytes(&pool, &d.data), &data[..]);
             prop_assert_eq!(d.from, SocketAddrV4::new(PEER_IP, port));
             prop_assert_eq!(iface.counters().udp_checksum_zero, 0);
-            pool.free(d.buf);
+            pool.free_chain(d.data);
             assert_no_leak(iface, pool);
         }
     }
@@ -1908,7 +3441,7 @@ mod tests {
             pool.set_window(&mut frame, 0, request.len()).unwrap();
             let d = iface.handle_frame(1, &mut pool, frame).unwrap();
             iface
-                .send_udp(1, &mut pool, d.buf, d.local_port, d.from)
+                .send_udp(1, &mut pool, d.data, d.local_port, d.from)
                 .unwrap();
             frame = iface.poll_transmit().unwrap();
             // The reply overwrote the request's headers; restore them for the next round.

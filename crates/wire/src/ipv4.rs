@@ -11,8 +11,9 @@
 //! emits, a single unfragmented datagram without options.
 //!
 //! Alternative rejected: a `Repr` carrying options and fragment fields. The dataplane never
-//! reassembles and never sends options, so the extra fields would be dead weight in every
-//! emitted header and an invitation to half-support them.
+//! sends options, and only its slow path (reassembly and fragmentation, in the network core)
+//! touches fragment fields, through [`Packet::frag_offset_bytes`], [`Packet::more_frags`] and
+//! [`Packet::set_fragment`]; the extra fields would be dead weight in every emitted header.
 
 use crate::checksum;
 use crate::{read_ipv4, read_u16, write_u16};
@@ -80,8 +81,9 @@ pub enum Error {
     /// The header carries options, which this dataplane does not process; drop it.
     #[error("IPv4 options are not supported")]
     Options,
-    /// The datagram is a fragment, which this dataplane does not reassemble; drop it.
-    #[error("IPv4 fragments are not supported")]
+    /// The datagram is a fragment, which a [`Repr`] does not describe; the network core
+    /// reassembles UDP fragments from the [`Packet`] view and drops the rest.
+    #[error("an IPv4 fragment has no Repr")]
     Fragment,
 }
 
@@ -283,6 +285,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
             self.buffer.as_mut(),
             field::FLG_OFF.start,
             if dont_frag { FLAG_DF } else { 0 },
+        );
+    }
+    /// Marks the datagram as the fragment at `offset_bytes` of a larger one, with the "more
+    /// fragments" flag as given and DF clear (RFC 791 §3.2 "Fragmentation"). The offset
+    /// field counts 8-byte units, so `offset_bytes` must be a multiple of 8 below 65,536.
+    #[inline]
+    pub fn set_fragment(&mut self, offset_bytes: usize, more_frags: bool) {
+        debug_assert!(offset_bytes.is_multiple_of(8) && offset_bytes <= TOTAL_LEN_MAX);
+        let units = (offset_bytes / 8) as u16 & OFFSET_MASK;
+        write_u16(
+            self.buffer.as_mut(),
+            field::FLG_OFF.start,
+            units | if more_frags { FLAG_MF } else { 0 },
         );
     }
     /// Sets the raw flags and fragment offset word (for tests and tools).
@@ -505,6 +520,11 @@ mod tests {
         p.fill_checksum();
         assert_eq!(p.frag_offset_bytes(), 24);
         assert_eq!(Repr::parse(&p), Err(Error::Fragment));
+        p.set_fragment(65_528, true); // The largest offset the field holds.
+        assert_eq!((p.frag_offset_bytes(), p.more_frags()), (65_528, true));
+        assert!(!p.dont_frag());
+        p.set_fragment(1480, false);
+        assert_eq!(&p.into_inner()[6..8], &[0x00, 0xb9]);
     }
 
     fn arb_repr() -> impl Strategy<Value = Repr> {
