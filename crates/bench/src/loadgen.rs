@@ -266,7 +266,11 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         let port = args.local_port + id as u16;
         LoadgenApp::new(engine_config(args, id, port))
     })?;
-    join_reports(run.handles, &stop)
+    let report = join_reports(run.handles, &stop);
+    // The engines are done; the control plane's neighbour thread ends with the signal.
+    stop.stop();
+    let _ = run.neighbors.join();
+    report
 }
 
 fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {

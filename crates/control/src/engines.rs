@@ -6,9 +6,16 @@
 //! crash), opens one AF_XDP socket per served queue with its UMEM-backed pool, registers each
 //! socket in the program's socket map, installs the app's filter (UDP, its ports, any peer),
 //! and hands each (socket, pool) pair to an engine thread. ARP and ICMP stay with the kernel,
-//! which owns the same address: `ping` keeps working and the kernel answers ARP; the engines
-//! learn their peers from the datagrams they receive, and a client resolves its server
-//! through the kernel's neighbour table before it starts.
+//! which owns the same address: `ping` keeps working and the kernel answers ARP.
+//!
+//! The engines never learn a neighbour from a datagram's source MAC (any host on the link
+//! could then redirect replies), and ARP frames go to the kernel, so the control plane is
+//! their ARP: a neighbour thread reads the kernel's neighbour table for the interface every
+//! [`NEIGHBOR_POLL_INTERVAL`] and sends each new or changed entry, and every entry again each
+//! [`NEIGHBOR_REFRESH_INTERVAL`], to every engine's control inbox. The kernel learnt those
+//! entries by ARP's own rules (a client resolves the server's address before it sends, so
+//! the kernel knows it before its first datagram arrives). A client resolves its server the
+//! same way, through [`kernel_neighbor`], before it starts.
 
 use crate::filters::{Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, XdpFilters};
 use crate::options::cpu_for;
@@ -18,8 +25,8 @@ use melange_core::App;
 use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::{EthernetAddress, InterfaceConfig};
 use melange_runtime::{
-    spawn_engine, umem_frames_for, AfXdpOptions, AfXdpQueue, EngineOutcome, IdlePolicy,
-    ShellConfig, ShellError, StopSignal,
+    control_channel, spawn_engine_with_control, umem_frames_for, AfXdpOptions, AfXdpQueue,
+    ControlMessage, ControlSender, EngineOutcome, IdlePolicy, ShellConfig, ShellError, StopSignal,
 };
 use melange_sys::bpf::XdpMode;
 use melange_sys::xsk::{BindMode, BoundMode};
@@ -55,6 +62,17 @@ pub struct XdpSetup {
     pub mode: XdpMode,
 }
 
+/// How often the neighbour thread reads the kernel's neighbour table.
+pub const NEIGHBOR_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often the neighbour thread sends every entry again, so that engine entries (which
+/// expire after the stack's ARP lifetime, 60 s by default) stay fresh while the kernel keeps
+/// them.
+pub const NEIGHBOR_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most neighbours the thread tracks (the kernel's default `gc_thresh3` is 1024).
+pub const NEIGHBORS_MAX: usize = 4096;
+
 /// The transport of an AF_XDP engine: Melange's stack over one AF_XDP queue.
 pub type XdpTransport = StackTransport<AfXdpQueue>;
 
@@ -68,6 +86,8 @@ pub struct XdpRun<A> {
     pub filter: FilterHandle,
     /// The XDP program and its maps; dropping it detaches the program.
     pub filters: XdpFilters,
+    /// The neighbour thread (see the module documentation); it ends with the stop signal.
+    pub neighbors: JoinHandle<()>,
 }
 
 /// Attaches the program, opens the sockets and starts one engine per queue.
@@ -138,6 +158,7 @@ where
         })
         .context("installing the UDP filter")?;
     let mut handles = Vec::new();
+    let mut senders = Vec::new();
     for (index, (queue, nic, pool)) in opened.into_iter().enumerate() {
         let app = make_app(index, queue);
         let config = EngineConfig {
@@ -152,7 +173,9 @@ where
             idle: setup.idle,
         };
         let batch = setup.batch;
-        let handle = spawn_engine(shell, stop.clone(), move |now| {
+        let (sender, inbox) = control_channel()?;
+        senders.push(sender);
+        let handle = spawn_engine_with_control(shell, stop.clone(), Some(inbox), move |now| {
             let mut pool = pool;
             let transport = StackTransport::new(nic, interface, &static_arp, &mut pool, batch)
                 .map_err(|e| format!("interface configuration: {e}"))?;
@@ -160,12 +183,64 @@ where
         })?;
         handles.push(handle);
     }
+    let neighbors = {
+        let stop = stop.clone();
+        let interface = setup.interface.clone();
+        std::thread::Builder::new()
+            .name("neighbors".into())
+            .spawn(move || feed_neighbors(&interface, &senders, &stop))?
+    };
     Ok(XdpRun {
         handles,
         queues,
         filter,
         filters,
+        neighbors,
     })
+}
+
+/// The neighbour thread: the kernel's neighbour table for `interface`, fed to every engine.
+fn feed_neighbors(interface: &str, senders: &[ControlSender], stop: &StopSignal) {
+    let mut known: Vec<(Ipv4Addr, EthernetAddress)> = Vec::new();
+    let mut last_refresh = Instant::now();
+    let mut warned = false;
+    while !stop.is_stopped() {
+        let refresh = last_refresh.elapsed() >= NEIGHBOR_REFRESH_INTERVAL;
+        if refresh {
+            last_refresh = Instant::now();
+        }
+        match read_neighbors(Some(interface)) {
+            Ok(table) => {
+                for (ip, mac) in table.into_iter().take(NEIGHBORS_MAX) {
+                    let new = match known.iter().position(|(k, _)| *k == ip) {
+                        Some(at) if known[at].1 == mac => false,
+                        Some(at) => {
+                            known[at].1 = mac;
+                            true
+                        }
+                        None if known.len() < NEIGHBORS_MAX => {
+                            known.push((ip, mac));
+                            true
+                        }
+                        None => false,
+                    };
+                    if new || refresh {
+                        for sender in senders {
+                            // A full inbox gets the entry at the next refresh; an ended engine
+                            // needs it no more.
+                            let _ = sender.send(ControlMessage::Neighbor { ip, mac });
+                        }
+                    }
+                }
+            }
+            Err(err) if !warned => {
+                warned = true;
+                tracing::warn!("reading the kernel's neighbour table failed, engines learn no new neighbours: {err:#}");
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(NEIGHBOR_POLL_INTERVAL);
+    }
 }
 
 /// The address engines on `interface` use: the interface's own IPv4 address and prefix, which
@@ -243,13 +318,30 @@ pub fn kernel_neighbor(target: Ipv4Addr) -> Result<EthernetAddress> {
 }
 
 fn read_neighbor(target: Ipv4Addr) -> Result<Option<EthernetAddress>> {
+    Ok(read_neighbors(None)?
+        .into_iter()
+        .find_map(|(ip, mac)| (ip == target).then_some(mac)))
+}
+
+/// The complete entries of the kernel's neighbour table (`/proc/net/arp`, this namespace's),
+/// on `device` if given.
+fn read_neighbors(device: Option<&str>) -> Result<Vec<(Ipv4Addr, EthernetAddress)>> {
     let table = std::fs::read_to_string("/proc/net/arp").context("reading /proc/net/arp")?;
+    Ok(parse_neighbors(&table, device))
+}
+
+/// Parses `/proc/net/arp`: a header line, then `IP HW-type Flags HW-address Mask Device`;
+/// flag 0x2 marks a complete entry. Lines that do not parse are skipped.
+fn parse_neighbors(table: &str, device: Option<&str>) -> Vec<(Ipv4Addr, EthernetAddress)> {
+    let mut found = Vec::new();
     for line in table.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        // IP address, HW type, Flags, HW address, Mask, Device; flag 0x2 = complete.
-        if fields.len() < 4 || fields[0].parse::<Ipv4Addr>().ok() != Some(target) {
+        if fields.len() < 6 || device.is_some_and(|d| fields[5] != d) {
             continue;
         }
+        let Ok(ip) = fields[0].parse::<Ipv4Addr>() else {
+            continue;
+        };
         let complete =
             u32::from_str_radix(fields[2].trim_start_matches("0x"), 16).unwrap_or(0) & 0x2 != 0;
         let bytes: Vec<u8> = fields[3]
@@ -259,8 +351,40 @@ fn read_neighbor(target: Ipv4Addr) -> Result<Option<EthernetAddress>> {
         if complete && bytes.len() == 6 {
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&bytes);
-            return Ok(Some(EthernetAddress(mac)));
+            found.push((ip, EthernetAddress(mac)));
         }
     }
-    Ok(None)
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbor_table_lines_parse() {
+        let table = "IP address       HW type     Flags       HW address            Mask     Device
+10.77.0.1        0x1         0x2         66:ee:1c:4b:6b:50     *        mlg-vb
+10.77.0.9        0x1         0x0         00:00:00:00:00:00     *        mlg-vb
+10.1.0.1         0x1         0x2         02:00:00:00:00:01     *        eth0
+garbage
+";
+        let mac = EthernetAddress([0x66, 0xee, 0x1c, 0x4b, 0x6b, 0x50]);
+        assert_eq!(
+            parse_neighbors(table, Some("mlg-vb")),
+            vec![(Ipv4Addr::new(10, 77, 0, 1), mac)]
+        );
+        assert_eq!(parse_neighbors(table, None).len(), 2);
+        assert!(parse_neighbors("", None).is_empty());
+    }
+
+    #[test]
+    fn on_link_targets_only() {
+        let me = Ipv4Addr::new(10, 77, 0, 1);
+        assert!(check_on_link("mlg-va", me, 24, Ipv4Addr::new(10, 77, 0, 2)).is_ok());
+        let err = check_on_link("mlg-va", me, 24, Ipv4Addr::new(10, 78, 0, 2)).unwrap_err();
+        assert!(err.to_string().contains("not on mlg-va's subnet"), "{err}");
+        assert!(check_on_link("x", me, 32, me).is_ok());
+        assert!(check_on_link("x", me, 0, Ipv4Addr::new(1, 2, 3, 4)).is_ok());
+    }
 }

@@ -176,6 +176,18 @@ pub struct Engine<T, A> {
 }
 
 impl<T: Transport, A: App> Engine<T, A> {
+    /// Passes a neighbour the control plane learnt to the transport (see
+    /// [`Transport::learn_neighbor`]); frames waiting for it leave in the next pass.
+    pub fn learn_neighbor(
+        &mut self,
+        now_ns: u64,
+        ip: std::net::Ipv4Addr,
+        mac: melange_net::EthernetAddress,
+    ) {
+        self.transport
+            .learn_neighbor(now_ns, &mut self.pool, ip, mac);
+    }
+
     /// Builds an engine; every queue and table is allocated here and never grows.
     pub fn new(
         config: EngineConfig,

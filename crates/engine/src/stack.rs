@@ -162,6 +162,16 @@ fn refused(error: impl Into<CommandError>, buf: PacketBuf) -> Refused {
 }
 
 impl<N: NicQueue> Transport for StackTransport<N> {
+    fn learn_neighbor(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+    ) {
+        self.iface.learn_neighbor(now_ns, pool, ip, mac);
+    }
+
     fn name(&self) -> &'static str {
         "melange stack"
     }

@@ -119,6 +119,20 @@ pub trait Transport {
     /// The counters.
     fn counters(&self) -> TransportCounters;
 
+    /// Takes a neighbour (`ip` is at `mac`) that the control plane learnt from a trusted
+    /// source, such as the kernel's neighbour table for the address the engine shares with
+    /// the kernel. Only a transport that runs its own ARP needs it; the default ignores it
+    /// (on kernel sockets the kernel resolves neighbours itself).
+    fn learn_neighbor(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        ip: std::net::Ipv4Addr,
+        mac: melange_net::EthernetAddress,
+    ) {
+        let _ = (now_ns, pool, ip, mac);
+    }
+
     /// The network stack's counters, for a transport that runs Melange's stack.
     fn stack_counters(&self) -> Option<NetCounters> {
         None

@@ -406,6 +406,42 @@ impl Interface {
         true
     }
 
+    /// Takes a neighbour the control plane learnt from a trusted source (the kernel's own
+    /// neighbour table, which ran ARP's rules for the address this interface shares with it):
+    /// the entry for `ip` is created or refreshed as a dynamic entry with the normal lifetime,
+    /// so it expires unless the control plane says it again, and frames parked for `ip` leave
+    /// at once. A static entry is not changed. Returns false, changing nothing, for an
+    /// address that is not a unicast host on our subnet (a control plane bug, counted as an
+    /// ignored ARP update) or when the table is full of static entries.
+    pub fn learn_neighbor(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+    ) -> bool {
+        if self.config.martian(ip).is_some() || !self.config.is_on_link(ip) || !mac.is_unicast() {
+            self.counters.arp_ignored_unsolicited += 1;
+            return false;
+        }
+        let ip_u32 = u32::from(ip);
+        let expires_at_ns = now_ns.saturating_add(self.config.arp.entry_ttl_ns);
+        match self.arp.refresh(ip_u32, mac, expires_at_ns) {
+            Refresh::Updated => self.counters.arp_updated += 1,
+            Refresh::Pinned => return true,
+            Refresh::Absent => match self.arp.insert(ip_u32, mac, expires_at_ns) {
+                Insert::Inserted => self.counters.arp_learned += 1,
+                Insert::Evicted => {
+                    self.counters.arp_learned += 1;
+                    self.counters.arp_evicted += 1;
+                }
+                Insert::Full => return false,
+            },
+        }
+        self.release_parked(pool, ip_u32, mac);
+        true
+    }
+
     /// The cached MAC address of `ip`, if known and fresh at `now_ns`.
     pub fn arp_lookup(&self, now_ns: u64, ip: Ipv4Addr) -> Option<EthernetAddress> {
         self.arp.lookup(u32::from(ip), now_ns)
@@ -1865,6 +1901,34 @@ mod tests {
         assert_eq!(iface.counters().drops(DropReason::NoRoute), 1);
         assert!(tx_all(&mut iface, &mut pool).is_empty());
         assert_no_leak(iface, pool);
+    }
+
+    #[test]
+    fn control_plane_neighbours_release_parked_frames_and_expire() {
+        let (mut iface, mut pool) = world();
+        let to = SocketAddrV4::new(PEER_IP, 9);
+        let buf = payload(&mut pool, b"parked");
+        iface.send_udp(0, &mut pool, buf.into(), 7, to).unwrap();
+        let _arp_request = tx_all(&mut iface, &mut pool);
+        assert!(iface.learn_neighbor(5, &mut pool, PEER_IP, PEER_MAC));
+        assert_eq!(iface.pending_len(), 0);
+        let sent = tx_all(&mut iface, &mut pool);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(&sent[0][0..6], PEER_MAC.as_bytes());
+        assert_eq!(iface.counters().arp_learned, 1);
+        // A dynamic entry: it expires unless the control plane says it again.
+        let ttl = iface.config().arp.entry_ttl_ns;
+        assert_eq!(iface.arp_lookup(5 + ttl - 1, PEER_IP), Some(PEER_MAC));
+        assert_eq!(iface.arp_lookup(5 + ttl + 1, PEER_IP), None);
+        // Off-link, broadcast, our own address and a multicast MAC are refused.
+        let off_link = Ipv4Addr::new(192, 0, 2, 1);
+        assert!(!iface.learn_neighbor(6, &mut pool, off_link, PEER_MAC));
+        let ours = iface.config().ipv4;
+        assert!(!iface.learn_neighbor(6, &mut pool, ours, PEER_MAC));
+        let multicast_mac = EthernetAddress([0x01, 0, 0x5e, 0, 0, 1]);
+        assert!(!iface.learn_neighbor(6, &mut pool, PEER_IP, multicast_mac));
+        assert_eq!(iface.counters().arp_ignored_unsolicited, 3);
+        assert_eq!(pool.available(), pool.capacity());
     }
 
     #[test]

@@ -22,5 +22,7 @@ pub mod uring_transport;
 pub use af_xdp::{umem_frames_for, AfXdpCounters, AfXdpError, AfXdpOptions, AfXdpQueue};
 pub use kernel::{KernelCounters, KernelOptions, KernelTransport, SocketIo, DATAGRAM_LEN_MAX};
 pub use shell::{
-    spawn_engine, spin_ns, EngineOutcome, IdlePolicy, ShellConfig, ShellError, StopSignal,
+    control_channel, run_with_control, spawn_engine, spawn_engine_with_control, spin_ns,
+    ControlInbox, ControlMessage, ControlSendError, ControlSender, EngineOutcome, IdlePolicy,
+    ShellConfig, ShellError, StopSignal, CONTROL_INTERVAL_NS, CONTROL_QUEUE_MAX,
 };

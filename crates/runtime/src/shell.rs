@@ -23,12 +23,19 @@
 //!
 //! Stopping: [`StopSignal::stop`] sets a flag that each pass reads (one relaxed load) and
 //! signals every engine's eventfd, so a sleeping engine wakes at once.
+//!
+//! Control messages: an engine started with [`spawn_engine_with_control`] also has a bounded
+//! inbox ([`control_channel`]) through which the control plane tells it what it learnt, such
+//! as a neighbour from the kernel's table. The loop looks at it at most once per
+//! [`CONTROL_INTERVAL_NS`] (a cold path; never per packet), and a sleeping engine is woken by
+//! the sender through the same eventfd as the stop signal.
 
 use melange_core::App;
 use melange_engine::{Engine, EngineCounters, Transport, TransportCounters};
 use melange_sys::eventfd::EventFd;
 use melange_sys::{clock, cpu, poll};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -76,6 +83,81 @@ pub struct ShellConfig {
     pub cpu: Option<usize>,
     /// Idle policy.
     pub idle: IdlePolicy,
+}
+
+/// Most control messages waiting in one engine's inbox; a sender that finds it full gets
+/// [`ControlSendError::Full`] and tries again later (the kernel's neighbour table is re-read
+/// all the time, so nothing is lost for good).
+pub const CONTROL_QUEUE_MAX: usize = 1024;
+
+/// How often a running engine looks at its control inbox: 1 ms, so a neighbour the kernel
+/// learnt reaches the engine well before an ARP retry would.
+pub const CONTROL_INTERVAL_NS: u64 = 1_000_000;
+
+/// Most control messages an engine takes in one look, so the control plane cannot stall it.
+const CONTROL_BATCH_MAX: usize = 64;
+
+/// What the control plane tells a running engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlMessage {
+    /// `ip` is at `mac` (see [`Engine::learn_neighbor`]).
+    Neighbor {
+        /// The neighbour's address.
+        ip: std::net::Ipv4Addr,
+        /// Its MAC address.
+        mac: melange_net::EthernetAddress,
+    },
+}
+
+/// Why a control message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlSendError {
+    /// The inbox holds [`CONTROL_QUEUE_MAX`] messages; try again later.
+    #[error("the engine's control inbox is full ({CONTROL_QUEUE_MAX} messages); try again later")]
+    Full,
+    /// The engine has ended.
+    #[error("the engine has ended")]
+    Gone,
+}
+
+/// The control plane's end of an engine's inbox.
+#[derive(Debug, Clone)]
+pub struct ControlSender {
+    tx: SyncSender<ControlMessage>,
+    waker: Arc<EventFd>,
+}
+
+impl ControlSender {
+    /// Queues `message` and wakes the engine if it sleeps.
+    pub fn send(&self, message: ControlMessage) -> Result<(), ControlSendError> {
+        self.tx.try_send(message).map_err(|e| match e {
+            TrySendError::Full(_) => ControlSendError::Full,
+            TrySendError::Disconnected(_) => ControlSendError::Gone,
+        })?;
+        let _ = self.waker.signal();
+        Ok(())
+    }
+}
+
+/// An engine's end of its control inbox; give it to [`spawn_engine_with_control`].
+#[derive(Debug)]
+pub struct ControlInbox {
+    rx: Receiver<ControlMessage>,
+    waker: Arc<EventFd>,
+}
+
+/// A bounded control channel for one engine ([`CONTROL_QUEUE_MAX`] messages).
+pub fn control_channel() -> std::io::Result<(ControlSender, ControlInbox)> {
+    let (tx, rx) = sync_channel(CONTROL_QUEUE_MAX);
+    let waker = Arc::new(EventFd::new()?);
+    Ok((
+        ControlSender {
+            tx,
+            waker: waker.clone(),
+        },
+        ControlInbox { rx, waker },
+    ))
 }
 
 /// Stops a set of engines, sleeping or not.
@@ -185,7 +267,26 @@ where
     F: FnOnce(u64) -> Result<Engine<T, A>, E> + Send + 'static,
     E: std::fmt::Display,
 {
-    let waker = Arc::new(EventFd::new()?);
+    spawn_engine_with_control(config, stop, None, build)
+}
+
+/// [`spawn_engine`], with a control inbox the engine reads while it runs.
+pub fn spawn_engine_with_control<T, A, F, E>(
+    config: ShellConfig,
+    stop: StopSignal,
+    control: Option<ControlInbox>,
+    build: F,
+) -> std::io::Result<JoinHandle<Result<EngineOutcome<A, T>, ShellError>>>
+where
+    T: Transport + Send + 'static,
+    A: App + Send + 'static,
+    F: FnOnce(u64) -> Result<Engine<T, A>, E> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let waker = match &control {
+        Some(inbox) => inbox.waker.clone(),
+        None => Arc::new(EventFd::new()?),
+    };
     stop.register(waker.clone());
     std::thread::Builder::new()
         .name(config.name.clone())
@@ -202,7 +303,8 @@ where
                 message: e.to_string(),
             })?;
             let cpu_start = cpu::thread_cpu_time_ns();
-            let busy_ns = run(&mut engine, config.idle, &stop, &waker);
+            let busy_ns =
+                run_with_control(&mut engine, config.idle, &stop, &waker, control.as_ref());
             let cpu_time_ns = cpu::thread_cpu_time_ns() - cpu_start;
             engine.shutdown();
             let net = engine.transport().stack_counters();
@@ -282,6 +384,33 @@ pub fn run<T: Transport, A: App>(
     stop: &StopSignal,
     waker: &EventFd,
 ) -> u64 {
+    run_with_control(engine, idle, stop, waker, None)
+}
+
+/// Takes at most [`CONTROL_BATCH_MAX`] messages from `inbox` into `engine`.
+#[cold]
+fn take_control<T: Transport, A: App>(
+    now_ns: u64,
+    engine: &mut Engine<T, A>,
+    inbox: &ControlInbox,
+) {
+    inbox.waker.drain();
+    for message in inbox.rx.try_iter().take(CONTROL_BATCH_MAX) {
+        match message {
+            ControlMessage::Neighbor { ip, mac } => engine.learn_neighbor(now_ns, ip, mac),
+        }
+    }
+}
+
+/// [`run`], also taking control messages from `control`.
+pub fn run_with_control<T: Transport, A: App>(
+    engine: &mut Engine<T, A>,
+    idle: IdlePolicy,
+    stop: &StopSignal,
+    waker: &EventFd,
+    control: Option<&ControlInbox>,
+) -> u64 {
+    let mut next_control_ns = 0;
     let mut idle_passes: u32 = 0;
     let mut busy_ns = 0;
     // Start of the last pass if it found work: it ended when the next pass reads the clock.
@@ -294,6 +423,12 @@ pub fn run<T: Transport, A: App>(
         }
         if now >= reporter.next_ns {
             reporter.report(now, engine);
+        }
+        if let Some(inbox) = control {
+            if now >= next_control_ns {
+                next_control_ns = now + CONTROL_INTERVAL_NS;
+                take_control(now, engine, inbox);
+            }
         }
         if engine.poll(now) > 0 {
             busy_since = Some(now);
