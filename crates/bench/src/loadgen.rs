@@ -239,7 +239,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let single_frame_max = (mtu as usize).saturating_sub(28);
     if args.payload > single_frame_max {
         return Err(anyhow!(
-            "--payload {}: {interface}'s MTU is {mtu}, so one datagram carries at most {single_frame_max} bytes unfragmented, and the af_xdp path does not fragment yet; use --payload {single_frame_max} or less, or --backend kernel",
+            "--payload {}: {interface}'s MTU is {mtu}, so one datagram carries at most {single_frame_max} bytes unfragmented, and on af_xdp fragments do not reach the engines (the XDP program leaves IP fragments to the kernel: a fragment after the first carries no port to steer by); use --payload {single_frame_max} or less, or --backend kernel, which carries up to 65507",
             args.payload
         ));
     }

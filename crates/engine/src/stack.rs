@@ -154,13 +154,6 @@ fn map_send_error(error: melange_net::SendError) -> SendError {
     }
 }
 
-fn refused(error: impl Into<CommandError>, buf: PacketBuf) -> Refused {
-    Refused {
-        error: error.into(),
-        data: Some(BufChain::from(buf)),
-    }
-}
-
 impl<N: NicQueue> Transport for StackTransport<N> {
     fn learn_neighbor(
         &mut self,
@@ -280,34 +273,36 @@ impl<N: NicQueue> Transport for StackTransport<N> {
                 })
             }
         };
-        let buf = match data.into_single() {
-            Ok(buf) => buf,
-            Err(chain) => {
-                return Err(Refused {
-                    error: SendError::PayloadTooLarge.into(),
-                    data: Some(chain),
-                })
-            }
-        };
-        if !pool.is_held_by(&buf, FrameOwner::App) {
-            return Err(refused(CommandError::NotOwned, buf));
+        if !pool.is_held_by(data.head(), FrameOwner::App) {
+            return Err(Refused {
+                error: CommandError::NotOwned,
+                data: Some(data),
+            });
         }
-        // Back-pressure: build the frame only if it can leave in this pass.
-        if self.tx.len() == self.batch_max {
+        // The frames this datagram becomes on the wire (one, or its IPv4 fragments).
+        let Some(frames) = self.iface.tx_frames_for(pool, data.len()) else {
+            return Err(Refused {
+                error: SendError::PayloadTooLarge.into(),
+                data: Some(data),
+            });
+        };
+        // Back-pressure: build the frames only if the device can take them all (a datagram of
+        // more frames than a batch leaves in several batches of this pass).
+        if self.tx.len() + frames > self.batch_max {
             self.transmit(pool);
         }
-        if self.nic.tx_room() <= self.tx.len() {
+        if self.nic.tx_room() < self.tx.len() + frames {
             self.counters.tx_no_room += 1;
-            return Err(refused(SendError::TxQueueFull, buf));
+            return Err(Refused {
+                error: SendError::TxQueueFull.into(),
+                data: Some(data),
+            });
         }
-        pool.hand_over(&buf, FrameOwner::Stack);
+        pool.hand_over_chain(&data, FrameOwner::Stack);
         if let Some(token) = notify {
-            pool.return_after_tx(&buf, token);
+            pool.return_after_tx(data.head(), token);
         }
-        match self
-            .iface
-            .send_udp(now_ns, pool, BufChain::from(buf), port, to)
-        {
+        match self.iface.send_udp(now_ns, pool, data, port, to) {
             Ok(()) => {
                 self.move_stack_frames(pool);
                 Ok(())

@@ -430,3 +430,32 @@ fn bad_frames_are_counted_and_never_stop_the_echo() {
         assert_no_leak(&mut s, "server");
     });
 }
+
+#[test]
+fn datagrams_up_to_65507_bytes_are_fragmented_and_reassembled() {
+    // UDP's largest payload over IPv4, and sizes around the one-frame and one-MTU limits:
+    // the client's stack fragments each request, the server's reassembles it, echoes it
+    // (fragmenting again) and the client reassembles and checks the reply's bytes.
+    for payload in [1472, 1473, 4000, 65_507] {
+        check_seeds(0..3, |seed| {
+            let mut sim = Simulation::new(seed);
+            let link = Impairments::delay(10_000);
+            let mut config = load(2, 20 * MS, 10 * MS);
+            config.payload_len = payload;
+            let mut c = client(sim.add_port(CLIENT_MAC, link, 1024), config);
+            let mut s = server(sim.add_port(SERVER_MAC, link, 1024), 512, None);
+            sim.run(&mut [&mut c, &mut s], 10_000 * MS);
+            let report = c.app().report();
+            assert_eq!(report.timeouts, 0, "{payload} B: {report:?}");
+            assert_eq!(report.corrupt, 0, "{payload} B: {report:?}");
+            assert!(report.received >= 4, "{payload} B: {report:?}");
+            if payload > 1472 {
+                let server_net = s.transport().interface().counters().clone();
+                assert!(server_net.reassembled > 0, "{server_net:?}");
+                assert!(server_net.fragmented > 0, "{server_net:?}");
+            }
+            assert_no_leak(&mut c, "client");
+            assert_no_leak(&mut s, "server");
+        });
+    }
+}
