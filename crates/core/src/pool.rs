@@ -186,14 +186,15 @@ impl PoolConfig {
 
     /// The sum the default pool is sized by: an AF_XDP fill ring of 2048 frames (the largest
     /// receive consumer), TX and completion rings of 1024 in flight, a receive and a transmit
-    /// batch of 64, 64 packets parked for ARP plus 64 fragments in reassembly, and 256 buffers
-    /// an app may hold (a load generator holds none, an echo server none across batches).
+    /// batch of 64, 64 packets parked for ARP plus 128 frames in reassembly (the stack's
+    /// 256 KiB reassembly limit, charged a whole 2 KiB frame per fragment), and 192 buffers an
+    /// app may hold (a load generator holds none, an echo server none across batches).
     pub const DEFAULT_BUDGET: PoolBudget = PoolBudget {
         nic_rx_posted: 2048,
         nic_tx_in_flight: 1024,
         engine_batches: 128,
-        stack_parked: 128,
-        app_held: 256,
+        stack_parked: 64 + 128,
+        app_held: 192,
     };
 
     /// Total bytes of memory the pool needs.
