@@ -53,8 +53,8 @@ struct UdpEchoArgs {
     /// Datagrams per recvmmsg/sendmmsg.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Core to pin to.
-    #[arg(long)]
+    /// Core to pin to (`--cpus`, as on every melange command; `--cpu` also works).
+    #[arg(long = "cpus", visible_alias = "cpu")]
     cpu: Option<usize>,
     /// Idle behaviour.
     #[arg(long, value_enum, default_value_t = IdleMode::Spin)]

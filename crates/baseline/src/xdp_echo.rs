@@ -84,8 +84,9 @@ pub struct XdpEchoArgs {
     /// Receive queues to serve, one thread and one AF_XDP socket each (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     queues: Vec<u32>,
-    /// Cores to pin the queue threads to (comma-separated): one for all queues, or one per queue.
-    #[arg(long, value_delimiter = ',')]
+    /// Cores to pin the queue threads to (comma-separated): one for all queues, or one per
+    /// queue (`--cpus`, as on every melange command; `--cpu` also works).
+    #[arg(long = "cpus", visible_alias = "cpu", value_delimiter = ',')]
     cpu: Vec<usize>,
     /// Descriptors taken from the rx ring per iteration (at most 256).
     #[arg(long, default_value_t = 64)]

@@ -36,9 +36,10 @@ pub struct LoadgenArgs {
     /// af_xdp: first local UDP port; engine i sends from this plus i, on queue i.
     #[arg(long, default_value_t = 40000)]
     pub local_port: u16,
-    /// af_xdp: attach the XDP program in generic (skb) mode instead of native mode.
-    #[arg(long)]
-    pub generic_xdp: bool,
+    /// af_xdp: how to attach the XDP program: native (in the driver) or generic (after the
+    /// kernel built an sk_buff; works everywhere, slower).
+    #[arg(long, value_enum, default_value_t = melange_control::options::XdpAttach::Native)]
+    pub xdp_mode: melange_control::options::XdpAttach,
     /// Request payload bytes (at least 24).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
@@ -255,11 +256,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         batch: 64,
         cpus: args.cpus.clone(),
         idle: args.idle,
-        mode: if args.generic_xdp {
-            melange_sys::bpf::XdpMode::Generic
-        } else {
-            melange_sys::bpf::XdpMode::Native
-        },
+        mode: args.xdp_mode.into(),
     };
     let stop = StopSignal::new();
     let run = melange_control::engines::start(&setup, &stop, |id, _queue| {

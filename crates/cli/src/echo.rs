@@ -39,9 +39,10 @@ pub struct EchoArgs {
     /// af_xdp: queues to serve, one engine each (default: all of the interface's queues).
     #[arg(long, value_delimiter = ',')]
     pub queues: Vec<u32>,
-    /// af_xdp: attach the XDP program in generic (skb) mode instead of native mode.
-    #[arg(long)]
-    pub generic_xdp: bool,
+    /// af_xdp: how to attach the XDP program: native (in the driver) or generic (after the
+    /// kernel built an sk_buff; works everywhere, slower).
+    #[arg(long, value_enum, default_value_t = melange_control::options::XdpAttach::Native)]
+    pub xdp_mode: melange_control::options::XdpAttach,
     /// kernel: engines (one thread each; the kernel spreads flows over them with SO_REUSEPORT).
     #[arg(long, default_value_t = 1)]
     pub engines: usize,
@@ -232,11 +233,7 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         batch: args.batch,
         cpus: args.cpus.clone(),
         idle: args.idle,
-        mode: if args.generic_xdp {
-            melange_sys::bpf::XdpMode::Generic
-        } else {
-            melange_sys::bpf::XdpMode::Native
-        },
+        mode: args.xdp_mode.into(),
     };
     let port = args.port;
     let run = xdp::start(&setup, stop, |_, _| EchoApp::new(config.clone(), spin_ns))?;

@@ -21,6 +21,25 @@ pub enum Backend {
     AfXdp,
 }
 
+/// How the XDP program is attached (`--xdp-mode`, the same flag on every command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdpAttach {
+    /// In the driver, before an sk_buff exists (veth supports it): the fast path.
+    #[default]
+    Native,
+    /// After the kernel built the sk_buff: works on every interface, slower.
+    Generic,
+}
+
+impl From<XdpAttach> for melange_sys::bpf::XdpMode {
+    fn from(mode: XdpAttach) -> Self {
+        match mode {
+            XdpAttach::Native => melange_sys::bpf::XdpMode::Native,
+            XdpAttach::Generic => melange_sys::bpf::XdpMode::Generic,
+        }
+    }
+}
+
 /// Parses `250ms`, `5s`, `2m`, `100us`, `10ns`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
