@@ -10,50 +10,21 @@
 //! `XdpFilters` (its entries are then removed from maps that no program uses any more, which is
 //! harmless) and may be sent to the thread that serves the application.
 //!
-//! # Filters that share a port
+//! What a filter means, which filters may share a port, and which map writes add or remove
+//! one, in which order, are decided by [`melange_bpf::registry`], which is pure and documents
+//! the rules ("Filters that share a port", "Order of writes"). This module holds the
+//! [`Registry`] under a lock, takes the [`MapOp`]s it computes and applies them to the kernel's
+//! maps in the order given: stopping at the first failure of an install and rolling it back,
+//! carrying on past failures of a removal. The types a caller names ([`FilterSpec`],
+//! [`PortRange`], ...) are re-exported from there.
 //!
-//! As in Arrakis, several filters may take the same (protocol, port) when they are told apart
-//! by peers: app A gets UDP 7000 from 10.0.0.0/8, app B from 192.168.1.0/24, app C from
-//! anyone else. Per port, each filter contributes its prefixes, and a filter with no peers (or
-//! with `0.0.0.0/0`) contributes the empty prefix; a packet goes to the filter owning the
-//! **longest prefix that contains its source**, the rule routers use, so overlapping prefixes
-//! are allowed and the more specific one wins (A with 10.0.0.0/8 and B with 10.1.0.0/16: B
-//! gets 10.1.2.3, A gets 10.2.3.4). A source that no prefix contains goes to the kernel,
-//! counted as `peer_rejected`. Only the truly ambiguous cases are refused, with an error
-//! naming the other filter: two filters on one port accepting any peer
-//! ([`ControlError::Overlap`]), or listing the same prefix ([`ControlError::PeerOverlap`]).
-//!
-//! The program decides this with O(1) lookups and no loop (see [`melange_bpf::filter`]): the
-//! `services` entry of a port names its any-peer filter and says whether restricted filters
-//! exist; if they do, one lookup in the `peers` LPM trie, keyed by (port, source), returns the
-//! filter of the longest matching prefix. The price is paid here, in entries: a filter with P
-//! prefixes over R ports stores R × P trie entries, all counted against
-//! [`FilterOptions::peers_max`] ([`ControlError::PeersExhausted`] when they do not fit).
-//!
-//! The registry mirrors the maps: per port, the any-peer filter and the number of trie
-//! entries, and per (port, prefix) its filter. Conflicts are checked against it, and every
-//! `services` value is a function of it, so removing a filter rewrites its ports' entries from
-//! what the other filters hold and restores exactly the state before the filter was added.
-//!
-//! # Order of writes
-//!
-//! A filter becomes visible to packets in one order and disappears in the reverse one: its
-//! `filters` entry and its trie entries are written before any `services` entry points at it
-//! or tells the program to consult the trie, and on removal the `services` entries go first.
-//! So no packet ever sees a filter whose entries are half written. On a port that already has
-//! restricted filters, a new filter's prefixes become visible one by one as they are written,
-//! each complete, and on removal they disappear one by one, each packet then going to the next
-//! longest prefix or to the any-peer filter, as it will once the removal is done. (A port range
-//! is written one port at a time; while it is written, some of its ports already match and
-//! others do not yet, which is the same as the filter arriving a little later on those ports.)
+//! The verdict counters live in a per-CPU array, which the program bumps without atomics;
+//! [`XdpFilters::stats`] sums every CPU's copy.
 //!
 //! Safety contract: none needed; the crate forbids `unsafe`. The kernel objects are owned by
 //! `melange_sys::bpf` types and released when the last owner drops them; the program is
 //! detached when [`XdpFilters`] is dropped or the process dies.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,19 +34,15 @@ use melange_sys::bpf::{
 
 use melange_bpf::asm::AsmError;
 use melange_bpf::filter::{
-    self, peer_key, service_index, service_value, Counter, FilterEntry, FilterMapFds,
-    FilterProgramSpec, Protocol, Steer, FILTER_F_ACTIVE, FILTER_VALUE_SIZE, PEER_KEY_SIZE,
-    PEER_VALUE_SIZE, SERVICES_LEN, SERVICE_FILTER_MASK, SERVICE_VALUE_SIZE, STATS_LEN,
-    STAT_VALUE_SIZE, XSK_VALUE_SIZE,
+    self, Counter, FilterMapFds, FILTER_VALUE_SIZE, PEER_KEY_SIZE, PEER_VALUE_SIZE, SERVICES_LEN,
+    SERVICE_VALUE_SIZE, STATS_LEN, STAT_VALUE_SIZE, XSK_VALUE_SIZE,
 };
+use melange_bpf::registry::{MapOp, Registry, StagedFilter};
 
-/// The most slots times queues the `xsks` map may have.
-pub const XSKS_LEN_MAX: u32 = 1 << 16;
-/// The most filters one interface may have.
-pub const FILTERS_MAX_LIMIT: u32 = 1 << 16;
-
-// Every `filter_id + 1` fits the filter bits of a `services` value.
-const _: () = assert!(FILTERS_MAX_LIMIT < SERVICE_FILTER_MASK);
+pub use melange_bpf::registry::{
+    Direction, FilterOptions, FilterSpec, Ipv4Prefix, PortRange, RegistryError, FILTERS_MAX_LIMIT,
+    XSKS_LEN_MAX,
+};
 
 /// Errors of the control API. Each variant says what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -84,285 +51,14 @@ pub enum ControlError {
     /// variants say what to do (run as root, remove another XDP program, ...).
     #[error(transparent)]
     Bpf(#[from] BpfError),
-    /// The program generator failed to assemble. A bug in this crate: report it.
+    /// The program generator failed to assemble. A bug in `melange-bpf`: report it.
     #[error("assembling the filter program: {0}")]
     Assemble(#[from] AsmError),
-    /// Both this filter and another one on the same protocol and port accept any peer, so no
-    /// packet could tell them apart. Give this filter peer prefixes (it then takes those peers
-    /// from the other one), drop the other filter's handle first, or choose other ports.
-    #[error(
-        "{protocol:?} port {port} already has filter {existing} accepting any peer, and a port \
-         may have only one: give this filter peer prefixes, drop filter {existing} first, or \
-         use other ports"
-    )]
-    Overlap {
-        /// The protocol of both filters.
-        protocol: Protocol,
-        /// The first port the two filters share.
-        port: u16,
-        /// The id of the filter that accepts any peer there.
-        existing: u32,
-    },
-    /// Another filter on the same protocol and port lists the same peer prefix, so packets
-    /// from it could go to either. List a different prefix (a longer or shorter one is fine:
-    /// the longest match wins), drop the other filter's handle first, or choose other ports.
-    #[error(
-        "{protocol:?} port {port} already takes peer {peer} to filter {existing}: filters on \
-         one port need distinct prefixes (the longest match wins), so list another prefix, \
-         drop filter {existing} first, or use other ports"
-    )]
-    PeerOverlap {
-        /// The protocol of both filters.
-        protocol: Protocol,
-        /// The first port the two filters share with the same prefix.
-        port: u16,
-        /// The prefix both filters list.
-        peer: Ipv4Prefix,
-        /// The id of the filter that already lists it.
-        existing: u32,
-    },
-    /// Every filter id is in use. Drop unused filters or raise [`FilterOptions::filters_max`].
-    #[error("all {filters_max} filters are in use")]
-    FiltersExhausted {
-        /// The configured limit.
-        filters_max: u32,
-    },
-    /// The peer trie has no room for this filter's entries: one per port and prefix (other
-    /// than `0.0.0.0/0`). Use fewer prefixes or a narrower port range, drop other restricted
-    /// filters, or raise [`FilterOptions::peers_max`].
-    #[error(
-        "the filter needs {needed} peer trie entries (ports × prefixes) but only {free} of \
-         {peers_max} are free: use fewer prefixes or ports, or raise peers_max"
-    )]
-    PeersExhausted {
-        /// Trie entries the filter needs: its port count times its prefix count.
-        needed: usize,
-        /// Trie entries still free.
-        free: u32,
-        /// The configured limit.
-        peers_max: u32,
-    },
-    /// The slot is not below [`FilterOptions::slots_max`]. Use a smaller slot number.
-    #[error("slot {slot} is out of range (slots_max {slots_max})")]
-    SlotOutOfRange {
-        /// The slot given.
-        slot: u32,
-        /// The configured limit.
-        slots_max: u32,
-    },
-    /// The queue is not below [`FilterOptions::queues_max`]. Use a queue the interface has.
-    #[error("queue {queue} is out of range (queues_max {queues_max})")]
-    QueueOutOfRange {
-        /// The queue given.
-        queue: u32,
-        /// The configured limit.
-        queues_max: u32,
-    },
-    /// A prefix longer than 32 bits. Fix the prefix.
-    #[error("IPv4 prefix length {len} is longer than 32")]
-    InvalidPrefix {
-        /// The length given.
-        len: u8,
-    },
-    /// A port range whose first port is after its last. Fix the range.
-    #[error("port range {first}..={last} is empty")]
-    InvalidPortRange {
-        /// The first port.
-        first: u16,
-        /// The last port.
-        last: u16,
-    },
-    /// The options are inconsistent; the message says which. Fix the options.
-    #[error("invalid filter options: {0}")]
-    InvalidOptions(&'static str),
-}
-
-/// An IPv4 prefix `addr/len`, with the host bits cleared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv4Prefix {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Ipv4Prefix {
-    /// The prefix `addr/len`; host bits of `addr` beyond `len` are cleared.
-    ///
-    /// # Errors
-    ///
-    /// [`ControlError::InvalidPrefix`] if `len > 32`.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self, ControlError> {
-        if len > 32 {
-            return Err(ControlError::InvalidPrefix { len });
-        }
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        Ok(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            len,
-        })
-    }
-
-    /// One host, `addr/32`.
-    pub fn host(addr: Ipv4Addr) -> Self {
-        Self { addr, len: 32 }
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    /// The prefix length in bits.
-    pub fn len(&self) -> u8 {
-        self.len
-    }
-
-    /// Whether this is `0.0.0.0/0`, which matches every address.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl fmt::Display for Ipv4Prefix {
-    /// `addr/len`, as in `10.0.0.0/8`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// An inclusive range of ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortRange {
-    first: u16,
-    last: u16,
-}
-
-impl PortRange {
-    /// One port.
-    pub fn single(port: u16) -> Self {
-        Self {
-            first: port,
-            last: port,
-        }
-    }
-
-    /// The ports `first..=last`.
-    ///
-    /// # Errors
-    ///
-    /// [`ControlError::InvalidPortRange`] if `first > last`.
-    pub fn new(first: u16, last: u16) -> Result<Self, ControlError> {
-        if first > last {
-            return Err(ControlError::InvalidPortRange { first, last });
-        }
-        Ok(Self { first, last })
-    }
-
-    /// The first port.
-    pub fn first(&self) -> u16 {
-        self.first
-    }
-
-    /// The last port.
-    pub fn last(&self) -> u16 {
-        self.last
-    }
-
-    fn ports(self) -> std::ops::RangeInclusive<u16> {
-        self.first..=self.last
-    }
-
-    /// The number of ports, 1..=65536.
-    fn count(self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
-}
-
-/// Which traffic a filter applies to. Only receive filters exist: on transmit, the dataplane
-/// writes headers itself and validates them in user space.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Direction {
-    /// Packets arriving on the interface.
-    #[default]
-    Receive,
-}
-
-/// Arrakis' `create_filter(flags, peers, services)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FilterSpec {
-    /// Receive only, for now.
-    pub direction: Direction,
-    /// The transport protocol.
-    pub protocol: Protocol,
-    /// Accepted source prefixes; empty, or holding `0.0.0.0/0`, accepts any peer. Filters that
-    /// share a port are told apart by these: a packet goes to the filter with the longest
-    /// prefix containing its source, or else to the port's one any-peer filter.
-    pub peers: Vec<Ipv4Prefix>,
-    /// Destination ports.
-    pub ports: PortRange,
-    /// The slot (application/socket group) whose socket on the packet's queue receives it.
-    pub slot: u32,
-}
-
-/// Sizes and policy of one interface's filters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FilterOptions {
-    /// What to do with ARP (default: pass to the kernel).
-    pub arp: Steer,
-    /// What to do with IPv4 other than UDP and TCP (default: pass to the kernel).
-    pub other_ipv4: Steer,
-    /// Receive queues per slot in the socket map; at least the interface's queue count.
-    pub queues_max: u32,
-    /// Slots (applications/socket groups).
-    pub slots_max: u32,
-    /// Filters at once.
-    pub filters_max: u32,
-    /// Entries of the peer trie over all filters: a filter with P prefixes (not counting
-    /// `0.0.0.0/0`) over R ports uses R × P.
-    pub peers_max: u32,
-}
-
-impl Default for FilterOptions {
-    fn default() -> Self {
-        Self {
-            arp: Steer::Kernel,
-            other_ipv4: Steer::Kernel,
-            queues_max: 16,
-            slots_max: 16,
-            filters_max: 1024,
-            peers_max: 4096,
-        }
-    }
-}
-
-impl FilterOptions {
-    fn validate(&self) -> Result<(), ControlError> {
-        if self.queues_max == 0 || self.slots_max == 0 || self.filters_max == 0 {
-            return Err(ControlError::InvalidOptions(
-                "queues_max, slots_max and filters_max must be positive",
-            ));
-        }
-        if u64::from(self.queues_max) * u64::from(self.slots_max) > u64::from(XSKS_LEN_MAX) {
-            return Err(ControlError::InvalidOptions(
-                "queues_max * slots_max exceeds XSKS_LEN_MAX",
-            ));
-        }
-        if self.filters_max > FILTERS_MAX_LIMIT {
-            return Err(ControlError::InvalidOptions(
-                "filters_max exceeds FILTERS_MAX_LIMIT",
-            ));
-        }
-        for steer in [self.arp, self.other_ipv4] {
-            if let Steer::Slot(slot) = steer {
-                if slot >= self.slots_max {
-                    return Err(ControlError::InvalidOptions(
-                        "a steering slot is not below slots_max",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+    /// The filter or the options cannot be had (an overlap with another filter, no room, a
+    /// slot or queue out of range, invalid options); nothing was changed. The inner error
+    /// says which and what to do.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// How to name the interface to attach to.
@@ -392,7 +88,7 @@ impl From<u32> for Interface {
     }
 }
 
-/// Packet counts of the filter program since its maps were created.
+/// Packet counts of the filter program since its maps were created, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterStats {
     /// Redirected to an AF_XDP socket.
@@ -467,12 +163,12 @@ impl FilterMaps {
                 MapKind::XskMap,
                 4,
                 XSK_VALUE_SIZE,
-                options.queues_max * options.slots_max,
+                options.xsks_len(),
                 0,
                 "mlg_xsks",
             )?,
             stats: Map::create_named(
-                MapKind::Array,
+                MapKind::PerCpuArray,
                 4,
                 STAT_VALUE_SIZE,
                 STATS_LEN,
@@ -491,178 +187,49 @@ impl FilterMaps {
             stats: self.stats.as_raw_fd(),
         }
     }
-}
 
-/// What the control plane remembers of one filter, to check conflicts and to remove it.
-#[derive(Debug)]
-struct FilterRecord {
-    protocol: Protocol,
-    ports: PortRange,
-    /// The filter accepts any peer: its peers were empty or held `0.0.0.0/0`.
-    any_peer: bool,
-    /// Its other prefixes, distinct and sorted; each is one trie entry per port. An any-peer
-    /// filter keeps them too, since they can still be the longest match against another
-    /// filter's shorter prefix.
-    peers: Vec<Ipv4Prefix>,
-}
-
-impl FilterRecord {
-    fn new(spec: &FilterSpec) -> Self {
-        let mut peers = spec.peers.clone();
-        peers.sort_unstable_by_key(|p| (u32::from(p.addr), p.len));
-        peers.dedup();
-        let any_peer = peers.is_empty() || peers.iter().any(Ipv4Prefix::is_empty);
-        peers.retain(|p| !p.is_empty());
-        Self {
-            protocol: spec.protocol,
-            ports: spec.ports,
-            any_peer,
-            peers,
-        }
-    }
-
-    /// The `services` indices of the filter's ports.
-    fn services(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ports
-            .ports()
-            .map(move |port| service_index(self.protocol, port))
-    }
-
-    /// The trie entries the filter holds: one per port and prefix.
-    fn peer_entries(&self) -> u64 {
-        u64::from(self.ports.count()) * self.peers.len() as u64
-    }
-}
-
-/// What the control plane knows of one (protocol, port) that has filters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct ServiceState {
-    /// The filter that accepts any peer here, if any.
-    any_peer: Option<u32>,
-    /// The port's entries in the `peers` trie, over all its restricted filters.
-    peer_entries: u32,
-}
-
-impl ServiceState {
-    /// The state with filter `id` (not yet counted) added.
-    fn with(self, id: u32, record: &FilterRecord) -> Self {
-        assert!(
-            !(record.any_peer && self.any_peer.is_some()),
-            "two any-peer filters on one port"
-        );
-        Self {
-            any_peer: if record.any_peer {
-                Some(id)
-            } else {
-                self.any_peer
-            },
-            peer_entries: self.peer_entries + record.peers.len() as u32,
-        }
-    }
-
-    /// The state with filter `id` (counted) removed; the inverse of [`ServiceState::with`].
-    fn without(self, id: u32, record: &FilterRecord) -> Self {
-        if record.any_peer {
-            assert_eq!(self.any_peer, Some(id), "removing a filter never added");
-        }
-        Self {
-            any_peer: if record.any_peer { None } else { self.any_peer },
-            peer_entries: self
-                .peer_entries
-                .checked_sub(record.peers.len() as u32)
-                .expect("removing a filter never added"),
-        }
-    }
-
-    /// The `services` value the program reads.
-    fn value(self) -> u32 {
-        service_value(self.any_peer, self.peer_entries > 0)
-    }
-}
-
-/// Filter ids in use and free, and a mirror of the `services` and `peers` maps.
-#[derive(Debug, Default)]
-struct Registry {
-    filters: HashMap<u32, FilterRecord>,
-    /// Every service with a filter; a service not here has the value 0.
-    services: HashMap<u32, ServiceState>,
-    /// The `peers` trie: (service index, prefix) to filter id. Its length is the trie's.
-    peers: HashMap<(u32, Ipv4Prefix), u32>,
-    /// Free ids, popped from the end (lowest id first).
-    free_ids: Vec<u32>,
-}
-
-impl Registry {
-    /// The state of `service`, empty if no filter covers it.
-    fn service(&self, service: u32) -> ServiceState {
-        self.services.get(&service).copied().unwrap_or_default()
-    }
-
-    /// Refuses a filter that no packet could tell apart from one already here, naming the
-    /// first port (in order) where that happens. Costs one hash lookup per port, plus one per
-    /// port and prefix on ports that have filters: at most the trie entries the filter needs,
-    /// which the caller has bounded by `peers_max` first.
-    fn check_conflicts(&self, record: &FilterRecord) -> Result<(), ControlError> {
-        for port in record.ports.ports() {
-            let service = service_index(record.protocol, port);
-            let Some(state) = self.services.get(&service) else {
-                continue;
-            };
-            if let (true, Some(existing)) = (record.any_peer, state.any_peer) {
-                return Err(ControlError::Overlap {
-                    protocol: record.protocol,
-                    port,
-                    existing,
-                });
+    /// Applies one write the registry computed, with the kernel semantics [`MapOp`] names.
+    fn apply(&self, op: MapOp) -> Result<(), BpfError> {
+        match op {
+            MapOp::SetFilter { id, entry } => {
+                self.filters
+                    .update(&id.to_ne_bytes(), &entry.to_bytes(), UpdateMode::Any)
             }
-            for &peer in &record.peers {
-                if let Some(&existing) = self.peers.get(&(service, peer)) {
-                    return Err(ControlError::PeerOverlap {
-                        protocol: record.protocol,
-                        port,
-                        peer,
-                        existing,
-                    });
+            MapOp::InsertPeer { key, value } => {
+                self.peers
+                    .update(&key, &value.to_ne_bytes(), UpdateMode::NoExist)
+            }
+            MapOp::RemovePeer { key, value } => {
+                let mut held = [0u8; PEER_VALUE_SIZE as usize];
+                if self.peers.lookup(&key, &mut held)? && u32::from_ne_bytes(held) == value {
+                    self.peers.delete(&key)?;
                 }
+                Ok(())
             }
+            MapOp::SetService { index, value } => {
+                self.services
+                    .update(&index.to_ne_bytes(), &value.to_ne_bytes(), UpdateMode::Any)
+            }
+        }
+    }
+
+    /// Applies every write of `ops`, carrying on past failures, and returns the first.
+    fn apply_all(&self, ops: impl Iterator<Item = MapOp>) -> Result<(), BpfError> {
+        let mut first_error = None;
+        for op in ops {
+            if let Err(e) = self.apply(op) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Applies the writes of `ops` in order up to the first failure, which it returns.
+    fn apply_until_error(&self, ops: impl Iterator<Item = MapOp>) -> Result<(), BpfError> {
+        for op in ops {
+            self.apply(op)?;
         }
         Ok(())
-    }
-
-    /// Records filter `id`, whose entries are in the maps. Paired with [`Registry::remove`].
-    fn add(&mut self, id: u32, record: FilterRecord) {
-        for service in record.services() {
-            let state = self.service(service).with(id, &record);
-            self.services.insert(service, state);
-            for &peer in &record.peers {
-                let previous = self.peers.insert((service, peer), id);
-                assert!(
-                    previous.is_none(),
-                    "two filters with one prefix on one port"
-                );
-            }
-        }
-        let previous = self.filters.insert(id, record);
-        assert!(previous.is_none(), "filter id {id} added twice");
-    }
-
-    /// Forgets filter `id` and returns its record; afterwards the mirror is as it was before
-    /// [`Registry::add`]. The id is not freed.
-    fn remove(&mut self, id: u32) -> Option<FilterRecord> {
-        let record = self.filters.remove(&id)?;
-        for service in record.services() {
-            let state = self.service(service).without(id, &record);
-            if state == ServiceState::default() {
-                self.services.remove(&service);
-            } else {
-                self.services.insert(service, state);
-            }
-            for &peer in &record.peers {
-                let owner = self.peers.remove(&(service, peer));
-                assert_eq!(owner, Some(id), "trie mirror lost a prefix of filter {id}");
-            }
-        }
-        Some(record)
     }
 }
 
@@ -671,7 +238,6 @@ impl Registry {
 struct Shared {
     maps: FilterMaps,
     registry: Mutex<Registry>,
-    peers_max: u32,
 }
 
 impl Shared {
@@ -683,92 +249,24 @@ impl Shared {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the entries of filter `id`, which `registry` does not hold yet: its `filters`
-    /// entry and trie entries first, then its ports' `services` entries, computed as
-    /// `registry` plus this filter.
-    fn install(
-        &self,
-        id: u32,
-        slot: u32,
-        record: &FilterRecord,
-        registry: &Registry,
-    ) -> Result<(), BpfError> {
-        let entry = FilterEntry {
-            flags: FILTER_F_ACTIVE,
-            slot,
-        };
-        self.maps
-            .filters
-            .update(&id.to_ne_bytes(), &entry.to_bytes(), UpdateMode::Any)?;
-        let value = (id + 1).to_ne_bytes();
-        for service in record.services() {
-            for p in &record.peers {
-                let key = peer_key(service, p.addr.octets(), p.len);
-                // NoExist: the conflict check ruled out a key another filter holds.
-                self.maps.peers.update(&key, &value, UpdateMode::NoExist)?;
-            }
+    /// Installs `staged`, or rolls its writes back and frees its id if one fails.
+    fn install(&self, registry: &mut Registry, staged: StagedFilter) -> Result<u32, BpfError> {
+        if let Err(e) = self.maps.apply_until_error(registry.install_ops(&staged)) {
+            // Best effort: the install error is the one worth reporting.
+            let _ = self.maps.apply_all(registry.clear_ops(&staged));
+            registry.release(staged);
+            return Err(e);
         }
-        for service in record.services() {
-            let state = registry.service(service).with(id, record);
-            self.maps.services.update(
-                &service.to_ne_bytes(),
-                &state.value().to_ne_bytes(),
-                UpdateMode::Any,
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entries of filter `id`, which `registry` no longer (or never did) hold, in
-    /// the reverse order of [`Shared::install`]: its ports' `services` entries are rewritten
-    /// from `registry`, which restores them to what the other filters need, then its trie
-    /// entries and its `filters` entry go. Tolerates entries that were never written (a failed
-    /// install) and carries on past errors, returning the first.
-    fn clear(&self, id: u32, record: &FilterRecord, registry: &Registry) -> Result<(), BpfError> {
-        let mut first_error = None;
-        let mut note = |r: Result<(), BpfError>| {
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
-        };
-        for service in record.services() {
-            note(self.maps.services.update(
-                &service.to_ne_bytes(),
-                &registry.service(service).value().to_ne_bytes(),
-                UpdateMode::Any,
-            ));
-        }
-        let mut value = [0u8; PEER_VALUE_SIZE as usize];
-        for service in record.services() {
-            for p in &record.peers {
-                // Only keys that still name this filter: the conflict check means no other
-                // filter holds them, but an install that failed on one (a bug) must not take
-                // it from its owner. Keys never written are simply absent.
-                let key = peer_key(service, p.addr.octets(), p.len);
-                match self.maps.peers.lookup(&key, &mut value) {
-                    Ok(true) if u32::from_ne_bytes(value) == id + 1 => {
-                        note(self.maps.peers.delete(&key).map(drop));
-                    }
-                    Ok(_) => {}
-                    Err(e) => note(Err(e)),
-                }
-            }
-        }
-        note(self.maps.filters.update(
-            &id.to_ne_bytes(),
-            &FilterEntry::default().to_bytes(),
-            UpdateMode::Any,
-        ));
-        first_error.map_or(Ok(()), Err)
+        Ok(registry.commit(staged))
     }
 
     fn remove(&self, id: u32) -> Result<(), BpfError> {
         let mut registry = self.registry();
-        let Some(record) = registry.remove(id) else {
+        let Some(staged) = registry.remove(id) else {
             return Ok(());
         };
-        let result = self.clear(id, &record, &registry);
-        registry.free_ids.push(id);
+        let result = self.maps.apply_all(registry.clear_ops(&staged));
+        registry.release(staged);
         result
     }
 }
@@ -828,29 +326,19 @@ impl XdpFilters {
     ///
     /// # Errors
     ///
-    /// [`ControlError::InvalidOptions`]; [`ControlError::Bpf`] if the kernel refuses a map or
-    /// the program (without privileges, for example).
+    /// [`ControlError::Registry`] with [`RegistryError::InvalidOptions`]; [`ControlError::Bpf`]
+    /// if the kernel refuses a map or the program (without privileges, for example).
     pub fn new(options: FilterOptions) -> Result<Self, ControlError> {
-        options.validate()?;
+        let registry = Registry::new(&options)?;
         let maps = FilterMaps::create(&options)?;
-        let spec = FilterProgramSpec {
-            arp: options.arp,
-            other_ipv4: options.other_ipv4,
-            queues_max: options.queues_max,
-        };
-        let insns = filter::build(&spec, &maps.fds())?;
+        let insns = filter::build(&options.program_spec(), &maps.fds())?;
         let program = Program::load_named(ProgramType::Xdp, &insns, "GPL", "melange_filter")?;
-        let registry = Registry {
-            free_ids: (0..options.filters_max).rev().collect(),
-            ..Registry::default()
-        };
         Ok(Self {
             link: None,
             program,
             shared: Arc::new(Shared {
                 maps,
                 registry: Mutex::new(registry),
-                peers_max: options.peers_max,
             }),
             options,
         })
@@ -913,28 +401,12 @@ impl XdpFilters {
         &self.options
     }
 
-    fn xsk_key(&self, slot: u32, queue: u32) -> Result<[u8; 4], ControlError> {
-        if slot >= self.options.slots_max {
-            return Err(ControlError::SlotOutOfRange {
-                slot,
-                slots_max: self.options.slots_max,
-            });
-        }
-        if queue >= self.options.queues_max {
-            return Err(ControlError::QueueOutOfRange {
-                queue,
-                queues_max: self.options.queues_max,
-            });
-        }
-        Ok((slot * self.options.queues_max + queue).to_ne_bytes())
-    }
-
     /// Makes `xsk_fd` (an AF_XDP socket bound to this interface's `queue`) the receiver of
     /// `slot`'s packets arriving on `queue`. Replaces any previous socket there.
     ///
     /// # Errors
     ///
-    /// [`ControlError::SlotOutOfRange`], [`ControlError::QueueOutOfRange`] (no system call
+    /// [`RegistryError::SlotOutOfRange`], [`RegistryError::QueueOutOfRange`] (no system call
     /// made); [`ControlError::Bpf`] if the descriptor is not a bound AF_XDP socket.
     pub fn register_socket(
         &self,
@@ -942,8 +414,11 @@ impl XdpFilters {
         queue: u32,
         xsk_fd: BorrowedFd<'_>,
     ) -> Result<(), ControlError> {
-        let key = self.xsk_key(slot, queue)?;
-        self.shared.maps.xsks.update_fd(&key, xsk_fd)?;
+        let key = self.options.xsk_index(slot, queue)?;
+        self.shared
+            .maps
+            .xsks
+            .update_fd(&key.to_ne_bytes(), xsk_fd)?;
         Ok(())
     }
 
@@ -956,8 +431,8 @@ impl XdpFilters {
     ///
     /// As [`XdpFilters::register_socket`].
     pub fn unregister_socket(&self, slot: u32, queue: u32) -> Result<(), ControlError> {
-        let key = self.xsk_key(slot, queue)?;
-        self.shared.maps.xsks.delete(&key)?;
+        let key = self.options.xsk_index(slot, queue)?;
+        self.shared.maps.xsks.delete(&key.to_ne_bytes())?;
         Ok(())
     }
 
@@ -972,68 +447,44 @@ impl XdpFilters {
     ///
     /// # Errors
     ///
-    /// [`ControlError::SlotOutOfRange`]; [`ControlError::PeersExhausted`];
-    /// [`ControlError::Overlap`] if this filter and another one on a shared port both accept
-    /// any peer; [`ControlError::PeerOverlap`] if both list the same prefix on a shared port;
-    /// [`ControlError::FiltersExhausted`]; [`ControlError::Bpf`] if a map write fails (the
-    /// filter is then rolled back).
+    /// [`ControlError::Registry`], changing nothing, with [`RegistryError::SlotOutOfRange`];
+    /// [`RegistryError::PeersExhausted`]; [`RegistryError::Overlap`] if this filter and
+    /// another one on a shared port both accept any peer; [`RegistryError::PeerOverlap`] if
+    /// both list the same prefix on a shared port; [`RegistryError::FiltersExhausted`].
+    /// [`ControlError::Bpf`] if a map write fails (the filter is then rolled back).
     pub fn create_filter(&self, spec: FilterSpec) -> Result<FilterHandle, ControlError> {
-        let Direction::Receive = spec.direction;
-        if spec.slot >= self.options.slots_max {
-            return Err(ControlError::SlotOutOfRange {
-                slot: spec.slot,
-                slots_max: self.options.slots_max,
-            });
-        }
-        let record = FilterRecord::new(&spec);
-
         let shared = &self.shared;
         let mut registry = shared.registry();
-        // Capacity first: it also bounds the work of the conflict check.
-        let needed = record.peer_entries();
-        let used = u32::try_from(registry.peers.len()).expect("the trie holds at most peers_max");
-        let free = shared.peers_max - used;
-        if needed > u64::from(free) {
-            return Err(ControlError::PeersExhausted {
-                needed: usize::try_from(needed).unwrap_or(usize::MAX),
-                free,
-                peers_max: shared.peers_max,
-            });
-        }
-        registry.check_conflicts(&record)?;
-        let Some(id) = registry.free_ids.pop() else {
-            return Err(ControlError::FiltersExhausted {
-                filters_max: self.options.filters_max,
-            });
-        };
-        if let Err(e) = shared.install(id, spec.slot, &record, &registry) {
-            // Best effort: the install error is the one worth reporting.
-            let _ = shared.clear(id, &record, &registry);
-            registry.free_ids.push(id);
-            return Err(e.into());
-        }
-        registry.add(id, record);
+        let staged = registry.stage(&spec)?;
+        let id = shared.install(&mut registry, staged)?;
         Ok(FilterHandle {
             shared: Arc::clone(shared),
             id,
         })
     }
 
-    /// Reads the packet counters.
+    /// Reads the packet counters, each the sum of every CPU's count.
     ///
     /// # Errors
     ///
     /// [`ControlError::Bpf`] if a map read fails.
     pub fn stats(&self) -> Result<FilterStats, ControlError> {
         let mut stats = FilterStats::default();
-        let mut value = [0u8; STAT_VALUE_SIZE as usize];
         for counter in Counter::ALL {
-            let found = self
+            let values = self
                 .shared
                 .maps
                 .stats
-                .lookup(&counter.index().to_ne_bytes(), &mut value)?;
-            stats.set(counter, if found { u64::from_ne_bytes(value) } else { 0 });
+                .lookup_per_cpu(&counter.index().to_ne_bytes())?;
+            // Each CPU's count wraps at 2^64 on its own; wrapping the sum too keeps the
+            // difference of two readings right.
+            let total = values.map_or(0, |values| {
+                values.iter().fold(0u64, |sum, cpu| {
+                    let count = u64::from_ne_bytes(cpu.try_into().expect("stats values are u64"));
+                    sum.wrapping_add(count)
+                })
+            });
+            stats.set(counter, total);
         }
         Ok(stats)
     }
@@ -1043,9 +494,11 @@ impl XdpFilters {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use melange_bpf::filter::{Protocol, Steer};
     use melange_sys::bpf::XdpTestContext;
     use melange_sys::xsk::{BindMode, SocketConfig, Umem, UmemConfig, XskSocket};
     use melange_sys::{enter_netns, Region, RegionOptions};
@@ -1348,9 +801,9 @@ mod tests {
     /// The registry's mirror of the maps holds nothing but what `f` has.
     fn assert_registry_empty(f: &XdpFilters) {
         let registry = f.shared.registry();
-        assert!(registry.filters.is_empty());
-        assert!(registry.services.is_empty(), "{:?}", registry.services);
-        assert!(registry.peers.is_empty(), "{:?}", registry.peers);
+        assert!(registry.is_empty(), "{registry:?}");
+        assert_eq!(registry.services_len(), 0, "{registry:?}");
+        assert_eq!(registry.peer_entries(), 0, "{registry:?}");
     }
 
     #[test]
@@ -1592,13 +1045,13 @@ mod tests {
             PortRange::new(1, 3).unwrap(),
             vec![prefix([10, 0, 0, 0], 8)],
         )) {
-            Err(
-                e @ ControlError::PeersExhausted {
+            Err(ControlError::Registry(
+                e @ RegistryError::PeersExhausted {
                     needed: 3,
                     free: 2,
                     peers_max: 20,
                 },
-            ) => assert!(e.to_string().contains("raise peers_max"), "{e}"),
+            )) => assert!(e.to_string().contains("raise peers_max"), "{e}"),
             other => panic!("expected PeersExhausted, got {other:?}"),
         }
         // An any-peer filter over the whole range now conflicts with b at 5005.
@@ -1609,11 +1062,11 @@ mod tests {
                 PortRange::new(5000, 5009).unwrap(),
                 vec![]
             )),
-            Err(ControlError::Overlap {
+            Err(ControlError::Registry(RegistryError::Overlap {
                 port: 5005,
                 existing,
                 ..
-            }) if existing == b.id()
+            })) if existing == b.id()
         ));
         drop(c);
         assert_eq!(snapshot(&f), a_b);
@@ -1656,13 +1109,13 @@ mod tests {
                 PortRange::new(190, 300).unwrap(),
                 peers,
             )) {
-                Err(
-                    e @ ControlError::Overlap {
+                Err(ControlError::Registry(
+                    e @ RegistryError::Overlap {
                         protocol: Protocol::Udp,
                         port: 190,
                         existing,
                     },
-                ) => {
+                )) => {
                     assert_eq!(existing, any.id());
                     assert!(
                         e.to_string().contains("give this filter peer prefixes"),
@@ -1678,14 +1131,14 @@ mod tests {
             PortRange::new(240, 260).unwrap(),
             vec![prefix([172, 16, 0, 0], 12), prefix([10, 20, 30, 40], 8)],
         )) {
-            Err(
-                e @ ControlError::PeerOverlap {
+            Err(ControlError::Registry(
+                e @ RegistryError::PeerOverlap {
                     protocol: Protocol::Udp,
                     port: 240,
                     peer,
                     existing,
                 },
-            ) => {
+            )) => {
                 assert_eq!(existing, ten.id());
                 assert_eq!(peer, prefix([10, 0, 0, 0], 8));
                 let message = e.to_string();
@@ -1696,7 +1149,7 @@ mod tests {
         }
         // A refused filter changes nothing and uses no id.
         assert_eq!(snapshot(&f), before);
-        assert_eq!(f.shared.registry().filters.len(), 2);
+        assert_eq!(f.shared.registry().len(), 2);
 
         // Different lengths, other ports, or the other protocol are all fine.
         let nine = f
@@ -1915,9 +1368,17 @@ mod tests {
                         let model = ModelFilter::new(protocol, ports, &peers);
                         match (result, model_conflict(&live, &model)) {
                             (Ok(handle), None) => live.push((handle, slot, model)),
-                            (Err(ControlError::Overlap { port, .. }), Some((want_port, true)))
+                            (
+                                Err(ControlError::Registry(RegistryError::Overlap {
+                                    port, ..
+                                })),
+                                Some((want_port, true)),
+                            )
                             | (
-                                Err(ControlError::PeerOverlap { port, .. }),
+                                Err(ControlError::Registry(RegistryError::PeerOverlap {
+                                    port,
+                                    ..
+                                })),
                                 Some((want_port, false)),
                             ) => {
                                 proptest::prop_assert_eq!(port, want_port);
@@ -2069,6 +1530,62 @@ mod tests {
         assert_eq!(s.redirected, 0);
     }
 
+    /// The verdict counters are per CPU: runs on CPU 0 and on CPU 1 count in their own
+    /// copies, and [`XdpFilters::stats`] reports the sum.
+    #[test]
+    fn counts_are_summed_across_cpus() {
+        let test = "counts_are_summed_across_cpus";
+        if !privileged(test) {
+            return;
+        }
+        if melange_sys::online_cpus() < 2 {
+            melange_sys::testenv::skip_or_fail(test, "needs two online CPUs");
+            return;
+        }
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let _h = f
+            .create_filter(spec(Protocol::Udp, PortRange::single(7777), vec![]))
+            .unwrap();
+        // (CPU, frame, runs): matched without a socket, unfiltered, and ARP to the kernel.
+        let runs = [
+            (0, udp_frame(PEER, 7777), 3),
+            (1, udp_frame(PEER, 7778), 5),
+            (1, udp_frame(PEER, 7777), 2),
+            (0, arp_request(), 4),
+        ];
+        for (cpu, frame, repeat) in &runs {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    melange_sys::pin_current_thread(*cpu).unwrap();
+                    let run = f.program().test_run(frame, &mut [], *repeat).unwrap();
+                    assert_eq!(run.retval, PASS);
+                    assert_eq!(melange_sys::current_cpu(), Some(*cpu));
+                });
+            });
+        }
+        // Each CPU's copy holds its own runs (possible CPUs are numbered from 0 here)...
+        let per_cpu = |counter: Counter| -> Vec<u64> {
+            let values = f
+                .shared
+                .maps
+                .stats
+                .lookup_per_cpu(&counter.index().to_ne_bytes());
+            let values = values
+                .unwrap()
+                .expect("every counter index is in the array");
+            values
+                .iter()
+                .map(|v| u64::from_ne_bytes(v.try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(per_cpu(Counter::NoSocket)[..2], [3, 2]);
+        assert_eq!(per_cpu(Counter::NoFilter)[..2], [0, 5]);
+        assert_eq!(per_cpu(Counter::Kernel)[..2], [4, 0]);
+        assert!(per_cpu(Counter::Redirected).iter().all(|&n| n == 0));
+        // ... and the stats are their sums.
+        assert_eq!(counts(f.stats().unwrap()), [0, 5, 5, 0, 4, 0, 0]);
+    }
+
     #[test]
     fn tcp_filters_and_port_ranges() {
         if !privileged("tcp_filters_and_port_ranges") {
@@ -2179,7 +1696,9 @@ mod tests {
             .unwrap();
         assert!(matches!(
             f.create_filter(spec(Protocol::Udp, PortRange::single(3), vec![])),
-            Err(ControlError::FiltersExhausted { filters_max: 2 })
+            Err(ControlError::Registry(RegistryError::FiltersExhausted {
+                filters_max: 2
+            }))
         ));
         let id_a = a.id();
         a.remove().unwrap();
@@ -2189,11 +1708,11 @@ mod tests {
                 PortRange::single(3),
                 vec![prefix([1, 0, 0, 0], 8), prefix([2, 0, 0, 0], 8)]
             )),
-            Err(ControlError::PeersExhausted {
+            Err(ControlError::Registry(RegistryError::PeersExhausted {
                 needed: 2,
                 free: 1,
                 ..
-            })
+            }))
         ));
         // The freed id is reused; the old filter's peer no longer admits anyone to it.
         let c = f
@@ -2232,11 +1751,11 @@ mod tests {
             PortRange::new(150, 300).unwrap(),
             vec![],
         )) {
-            Err(ControlError::Overlap {
+            Err(ControlError::Registry(RegistryError::Overlap {
                 protocol: Protocol::Udp,
                 port: 150,
                 existing,
-            }) => assert_eq!(existing, h.id()),
+            })) => assert_eq!(existing, h.id()),
             other => panic!("expected an overlap, got {other:?}"),
         }
         // Different protocol or disjoint ports are fine, and so are peers on shared ports.
@@ -2279,7 +1798,10 @@ mod tests {
                 slot: 16,
                 ..spec(Protocol::Udp, PortRange::single(9), vec![])
             }),
-            Err(ControlError::SlotOutOfRange { slot: 16, .. })
+            Err(ControlError::Registry(RegistryError::SlotOutOfRange {
+                slot: 16,
+                ..
+            }))
         ));
     }
 
@@ -2363,7 +1885,7 @@ mod tests {
                 arp: Steer::Slot(99),
                 ..FilterOptions::default()
             }),
-            Err(ControlError::InvalidOptions(_))
+            Err(ControlError::Registry(RegistryError::InvalidOptions(_)))
         ));
     }
 
@@ -2377,11 +1899,13 @@ mod tests {
         use std::os::fd::AsFd;
         assert!(matches!(
             f.register_socket(16, 0, file.as_fd()),
-            Err(ControlError::SlotOutOfRange { .. })
+            Err(ControlError::Registry(RegistryError::SlotOutOfRange { .. }))
         ));
         assert!(matches!(
             f.register_socket(0, 16, file.as_fd()),
-            Err(ControlError::QueueOutOfRange { .. })
+            Err(ControlError::Registry(
+                RegistryError::QueueOutOfRange { .. }
+            ))
         ));
         // Not an AF_XDP socket: the kernel refuses it.
         assert!(matches!(
@@ -2389,24 +1913,6 @@ mod tests {
             Err(ControlError::Bpf(_))
         ));
         f.unregister_socket(0, 0).unwrap();
-    }
-
-    #[test]
-    fn prefixes_and_ranges_validate() {
-        assert_eq!(
-            prefix([10, 1, 2, 3], 16),
-            Ipv4Prefix::new(Ipv4Addr::new(10, 1, 0, 0), 16).unwrap()
-        );
-        assert_eq!(prefix([10, 1, 2, 3], 0).addr(), Ipv4Addr::UNSPECIFIED);
-        assert!(matches!(
-            Ipv4Prefix::new(Ipv4Addr::LOCALHOST, 33),
-            Err(ControlError::InvalidPrefix { len: 33 })
-        ));
-        assert!(PortRange::new(5, 4).is_err());
-        assert_eq!(PortRange::new(10, 20).unwrap().count(), 11);
-        assert_eq!(PortRange::single(7).count(), 1);
-        assert_eq!(PortRange::new(0, 65535).unwrap().count(), 65536);
-        assert_eq!(prefix([10, 1, 2, 3], 16).to_string(), "10.1.0.0/16");
     }
 
     proptest::proptest! {

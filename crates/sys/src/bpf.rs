@@ -32,7 +32,11 @@
 //! whose lengths are checked *before* the call against what the kernel will read or write:
 //! a map's key and value sizes are fixed at creation and recorded in [`Map`], and every
 //! `lookup`/`update`/`delete` rejects a slice of the wrong length with
-//! [`BpfError::KeySize`]/[`BpfError::ValueSize`] without entering the kernel. Output buffers
+//! [`BpfError::KeySize`]/[`BpfError::ValueSize`] without entering the kernel. A per-CPU map
+//! is the exception to "one value": the kernel copies `round_up(value_size, 8)` bytes for each
+//! possible CPU, so [`Map::lookup`] and [`Map::update`] refuse such maps and
+//! [`Map::lookup_per_cpu`] passes a buffer sized by the possible CPUs, counted once at the
+//! map's creation from the list the kernel publishes in sysfs. Output buffers
 //! (verifier log, test-run output) are passed with their real capacity, so the kernel never
 //! writes past them. Descriptors returned by the kernel are wrapped in [`OwnedFd`] at once, so
 //! each is closed exactly once; the kernel creates all of them close-on-exec.
@@ -270,6 +274,17 @@ pub enum BpfError {
     /// license, an oversized buffer). A caller bug; the message says which.
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The number of possible CPUs, which sizes every per-CPU map lookup, could not be read
+    /// from `/sys/devices/system/cpu/possible`. Mount sysfs (`mount -t sysfs sysfs /sys`), or
+    /// use maps that are not per-CPU.
+    #[error(
+        "reading the possible CPUs from /sys/devices/system/cpu/possible: {detail}; mount \
+         sysfs or use maps that are not per-CPU"
+    )]
+    PossibleCpus {
+        /// What went wrong.
+        detail: String,
+    },
     /// Any other failure of a `bpf(2)` command; `op` names the command. Usually a resource
     /// limit (`ENOMEM`, `EMFILE`): report it and stop setting up.
     #[error("bpf {op}: {source}")]
@@ -619,6 +634,12 @@ pub enum MapKind {
     /// `BPF_MAP_TYPE_ARRAY`: keys are `u32` indices below `max_entries`, all present, zeroed
     /// at creation; entries cannot be deleted.
     Array,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`: a [`MapKind::Array`] with one value per possible CPU
+    /// under each key. A program sees only its own CPU's value, so it can count with a plain
+    /// add and no shared cache line; user space reads every CPU's value at once with
+    /// [`Map::lookup_per_cpu`] ([`Map::lookup`] and [`Map::update`] refuse these maps, whose
+    /// kernel buffers are larger than one value).
+    PerCpuArray,
     /// `BPF_MAP_TYPE_LPM_TRIE`: keys are `{prefixlen: u32 (host order), data: [u8]}`, lookups
     /// find the longest matching prefix. Always created with [`MAP_F_NO_PREALLOC`].
     LpmTrie,
@@ -634,10 +655,100 @@ impl MapKind {
         match self {
             Self::Hash => 1,
             Self::Array => 2,
+            Self::PerCpuArray => 6,
             Self::LpmTrie => 11,
             Self::DevMap => 14,
             Self::XskMap => 17,
         }
+    }
+
+    /// Whether the kernel keeps one value per possible CPU under each key, so that a
+    /// user-space lookup copies `round_up(value_size, 8) * possible CPUs` bytes.
+    pub fn is_per_cpu(self) -> bool {
+        matches!(self, Self::PerCpuArray)
+    }
+}
+
+/// The file that lists the CPUs the kernel may ever bring online (`cpu_possible_mask`).
+const CPU_POSSIBLE_PATH: &str = "/sys/devices/system/cpu/possible";
+
+/// The number of CPUs in a kernel CPU list such as `0-3,6,8-9` (the format of
+/// `/sys/devices/system/cpu/possible`, trailing newline allowed), or `None` if it is not one.
+///
+/// The kernel lays out a per-CPU lookup as one value for each CPU of `cpu_possible_mask`
+/// (`for_each_possible_cpu`), so the count of CPUs listed is what sizes the buffer, whatever
+/// the gaps between them. libbpf's `libbpf_num_possible_cpus` counts the same way.
+fn parse_cpu_list(list: &str) -> Option<usize> {
+    let mut count = 0usize;
+    for range in list.trim_end_matches('\n').split(',') {
+        let (first, last) = match range.split_once('-') {
+            Some((first, last)) => (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?),
+            None => {
+                let cpu = range.parse::<usize>().ok()?;
+                (cpu, cpu)
+            }
+        };
+        if first > last {
+            return None;
+        }
+        count = count.checked_add(last - first + 1)?;
+    }
+    Some(count)
+}
+
+/// The number of possible CPUs, as the kernel counts them for per-CPU maps: the CPUs listed
+/// in `/sys/devices/system/cpu/possible`, which include offline and hot-pluggable ones.
+///
+/// # Errors
+///
+/// [`BpfError::PossibleCpus`] if the file cannot be read or parsed (no sysfs mounted).
+pub fn possible_cpus() -> Result<usize, BpfError> {
+    let list = std::fs::read_to_string(CPU_POSSIBLE_PATH).map_err(|e| BpfError::PossibleCpus {
+        detail: e.to_string(),
+    })?;
+    match parse_cpu_list(&list) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(BpfError::PossibleCpus {
+            detail: format!("not a CPU list: {list:?}"),
+        }),
+    }
+}
+
+/// Every CPU's value of one key of a per-CPU map, as [`Map::lookup_per_cpu`] read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerCpuValues {
+    /// The kernel's buffer: `cpus` slots of `stride` bytes, each value at a slot's start.
+    buf: Vec<u8>,
+    /// `round_up(value_size, 8)`: the kernel copies each CPU's value into an 8-byte
+    /// aligned slot (`bpf_map_value_size`).
+    stride: usize,
+    value_size: usize,
+}
+
+impl PerCpuValues {
+    /// The number of values: one per possible CPU.
+    pub fn len(&self) -> usize {
+        self.buf.len() / self.stride
+    }
+
+    /// Whether there are no values (never, since a machine has a CPU).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The value of the `i`-th possible CPU (the `i`-th CPU listed in
+    /// `/sys/devices/system/cpu/possible`, which is CPU `i` when the list has no gaps), of
+    /// the map's value size; `None` past the last CPU.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let start = i.checked_mul(self.stride)?;
+        self.buf.get(start..start.checked_add(self.value_size)?)
+    }
+
+    /// The values in CPU order, each of the map's value size.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.buf
+            .chunks_exact(self.stride)
+            .map(|slot| &slot[..self.value_size])
     }
 }
 
@@ -673,6 +784,9 @@ pub struct Map {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    /// Values under each key: the possible CPUs for a per-CPU kind, read once at creation
+    /// (the kernel never changes `cpu_possible_mask` after boot), else 1.
+    cpus: usize,
 }
 
 impl Map {
@@ -716,6 +830,11 @@ impl Map {
             MapKind::LpmTrie => flags | MAP_F_NO_PREALLOC,
             _ => flags,
         };
+        let cpus = if kind.is_per_cpu() {
+            possible_cpus()?
+        } else {
+            1
+        };
         let mut attr = MapCreateAttr {
             map_type: kind.raw(),
             key_size,
@@ -734,6 +853,7 @@ impl Map {
             key_size,
             value_size,
             max_entries,
+            cpus,
         })
     }
 
@@ -747,7 +867,7 @@ impl Map {
         self.key_size
     }
 
-    /// Bytes per value.
+    /// Bytes per value (per CPU's value, for a per-CPU map).
     pub fn value_size(&self) -> u32 {
         self.value_size
     }
@@ -767,7 +887,14 @@ impl Map {
         Ok(())
     }
 
+    /// Checks a buffer for one value, refusing per-CPU maps, whose kernel buffer holds one
+    /// value per CPU (see [`Map::lookup_per_cpu`]).
     fn check_value(&self, value: &[u8]) -> Result<(), BpfError> {
+        if self.kind.is_per_cpu() {
+            return Err(BpfError::InvalidArgument(
+                "a per-CPU map holds one value per CPU: read it with lookup_per_cpu",
+            ));
+        }
         if value.len() != self.value_size as usize {
             return Err(BpfError::ValueSize {
                 expected: self.value_size,
@@ -782,7 +909,9 @@ impl Map {
     /// # Errors
     ///
     /// [`BpfError::KeySize`]/[`BpfError::ValueSize`] (no system call made);
-    /// [`BpfError::MapFull`]; [`BpfError::Syscall`] with `EEXIST`/`ENOENT` per `mode`, `E2BIG`
+    /// [`BpfError::InvalidArgument`] for a per-CPU map, whose update would take one value per
+    /// CPU (no system call made); [`BpfError::MapFull`]; [`BpfError::Syscall`] with
+    /// `EEXIST`/`ENOENT` per `mode`, `E2BIG`
     /// for an array index out of range, `EINVAL` for an LPM prefix longer than the key, and
     /// for XSKMAP a descriptor that is not a bound AF_XDP socket.
     pub fn update(&self, key: &[u8], value: &[u8], mode: UpdateMode) -> Result<(), BpfError> {
@@ -829,8 +958,9 @@ impl Map {
     /// # Errors
     ///
     /// [`BpfError::KeySize`]/[`BpfError::ValueSize`] (no system call made);
-    /// [`BpfError::Syscall`] with `EOPNOTSUPP` for maps whose values user space cannot read
-    /// (XSKMAP).
+    /// [`BpfError::InvalidArgument`] for a per-CPU map (use [`Map::lookup_per_cpu`]; no system
+    /// call made); [`BpfError::Syscall`] with `EOPNOTSUPP` for maps whose values user space
+    /// cannot read (XSKMAP).
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
         self.check_key(key)?;
         self.check_value(value)?;
@@ -842,12 +972,60 @@ impl Map {
         };
         // SAFETY: `attr` is the BPF_MAP_LOOKUP_ELEM layout; `key` (read) and `value` (written)
         // are live slices of exactly the map's key and value sizes (checked above). The map is
-        // not per-CPU (no such `MapKind`), so the kernel writes `value_size` bytes, not one
-        // value per CPU.
+        // not per-CPU (`check_value` refused those), so the kernel writes `value_size` bytes,
+        // not one value per CPU.
         let ret = unsafe { bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr) };
         match ret {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(BpfError::from_io("BPF_MAP_LOOKUP_ELEM", e)),
+        }
+    }
+
+    /// Every possible CPU's value of `key` in a per-CPU map ([`MapKind::PerCpuArray`]), or
+    /// `None` if the key is absent (an index past `max_entries`). Sum or inspect them; the
+    /// kernel copies them one CPU at a time while programs may still be writing, so the set
+    /// is not one instant's snapshot.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError::InvalidArgument`] for a map that is not per-CPU (use [`Map::lookup`]);
+    /// [`BpfError::KeySize`] (no system call made); [`BpfError::Syscall`] as for
+    /// [`Map::lookup`].
+    pub fn lookup_per_cpu(&self, key: &[u8]) -> Result<Option<PerCpuValues>, BpfError> {
+        if !self.kind.is_per_cpu() {
+            return Err(BpfError::InvalidArgument(
+                "lookup_per_cpu needs a per-CPU map: use lookup",
+            ));
+        }
+        self.check_key(key)?;
+        // `bpf_map_value_size`: round_up(value_size, 8) * num_possible_cpus().
+        let stride = (self.value_size as usize).next_multiple_of(8);
+        let len = stride
+            .checked_mul(self.cpus)
+            .ok_or(BpfError::InvalidArgument(
+                "a per-CPU value times the possible CPUs overflows the address space",
+            ))?;
+        let mut buf = vec![0u8; len];
+        let mut attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: addr(key.as_ptr()),
+            value: addr(buf.as_mut_ptr()),
+            ..MapElemAttr::default()
+        };
+        // SAFETY: `attr` is the BPF_MAP_LOOKUP_ELEM layout; `key` is a live slice of exactly
+        // the map's key size (checked above), which the kernel reads. For a per-CPU map the
+        // kernel writes `round_up(value_size, 8)` bytes for each CPU of `cpu_possible_mask`
+        // (`bpf_map_value_size`, `bpf_percpu_array_copy`): `buf` is that long, since
+        // `self.cpus` counts the CPUs of the same mask as sysfs lists it.
+        let ret = unsafe { bpf_call(BPF_MAP_LOOKUP_ELEM, &mut attr) };
+        match ret {
+            Ok(_) => Ok(Some(PerCpuValues {
+                buf,
+                stride,
+                value_size: self.value_size as usize,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(BpfError::from_io("BPF_MAP_LOOKUP_ELEM", e)),
         }
     }
@@ -1194,6 +1372,7 @@ mod tests {
             key_size: 4,
             value_size: 8,
             max_entries: 1,
+            cpus: 1,
         };
         let mut v8 = [0u8; 8];
         let mut v4 = [0u8; 4];
@@ -1229,6 +1408,105 @@ mod tests {
             map.lookup(&[0; 4], &mut v8),
             Err(BpfError::Syscall { .. } | BpfError::Permission { .. })
         ));
+    }
+
+    #[test]
+    fn cpu_lists_count_every_listed_cpu() {
+        assert_eq!(parse_cpu_list("0\n"), Some(1));
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(7));
+        assert_eq!(parse_cpu_list("0-127"), Some(128));
+        for bad in ["", "\n", "a", "0-", "3-1", "0,,1", "-1", "0-1 "] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+        // This machine's list parses, and it has at least the CPUs that are online.
+        assert!(possible_cpus().unwrap() >= crate::cpu::online_cpus());
+    }
+
+    /// One raw instruction, for the hand-assembled program below.
+    fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+        u64::from(code)
+            | u64::from(dst | (src << 4)) << 8
+            | u64::from(off as u16) << 16
+            | u64::from(imm as u32) << 32
+    }
+
+    /// An XDP program that adds 1 to the `u32` at key 1 of `map` (its own CPU's value, for
+    /// a per-CPU map) and passes the packet.
+    fn count_key_1(map: &Map) -> Vec<u64> {
+        vec![
+            insn(0x62, 10, 0, -4, 1),             // *(u32 *)(r10 - 4) = 1
+            insn(0xbf, 2, 10, 0, 0),              // r2 = r10
+            insn(0x07, 2, 0, 0, -4),              // r2 += -4
+            insn(0x18, 1, 1, 0, map.as_raw_fd()), // r1 = map (ld_imm64, pseudo map fd)
+            insn(0, 0, 0, 0, 0),                  //   (its second half)
+            insn(0x85, 0, 0, 0, 1),               // call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 3, 0),               // if r0 == 0 goto +3
+            insn(0x61, 1, 0, 0, 0),               // r1 = *(u32 *)(r0 + 0)
+            insn(0x07, 1, 0, 0, 1),               // r1 += 1
+            insn(0x63, 0, 1, 0, 0),               // *(u32 *)(r0 + 0) = r1
+            insn(0xb7, 0, 0, 0, 2),               // r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0),               // exit
+        ]
+    }
+
+    #[test]
+    fn per_cpu_array_holds_one_value_per_cpu() {
+        let test = "per_cpu_array_holds_one_value_per_cpu";
+        if !privileged(test) {
+            return;
+        }
+        // 4-byte values: the kernel pads each CPU's value to 8 bytes in the lookup buffer.
+        let map = Map::create(MapKind::PerCpuArray, 4, 4, 2, 0).unwrap();
+        let cpus = possible_cpus().unwrap();
+        let values = map.lookup_per_cpu(&1u32.to_ne_bytes()).unwrap().unwrap();
+        assert_eq!(values.len(), cpus);
+        assert!(values.iter().all(|v| v == [0; 4]), "{values:?}");
+        assert_eq!(map.lookup_per_cpu(&2u32.to_ne_bytes()).unwrap(), None);
+        // One-value calls would hand the kernel too small a buffer: refused before the call.
+        let mut v4 = [0u8; 4];
+        for refused in [
+            map.lookup(&1u32.to_ne_bytes(), &mut v4).map(drop),
+            map.update(&1u32.to_ne_bytes(), &v4, UpdateMode::Any),
+        ] {
+            assert!(
+                matches!(refused, Err(BpfError::InvalidArgument(m)) if m.contains("per-CPU")),
+                "{refused:?}"
+            );
+        }
+        assert!(matches!(
+            Map::create(MapKind::Array, 4, 4, 1, 0)
+                .unwrap()
+                .lookup_per_cpu(&0u32.to_ne_bytes()),
+            Err(BpfError::InvalidArgument(_))
+        ));
+
+        if crate::cpu::online_cpus() < 2 {
+            crate::testenv::skip_or_fail(test, "needs two online CPUs");
+            return;
+        }
+        let prog = Program::load(ProgramType::Xdp, &count_key_1(&map), "GPL").unwrap();
+        // Runs on CPU 0, then on CPU 1: each run counts on the CPU it ran on.
+        for (cpu, runs) in [(0, 3), (1, 5)] {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    crate::cpu::pin_current_thread(cpu).unwrap();
+                    assert_eq!(prog.test_run(&frame(), &mut [], runs).unwrap().retval, 2);
+                });
+            });
+        }
+        let values = map.lookup_per_cpu(&1u32.to_ne_bytes()).unwrap().unwrap();
+        let counts: Vec<u32> = values
+            .iter()
+            .map(|v| u32::from_ne_bytes(v.try_into().unwrap()))
+            .collect();
+        assert_eq!(&counts[..2], &[3, 5], "{counts:?}");
+        assert!(counts[2..].iter().all(|&c| c == 0), "{counts:?}");
+        assert_eq!(values.get(1), Some(&5u32.to_ne_bytes()[..]));
+        assert_eq!(values.get(cpus), None);
+        // Key 0 was never touched on any CPU.
+        let zero = map.lookup_per_cpu(&0u32.to_ne_bytes()).unwrap().unwrap();
+        assert!(zero.iter().all(|v| v == [0; 4]));
     }
 
     #[test]
