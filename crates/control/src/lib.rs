@@ -27,3 +27,4 @@ pub use filters::{
     ControlError, Direction, FilterHandle, FilterOptions, FilterSpec, FilterStats, Interface,
     Ipv4Prefix, PortRange, XdpFilters,
 };
+pub use melange_bpf::RegistryError;
