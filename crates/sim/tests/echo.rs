@@ -6,7 +6,7 @@
 use melange_apps::{EchoApp, EchoConfig, LoadgenApp, LoadgenConfig};
 use melange_engine::{Engine, EngineConfig, StackTransport};
 use melange_net::{DropReason, InterfaceConfig};
-use melange_sim::{check_seeds, frames, Impairments, SimNic, Simulation};
+use melange_sim::{check_seeds, frames, Impairments, Link, SimNic, Simulation};
 use melange_wire::{ethernet, icmpv4, ipv4, EthernetAddress};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -458,4 +458,49 @@ fn datagrams_up_to_65507_bytes_are_fragmented_and_reassembled() {
             assert_no_leak(&mut s, "server");
         });
     }
+}
+
+#[test]
+fn a_slow_link_pushes_back_and_nothing_is_lost_silently() {
+    check_seeds(0..4, |seed| {
+        let mut sim = Simulation::new(seed);
+        let link = Impairments::delay(5_000);
+        // 256 requests in flight against a server whose link carries 10 Mbit/s from an
+        // 8-frame transmit ring: the ring fills, the stack refuses what cannot leave (the app
+        // gets its buffer back and counts a send error), and every request is either answered
+        // or a timeout at the client.
+        let mut config = load(256, 20 * MS, 5 * MS);
+        config.payload_len = 1000;
+        let mut c = client(sim.add_port(CLIENT_MAC, link, 1024), config);
+        let slow = Link {
+            tx_ring: 8,
+            mbit_per_s: 10,
+        };
+        let mut s = server(
+            sim.add_port_with_link(SERVER_MAC, link, 1024, slow),
+            1024,
+            None,
+        );
+        sim.run(&mut [&mut c, &mut s], 10_000 * MS);
+        let report = c.app().report();
+        let refused = s.transport_counters().tx_no_room;
+        let send_errors = s.app().counters().send_errors;
+        assert!(refused > 0, "the ring never filled: {report:?}");
+        assert_eq!(
+            send_errors, refused,
+            "every refusal reached the app as a send error"
+        );
+        assert!(report.received > 0, "{report:?}");
+        assert!(
+            report.timeouts > 0,
+            "refused replies show up as timeouts: {report:?}"
+        );
+        assert_eq!(
+            report.received + report.timeouts,
+            report.sent,
+            "every request is accounted for: {report:?}"
+        );
+        assert_no_leak(&mut c, "client");
+        assert_no_leak(&mut s, "server");
+    });
 }
