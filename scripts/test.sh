@@ -38,16 +38,71 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p melange-sys --release --lib ring::loom
 
 echo "== fuzz (bounded: ${fuzz_seconds}s per target)"
+# One libFuzzer run per target (fuzz/fuzz_targets, one per parser of outside input), each on
+# its own corpus (fuzz/corpus/<target>, kept between local runs, not committed) plus the seeds
+# captured from the lab (fuzz/seeds/<target>, scripts/fuzz-seeds.sh). Built once, without
+# ASan (the fuzzed code is safe Rust, where ASan finds nothing and halves the speed) but with
+# debug assertions and overflow checks; FUZZ_JOBS targets run at a time (default: the number
+# of CPUs). A crash, a leak assertion, an input slower than 10 s (a hang) or a run that does
+# not end fails the gate, with the target's report and its reproducer in fuzz/artifacts/.
 if [ "$fuzz_seconds" -gt 0 ]; then
   if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
       cargo install --locked cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
     fi
-    for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
-      mkdir -p "fuzz/corpus/$target"
-      cargo +nightly fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" fuzz/seeds -- \
-        -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 2
+    fuzz_started=$SECONDS
+    fuzz_triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
+    cargo +nightly fuzz build --fuzz-dir fuzz --sanitizer none --debug-assertions \
+      --target "$fuzz_triple"
+    fuzz_bin=fuzz/target/$fuzz_triple/release
+    fuzz_logs=$(mktemp -d)
+    fuzz_jobs=${FUZZ_JOBS:-$(nproc)}
+    fuzz_one() { # TARGET: runs it, leaves its exit status in $fuzz_logs/TARGET.rc
+      local target=$1 seeds=()
+      mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
+      if [ -d "fuzz/seeds/$target" ]; then seeds=("fuzz/seeds/$target"); fi
+      local rc=0
+      timeout $((fuzz_seconds + 120)) "$fuzz_bin/$target" \
+        -max_total_time="$fuzz_seconds" -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="fuzz/artifacts/$target/" \
+        "fuzz/corpus/$target" "${seeds[@]}" >"$fuzz_logs/$target.log" 2>&1 || rc=$?
+      echo "$rc" >"$fuzz_logs/$target.rc"
+    }
+    fuzz_targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
+    running=0
+    for target in $fuzz_targets; do
+      fuzz_one "$target" &
+      running=$((running + 1))
+      if [ "$running" -ge "$fuzz_jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+      fi
     done
+    wait
+    fuzz_failed=()
+    for target in $fuzz_targets; do
+      rc=$(cat "$fuzz_logs/$target.rc" 2>/dev/null || echo missing)
+      runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$fuzz_logs/$target.log")
+      cov=$(grep -o 'cov: [0-9]*' "$fuzz_logs/$target.log" | tail -n 1 || true)
+      seeds=0
+      if [ -d "fuzz/seeds/$target" ]; then
+        seeds=$(find "fuzz/seeds/$target" -type f | wc -l)
+      fi
+      if [ "$rc" = 0 ]; then
+        echo "fuzz: $target: ok, ${runs:-?} runs, ${cov:-cov: ?}, $seeds seeds"
+      else
+        fuzz_failed+=("$target")
+        echo "fuzz: $target: FAILED (exit $rc); its report:"
+        grep -v '^#[0-9]' "$fuzz_logs/$target.log" | tail -n 60
+      fi
+    done
+    rm -rf "$fuzz_logs"
+    echo "fuzz: $(echo "$fuzz_targets" | wc -w) targets in $((SECONDS - fuzz_started)) s (build included)"
+    if [ "${#fuzz_failed[@]}" -gt 0 ]; then
+      echo "fuzz: failed: ${fuzz_failed[*]}; reproduce with" \
+        "cargo +nightly fuzz run --fuzz-dir fuzz -s none -a TARGET fuzz/artifacts/TARGET/<file>"
+      exit 1
+    fi
   else
     echo "fuzz: no nightly toolchain here, so no libFuzzer run; the same fuzz bodies ran as property tests above"
   fi

@@ -218,11 +218,88 @@ fn sockperf_answer(message: &mut [u8]) -> bool {
     true
 }
 
+/// Largest message [`fuzz_sockperf`] delivers (one test frame holds it).
+pub const FUZZ_MESSAGE_MAX: usize = 1500;
+
+/// Fuzz body of the `apps_sockperf` target: `data` is one datagram from a sockperf client
+/// (truncated to [`FUZZ_MESSAGE_MAX`]), served by a sockperf-mode echo over
+/// [`melange_core::test_io::TestIo`]. Panics only on a bug: anything but exactly one of
+/// "answered" or "unanswered"; an answer to a message that asked for none, to another
+/// address, of another length, or that differs from the message in more than the client
+/// flag; or a buffer not back in the pool. Returns the counters.
+pub fn fuzz_sockperf(data: &[u8]) -> EchoCounters {
+    use melange_core::test_io::TestIo;
+    let message = &data[..data.len().min(FUZZ_MESSAGE_MAX)];
+    let mut app = EchoApp::new(
+        EchoConfig {
+            ports: vec![11111],
+            work_ns: 0,
+            protocol: EchoProtocol::Sockperf,
+        },
+        |_| {},
+    );
+    let mut io = TestIo::new(4);
+    app.start(&mut IoContext::new(&mut io));
+    let client = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 77, 0, 1), 40000);
+    io.deliver(message, client);
+    app.run_io(&mut IoContext::new(&mut io));
+    let counters = app.counters();
+    assert_eq!(counters.echoed + counters.unanswered, 1, "{counters:?}");
+    let sent = io.take_sent();
+    // The flags are big-endian: both bits live in their low byte.
+    let low = SOCKPERF_FLAGS.end - 1;
+    match sent.as_slice() {
+        [] => assert_eq!(counters.unanswered, 1),
+        [(to, answer)] => {
+            assert_eq!(*to, client, "the answer goes to the client");
+            assert!(
+                message.len() >= SOCKPERF_HEADER_LEN,
+                "a short message was answered"
+            );
+            assert_ne!(
+                u16::from(message[low]) & SOCKPERF_FLAG_PONG_REQUEST,
+                0,
+                "a message that asked for no pong was answered"
+            );
+            assert_eq!(answer.len(), message.len());
+            for (at, (a, m)) in answer.iter().zip(message).enumerate() {
+                let expected = if at == low {
+                    m & !(SOCKPERF_FLAG_CLIENT as u8)
+                } else {
+                    *m
+                };
+                assert_eq!(*a, expected, "the answer differs at byte {at}");
+            }
+        }
+        more => panic!("one message, {} answers", more.len()),
+    }
+    assert_eq!(io.pool.available(), io.pool.capacity(), "a buffer leaked");
+    counters
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use melange_core::test_io::TestIo;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn fuzz_body_on_real_and_random_messages() {
+        // The captured ping-pong request of the test below, then deterministic noise.
+        let mut ping = [0u8; 24];
+        ping[..16].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 0, 0, 0, 0x40, 0x96, 0x8f]);
+        assert_eq!(fuzz_sockperf(&ping).echoed, 1);
+        ping[9] = 1;
+        assert_eq!(fuzz_sockperf(&ping).unanswered, 1, "throughput mode");
+        assert_eq!(fuzz_sockperf(&[]).unanswered, 1);
+        assert_eq!(fuzz_sockperf(&[0xff; 4000]).echoed, 1);
+        let mut rng = melange_core::rng::SplitMix64::new(11);
+        for _ in 0..200 {
+            let len = rng.below(64) as usize;
+            let message: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            fuzz_sockperf(&message);
+        }
+    }
 
     fn echo(protocol: EchoProtocol) -> (EchoApp, TestIo) {
         let mut app = EchoApp::new(

@@ -550,11 +550,122 @@ fn read_header(payload: &[u8]) -> Option<(u32, u64)> {
     Some((stream, seq))
 }
 
+/// Largest reply [`fuzz_reply`] delivers: a few frames, so chains are reached.
+pub const FUZZ_REPLY_MAX: usize = 4096;
+/// Requests in flight when [`fuzz_reply`] delivers its reply (sequence numbers 0..16).
+pub const FUZZ_INFLIGHT: usize = 16;
+
+/// Fuzz body of the `apps_loadgen_reply` target: `data` is one reply's payload (truncated to
+/// [`FUZZ_REPLY_MAX`]), as a server or anyone else sent it. A closed-loop load generator over
+/// [`melange_core::test_io::TestIo`], whose requests are as long as the reply (so a captured
+/// reply to sequence number 0..[`FUZZ_INFLIGHT`] matches), receives it twice (as one buffer
+/// or a chain, as it arrived), then lets every request time out. Panics only on a bug: a
+/// reply counted other than exactly once, one reply matching twice, a request neither
+/// answered, timed out nor outstanding, more in flight than asked, or a leaked buffer.
+/// Returns the final report.
+pub fn fuzz_reply(data: &[u8]) -> LoadgenReport {
+    use melange_core::test_io::TestIo;
+    let reply = &data[..data.len().min(FUZZ_REPLY_MAX)];
+    let target = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 77, 0, 2), 7777);
+    let mut config = LoadgenConfig::closed_loop(target, reply.len(), FUZZ_INFLIGHT, 1_000_000_000);
+    config.timeout_ns = 1_000_000;
+    let mut io = TestIo::new(256);
+    let mut app = LoadgenApp::new(config);
+    app.start(&mut IoContext::new(&mut io));
+    let _ = io.take_sent();
+    let (local_port, socket) = io.bound[0];
+    let check = |app: &LoadgenApp| {
+        let report = app.report();
+        assert!(app.outstanding() <= FUZZ_INFLIGHT, "{report:?}");
+        assert_eq!(
+            report.sent,
+            report.received + report.timeouts + app.outstanding() as u64,
+            "every request is answered, timed out or outstanding: {report:?}"
+        );
+        report
+    };
+    for copies in 1..=2u64 {
+        let mut chain: Option<BufChain> = None;
+        for piece in reply.chunks(1024) {
+            let one = io.payload(piece);
+            let (buf, _) = io.pool.chain_pop_front(one);
+            match chain.as_mut() {
+                None => chain = Some(BufChain::from(buf)),
+                Some(chain) => io.pool.chain_push(chain, buf).expect("4 KiB fits a chain"),
+            }
+        }
+        let data = chain.unwrap_or_else(|| io.payload(&[]));
+        io.events
+            .push(Event::Datagram {
+                socket,
+                data,
+                from: target,
+                local_port,
+            })
+            .expect("the event queue has room");
+        io.now_ns += 1_000;
+        app.run_io(&mut IoContext::new(&mut io));
+        let _ = io.take_sent();
+        let report = check(&app);
+        assert!(report.received <= 1, "one reply matched twice: {report:?}");
+        assert_eq!(
+            report.received + report.corrupt + report.unexpected,
+            copies,
+            "each reply is counted once: {report:?}"
+        );
+    }
+    // Past the timeout, housekeeping expires what is outstanding (and refills the window).
+    io.now_ns += 10 * config.timeout_ns;
+    let housekeeping = io.timers[0].timer;
+    io.fire(housekeeping);
+    app.run_io(&mut IoContext::new(&mut io));
+    let _ = io.take_sent();
+    let report = check(&app);
+    assert!(report.timeouts >= (FUZZ_INFLIGHT as u64) - report.received);
+    assert_eq!(io.pool.available(), io.pool.capacity(), "a buffer leaked");
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use melange_core::test_io::TestIo;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn fuzz_body_on_real_and_random_replies() {
+        // A real reply: request 3 of stream 0, 64 bytes, as the echo returns it.
+        let mut io = TestIo::new(4);
+        let request = build_request(&mut IoContext::new(&mut io), 64, 0, 3, 5).unwrap();
+        let mut reply = vec![0; 64];
+        io.pool.chain_read(&request, 0, &mut reply);
+        io.pool.free_chain(request);
+        let report = fuzz_reply(&reply);
+        assert_eq!((report.received, report.unexpected), (1, 1), "{report:?}");
+        assert_eq!(
+            report.timeouts, FUZZ_INFLIGHT as u64,
+            "the refilled window expired"
+        );
+        let mut long = vec![0; 3000];
+        let request = build_request(&mut IoContext::new(&mut io), 3000, 0, 0, 5).unwrap();
+        io.pool.chain_read(&request, 0, &mut long);
+        io.pool.free_chain(request);
+        let report = fuzz_reply(&long);
+        assert_eq!((report.received, report.unexpected), (1, 1), "{report:?}");
+        let mut corrupt = reply.clone();
+        corrupt[40] ^= 1;
+        assert_eq!(fuzz_reply(&corrupt).corrupt, 2);
+        assert_eq!(fuzz_reply(&[]).corrupt, 2);
+        let mut rng = melange_core::rng::SplitMix64::new(12);
+        for _ in 0..100 {
+            let len = rng.below(80) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            if len >= HEADER_LEN && rng.chance(0.5) {
+                bytes[..HEADER_LEN].copy_from_slice(&reply[..HEADER_LEN]);
+            }
+            fuzz_reply(&bytes);
+        }
+    }
 
     fn target() -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7)

@@ -162,6 +162,10 @@ pub enum RecordError {
     /// A status code names nothing.
     #[error("unknown status code {0}")]
     Status(u16),
+    /// A field that this opcode (with these flags) does not use is not zero. The encoder
+    /// writes zeros there, so a record that holds anything else did not come from it.
+    #[error("a field that opcode {0:#x} does not use is not zero")]
+    Unused(u16),
 }
 
 fn chain_parts(record: &mut Record, chain: BufChain) {
@@ -382,9 +386,71 @@ fn chain_of(record: &Record, pool: &PacketPool) -> Result<Option<BufChain>, Reco
     pool.chain_from_raw(raw).map(Some).ok_or(RecordError::Chain)
 }
 
+/// The scalar fields a record may use, as bits (the buffer fields are checked by
+/// [`chain_of`], `flags` and `reserved` by [`check_flags`]).
+const USES_PORT: u8 = 1;
+const USES_STATUS: u8 = 2;
+const USES_HANDLE: u8 = 4;
+const USES_TOKEN: u8 = 8;
+const USES_VALUE: u8 = 16;
+const USES_ADDR: u8 = 32;
+const USES_LEN: u8 = 64;
+
+/// Which scalar fields the encoder writes for this opcode and these flags; every other one
+/// is zero in an encoded record.
+fn fields_used(record: &Record) -> u8 {
+    let flag = |bit: u16, uses: u8| if record.flags & bit != 0 { uses } else { 0 };
+    match record.opcode {
+        OP_BIND_UDP => USES_PORT,
+        OP_CLOSE_UDP | OP_CANCEL_TIMER | OP_CLOSE | OP_ABORT | OP_SEND => USES_HANDLE,
+        OP_SEND_TO => USES_HANDLE | USES_ADDR | USES_PORT | flag(FLAG_TOKEN, USES_TOKEN),
+        OP_ARM_TIMER => USES_VALUE | USES_TOKEN,
+        OP_REARM_TIMER | OP_SET_NODELAY => USES_HANDLE | USES_VALUE,
+        OP_LISTEN => USES_PORT | USES_LEN,
+        OP_CONNECT => USES_ADDR | USES_PORT | USES_TOKEN,
+        OP_RECV_DONE => USES_HANDLE | USES_LEN,
+        OP_SET_KEEPALIVE => USES_HANDLE | flag(FLAG_TOKEN, USES_VALUE),
+        OP_STORAGE_READ => USES_HANDLE | USES_VALUE | USES_LEN | USES_TOKEN,
+        OP_STORAGE_WRITE => USES_HANDLE | USES_VALUE | USES_TOKEN,
+        OP_STORAGE_FLUSH => USES_HANDLE | USES_TOKEN,
+        OP_EV_DATAGRAM => USES_HANDLE | USES_ADDR | USES_PORT | USES_LEN,
+        OP_EV_TIMER | OP_EV_CONNECTED => USES_HANDLE | USES_TOKEN,
+        OP_EV_SEND_DONE => USES_TOKEN | flag(FLAG_ERROR, USES_STATUS),
+        OP_EV_ACCEPTED => USES_HANDLE | USES_TOKEN | USES_ADDR | USES_PORT,
+        OP_EV_CONNECT_FAILED => USES_TOKEN | USES_STATUS,
+        OP_EV_RECV | OP_EV_PEER_CLOSED => USES_HANDLE,
+        OP_EV_SENT => USES_HANDLE | USES_LEN,
+        OP_EV_CLOSED => USES_HANDLE | USES_STATUS,
+        OP_EV_STORAGE_DONE if record.flags & FLAG_ERROR == 0 => USES_HANDLE | USES_TOKEN | USES_LEN,
+        OP_EV_STORAGE_DONE if record.status == STORAGE_DEVICE => {
+            USES_HANDLE | USES_TOKEN | USES_STATUS | USES_VALUE
+        }
+        OP_EV_STORAGE_DONE => USES_HANDLE | USES_TOKEN | USES_STATUS,
+        _ => 0,
+    }
+}
+
+/// Refuses unknown or unexpected flags, a non-zero `reserved`, and a non-zero field that the
+/// opcode does not use: decoding is the inverse of encoding, so that a record means one thing
+/// only and re-encodes to itself.
 fn check_flags(record: &Record, allowed: u16) -> Result<(), RecordError> {
-    if record.flags & !allowed != 0 || record.flags & !FLAGS_KNOWN != 0 || record.reserved != 0 {
-        return Err(RecordError::Flags(record.flags));
+    let r = record;
+    if r.flags & !allowed != 0 || r.flags & !FLAGS_KNOWN != 0 || r.reserved != 0 {
+        return Err(RecordError::Flags(r.flags));
+    }
+    let used = fields_used(r);
+    let unused = |uses: u8, zero: bool| used & uses == 0 && !zero;
+    let stray = unused(USES_PORT, r.port == 0)
+        || unused(USES_STATUS, r.status == 0)
+        || unused(USES_HANDLE, r.handle == 0)
+        || unused(USES_TOKEN, r.token == 0)
+        || unused(USES_VALUE, r.value == 0)
+        || unused(USES_ADDR, r.addr == 0)
+        || unused(USES_LEN, r.len == 0)
+        // A device error's errno is an i32: the upper half of `value` is unused.
+        || (r.opcode == OP_EV_STORAGE_DONE && used & USES_VALUE != 0 && r.value > u64::from(u32::MAX));
+    if stray {
+        return Err(RecordError::Unused(r.opcode));
     }
     Ok(())
 }
@@ -901,6 +967,104 @@ mod tests {
         pool.free_chain(data);
     }
 
+    /// Regression: the first `contract_records` crash. A keepalive command without
+    /// `FLAG_TOKEN` and with junk in `port` and `status` decoded (the decoder ignored fields
+    /// its opcode does not use) and re-encoded to another record, so one value had many
+    /// records and junk from a broken peer passed unseen.
+    #[test]
+    fn the_first_fuzz_crash_is_refused() {
+        let mut bytes = [0u8; 78];
+        bytes[0] = 14;
+        bytes[4..12].copy_from_slice(&[51, 51, 51, 51, 51, 51, 51, 47]);
+        bytes[12] = 51;
+        bytes[77] = 212;
+        let record = record_from_bytes(&bytes);
+        assert_eq!((record.port, record.status), (13107, 13107));
+        let pool = pool();
+        assert_eq!(
+            decode_command(&record, &pool).unwrap_err(),
+            RecordError::Unused(OP_SET_KEEPALIVE)
+        );
+        fuzz_decode(&bytes);
+    }
+
+    #[test]
+    fn stray_fields_are_refused_and_used_ones_kept() {
+        let pool = pool();
+        let conn = Handle::from_parts(2, 4);
+        // Each good record, with one field it does not use made non-zero.
+        type Edit = fn(&mut Record);
+        let cases: [(Record, Edit); 8] = [
+            (encode_command(Command::BindUdp { port: 9 }), |r| {
+                r.handle = 1
+            }),
+            (encode_command(Command::Close { conn }), |r| r.port = 1),
+            (
+                encode_command(Command::SetOption {
+                    conn,
+                    option: ConnOption::KeepaliveNs(None),
+                }),
+                |r| r.value = 5,
+            ),
+            (
+                encode_command(Command::Connect {
+                    to: SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 2), 7),
+                    token: 3,
+                }),
+                |r| r.len = 1,
+            ),
+            (
+                encode_command(Command::CancelTimer {
+                    timer: Handle::from_parts(1, 1),
+                }),
+                |r| r.status = 1,
+            ),
+            (
+                encode_event(Event::SendDone {
+                    token: 1,
+                    result: Ok(()),
+                    data: None,
+                }),
+                |r| r.status = 3,
+            ),
+            (
+                encode_event(Event::StorageDone {
+                    area: Handle::from_parts(3, 1),
+                    token: 1,
+                    result: Err(StorageError::OutOfRange),
+                    data: None,
+                }),
+                |r| r.len = 8,
+            ),
+            (
+                encode_event(Event::StorageDone {
+                    area: Handle::from_parts(3, 1),
+                    token: 1,
+                    result: Err(StorageError::Device(-5)),
+                    data: None,
+                }),
+                |r| r.value |= 1 << 32,
+            ),
+        ];
+        for (good, edit) in cases {
+            let decode = |r: &Record| {
+                if r.opcode < OP_EV_DATAGRAM {
+                    decode_command(r, &pool).map(encode_command)
+                } else {
+                    decode_event(r, &pool).map(encode_event)
+                }
+            };
+            assert_eq!(decode(&good), Ok(good), "the good record round-trips");
+            let mut bad = good;
+            edit(&mut bad);
+            assert_eq!(
+                decode(&bad),
+                Err(RecordError::Unused(good.opcode)),
+                "{bad:?}"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..640)) {
@@ -910,13 +1074,32 @@ mod tests {
         #[test]
         fn near_valid_records_never_panic(
             opcode in prop_oneof![1u16..18, 0x101u16..0x10c],
-            flags in 0u16..8,
-            head_index in 0u32..10,
-            tail in 0u32..10,
-            frames in 0u32..4,
-            bytes in 0u32..20,
+            flags in prop_oneof![Just(0u16), 0u16..8],
+            // Zero often, so that records without buffers (most opcodes) get past the
+            // buffer check to the rest of the decoder.
+            head_index in prop_oneof![Just(0u32), 0u32..10],
+            tail in prop_oneof![Just(0u32), 0u32..10],
+            frames in prop_oneof![Just(0u32), 0u32..4],
+            bytes in prop_oneof![Just(0u32), 0u32..20],
+            // Each scalar field zero or not, so that stray fields are reached too.
+            scalars in proptest::collection::vec(prop_oneof![Just(0u64), 1u64..3, Just(u64::MAX)], 7),
         ) {
-            let record = Record { opcode, flags, head_index, tail, frames, bytes, ..Record::default() };
+            let record = Record {
+                opcode,
+                flags,
+                port: scalars[0] as u16,
+                status: scalars[1] as u16,
+                handle: scalars[2],
+                token: scalars[3],
+                value: scalars[4],
+                addr: scalars[5] as u32,
+                len: scalars[6] as u32,
+                head_index,
+                tail,
+                frames,
+                bytes,
+                ..Record::default()
+            };
             let mut raw = [0u8; RECORD_LEN];
             let fields: [&[u8]; 16] = [
                 &record.opcode.to_ne_bytes(), &record.flags.to_ne_bytes(),
