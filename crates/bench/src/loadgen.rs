@@ -103,6 +103,15 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
     } else {
         print_report(&args, &report);
     }
+    if report.received == 0 {
+        return Err(anyhow!(
+            "no request to {} was answered ({} sent, {} send failures, {} timeouts): is a server listening there, and reachable from here?",
+            args.target,
+            report.sent,
+            report.send_failures,
+            report.timeouts
+        ));
+    }
     Ok(())
 }
 

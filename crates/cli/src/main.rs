@@ -54,7 +54,19 @@ struct BaselineArgs {
     args: Vec<std::ffi::OsString>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // An error is reported as its chain of causes, one line, never as a backtrace: the
+    // message says what went wrong and how to fix it.
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
