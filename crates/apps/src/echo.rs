@@ -88,6 +88,9 @@ pub struct EchoApp {
     sockets: Vec<SocketId>,
     bind_error: Option<CommandError>,
     counters: EchoCounters,
+    /// One bit per source port that is never answered (port 0, the reflectors, our own
+    /// ports): one load and a mask per request, whatever the number of ports (8 KiB).
+    refused_sources: Box<[u64; 1024]>,
 }
 
 impl std::fmt::Debug for EchoApp {
@@ -102,12 +105,17 @@ impl std::fmt::Debug for EchoApp {
 impl EchoApp {
     /// An echo server; `spin_ns` performs `work_ns` of work (the shell's choice).
     pub fn new(config: EchoConfig, spin_ns: fn(u64)) -> Self {
+        let mut refused_sources = Box::new([0u64; 1024]);
+        for &port in REFLECTOR_PORTS.iter().chain(&config.ports).chain(&[0]) {
+            refused_sources[usize::from(port) / 64] |= 1 << (port % 64);
+        }
         Self {
             sockets: Vec::with_capacity(config.ports.len().min(ECHO_PORTS_MAX)),
             config,
             spin_ns,
             bind_error: None,
             counters: EchoCounters::default(),
+            refused_sources,
         }
     }
     /// The first port that could not be bound at start, and why. A server that cannot serve
@@ -127,7 +135,7 @@ impl EchoApp {
     /// Whether a request from `from` may be answered (see the module documentation).
     fn answerable(&self, from: SocketAddrV4) -> bool {
         let port = from.port();
-        port != 0 && !REFLECTOR_PORTS.contains(&port) && !self.config.ports.contains(&port)
+        self.refused_sources[usize::from(port) / 64] & (1 << (port % 64)) == 0
     }
 
     fn handle(

@@ -476,12 +476,33 @@ impl Refused {
 pub trait Io {
     /// The engine's clock at the start of this batch.
     fn now_ns(&self) -> u64;
-    /// The next event of the batch.
-    fn next_event(&mut self) -> Option<Event>;
-    /// Events still unread in this batch.
-    fn events_len(&self) -> usize;
+    /// The batch's events, oldest first. (The queue itself rather than one event per call:
+    /// [`IoContext::next_event`] then pops inline, and an event is written once, where the
+    /// app reads it, instead of being returned through a virtual call: measured at a third
+    /// of the echo app's cost per request in `melange bench stack`.)
+    fn events(&mut self) -> &mut EventQueue;
+    /// The batch's events, to count them.
+    fn events_ref(&self) -> &EventQueue;
     /// Runs a command; see the module documentation.
     fn submit(&mut self, command: Command) -> Result<Outcome, Refused>;
+    /// Runs [`Command::SendTo`]: the same as submitting it, as a call with no command to
+    /// build and no outcome to match (the hot path of every datagram app; an engine
+    /// overrides it to go straight to its transport).
+    fn send_datagram(
+        &mut self,
+        socket: SocketId,
+        to: SocketAddrV4,
+        data: BufChain,
+        notify: Option<u64>,
+    ) -> Result<(), Refused> {
+        self.submit(Command::SendTo {
+            socket,
+            to,
+            data,
+            notify,
+        })
+        .map(|_| ())
+    }
 
     /// A fresh buffer with an empty payload window and room for headers in front; `None`
     /// when the pool is exhausted (shed load).
@@ -525,12 +546,13 @@ impl<'a> IoContext<'a> {
         self.io.now_ns()
     }
     /// The next event of the batch.
+    #[inline]
     pub fn next_event(&mut self) -> Option<Event> {
-        self.io.next_event()
+        self.io.events().pop()
     }
     /// Events still unread in this batch.
     pub fn events_len(&self) -> usize {
-        self.io.events_len()
+        self.io.events_ref().len()
     }
     /// Runs any command.
     pub fn submit(&mut self, command: Command) -> Result<Outcome, Refused> {
@@ -617,13 +639,8 @@ impl<'a> IoContext<'a> {
         data: BufChain,
         notify: Option<u64>,
     ) -> Result<(), (CommandError, BufChain)> {
-        match self.io.submit(Command::SendTo {
-            socket,
-            to,
-            data,
-            notify,
-        }) {
-            Ok(_) => Ok(()),
+        match self.io.send_datagram(socket, to, data, notify) {
+            Ok(()) => Ok(()),
             Err(Refused {
                 error,
                 data: Some(data),

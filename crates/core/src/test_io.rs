@@ -144,11 +144,11 @@ impl Io for TestIo {
     fn now_ns(&self) -> u64 {
         self.now_ns
     }
-    fn next_event(&mut self) -> Option<Event> {
-        self.events.pop()
+    fn events(&mut self) -> &mut EventQueue {
+        &mut self.events
     }
-    fn events_len(&self) -> usize {
-        self.events.len()
+    fn events_ref(&self) -> &EventQueue {
+        &self.events
     }
     fn submit(&mut self, command: Command) -> Result<Outcome, Refused> {
         match command {

@@ -468,15 +468,31 @@ impl<T: Transport> Io for EngineIo<'_, T> {
     fn now_ns(&self) -> u64 {
         self.now_ns
     }
-    fn next_event(&mut self) -> Option<Event> {
-        self.events.pop()
+    fn events(&mut self) -> &mut EventQueue {
+        &mut self.events
     }
-    fn events_len(&self) -> usize {
-        self.events.len()
+    fn events_ref(&self) -> &EventQueue {
+        &self.events
     }
     fn submit(&mut self, command: Command) -> Result<Outcome, Refused> {
         self.counters.commands += 1;
         let outcome = self.run(command);
+        if outcome.is_err() {
+            self.counters.drop(EngineDrop::CommandRefused);
+        }
+        outcome
+    }
+    fn send_datagram(
+        &mut self,
+        socket: melange_core::SocketId,
+        to: std::net::SocketAddrV4,
+        data: BufChain,
+        notify: Option<u64>,
+    ) -> Result<(), Refused> {
+        self.counters.commands += 1;
+        let outcome = self
+            .transport
+            .send_to(self.now_ns, self.pool, socket, to, data, notify);
         if outcome.is_err() {
             self.counters.drop(EngineDrop::CommandRefused);
         }

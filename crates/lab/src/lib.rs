@@ -927,6 +927,9 @@ fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// The `SCHED_FIFO` priority of threaded NAPI pollers: that of PREEMPT_RT's interrupt threads.
+const NAPI_THREAD_PRIORITY: i32 = 50;
+
 /// How long `up` waits for an end's NAPI threads to appear after switching it to threaded.
 const NAPI_THREADS_WAIT_MAX: Duration = Duration::from_secs(3);
 
@@ -984,9 +987,20 @@ fn set_napi(tools: &Tools, end: End, mode: NapiMode, cpu: usize) -> Result<()> {
             for (pid, name) in &threads {
                 melange_sys::cpu::pin_thread(*pid, cpu)
                     .with_context(|| format!("pinning {name} (pid {pid}) to cpu {cpu}"))?;
+                // On a real host the NIC's interrupt preempts whatever runs on its core; a
+                // NAPI thread of ordinary priority would instead wait for a busy-polling
+                // server's time slice to end. Real-time priority gives it the interrupt's
+                // place (as PREEMPT_RT kernels run threaded interrupt handlers).
+                melange_sys::cpu::set_fifo_priority(*pid, NAPI_THREAD_PRIORITY).with_context(
+                    || {
+                        format!(
+                            "giving {name} (pid {pid}) SCHED_FIFO priority {NAPI_THREAD_PRIORITY}"
+                        )
+                    },
+                )?;
             }
             println!(
-                "lab: {} napi threaded: {} pinned to cpu {cpu} (the {} host's core)",
+                "lab: {} napi threaded: {} pinned to cpu {cpu} (the {} host's core), SCHED_FIFO {NAPI_THREAD_PRIORITY} like an interrupt",
                 end.dev,
                 threads
                     .iter()
