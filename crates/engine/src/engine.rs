@@ -469,10 +469,10 @@ impl<T: Transport> Io for EngineIo<'_, T> {
         self.now_ns
     }
     fn events(&mut self) -> &mut EventQueue {
-        &mut self.events
+        self.events
     }
     fn events_ref(&self) -> &EventQueue {
-        &self.events
+        self.events
     }
     fn submit(&mut self, command: Command) -> Result<Outcome, Refused> {
         self.counters.commands += 1;
