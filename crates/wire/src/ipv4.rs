@@ -413,7 +413,32 @@ impl Repr {
         packet.set_protocol(self.protocol);
         packet.set_src_addr(self.src_addr);
         packet.set_dst_addr(self.dst_addr);
-        packet.fill_checksum();
+        packet.set_checksum(self.header_checksum());
+    }
+
+    /// The header checksum of the header [`Repr::emit`] writes, computed from the field values
+    /// rather than by reading the header back: the header was just written with narrow stores,
+    /// and a wide load over them cannot be forwarded from the store buffer (a stall of tens of
+    /// cycles per packet on the echo path, measured with `perf annotate`).
+    #[inline]
+    fn header_checksum(&self) -> u16 {
+        let total_len = (HEADER_LEN + self.payload_len) as u16;
+        let flags = if self.dont_frag { FLAG_DF } else { 0 };
+        let src = u32::from(self.src_addr);
+        let dst = u32::from(self.dst_addr);
+        let words = [
+            // Version 4, IHL 5 words, DSCP/ECN 0.
+            0x4500u16,
+            total_len,
+            self.ident,
+            flags,
+            u16::from_be_bytes([self.ttl, self.protocol.into()]),
+            (src >> 16) as u16,
+            src as u16,
+            (dst >> 16) as u16,
+            dst as u16,
+        ];
+        !checksum::fold(words.iter().map(|&w| u64::from(w)).sum())
     }
 }
 
@@ -554,6 +579,10 @@ mod tests {
             let mut bytes = vec![0u8; repr.buffer_len()];
             repr.emit(&mut Packet::new_unchecked(&mut bytes[..]));
             prop_assert_eq!(Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(), repr);
+            // The checksum computed from the values equals the one summed over the header.
+            let mut refilled = bytes.clone();
+            Packet::new_unchecked(&mut refilled[..]).fill_checksum();
+            prop_assert_eq!(refilled, bytes);
         }
 
         #[test]

@@ -270,10 +270,24 @@ impl Repr {
             "UDP payload of {} bytes",
             self.payload_len
         );
+        let len = (HEADER_LEN + self.payload_len) as u16;
         packet.set_src_port(self.src_port);
         packet.set_dst_port(self.dst_port);
-        packet.set_len((HEADER_LEN + self.payload_len) as u16);
-        packet.fill_checksum(src, dst);
+        packet.set_len(len);
+        // The header's words come from the values just written, not from memory: reading
+        // back freshly written narrow stores with wide loads stalls store forwarding (see
+        // `ipv4::Repr::emit`). Only the data, written earlier, is summed from the buffer.
+        let data = checksum::sum(&packet.buffer.as_ref()[HEADER_LEN..usize::from(len)]);
+        let header = checksum::fold(
+            u64::from(checksum::pseudo_header_v4(src, dst, PROTOCOL, len))
+                + u64::from(self.src_port)
+                + u64::from(self.dst_port)
+                + u64::from(len)
+                + u64::from(data),
+        );
+        let csum = !header;
+        // RFC 768: a computed zero is transmitted as all ones; zero means "none".
+        packet.set_checksum(if csum == 0 { 0xffff } else { csum });
     }
 }
 
@@ -384,6 +398,10 @@ mod tests {
             prop_assert_eq!(checksum_status(&packet, src, dst), ChecksumStatus::Valid);
             prop_assert_eq!(Repr::parse(&packet, src, dst).unwrap(), repr);
             prop_assert_eq!(packet.payload(), &data[..]);
+            // The checksum computed from the values equals the one summed over the datagram.
+            let mut refilled = bytes.clone();
+            Packet::new_unchecked(&mut refilled[..]).fill_checksum(src, dst);
+            prop_assert_eq!(refilled, bytes);
         }
 
         #[test]
