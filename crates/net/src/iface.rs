@@ -458,6 +458,7 @@ impl Interface {
     /// the fragments' frames). Otherwise the frame is consumed: kept as a fragment, dropped
     /// and counted by reason, or turned in place into a reply that is queued for
     /// transmission (ARP reply, ICMP echo reply).
+    #[inline]
     pub fn handle_frame(
         &mut self,
         now_ns: u64,
