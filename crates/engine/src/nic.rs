@@ -192,6 +192,12 @@ pub trait NicQueue {
     ) -> Result<(), NicError>;
     /// Frames the device takes now without dropping any.
     fn tx_room(&self) -> usize;
+    /// A hint for a spinning engine: false only when the device surely has nothing to
+    /// receive right now (one load of a ring index, no system call), so the run loop can wait
+    /// for input without a whole pass. The default, true, always runs the pass.
+    fn rx_ready(&self) -> bool {
+        true
+    }
     /// Transmits and drains `tx`. The device takes a prefix of the batch (the first `sent`
     /// frames); the frames it did not take went to [`PacketPool::release_tx`] as dropped,
     /// counted by the backend. An error (the device went down mid-batch) comes with the count

@@ -219,6 +219,10 @@ impl<N: NicQueue> Transport for StackTransport<N> {
         self.iface.poll_at()
     }
 
+    fn rx_ready(&self) -> bool {
+        self.nic.rx_ready()
+    }
+
     fn handle_timeout(&mut self, now_ns: u64, pool: &mut PacketPool) {
         if self.iface.poll_at().is_some_and(|at| at <= now_ns) {
             self.iface.handle_timeout(now_ns, pool);

@@ -67,6 +67,12 @@ pub trait Transport {
     /// The earliest time the transport has timer work (ARP retries), if any.
     fn poll_at(&self) -> Option<u64>;
 
+    /// A hint for a spinning engine: false only when nothing surely arrived since the last
+    /// pass (see [`crate::nic::NicQueue::rx_ready`]). The default, true, always runs the pass.
+    fn rx_ready(&self) -> bool {
+        true
+    }
+
     /// Does the timer work due at `now_ns`.
     fn handle_timeout(&mut self, now_ns: u64, pool: &mut PacketPool);
 

@@ -573,6 +573,15 @@ impl NicQueue for AfXdpQueue {
         AfXdpQueue::tx_room(self)
     }
 
+    fn rx_ready(&self) -> bool {
+        // One acquire load of the RX producer; frames left to kick also need a pass.
+        self.tx_kick_pending
+            || self
+                .socket
+                .as_ref()
+                .is_none_or(|socket| socket.rx_available() > 0)
+    }
+
     fn recv_batch(
         &mut self,
         pool: &mut PacketPool,
