@@ -438,7 +438,7 @@ impl Repr {
             (dst >> 16) as u16,
             dst as u16,
         ];
-        !checksum::fold(words.iter().map(|&w| u64::from(w)).sum())
+        !checksum::combine(&words)
     }
 }
 

@@ -185,9 +185,17 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         let len = self.len();
         let pseudo = checksum::pseudo_header_v4(src, dst, PROTOCOL, len);
         let body = checksum::sum(&self.buffer.as_ref()[..usize::from(len)]);
-        let csum = !checksum::combine(&[pseudo, body]);
-        // RFC 768: a computed zero is transmitted as all ones; zero means "none".
-        self.set_checksum(if csum == 0 { 0xffff } else { csum });
+        self.set_checksum(transmitted_checksum(checksum::combine(&[pseudo, body])));
+    }
+}
+
+/// The checksum field for a datagram whose folded sum is `sum`: its complement, except that a
+/// computed zero is transmitted as all ones, since zero means "none" (RFC 768 "Checksum").
+#[inline]
+fn transmitted_checksum(sum: u16) -> u16 {
+    match !sum {
+        0 => 0xffff,
+        csum => csum,
     }
 }
 
@@ -278,16 +286,9 @@ impl Repr {
         // back freshly written narrow stores with wide loads stalls store forwarding (see
         // `ipv4::Repr::emit`). Only the data, written earlier, is summed from the buffer.
         let data = checksum::sum(&packet.buffer.as_ref()[HEADER_LEN..usize::from(len)]);
-        let header = checksum::fold(
-            u64::from(checksum::pseudo_header_v4(src, dst, PROTOCOL, len))
-                + u64::from(self.src_port)
-                + u64::from(self.dst_port)
-                + u64::from(len)
-                + u64::from(data),
-        );
-        let csum = !header;
-        // RFC 768: a computed zero is transmitted as all ones; zero means "none".
-        packet.set_checksum(if csum == 0 { 0xffff } else { csum });
+        let pseudo = checksum::pseudo_header_v4(src, dst, PROTOCOL, len);
+        let sum = checksum::combine(&[pseudo, self.src_port, self.dst_port, len, data]);
+        packet.set_checksum(transmitted_checksum(sum));
     }
 }
 
