@@ -57,6 +57,20 @@ fn servers() -> [Server; 4] {
     ]
 }
 
+/// The order, as indexes into [`servers`], in which repetition `rep` measures them: (a) always
+/// sits between Linux spin and the raw echo, the two servers its headline ratios divide by, so
+/// each ratio compares runs taken seconds apart; odd repetitions run the order backwards, so
+/// neither side of a pair always goes first (a warmer machine, a drift in one direction).
+fn measurement_order(rep: usize) -> [usize; 4] {
+    // Linux spin, (a), raw AF_XDP, Linux block.
+    const FORWARD: [usize; 4] = [1, 0, 3, 2];
+    let mut order = FORWARD;
+    if rep % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 struct LabServer {
     child: Child,
     /// Set once the child has been reaped, so its pid is never signalled again.
@@ -449,12 +463,11 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     for &inflight in &args.run.inflight {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); servers().len()];
         for rep in 0..args.run.reps {
-            // Each repetition measures every server once, back to back, starting one server
-            // further along each time: this VM's speed drifts on a scale of minutes (see
-            // BENCHMARKS.md), so servers measured close together see the same machine, and no
-            // server always goes first.
-            for k in 0..servers().len() {
-                let i = (rep + k) % servers().len();
+            // Each repetition measures every server once, back to back, in an order that puts
+            // (a) right next to each server it is divided by (see `measurement_order`): this
+            // VM's speed drifts on a scale of seconds to minutes (see BENCHMARKS.md), so only
+            // servers measured close together see the same machine.
+            for i in measurement_order(rep) {
                 let server = servers()[i];
                 port += 1;
                 let run = measure(server, inflight, 0, args, port).with_context(|| {
@@ -606,7 +619,32 @@ pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
 
 #[cfg(test)]
 mod tests {
-    use super::busy_ns_per_datagram;
+    use super::{busy_ns_per_datagram, measurement_order, servers, Server};
+
+    #[test]
+    fn melange_is_measured_next_to_both_servers_it_is_divided_by() {
+        for rep in 0..6 {
+            let order = measurement_order(rep);
+            let mut seen = order;
+            seen.sort_unstable();
+            assert_eq!(seen, [0, 1, 2, 3], "every server once in repetition {rep}");
+            let at = |server: Server| {
+                order
+                    .iter()
+                    .position(|&i| servers()[i] == server)
+                    .expect("measured")
+            };
+            let melange = at(Server::MelangeAfXdp);
+            for partner in [Server::LinuxSpin, Server::RawXdp] {
+                assert_eq!(
+                    melange.abs_diff(at(partner)),
+                    1,
+                    "{partner:?} next to (a) in repetition {rep}: {order:?}"
+                );
+            }
+        }
+        assert_ne!(measurement_order(0)[0], measurement_order(1)[0]);
+    }
 
     #[test]
     fn busy_time_is_read_from_engine_summaries() {

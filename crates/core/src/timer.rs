@@ -297,6 +297,12 @@ impl<T> TimerWheel<T> {
     /// key it was armed under (stale from now on). Call until `None` (or until the caller's
     /// batch is full; the rest wait).
     pub fn poll_expired(&mut self, now_ns: u64) -> Option<(TimerKey, T)> {
+        if self.len == 0 {
+            // Nothing to fire, so no reason to pay the division on every engine pass. Leaving
+            // `elapsed_tick` behind is sound: the wheel then works as if it had not been polled
+            // for a while, and the next poll with timers armed catches up slot by slot.
+            return None;
+        }
         let now_tick = now_ns / self.tick_ns;
         loop {
             if self.due_head != NIL {

@@ -398,8 +398,14 @@ fn take_control<T: Transport, A: App>(
     now_ns: u64,
     engine: &mut Engine<T, A>,
     inbox: &ControlInbox,
+    idle: IdlePolicy,
 ) {
-    inbox.waker.drain();
+    // Only an engine that sleeps waits on the eventfd, so only it needs the signal cleared
+    // (before it reads the inbox, so a message sent meanwhile signals it again); a spinning
+    // engine reads the inbox without a system call.
+    if matches!(idle, IdlePolicy::Sleep { .. }) {
+        inbox.waker.drain();
+    }
     for message in inbox.rx.try_iter().take(CONTROL_BATCH_MAX) {
         match message {
             ControlMessage::Neighbor { ip, mac } => engine.learn_neighbor(now_ns, ip, mac),
@@ -432,7 +438,7 @@ pub fn run_with_control<T: Transport, A: App>(
         if let Some(inbox) = control {
             if now >= next_control_ns {
                 next_control_ns = now + CONTROL_INTERVAL_NS;
-                take_control(now, engine, inbox);
+                take_control(now, engine, inbox, idle);
             }
         }
         if engine.poll(now) > 0 {
