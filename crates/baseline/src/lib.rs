@@ -9,6 +9,10 @@
 //! Two idle modes: `spin` retries `recvmmsg` without sleeping (the kernel's best latency,
 //! one core burnt), `block` sleeps in `ppoll` until a datagram arrives (the usual server).
 //!
+//! `melange-baseline tcp-echo` is the Linux TCP echo server of the TCP benchmarks: epoll,
+//! non-blocking sockets, `TCP_NODELAY`, a read and a write per readable connection (see
+//! [`tcp_echo`]).
+//!
 //! `melange-baseline xdp-echo` is the driver limit: a minimal raw AF_XDP UDP echo with no stack,
 //! which turns each datagram around in its UMEM frame (see [`xdp_echo`]).
 //!
@@ -18,6 +22,7 @@
 //! runs alone in its own process with none of Melange's engine, stack or runtime code.
 #![forbid(unsafe_code)]
 
+pub mod tcp_echo;
 pub mod xdp_echo;
 
 use anyhow::{Context, Result};
@@ -40,6 +45,8 @@ enum Command {
     UdpEcho(UdpEchoArgs),
     /// Minimal raw AF_XDP UDP echo with no stack: the driver limit.
     XdpEcho(xdp_echo::XdpEchoArgs),
+    /// Plain Linux TCP echo server: one thread, epoll, non-blocking sockets.
+    TcpEcho(tcp_echo::TcpEchoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +93,7 @@ where
     match cli.command {
         Command::UdpEcho(args) => udp_echo(args),
         Command::XdpEcho(args) => xdp_echo::xdp_echo(args),
+        Command::TcpEcho(args) => tcp_echo::tcp_echo(args),
     }
 }
 

@@ -48,6 +48,7 @@
 //! | [`uring`]  | datagram I/O on io_uring: multishot receive, provided buffers, batched sends |
 //! | [`mmap`]   | anonymous mappings, optionally huge-page backed and locked           |
 //! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
+//! | [`socket`] | socket settings std lacks: the listen backlog                         |
 //! | [`frames`] | a mapping in frames, and the ledger of frames lent to the kernel     |
 //! | [`xsk`]    | AF_XDP sockets: UMEM registration, the four rings, kicks, statistics |
 //! | [`testenv`]| for tests: may this test skip here (root, tools), never under CI      |
@@ -83,6 +84,7 @@ pub mod netdev;
 pub mod poll;
 pub mod process;
 pub mod ring;
+pub mod socket;
 pub mod testenv;
 pub mod udp;
 pub mod uring;
