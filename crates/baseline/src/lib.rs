@@ -39,6 +39,9 @@ struct Cli {
     command: Command,
 }
 
+// The subcommands are named by what they echo (`udp-echo`, `tcp-echo`, `xdp-echo`), which
+// is what an operator types.
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Plain Linux UDP echo server with recvmmsg/sendmmsg batches.
