@@ -48,7 +48,7 @@
 //! | [`uring`]  | datagram I/O on io_uring: multishot receive, provided buffers, batched sends |
 //! | [`mmap`]   | anonymous mappings, optionally huge-page backed and locked           |
 //! | [`ring`]   | single-producer single-consumer record ring in one shareable block   |
-//! | [`socket`] | socket settings std lacks: the listen backlog                         |
+//! | [`socket`] | TCP set-up std lacks: SO_REUSEPORT listeners, non-blocking connect, RST close, keepalive |
 //! | [`frames`] | a mapping in frames, and the ledger of frames lent to the kernel     |
 //! | [`xsk`]    | AF_XDP sockets: UMEM registration, the four rings, kicks, statistics |
 //! | [`testenv`]| for tests: may this test skip here (root, tools), never under CI      |

@@ -824,7 +824,7 @@ pub(crate) fn sockaddr_to(
     Some(SocketAddrV4::new(ip, u16::from_be(sockaddr.sin_port)))
 }
 
-fn setsockopt_int(
+pub(crate) fn setsockopt_int(
     fd: BorrowedFd<'_>,
     level: libc::c_int,
     name: libc::c_int,
