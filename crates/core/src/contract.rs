@@ -439,6 +439,24 @@ pub enum CommandError {
     /// bug. The buffer is returned untouched.
     #[error("buffer not owned by the app")]
     NotOwned,
+    /// The connection cannot take this command now: it is still opening (wait for
+    /// [`Event::Connected`]) or its sending side was closed with [`Command::Close`].
+    #[error("connection cannot take {command}: {reason}")]
+    ConnNotOpen {
+        /// The command's name.
+        command: &'static str,
+        /// Which state refused it.
+        reason: &'static str,
+    },
+    /// The kernel refused the command (kernel-socket transport), for the reason its error
+    /// number names.
+    #[error("the kernel refused {command}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Kernel {
+        /// The command's name.
+        command: &'static str,
+        /// The kernel's error number.
+        errno: i32,
+    },
     /// This engine's transport does not serve the command (TCP commands before the TCP
     /// transport exists, storage commands on an engine without storage).
     #[error("{transport} does not serve {command}")]

@@ -63,8 +63,11 @@
 //! full socket buffer (`EAGAIN`) is retried a bounded number of times and then the rest drops,
 //! counted; a per-datagram error skips that datagram, counted.
 
+use crate::kernel_tcp::KernelTcp;
 use crate::uring_transport::UringIo;
-use melange_core::contract::{CommandError, Event, EventQueue, Refused, SendError};
+use melange_core::contract::{
+    Command, CommandError, Event, EventQueue, Outcome, Refused, SendError,
+};
 use melange_core::handle::{HandleError, HandleTable, SocketKind};
 use melange_core::pool::TxDropped;
 use melange_core::{BufChain, FrameOwner, PacketBuf, PacketPool, SocketId};
@@ -230,6 +233,11 @@ pub struct KernelTransport {
     tx: TxQueue,
     counters: TransportCounters,
     kernel: KernelCounters,
+    /// TCP on kernel sockets (see [`crate::kernel_tcp`]).
+    tcp: KernelTcp,
+    /// With io_uring: one descriptor readable when the ring or a TCP socket has news (with
+    /// `recvmmsg`, the sockets' epoll instance serves, the TCP part registered in it).
+    wake: Option<Epoll>,
 }
 
 /// Why [`KernelTransport::new`] failed: the options, or the kernel.
@@ -262,6 +270,19 @@ impl KernelTransport {
             }),
             SocketIo::Uring => Backend::Uring(Box::new(UringIo::new(&options)?)),
         };
+        let tcp = KernelTcp::new(options.addr, options.reuse_port)?;
+        let wake = match &backend {
+            Backend::Mmsg(io) => {
+                io.epoll.add_readable(tcp.wakeup_fd())?;
+                None
+            }
+            Backend::Uring(io) => {
+                let wake = Epoll::new()?;
+                wake.add_readable(io.wakeup_fd())?;
+                wake.add_readable(tcp.wakeup_fd())?;
+                Some(wake)
+            }
+        };
         Ok(Self {
             options,
             sockets: HandleTable::new(UDP_SOCKETS_MAX),
@@ -276,7 +297,22 @@ impl KernelTransport {
             },
             counters: TransportCounters::default(),
             kernel: KernelCounters::default(),
+            tcp,
+            wake,
         })
+    }
+
+    /// The TCP part's counters.
+    pub fn tcp_counters(&self) -> crate::KernelTcpCounters {
+        self.tcp.counters()
+    }
+
+    /// The local address of a listener (its port, when it listened on port 0).
+    pub fn listener_addr(
+        &self,
+        listener: melange_core::ListenerId,
+    ) -> Result<SocketAddrV4, CommandError> {
+        self.tcp.listener_addr(listener)
     }
 
     /// The kernel-specific counters.
@@ -617,13 +653,25 @@ impl Transport for KernelTransport {
         events: &mut EventQueue,
         budget: usize,
     ) -> usize {
-        match &mut self.backend {
+        let udp = match &mut self.backend {
             Backend::Mmsg(_) => self.poll_receive_mmsg(pool, events, budget),
             Backend::Uring(io) => {
                 let max = budget.min(events.room());
                 io.receive(pool, events, max, &mut self.counters, &mut self.kernel)
             }
-        }
+        };
+        udp + self
+            .tcp
+            .poll_receive(pool, events, budget.saturating_sub(udp))
+    }
+
+    fn submit(
+        &mut self,
+        _now_ns: u64,
+        pool: &mut PacketPool,
+        command: Command,
+    ) -> Result<Outcome, Refused> {
+        self.tcp.submit(pool, command, "kernel sockets")
     }
 
     fn poll_at(&self) -> Option<u64> {
@@ -776,9 +824,10 @@ impl Transport for KernelTransport {
     }
 
     fn wakeup_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.backend {
-            Backend::Mmsg(io) => Some(io.epoll.as_fd()),
-            Backend::Uring(io) => Some(io.wakeup_fd()),
+        match (&self.backend, &self.wake) {
+            (_, Some(wake)) => Some(wake.as_fd()),
+            (Backend::Mmsg(io), None) => Some(io.epoll.as_fd()),
+            (Backend::Uring(io), None) => Some(io.wakeup_fd()),
         }
     }
 
@@ -787,6 +836,7 @@ impl Transport for KernelTransport {
     }
 
     fn shutdown(&mut self, pool: &mut PacketPool) {
+        self.tcp.shutdown(pool);
         if let Backend::Mmsg(io) = &mut self.backend {
             for buf in io.posted.drain(..) {
                 pool.free(buf);

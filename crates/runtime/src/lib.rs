@@ -16,11 +16,13 @@
 
 pub mod af_xdp;
 pub mod kernel;
+pub mod kernel_tcp;
 pub mod shell;
 pub mod uring_transport;
 
 pub use af_xdp::{umem_frames_for, AfXdpCounters, AfXdpError, AfXdpOptions, AfXdpQueue};
 pub use kernel::{KernelCounters, KernelOptions, KernelTransport, SocketIo, DATAGRAM_LEN_MAX};
+pub use kernel_tcp::{KernelTcp, KernelTcpCounters};
 pub use shell::{
     control_channel, run_with_control, spawn_engine, spawn_engine_with_control, spin_ns,
     ControlInbox, ControlMessage, ControlSendError, ControlSender, EngineOutcome, IdlePolicy,

@@ -83,9 +83,12 @@ impl Epoll {
         token: u64,
         interest: Interest,
     ) -> io::Result<()> {
-        let mut events = libc::EPOLLRDHUP as u32;
+        // Errors and hang-ups are always reported. The peer's FIN (`EPOLLRDHUP`) only with
+        // read interest: level-triggered, it would otherwise be reported on every wait to an
+        // owner that paused reading.
+        let mut events = 0;
         if interest.readable {
-            events |= libc::EPOLLIN as u32;
+            events |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
         }
         if interest.writable {
             events |= libc::EPOLLOUT as u32;
