@@ -8,6 +8,8 @@
 
 pub mod echo;
 pub mod loadgen;
+pub mod tcp_echo;
 
 pub use echo::{EchoApp, EchoConfig, EchoProtocol};
 pub use loadgen::{LatencySummary, LoadgenApp, LoadgenConfig, LoadgenReport};
+pub use tcp_echo::{TcpEchoApp, TcpEchoConfig, TcpEchoCounters};

@@ -1,13 +1,13 @@
-//! `melange echo`: a UDP echo server on Melange engines.
+//! `melange echo`: a UDP or TCP echo server on Melange engines.
 
 use anyhow::{anyhow, Context, Result};
-use melange_apps::{EchoApp, EchoConfig, EchoProtocol};
+use melange_apps::{EchoApp, EchoConfig, EchoProtocol, TcpEchoApp, TcpEchoConfig};
 use melange_control::engines::{self as xdp, XdpSetup};
 use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
 use melange_control::PortRange;
-use melange_core::{PacketPool, PoolConfig};
+use melange_core::{App, IoContext, PacketPool, PoolConfig};
 use melange_engine::{Engine, EngineConfig, EngineDrop};
 use melange_engine::{Transport, TransportCounters};
 use melange_net::DropReason;
@@ -30,7 +30,7 @@ pub struct EchoArgs {
     /// for every address on the interface).
     #[arg(long)]
     pub addr: Option<Ipv4Addr>,
-    /// UDP port.
+    /// The port (UDP, or TCP with `--protocol tcp`).
     #[arg(long, default_value_t = 7777)]
     pub port: u16,
     /// af_xdp: the interface, e.g. mlg-vb.
@@ -52,8 +52,9 @@ pub struct EchoArgs {
     /// Simulated application work per request, in microseconds (a spin).
     #[arg(long, default_value_t = 0)]
     pub delay_us: u64,
-    /// What to answer: `plain` echoes every datagram; `sockperf` serves sockperf clients
-    /// (ping-pong and throughput modes) as `sockperf server` does.
+    /// What to answer: `plain` echoes every UDP datagram; `sockperf` serves sockperf clients
+    /// (ping-pong and throughput modes) as `sockperf server` does; `tcp` echoes every byte of
+    /// every TCP connection (kernel backend for now: Melange's own TCP is being built).
     #[arg(long, value_enum, default_value_t = Protocol::Plain)]
     pub protocol: Protocol,
     /// Idle policy: spin, sleep, or sleep:N (N empty passes before sleeping).
@@ -77,6 +78,8 @@ pub enum Protocol {
     Plain,
     /// sockperf's server protocol.
     Sockperf,
+    /// TCP: every byte comes back on its connection.
+    Tcp,
 }
 
 /// Most frames in one kernel-backend engine's pool: 256 Ki frames of 2 KiB is 512 MiB per
@@ -120,6 +123,11 @@ pub fn validate(args: &EchoArgs) -> Result<()> {
         ));
     }
     if args.backend == Backend::AfXdp {
+        if args.protocol == Protocol::Tcp {
+            return Err(anyhow!(
+                "--protocol tcp runs on --backend kernel for now: Melange's own TCP for af_xdp is being built (issue 7)"
+            ));
+        }
         if args.interface.is_none() {
             return Err(anyhow!(
                 "--backend af_xdp needs --interface (the lab's server side is mlg-vb in namespace mlg-b)"
@@ -153,8 +161,8 @@ pub fn run(args: EchoArgs) -> Result<()> {
         ports: vec![args.port],
         work_ns: args.delay_us * 1_000,
         protocol: match args.protocol {
-            Protocol::Plain => EchoProtocol::Plain,
             Protocol::Sockperf => EchoProtocol::Sockperf,
+            Protocol::Plain | Protocol::Tcp => EchoProtocol::Plain,
         },
     };
     match args.backend {
@@ -175,6 +183,7 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
             idle: args.idle,
         };
         let config = config.clone();
+        let protocol = args.protocol;
         let handle = spawn_engine(shell, stop.clone(), move |now| {
             let options = KernelOptions {
                 batch_max: args.batch,
@@ -191,19 +200,29 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
                 batch_max: args.batch,
                 ..EngineConfig::new(id)
             };
-            Engine::new(
-                engine_config,
-                transport,
-                pool,
-                EchoApp::new(config, spin_ns),
-                now,
-            )
-            .map_err(|e| e.to_string())
+            let app = match protocol {
+                Protocol::Tcp => EchoServer::Tcp(TcpEchoApp::new(
+                    TcpEchoConfig {
+                        ports: config.ports,
+                        work_ns: config.work_ns,
+                    },
+                    spin_ns,
+                )),
+                Protocol::Plain | Protocol::Sockperf => {
+                    EchoServer::Udp(EchoApp::new(config, spin_ns))
+                }
+            };
+            Engine::new(engine_config, transport, pool, app, now).map_err(|e| e.to_string())
         })?;
         handles.push(handle);
     }
     tracing::info!(
-        "echo on {addr} (kernel backend, {} engine(s), idle {:?}, batch {})",
+        "echo on {addr} ({}, kernel backend, {} engine(s), idle {:?}, batch {})",
+        if args.protocol == Protocol::Tcp {
+            "tcp"
+        } else {
+            "udp"
+        },
         args.engines,
         args.idle,
         args.batch
@@ -236,7 +255,9 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         mode: args.xdp_mode.into(),
     };
     let port = args.port;
-    let run = xdp::start(&setup, stop, |_, _| EchoApp::new(config.clone(), spin_ns))?;
+    let run = xdp::start(&setup, stop, |_, _| {
+        EchoServer::Udp(EchoApp::new(config.clone(), spin_ns))
+    })?;
     tracing::info!(
         "echo on {addr}:{port} (af_xdp backend on {interface}, queues {:?}, idle {:?}, batch {})",
         run.queues,
@@ -265,7 +286,7 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
 
 /// Joins the engines and logs what each did.
 fn report<T: Transport>(
-    handles: Vec<JoinHandle<Result<EngineOutcome<EchoApp, T>, ShellError>>>,
+    handles: Vec<JoinHandle<Result<EngineOutcome<EchoServer, T>, ShellError>>>,
     stop: &StopSignal,
     transport_summary: impl Fn(&T) -> String,
 ) -> Result<()> {
@@ -273,7 +294,7 @@ fn report<T: Transport>(
     for (id, handle) in handles.into_iter().enumerate() {
         match handle.join().map_err(|_| anyhow!("engine {id} panicked"))? {
             Ok(outcome) => {
-                if let Some(error) = outcome.app.bind_error() {
+                if let Some(error) = outcome.app.start_error() {
                     stop.stop();
                     let message = format!(
                         "engine {id}: {error}; stop the other server on that port or pick another --port"
@@ -298,11 +319,8 @@ fn report<T: Transport>(
                     );
                 }
                 tracing::info!(
-                    "engine {id}: echoed {} send errors {} unanswered {} reflectors refused {} rx {} tx {} tx no room {} tx dropped {} device errors {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s busy {:.3}s ({:.0} ns per datagram)",
-                    outcome.app.counters().echoed,
-                    outcome.app.counters().send_errors,
-                    outcome.app.counters().unanswered,
-                    outcome.app.counters().reflector_refused,
+                    "engine {id}: {} rx {} tx {} tx no room {} tx dropped {} device errors {} batches {} mean batch {:.1} idle passes {} {} drops [{}] pool {}/{} cpu {:.3}s busy {:.3}s ({:.0} ns per datagram)",
+                    outcome.app.summary(),
                     t.rx_packets,
                     t.tx_packets,
                     t.tx_no_room,
@@ -330,5 +348,65 @@ fn report<T: Transport>(
     match failure {
         Some(err) => Err(anyhow!(err)),
         None => Ok(()),
+    }
+}
+
+/// The app `melange echo` runs on each engine: the UDP echo (plain or sockperf) or the TCP
+/// echo.
+pub enum EchoServer {
+    /// UDP datagrams.
+    Udp(EchoApp),
+    /// TCP byte streams.
+    Tcp(TcpEchoApp),
+}
+
+impl EchoServer {
+    /// Why the app could not open its ports at start, if it could not.
+    fn start_error(&self) -> Option<melange_core::CommandError> {
+        match self {
+            EchoServer::Udp(app) => app.bind_error(),
+            EchoServer::Tcp(app) => app.listen_error(),
+        }
+    }
+
+    /// The app's counters, for the exit report.
+    fn summary(&self) -> String {
+        match self {
+            EchoServer::Udp(app) => {
+                let c = app.counters();
+                format!(
+                    "echoed {} send errors {} unanswered {} reflectors refused {}",
+                    c.echoed, c.send_errors, c.unanswered, c.reflector_refused
+                )
+            }
+            EchoServer::Tcp(app) => {
+                let c = app.counters();
+                format!(
+                    "accepted {} closed {} bytes echoed {} partial sends {} send errors {}",
+                    c.accepted, c.closed, c.bytes_echoed, c.partial_sends, c.send_errors
+                )
+            }
+        }
+    }
+}
+
+impl App for EchoServer {
+    fn start(&mut self, io: &mut IoContext<'_>) {
+        match self {
+            EchoServer::Udp(app) => app.start(io),
+            EchoServer::Tcp(app) => app.start(io),
+        }
+    }
+    fn is_done(&self) -> bool {
+        match self {
+            EchoServer::Udp(app) => app.is_done(),
+            EchoServer::Tcp(app) => app.is_done(),
+        }
+    }
+    fn run_io(&mut self, io: &mut IoContext<'_>) {
+        match self {
+            EchoServer::Udp(app) => app.run_io(io),
+            EchoServer::Tcp(app) => app.run_io(io),
+        }
     }
 }

@@ -250,3 +250,66 @@ fn echo_reports_a_clear_error_when_the_port_is_taken() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tcp_echo_on_kernel_sockets_serves_two_engines_and_reports_per_engine() {
+    use std::io::{Read, Write};
+    let port = 23_011;
+    let mut child = Command::new(MELANGE)
+        .args(["echo", "--backend", "kernel", "--protocol", "tcp"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--engines",
+            "2",
+            "--idle",
+            "sleep:100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting melange echo --protocol tcp");
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streams = Vec::new();
+    while streams.len() < 16 {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => streams.push(s),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("melange echo --protocol tcp never listened: {e}");
+            }
+        }
+    }
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let message = vec![i as u8; 10_000 + i];
+        s.write_all(&message).unwrap();
+        let mut back = vec![0u8; message.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, message, "connection {i} echoed byte-exact");
+    }
+    drop(streams);
+    std::thread::sleep(Duration::from_millis(300));
+    melange_sys::process::terminate(child.id()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "echo exited with {:?}\n{stderr}",
+        output.status
+    );
+    let sum = |key: &str| -> u64 {
+        stderr
+            .lines()
+            .filter_map(|l| l.split(key).nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("accepted "), 16, "{stderr}");
+    assert_eq!(sum("closed "), 16, "{stderr}");
+    let expected: u64 = (0..16u64).map(|i| 10_000 + i).sum();
+    assert_eq!(sum("bytes echoed "), expected, "{stderr}");
+    assert_eq!(stderr.matches("pool 4096/4096").count(), 2, "{stderr}");
+}

@@ -30,11 +30,11 @@ use std::os::fd::BorrowedFd;
 /// Counters every transport keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportCounters {
-    /// Frames (or datagrams, on kernel sockets) received.
+    /// Frames (or datagrams, on kernel sockets; reads, on kernel TCP sockets) received.
     pub rx_packets: u64,
     /// Bytes received.
     pub rx_bytes: u64,
-    /// Frames (or datagrams) the device took for transmit.
+    /// Frames (or datagrams; writes, on kernel TCP sockets) the device took for transmit.
     pub tx_packets: u64,
     /// Bytes the device took.
     pub tx_bytes: u64,

@@ -832,7 +832,15 @@ impl Transport for KernelTransport {
     }
 
     fn counters(&self) -> TransportCounters {
-        self.counters
+        // TCP's reads and writes count as packets here: on kernel sockets a read is what
+        // one receive unit is.
+        let tcp = self.tcp.counters();
+        let mut counters = self.counters;
+        counters.rx_packets += tcp.reads;
+        counters.rx_bytes += tcp.read_bytes;
+        counters.tx_packets += tcp.writes;
+        counters.tx_bytes += tcp.written_bytes;
+        counters
     }
 
     fn shutdown(&mut self, pool: &mut PacketPool) {

@@ -78,6 +78,14 @@ pub struct KernelTcpCounters {
     pub rx_paused: u64,
     /// Sends the kernel took only partly.
     pub tx_partial: u64,
+    /// Reads that returned data.
+    pub reads: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Writes that the kernel took bytes of.
+    pub writes: u64,
+    /// Bytes the kernel took.
+    pub written_bytes: u64,
 }
 
 enum State {
@@ -415,6 +423,8 @@ impl KernelTcp {
                 }
             }
             Ok(n) => {
+                self.counters.reads += 1;
+                self.counters.read_bytes += n as u64;
                 let _ = pool.set_len(&mut buf, n);
                 conn.lent = conn.lent.saturating_add(n as u32);
                 let paused = conn.lent >= RECV_LENT_BYTES_MAX;
@@ -700,6 +710,10 @@ impl KernelTcp {
             }
         }
         let bytes = written as u32;
+        if bytes > 0 {
+            self.counters.writes += 1;
+            self.counters.written_bytes += u64::from(bytes);
+        }
         conn.taken_bytes = conn.taken_bytes.saturating_add(bytes);
         if bytes > 0 && !conn.noticed {
             conn.noticed = true;
