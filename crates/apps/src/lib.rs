@@ -9,7 +9,9 @@
 pub mod echo;
 pub mod loadgen;
 pub mod tcp_echo;
+pub mod tcp_loadgen;
 
 pub use echo::{EchoApp, EchoConfig, EchoProtocol};
 pub use loadgen::{LatencySummary, LoadgenApp, LoadgenConfig, LoadgenReport};
 pub use tcp_echo::{TcpEchoApp, TcpEchoConfig, TcpEchoCounters};
+pub use tcp_loadgen::{TcpLoadgenApp, TcpLoadgenConfig};

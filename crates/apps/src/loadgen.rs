@@ -130,7 +130,48 @@ pub struct LoadgenReport {
     histogram: Histogram<u64>,
 }
 
+/// The counts of a [`LoadgenReport`], for load generators of other protocols.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportCounts {
+    /// Requests sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// Replies received inside the window.
+    pub measured: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Corrupt replies.
+    pub corrupt: u64,
+    /// Replies nobody asked for.
+    pub unexpected: u64,
+    /// Requests not sent.
+    pub send_failures: u64,
+    /// The measurement window.
+    pub window_ns: u64,
+}
+
 impl LoadgenReport {
+    /// A report from counts and a latency histogram (1 ns to 60 s, as every load generator
+    /// here records).
+    pub fn from_counts(counts: ReportCounts, histogram: Histogram<u64>) -> Self {
+        let mut report = LoadgenReport {
+            sent: counts.sent,
+            received: counts.received,
+            measured: counts.measured,
+            timeouts: counts.timeouts,
+            corrupt: counts.corrupt,
+            unexpected: counts.unexpected,
+            send_failures: counts.send_failures,
+            window_ns: counts.window_ns,
+            requests_per_s: 0.0,
+            latency: LatencySummary::default(),
+            histogram,
+        };
+        report.finish();
+        report
+    }
+
     /// Combines the reports of several engines measured over the same window.
     pub fn merge(reports: impl IntoIterator<Item = LoadgenReport>) -> Option<LoadgenReport> {
         let mut iter = reports.into_iter();
