@@ -295,6 +295,8 @@ fn measure(
     let process = ServerProcess::start(server, port, args.run.server_cpu)?;
     let cpu_before = melange_sys::cpu::process_cpu_time_of(process.pid())?;
     let loadgen_args = LoadgenArgs {
+        protocol: crate::loadgen::LoadProtocol::Udp,
+        connections: 1,
         backend: Backend::Kernel,
         target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
         bind: Ipv4Addr::LOCALHOST,
@@ -457,6 +459,8 @@ fn memory(args: &MemoryArgs) -> Result<()> {
 
 fn loadgen_args_for(args: &MemoryArgs) -> LoadgenArgs {
     LoadgenArgs {
+        protocol: crate::loadgen::LoadProtocol::Udp,
+        connections: 1,
         backend: Backend::Kernel,
         target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port),
         bind: Ipv4Addr::LOCALHOST,

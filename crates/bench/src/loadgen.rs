@@ -1,9 +1,17 @@
-//! `melange loadgen`: a UDP load generator on Melange engines.
+//! `melange loadgen`: a UDP or TCP load generator on Melange engines.
+//!
+//! UDP (the default): requests of `--payload` bytes, `--inflight` in flight in all, closed or
+//! open loop ([`LoadgenApp`]). TCP (`--protocol tcp`): `--connections` connections, each with
+//! `--inflight` requests of `--payload` bytes outstanding, closed loop ([`TcpLoadgenApp`]);
+//! on kernel sockets for now (Melange's own TCP for af_xdp is being built).
 
 use crate::table::us;
 use anyhow::{anyhow, Context, Result};
 use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
-use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport};
+use melange_apps::tcp_loadgen::{
+    TCP_LOADGEN_CONNECTIONS_MAX, TCP_LOADGEN_INFLIGHT_MAX, TCP_LOADGEN_MESSAGE_MAX,
+};
+use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport, TcpLoadgenApp, TcpLoadgenConfig};
 use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
@@ -40,10 +48,17 @@ pub struct LoadgenArgs {
     /// kernel built an sk_buff; works everywhere, slower).
     #[arg(long, value_enum, default_value_t = melange_control::options::XdpAttach::Native)]
     pub xdp_mode: melange_control::options::XdpAttach,
-    /// Request payload bytes (at least 24).
+    /// The protocol: `udp` datagrams, or `tcp` connections carrying fixed-size requests.
+    #[arg(long, value_enum, default_value_t = LoadProtocol::Udp)]
+    pub protocol: LoadProtocol,
+    /// TCP: connections, in all (spread over the engines).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Request payload bytes (UDP: at least 24, for the request header; TCP: at least 1).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Requests in flight, in all (closed loop), or the most allowed (open loop).
+    /// UDP: requests in flight, in all (closed loop), or the most allowed (open loop). TCP:
+    /// requests in flight on each connection.
     #[arg(long, default_value_t = 32)]
     pub inflight: usize,
     /// Open loop: requests per second, in all. Without it the loop is closed.
@@ -70,6 +85,15 @@ pub struct LoadgenArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `melange loadgen` sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadProtocol {
+    /// UDP datagrams.
+    Udp,
+    /// TCP connections.
+    Tcp,
 }
 
 /// The JSON form of a run.
@@ -166,6 +190,14 @@ pub fn validate(args: &LoadgenArgs) -> Result<()> {
     check_engines(args.engines)?;
     check_cpus(&args.cpus)?;
     check_batch(64)?;
+    if args.protocol == LoadProtocol::Tcp {
+        return validate_tcp(args);
+    }
+    if args.connections != 1 {
+        return Err(anyhow!(
+            "--connections is for --protocol tcp; UDP has no connections (use --inflight and --engines)"
+        ));
+    }
     if args.target.port() == 0 {
         return Err(anyhow!(
             "--target {}: port 0 is not a port a server listens on; give the server's port",
@@ -225,13 +257,127 @@ pub fn validate(args: &LoadgenArgs) -> Result<()> {
     Ok(())
 }
 
+/// The TCP half of [`validate`].
+fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
+    if args.backend == Backend::AfXdp {
+        return Err(anyhow!(
+            "--protocol tcp runs on --backend kernel for now: Melange's own TCP for af_xdp is being built (issue 7)"
+        ));
+    }
+    if args.rate.is_some() {
+        return Err(anyhow!(
+            "--rate: the TCP load generator runs closed loop only for now; leave --rate out"
+        ));
+    }
+    if args.target.port() == 0 || args.target.ip().is_unspecified() {
+        return Err(anyhow!(
+            "--target {}: give the server's address and port",
+            args.target
+        ));
+    }
+    check_range(
+        "connections",
+        args.connections,
+        args.engines..=TCP_LOADGEN_CONNECTIONS_MAX * args.engines,
+        "TCP connections in all (at least one per engine)",
+    )?;
+    check_range(
+        "inflight",
+        args.inflight,
+        1..=TCP_LOADGEN_INFLIGHT_MAX,
+        "requests in flight on each TCP connection",
+    )?;
+    check_range(
+        "payload",
+        args.payload,
+        1..=TCP_LOADGEN_MESSAGE_MAX,
+        "bytes per TCP request",
+    )?;
+    if args.duration.is_zero() {
+        return Err(anyhow!("--duration 0: give a measured time, e.g. 5s"));
+    }
+    Ok(())
+}
+
 /// Runs the load generator and returns the merged report.
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
     validate(args)?;
-    match args.backend {
-        Backend::Kernel => run_kernel(args),
-        Backend::AfXdp => run_af_xdp(args),
+    match (args.protocol, args.backend) {
+        (LoadProtocol::Tcp, _) => run_kernel_tcp(args),
+        (LoadProtocol::Udp, Backend::Kernel) => run_kernel(args),
+        (LoadProtocol::Udp, Backend::AfXdp) => run_af_xdp(args),
     }
+}
+
+fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
+    let stop = StopSignal::new();
+    let mut handles = Vec::new();
+    for id in 0..args.engines {
+        // Connections split as evenly as they go; validate() gave each engine at least one.
+        let connections =
+            args.connections / args.engines + usize::from(id < args.connections % args.engines);
+        let config = TcpLoadgenConfig {
+            target: args.target,
+            connections,
+            inflight: args.inflight,
+            message_len: args.payload,
+            warmup_ns: args.warmup.as_nanos() as u64,
+            duration_ns: args.duration.as_nanos() as u64,
+            drain_ns: args.timeout.as_nanos() as u64,
+        };
+        let bind = args.bind;
+        let shell = ShellConfig {
+            name: format!("loadgen-tcp-{id}"),
+            cpu: cpu_for(&args.cpus, id),
+            idle: args.idle,
+        };
+        let handle = spawn_engine(shell, stop.clone(), move |now| {
+            let options = KernelOptions {
+                reuse_port: false,
+                ..KernelOptions::new(bind)
+            };
+            let transport =
+                KernelTransport::new(options).map_err(|e| format!("kernel sockets: {e}"))?;
+            let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
+            Engine::new(
+                EngineConfig::new(id),
+                transport,
+                pool,
+                TcpLoadgenApp::new(config),
+                now,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .context("starting a load generator engine")?;
+        handles.push(handle);
+    }
+    let mut reports = Vec::new();
+    let (mut connect_failures, mut resets) = (0, 0);
+    for (id, handle) in handles.into_iter().enumerate() {
+        let outcome = handle
+            .join()
+            .map_err(|_| anyhow!("load generator engine {id} panicked"))?
+            .map_err(|e| {
+                stop.stop();
+                anyhow!("load generator engine {id}: {e}")
+            })?;
+        connect_failures += outcome.app.connect_failures();
+        resets += outcome.app.resets();
+        reports.push(outcome.app.report());
+    }
+    if connect_failures as usize == args.connections {
+        return Err(anyhow!(
+            "no connection to {} could be opened: is a TCP server listening there (e.g. `melange echo --protocol tcp`)?",
+            args.target
+        ));
+    }
+    if connect_failures > 0 || resets > 0 {
+        tracing::warn!(
+            "{connect_failures} of {} connections could not be opened and {resets} ended before the run did",
+            args.connections
+        );
+    }
+    LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
 }
 
 fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {

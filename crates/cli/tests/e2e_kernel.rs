@@ -313,3 +313,99 @@ fn tcp_echo_on_kernel_sockets_serves_two_engines_and_reports_per_engine() {
     assert_eq!(sum("bytes echoed "), expected, "{stderr}");
     assert_eq!(stderr.matches("pool 4096/4096").count(), 2, "{stderr}");
 }
+
+/// `melange loadgen --protocol tcp` against both TCP servers the benchmarks compare: Melange's
+/// echo on kernel sockets and the Linux epoll baseline. Every reply is byte-checked.
+#[test]
+fn tcp_loadgen_measures_melange_echo_and_the_linux_baseline() {
+    for (port, server) in [
+        (
+            23_021u16,
+            vec![
+                "echo",
+                "--backend",
+                "kernel",
+                "--protocol",
+                "tcp",
+                "--idle",
+                "sleep:100",
+            ],
+        ),
+        (23_022u16, vec!["baseline", "tcp-echo", "--idle", "block"]),
+    ] {
+        let mut child = Command::new(MELANGE)
+            .args(&server)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the TCP server");
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{server:?} never listened on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let output = Command::new(MELANGE)
+            .args(["loadgen", "--backend", "kernel", "--protocol", "tcp"])
+            .args([
+                "--target",
+                &addr.to_string(),
+                "--connections",
+                "8",
+                "--inflight",
+                "2",
+            ])
+            .args(["--payload", "100", "--duration", "1s", "--warmup", "0.2s"])
+            .args(["--idle", "sleep:100", "--json"])
+            .output()
+            .unwrap();
+        melange_sys::process::terminate(child.id()).unwrap();
+        let server_log = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "loadgen against {server:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["corrupt"].as_u64(), Some(0), "{server:?}: {report}");
+        assert_eq!(
+            report["unexpected"].as_u64(),
+            Some(0),
+            "{server:?}: {report}"
+        );
+        assert!(
+            report["measured"].as_u64().unwrap() > 100,
+            "{server:?}: {report}"
+        );
+        assert_eq!(report["sent"], report["received"], "{server:?}: {report}");
+        assert!(
+            server_log.status.success(),
+            "{server:?} exited with {:?}: {}",
+            server_log.status,
+            String::from_utf8_lossy(&server_log.stderr)
+        );
+    }
+}
+
+#[test]
+fn tcp_loadgen_refuses_what_it_cannot_do_and_says_why() {
+    let run = |extra: &[&str]| {
+        let output = Command::new(MELANGE)
+            .args(["loadgen", "--protocol", "tcp", "--target", "127.0.0.1:9"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(run(&["--rate", "1000"]).contains("closed loop only"));
+    assert!(run(&["--inflight", "1000"]).contains("inflight"));
+    assert!(run(&["--connections", "0"]).contains("connections"));
+    assert!(run(&["--backend", "af_xdp", "--interface", "lo"]).contains("--backend kernel"));
+    // Nothing listens on the discard port here: a clear error, not a silent 0 req/s.
+    assert!(run(&["--duration", "0.3s"]).contains("no connection"));
+}
