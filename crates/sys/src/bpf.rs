@@ -235,22 +235,22 @@ pub enum BpfError {
     /// another link). Remove it with `ip link set dev <name> xdp off` (or stop the process that
     /// holds its link), then attach again.
     #[error(
-        "another XDP program is attached to interface {ifindex} ({source}); remove it with \
+        "another XDP program is attached to {interface} ({source}); remove it with \
          `ip link set dev <name> xdp off` or stop the process that owns it"
     )]
     XdpBusy {
-        /// The interface.
-        ifindex: u32,
+        /// The interface, by name and index.
+        interface: String,
         /// `EBUSY` or `EEXIST` from the kernel.
         #[source]
         source: io::Error,
     },
     /// The interface (or the driver's native XDP support) does not exist. Check the name and
     /// namespace, or fall back to [`XdpMode::Generic`].
-    #[error("interface {ifindex}: {source}; check the interface, or use generic XDP mode")]
+    #[error("{interface}: {source}; check the interface, or use generic XDP mode")]
     NoDevice {
-        /// The interface.
-        ifindex: u32,
+        /// The interface, by name and index.
+        interface: String,
         /// `ENODEV`, `EOPNOTSUPP` or `ENXIO` from the kernel.
         #[source]
         source: io::Error,
@@ -1160,9 +1160,15 @@ impl XdpLink {
                 mode,
             }),
             Err(source) => Err(match source.raw_os_error() {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => BpfError::XdpBusy { ifindex, source },
+                Some(libc::EBUSY) | Some(libc::EEXIST) => BpfError::XdpBusy {
+                    interface: crate::netdev::describe_ifindex(ifindex),
+                    source,
+                },
                 Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) | Some(libc::ENXIO) => {
-                    BpfError::NoDevice { ifindex, source }
+                    BpfError::NoDevice {
+                        interface: crate::netdev::describe_ifindex(ifindex),
+                        source,
+                    }
                 }
                 _ => BpfError::from_io("BPF_LINK_CREATE", source),
             }),

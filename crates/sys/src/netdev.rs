@@ -176,6 +176,24 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     Ok(index)
 }
 
+/// How messages name the interface with index `ifindex`: its name and index (`mlg-vb (index
+/// 2)`), or just the index when it has no name here (gone, or in another namespace).
+pub fn describe_ifindex(ifindex: u32) -> String {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` is a live, writable buffer of IF_NAMESIZE bytes, the size
+    // `if_indextoname` writes at most (the name and its NUL).
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return format!("interface index {ifindex}");
+    }
+    let bytes: Vec<u8> = name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    format!("{} (index {ifindex})", String::from_utf8_lossy(&bytes))
+}
+
 /// The link facts of the interface with index `ifindex`, from one `RTM_GETLINK` request made in
 /// the calling thread's network namespace.
 ///
