@@ -105,7 +105,10 @@ pub enum AfXdpError {
         source: std::io::Error,
     },
     /// The socket could not be created or bound; the message names the fix.
-    #[error("AF_XDP socket on ifindex {ifindex} queue {queue}: {source}")]
+    #[error(
+        "AF_XDP socket on {} queue {queue}: {source}",
+        melange_sys::netdev::describe_ifindex(*ifindex)
+    )]
     Socket {
         /// Interface.
         ifindex: u32,

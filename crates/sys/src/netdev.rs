@@ -98,7 +98,7 @@ pub enum NetdevError {
     },
     /// The link did not report an attribute it should have (for example a device without a
     /// hardware address has no MAC). Do not use this interface for Ethernet.
-    #[error("interface {ifindex} reports no {what}")]
+    #[error("{} reports no {what}", describe_ifindex(*ifindex))]
     MissingAttribute {
         /// The interface index.
         ifindex: u32,

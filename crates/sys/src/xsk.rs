@@ -215,7 +215,10 @@ pub enum XskError {
         ifindex: u32,
     },
     /// Another AF_XDP socket is bound to this queue. Close it, or bind another queue.
-    #[error("queue {queue_id} of interface {ifindex} is already bound by another AF_XDP socket")]
+    #[error(
+        "queue {queue_id} of {} is already bound by another AF_XDP socket",
+        crate::netdev::describe_ifindex(*ifindex)
+    )]
     QueueBusy {
         /// The interface index.
         ifindex: u32,
@@ -225,8 +228,9 @@ pub enum XskError {
     /// The queue does not exist. Use a queue id below the count, or create the device with more
     /// queues (veth: `numrxqueues N numtxqueues N` on both ends).
     #[error(
-        "queue {queue_id} does not exist on interface {ifindex}, which has {queue_count} \
-         queues: use a queue id below {queue_count}"
+        "queue {queue_id} does not exist on {}, which has {queue_count} \
+         queues: use a queue id below {queue_count}",
+        crate::netdev::describe_ifindex(*ifindex)
     )]
     QueueOutOfRange {
         /// The interface index.
@@ -239,8 +243,9 @@ pub enum XskError {
     /// The driver cannot do zero-copy on this device (veth never can). Bind with
     /// [`BindMode::ZeroCopyOrCopy`] or [`BindMode::Copy`].
     #[error(
-        "interface {ifindex} does not support AF_XDP zero-copy: {source}; bind with \
-         BindMode::ZeroCopyOrCopy or BindMode::Copy"
+        "{} does not support AF_XDP zero-copy: {source}; bind with \
+         BindMode::ZeroCopyOrCopy or BindMode::Copy",
+        crate::netdev::describe_ifindex(*ifindex)
     )]
     ZeroCopyUnsupported {
         /// The interface index.
@@ -257,7 +262,10 @@ pub enum XskError {
     )]
     RegionInUse,
     /// `bind` failed for another reason. `ENETDOWN`: bring the link up.
-    #[error("binding queue {queue_id} of interface {ifindex} failed: {source}")]
+    #[error(
+        "binding queue {queue_id} of {} failed: {source}",
+        crate::netdev::describe_ifindex(*ifindex)
+    )]
     Bind {
         /// The interface index.
         ifindex: u32,
