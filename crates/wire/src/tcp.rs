@@ -9,12 +9,14 @@
 //! is `20..header_len` and `payload()` is `header_len..`, and no accessor can panic.
 //!
 //! Options are read by [`TcpOptions`], an iterator that yields each option *or a typed error*
-//! and stops after the first error. RFC 9293 §3.2 (MUST-7) requires a receiver to handle an
-//! illegal option length "without crashing"; we go further and never guess: a malformed
-//! options region gives an [`Error`] and the connection layer drops the segment and counts
-//! it (a segment whose option lengths are wrong cannot be trusted to have a correct data
-//! offset either). Unknown kinds with a well-formed length are skipped (RFC 9293 §3.2,
-//! MUST-6: "ignore without error any TCP options it does not implement").
+//! and stops after the first error. RFC 9293 §3.2 (MUST-7) requires a receiver to be ready
+//! for an illegal option length such as zero; we go further and never guess: a malformed
+//! options region gives an [`Error`], and the connection layer drops the segment and counts
+//! it (a segment whose option lengths are wrong cannot be trusted in anything else). RFC 9293
+//! suggests resetting the connection instead; that is the connection layer's choice to make,
+//! and dropping is the safer default, since a reset sent for a forged segment would let an
+//! off-path sender tear connections down. Unknown kinds with a well-formed length are
+//! skipped (RFC 9293 §3.2, MUST-6: options a receiver does not implement are ignored).
 //!
 //! [`Repr`] holds what Melange's TCP acts on: ports, sequence and acknowledgment numbers,
 //! control bits, the raw window, MSS, window scale, SACK-permitted, up to four SACK blocks,
