@@ -59,6 +59,7 @@ ETH_IPV4 = 0x0800
 ETH_ARP = 0x0806
 PROTO_ICMP = 1
 PROTO_UDP = 17
+PROTO_TCP = 6
 
 
 def read_pcap(path):
@@ -333,7 +334,7 @@ def split(out, paths):
     if None in macs:
         sys.exit("split: no frame from the lab's server or client: did the traffic run?")
     targets = {name: [] for name in (
-        "wire_ethernet", "wire_arp", "wire_ipv4", "wire_icmpv4", "wire_udp",
+        "wire_ethernet", "wire_arp", "wire_ipv4", "wire_icmpv4", "wire_udp", "wire_tcp",
         "net_frame_input", "baseline_xdp_echo", "apps_loadgen_reply", "apps_sockperf",
     )}
     for n, frame in enumerate(frames):
@@ -354,6 +355,8 @@ def split(out, paths):
         payload = frame.ip_payload()
         if frame.ip["proto"] == PROTO_ICMP:
             targets["wire_icmpv4"].append((klass, payload))
+        if frame.ip["proto"] == PROTO_TCP:
+            targets["wire_tcp"].append((klass, frame.ip["src"] + frame.ip["dst"] + payload))
         if frame.ip["proto"] == PROTO_UDP:
             targets["wire_udp"].append((klass, frame.ip["src"] + frame.ip["dst"] + payload))
             datagram = whole.get(frame.key(), payload)

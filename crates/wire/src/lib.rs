@@ -1,4 +1,5 @@
-//! Wire formats for Melange: Ethernet II, ARP, IPv4, ICMPv4 and UDP, plus the Internet checksum.
+//! Wire formats for Melange: Ethernet II, ARP, IPv4, ICMPv4, UDP and TCP (with its options),
+//! plus the Internet checksum.
 //!
 //! Every format comes in two layers, as in smoltcp's `wire` module:
 //!
@@ -27,6 +28,7 @@ pub mod frames;
 pub mod fuzz;
 pub mod icmpv4;
 pub mod ipv4;
+pub mod tcp;
 pub mod udp;
 
 pub use ethernet::{EtherType, EthernetAddress};
