@@ -18,14 +18,17 @@
 //!
 //! When the SYN carried timestamps (RFC 7323), the low 6 bits of our TSval carry the window
 //! scale (4 bits, 0xF for none), SACK-permitted (1 bit) and ECN (1 bit); the peer echoes them in
-//! TSecr. The alternative, a cookie scheme that also encodes these in the sequence number
-//! (as some BSDs do with fewer MSS bits), was rejected to keep Linux's proven 24-bit margin.
+//! TSecr. The alternative, packing these into the sequence number as well (FreeBSD's cookies
+//! do), leaves fewer bits for the check hash; we keep Linux's 24-bit margin instead.
 //!
 //! Honest limits, inherent to a stateless handshake:
 //! - Without timestamps there is nowhere to keep window scale or SACK-permitted, so the
 //!   connection runs without them ([`CookieParams`] reports `None` and `false`).
 //! - The MSS is rounded down to [`MSS_TABLE`]; a peer MSS below 536 is raised to 536, which
 //!   every IPv4 host must accept (RFC 9293 §3.7.1 default).
+//! - The 6 timestamp bits are not covered by the hash (as in Linux): a peer, or anyone who
+//!   can forge its ACK anyway, can change the options it gets, which only affects its own
+//!   connection.
 //! - Anything else the SYN said (data in it, other options) is lost.
 //! - The errors report which check failed, not what the peer meant: a random forgery most
 //!   often fails the minute check and is reported as stale or from the future.
