@@ -395,9 +395,10 @@ mod tests {
     fn minute_counter_wraps() {
         let c = codec();
         let t = tuple(4);
-        // Made in minute 255 (and in minute 2^32 - 1 of the 32-bit count), checked after
-        // the 8 bits in the cookie wrap to 0.
-        for made_minute in [255u64, 511, u64::from(u32::MAX)] {
+        // Made in minute 255 and 511, checked after the 8 bits in the cookie wrap to 0, and
+        // in the last minutes a u64 nanosecond clock reaches (about 584 years: the 32-bit
+        // minute count itself never wraps on such a clock).
+        for made_minute in [255u64, 511, u64::MAX / MINUTE - 2] {
             let made = made_minute * MINUTE + 1;
             let (isn, mss) = c.encode(made, &t, u32::MAX, 1300);
             let got = c.validate(made + MINUTE, &t, 0, isn.wrapping_add(1), None);
