@@ -38,6 +38,7 @@
 //! | [`alloc_count`] | a counting global allocator, for tests that prove a path allocates nothing |
 //! | [`bpf`]    | bpf(2): maps, program load, XDP links, test runs                     |
 //! | [`netdev`] | interface index, MAC, MTU, queues and IPv4 address; network namespaces |
+//! | [`neigh`]  | the kernel's IPv4 neighbour table, watched through route netlink      |
 //! | [`process`]| child processes that die with their parent                           |
 //! | [`clock`]  | `clock_gettime(CLOCK_MONOTONIC)` through the vDSO                    |
 //! | [`cpu`]    | affinity, current CPU, CPU time of threads and processes, RSS        |
@@ -80,6 +81,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod frames;
 pub mod mmap;
+pub mod neigh;
 pub mod netdev;
 pub mod poll;
 pub mod process;
