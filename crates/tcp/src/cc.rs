@@ -1,6 +1,8 @@
 //! Congestion control behind one trait, chosen per connection: NewReno (RFC 5681 with RFC 6582's
 //! window handling) and CUBIC (RFC 9438) with HyStart++ (RFC 9406) in its slow start.
 //!
+//! Status: only NewReno is written; `CongestionKind::Cubic` builds a NewReno until CUBIC lands.
+//!
 //! The connection owns sequence numbers, the SACK scoreboard, the retransmission timer and the
 //! decision of *when* a congestion event happened; a controller owns only the two numbers the
 //! sender obeys, `cwnd` and `ssthresh`, and the state it needs to move them. That split keeps each
