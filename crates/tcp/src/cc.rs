@@ -1,7 +1,9 @@
 //! Congestion control behind one trait, chosen per connection: NewReno (RFC 5681 with RFC 6582's
 //! window handling) and CUBIC (RFC 9438) with HyStart++ (RFC 9406) in its slow start.
 //!
-//! Status: only NewReno is written; `CongestionKind::Cubic` builds a NewReno until CUBIC lands.
+//! Status: only NewReno is written. `CongestionKind::Cubic` is named so configurations can say
+//! it, but [`Congestion::new`] refuses it ([`CcError::NotBuilt`]) until CUBIC lands, rather than
+//! quietly running another algorithm under its name.
 //!
 //! The connection owns sequence numbers, the SACK scoreboard, the retransmission timer and the
 //! decision of *when* a congestion event happened; a controller owns only the two numbers the
@@ -92,16 +94,23 @@ pub enum CcError {
         /// The SMSS that was given.
         smss: u32,
     },
+    /// The algorithm is named but not built yet (CUBIC); choose `newreno`.
+    #[error("congestion control {kind} is not built yet; choose newreno")]
+    NotBuilt {
+        /// The algorithm asked for.
+        kind: CongestionKind,
+    },
 }
 
 /// Which algorithm a connection uses; parsed from the CLI as `newreno` or `cubic`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionKind {
-    /// RFC 5681 + RFC 6582 NewReno with RFC 3465 byte counting.
-    NewReno,
-    /// RFC 9438 CUBIC with RFC 9406 HyStart++ in the initial slow start (the default, as in
-    /// Linux, since its growth does not depend on the RTT).
+    /// RFC 5681 + RFC 6582 NewReno with RFC 3465 byte counting (the default while CUBIC is
+    /// not built).
     #[default]
+    NewReno,
+    /// RFC 9438 CUBIC with RFC 9406 HyStart++ in the initial slow start: not built yet, so
+    /// [`Congestion::new`] refuses it.
     Cubic,
 }
 
@@ -207,8 +216,7 @@ impl Congestion {
     pub fn new(kind: CongestionKind, smss: u32) -> Result<Self, CcError> {
         Ok(match kind {
             CongestionKind::NewReno => Congestion::NewReno(NewReno::new(smss)?),
-            // CUBIC is not written yet; NewReno stands in so the CLI choice still works.
-            CongestionKind::Cubic => Congestion::NewReno(NewReno::new(smss)?),
+            CongestionKind::Cubic => return Err(CcError::NotBuilt { kind }),
         })
     }
 
@@ -344,5 +352,26 @@ impl EcnGate {
     /// A loss reduction also counts as this window's reaction (RFC 3168 §6.1.2).
     pub(crate) fn arm(&mut self, snd_nxt: u32) {
         self.window_end = Some(snd_nxt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_and_an_unbuilt_one_is_refused_not_replaced() {
+        for kind in CongestionKind::ALL {
+            assert_eq!(kind.name().parse::<CongestionKind>(), Ok(kind));
+        }
+        assert_eq!("vegas".parse::<CongestionKind>(), Err(CcError::UnknownKind));
+        let cc = Congestion::new(CongestionKind::default(), 1460).unwrap();
+        assert_eq!(cc.kind(), CongestionKind::NewReno);
+        assert_eq!(
+            Congestion::new(CongestionKind::Cubic, 1460).unwrap_err(),
+            CcError::NotBuilt {
+                kind: CongestionKind::Cubic
+            }
+        );
     }
 }
