@@ -1,9 +1,8 @@
 //! Congestion control behind one trait, chosen per connection: NewReno (RFC 5681 with RFC 6582's
 //! window handling) and CUBIC (RFC 9438) with HyStart++ (RFC 9406) in its slow start.
 //!
-//! Status: only NewReno is written. `CongestionKind::Cubic` is named so configurations can say
-//! it, but [`Congestion::new`] refuses it ([`CcError::NotBuilt`]) until CUBIC lands, rather than
-//! quietly running another algorithm under its name.
+//! Status: NewReno and CUBIC are built; CUBIC's HyStart++ (RFC 9406) is not yet, so its
+//! initial slow start ends on the first loss or at ssthresh (see [`cubic`]).
 //!
 //! The connection owns sequence numbers, the SACK scoreboard, the retransmission timer and the
 //! decision of *when* a congestion event happened; a controller owns only the two numbers the
@@ -58,8 +57,10 @@
 //! reaches `cwnd`. The property tests at the bottom drive random and absurd event sequences
 //! against these.
 
+mod cubic;
 mod newreno;
 
+pub use cubic::Cubic;
 pub use newreno::NewReno;
 
 use core::fmt;
@@ -94,23 +95,15 @@ pub enum CcError {
         /// The SMSS that was given.
         smss: u32,
     },
-    /// The algorithm is named but not built yet (CUBIC); choose `newreno`.
-    #[error("congestion control {kind} is not built yet; choose newreno")]
-    NotBuilt {
-        /// The algorithm asked for.
-        kind: CongestionKind,
-    },
 }
 
 /// Which algorithm a connection uses; parsed from the CLI as `newreno` or `cubic`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionKind {
-    /// RFC 5681 + RFC 6582 NewReno with RFC 3465 byte counting (the default while CUBIC is
-    /// not built).
-    #[default]
+    /// RFC 5681 + RFC 6582 NewReno with RFC 3465 byte counting.
     NewReno,
-    /// RFC 9438 CUBIC with RFC 9406 HyStart++ in the initial slow start: not built yet, so
-    /// [`Congestion::new`] refuses it.
+    /// RFC 9438 CUBIC (the default, as in Linux: its growth does not depend on the RTT).
+    #[default]
     Cubic,
 }
 
@@ -209,6 +202,8 @@ pub trait CongestionControl {
 pub enum Congestion {
     /// NewReno.
     NewReno(NewReno),
+    /// CUBIC.
+    Cubic(Cubic),
 }
 
 impl Congestion {
@@ -216,7 +211,7 @@ impl Congestion {
     pub fn new(kind: CongestionKind, smss: u32) -> Result<Self, CcError> {
         Ok(match kind {
             CongestionKind::NewReno => Congestion::NewReno(NewReno::new(smss)?),
-            CongestionKind::Cubic => return Err(CcError::NotBuilt { kind }),
+            CongestionKind::Cubic => Congestion::Cubic(Cubic::new(smss)?),
         })
     }
 
@@ -224,6 +219,7 @@ impl Congestion {
     pub fn kind(&self) -> CongestionKind {
         match self {
             Congestion::NewReno(_) => CongestionKind::NewReno,
+            Congestion::Cubic(_) => CongestionKind::Cubic,
         }
     }
 }
@@ -233,6 +229,7 @@ macro_rules! dispatch {
     ($self:ident, $cc:ident => $body:expr) => {
         match $self {
             Congestion::NewReno($cc) => $body,
+            Congestion::Cubic($cc) => $body,
         }
     };
 }
@@ -360,18 +357,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_parse_and_an_unbuilt_one_is_refused_not_replaced() {
+    fn kinds_parse_and_each_builds_its_own_algorithm() {
         for kind in CongestionKind::ALL {
             assert_eq!(kind.name().parse::<CongestionKind>(), Ok(kind));
+            assert_eq!(Congestion::new(kind, 1460).unwrap().kind(), kind);
         }
         assert_eq!("vegas".parse::<CongestionKind>(), Err(CcError::UnknownKind));
-        let cc = Congestion::new(CongestionKind::default(), 1460).unwrap();
-        assert_eq!(cc.kind(), CongestionKind::NewReno);
-        assert_eq!(
-            Congestion::new(CongestionKind::Cubic, 1460).unwrap_err(),
-            CcError::NotBuilt {
-                kind: CongestionKind::Cubic
-            }
-        );
+        assert_eq!(CongestionKind::default(), CongestionKind::Cubic);
     }
 }
