@@ -491,13 +491,7 @@ garbage
         assert!(check_on_link("x", me, 0, Ipv4Addr::new(1, 2, 3, 4)).is_ok());
     }
 
-    fn ip(args: &[&str]) {
-        let status = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .expect("run ip(8)");
-        assert!(status.success(), "ip {args:?} failed: {status}");
-    }
+    use melange_sys::testenv::{ip, TestNetns};
 
     /// An entry added to the kernel's table on the engines' interface reaches the sink within
     /// a bound; one on another interface does not.
@@ -506,17 +500,8 @@ garbage
         if !melange_sys::testenv::root_or_skip("engines::kernel_neighbors_reach_the_engines") {
             return;
         }
-        let ns = format!("mlg-test-feed-{}", std::process::id());
-        ip(&["netns", "add", &ns]);
-        struct Del(String);
-        impl Drop for Del {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &self.0])
-                    .status();
-            }
-        }
-        let _del = Del(ns.clone());
+        let netns = TestNetns::new("feed");
+        let ns = netns.name().to_owned();
         ip(&["-n", &ns, "link", "add", "e0", "type", "veth", "peer", "e1"]);
         ip(&["-n", &ns, "link", "set", "e0", "up"]);
         ip(&["-n", &ns, "link", "set", "e1", "up"]);

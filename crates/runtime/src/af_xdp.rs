@@ -748,8 +748,6 @@ mod tests {
     use melange_sys::bpf::{Map, MapKind, Program, ProgramType, XdpLink, XdpMode};
     use melange_sys::netdev;
     use std::os::fd::AsRawFd;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     /// Whether the root-only tests can run. In CI (`CI=true`) lacking root is a failure, not a
@@ -758,47 +756,16 @@ mod tests {
         melange_sys::testenv::root_or_skip(test)
     }
 
+    use melange_sys::testenv::TestNetns;
+
     /// A fresh network namespace holding the veth pair `va` <-> `vb`, deleted on drop.
-    struct Netns {
-        name: String,
-    }
-
-    impl Netns {
-        fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let name = format!(
-                "mlg-test-afxdp-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            run_ip(&["netns", "add", &name]);
-            // Owned from here on, so a failure below still deletes the namespace.
-            let ns = Self { name };
-            ns.ip(&["link", "add", "va", "type", "veth", "peer", "vb"]);
-            for dev in ["lo", "va", "vb"] {
-                ns.ip(&["link", "set", dev, "up"]);
-            }
-            ns
+    fn veth_netns() -> TestNetns {
+        let ns = TestNetns::new("afxdp");
+        ns.ip(&["link", "add", "va", "type", "veth", "peer", "vb"]);
+        for dev in ["lo", "va", "vb"] {
+            ns.ip(&["link", "set", dev, "up"]);
         }
-
-        fn ip(&self, args: &[&str]) {
-            let mut all = vec!["-n", self.name.as_str()];
-            all.extend_from_slice(args);
-            run_ip(&all);
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
-
-    fn run_ip(args: &[&str]) {
-        let status = Command::new("ip").args(args).status().expect("run ip(8)");
-        assert!(status.success(), "ip {args:?} failed: {status}");
+        ns
     }
 
     const TAG: [u8; 8] = *b"mlg-afxd";
@@ -826,8 +793,8 @@ mod tests {
             .collect()
     }
 
-    fn open(ns: &Netns, frames: u32) -> (AfXdpQueue, PacketPool) {
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+    fn open(ns: &TestNetns, frames: u32) -> (AfXdpQueue, PacketPool) {
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let options = AfXdpOptions {
             ifindex: netdev::ifindex("vb").unwrap(),
             queue: 0,
@@ -869,7 +836,7 @@ mod tests {
         if !root_or_skip("a_failed_kick_leaves_every_buffer_with_one_owner") {
             return;
         }
-        let ns = Netns::new();
+        let ns = veth_netns();
         // 768 frames give 256-entry rings, so the pool holds more than the TX ring takes.
         let (mut queue, mut pool) = open(&ns, 768);
         let capacity = pool.capacity();
@@ -958,7 +925,7 @@ mod tests {
         if !root_or_skip("bursts_are_sent_within_the_kick_budget") {
             return;
         }
-        let ns = Netns::new();
+        let ns = veth_netns();
         let (mut queue, mut pool) = open(&ns, 768);
         let capacity = pool.capacity();
         let mut rx = Vec::with_capacity(64);
@@ -1036,8 +1003,8 @@ mod tests {
     }
 
     impl Sender {
-        fn new(ns: &Netns) -> Self {
-            let _inside = netdev::enter_netns(&ns.name).unwrap();
+        fn new(ns: &TestNetns) -> Self {
+            let _inside = netdev::enter_netns(ns.name()).unwrap();
             let region = Region::new(64 * 2048, RegionOptions::default()).unwrap();
             let config = UmemConfig {
                 frame_size: 2048,
@@ -1087,15 +1054,15 @@ mod tests {
         if !root_or_skip("receiving_with_an_empty_pool_is_not_an_error") {
             return;
         }
-        let ns = Netns::new();
+        let ns = veth_netns();
         let (mut queue, mut pool) = open(&ns, 512);
         let capacity = pool.capacity();
         let vb = {
-            let _inside = netdev::enter_netns(&ns.name).unwrap();
+            let _inside = netdev::enter_netns(ns.name()).unwrap();
             netdev::ifindex("vb").unwrap()
         };
         let _redirect = {
-            let _inside = netdev::enter_netns(&ns.name).unwrap();
+            let _inside = netdev::enter_netns(ns.name()).unwrap();
             Redirect::attach(vb, queue.socket_fd())
         };
         let mut sender = Sender::new(&ns);

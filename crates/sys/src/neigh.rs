@@ -467,8 +467,6 @@ impl From<NeighError> for io::Error {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Appends one neighbour message to `out`, padded to 4 bytes.
     fn push_neigh(
@@ -761,41 +759,15 @@ mod tests {
 
     // ----- Against the kernel, in a private network namespace. -----
 
-    fn ip(args: &[&str]) {
-        let status = Command::new("ip").args(args).status().expect("run ip(8)");
-        assert!(status.success(), "ip {args:?} failed: {status}");
-    }
+    use crate::testenv::{ip, TestNetns};
 
-    /// A fresh network namespace with a veth pair `d0` <-> `d1`, up; deleted on drop. (veth,
-    /// not dummy: not every kernel here builds the dummy driver.)
-    struct TestNetns {
-        name: String,
-    }
-
-    impl TestNetns {
-        fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let name = format!(
-                "mlg-test-neigh-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            ip(&["netns", "add", &name]);
-            let ns = Self { name };
-            ip(&[
-                "-n", &ns.name, "link", "add", "d0", "type", "veth", "peer", "d1",
-            ]);
-            ip(&["-n", &ns.name, "link", "set", "d0", "up"]);
-            ns
-        }
-    }
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
+    /// A fresh network namespace with a veth pair `d0` <-> `d1`, `d0` up. (veth, not dummy:
+    /// not every kernel here builds the dummy driver.)
+    fn veth_netns() -> TestNetns {
+        let ns = TestNetns::new("neigh");
+        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "d1"]);
+        ns.ip(&["link", "set", "d0", "up"]);
+        ns
     }
 
     /// Receives until an update for `ip` with `change` arrives, or fails after `bound_ns`.
@@ -834,8 +806,8 @@ mod tests {
         if !crate::testenv::root_or_skip("neigh::watches_the_kernel_table") {
             return;
         }
-        let ns = TestNetns::new();
-        let n = ns.name.as_str();
+        let ns = veth_netns();
+        let n = ns.name();
         // Present before the watcher opens: the initial dump must bring it.
         ip(&[
             "-n",

@@ -85,6 +85,58 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
 }
 
+/// Runs `ip ARGS` (iproute2) and panics with the arguments if it fails: the test fixtures'
+/// way to build namespaces, links and neighbour entries.
+pub fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip(8) (iproute2; scripts/setup.sh installs it)");
+    assert!(status.success(), "ip {args:?} failed: {status}");
+}
+
+/// A fresh network namespace for one test, named `mlg-test-<what>-<pid>-<n>` so parallel tests
+/// and runs never collide, deleted on drop (also when the test panics). Needs root: check
+/// [`root_or_skip`] first.
+#[derive(Debug)]
+pub struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    /// Creates the namespace.
+    pub fn new(what: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "mlg-test-{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        Self { name }
+    }
+
+    /// The namespace's name (for `ip netns exec`, [`crate::netdev::enter_netns`]).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS`, panicking if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

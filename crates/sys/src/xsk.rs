@@ -1640,8 +1640,6 @@ mod tests {
     use super::*;
     use crate::mmap::RegionOptions;
     use crate::netdev::{self, PacketSocket};
-    use std::process::Command;
-    use std::sync::atomic::AtomicUsize;
     use std::time::{Duration, Instant};
 
     const FRAME: u32 = 2048;
@@ -1977,63 +1975,38 @@ mod tests {
         crate::testenv::root_or_skip(test)
     }
 
-    fn ip(args: &[&str]) {
-        let status = Command::new("ip").args(args).status().expect("run ip(8)");
-        assert!(status.success(), "ip {args:?} failed: {status}");
-    }
+    use crate::testenv::{ip, TestNetns};
 
     /// A fresh network namespace holding the veth pair `va` (10.99.0.1) <-> `vb` (10.99.0.2),
     /// two queues each, deleted on drop (also when the test panics).
-    struct TestNetns {
-        name: String,
-    }
-
-    impl TestNetns {
-        fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let name = format!(
-                "mlg-test-xsk-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            ip(&["netns", "add", &name]);
-            // Owned from here on, so a failure below still deletes the namespace.
-            let ns = Self { name };
-            let n = ns.name.as_str();
-            ip(&[
-                "-n",
-                n,
-                "link",
-                "add",
-                "va",
-                "numrxqueues",
-                "2",
-                "numtxqueues",
-                "2",
-                "type",
-                "veth",
-                "peer",
-                "vb",
-                "numrxqueues",
-                "2",
-                "numtxqueues",
-                "2",
-            ]);
-            ip(&["-n", n, "addr", "add", "10.99.0.1/24", "dev", "va"]);
-            ip(&["-n", n, "addr", "add", "10.99.0.2/24", "dev", "vb"]);
-            ip(&["-n", n, "link", "set", "lo", "up"]);
-            ip(&["-n", n, "link", "set", "va", "up"]);
-            ip(&["-n", n, "link", "set", "vb", "up"]);
-            ns
-        }
-    }
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
+    fn veth_netns() -> TestNetns {
+        let ns = TestNetns::new("xsk");
+        let n = ns.name();
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "add",
+            "va",
+            "numrxqueues",
+            "2",
+            "numtxqueues",
+            "2",
+            "type",
+            "veth",
+            "peer",
+            "vb",
+            "numrxqueues",
+            "2",
+            "numtxqueues",
+            "2",
+        ]);
+        ip(&["-n", n, "addr", "add", "10.99.0.1/24", "dev", "va"]);
+        ip(&["-n", n, "addr", "add", "10.99.0.2/24", "dev", "vb"]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "link", "set", "va", "up"]);
+        ip(&["-n", n, "link", "set", "vb", "up"]);
+        ns
     }
 
     fn small_umem(frame_count: u32, ring_size: u32) -> Umem {
@@ -2107,8 +2080,8 @@ mod tests {
         if !privileged("veth_binds_in_copy_mode_and_transmits") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let va = netdev::ifindex("va").unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         assert_eq!(netdev::rx_queue_count("vb").unwrap(), 2);
@@ -2218,8 +2191,8 @@ mod tests {
         if !privileged("tx_burst_drains_with_repeated_kicks") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         let mac = netdev::mac_address("vb").unwrap();
         const FRAMES: u32 = 256;
@@ -2268,8 +2241,8 @@ mod tests {
         if !privileged("bind_errors_say_what_to_change") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         let config = socket_config(64, BindMode::ZeroCopyOrCopy);
 
@@ -2310,8 +2283,8 @@ mod tests {
         if !privileged("large_umem_registers_or_names_memlock") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         // 16 MiB: twice the 8 MiB RLIMIT_MEMLOCK of the reference machine.
         let umem = small_umem(8192, 64);
@@ -2332,10 +2305,10 @@ mod tests {
         if !privileged("sockets_move_between_threads") {
             return;
         }
-        let ns = TestNetns::new();
+        let ns = veth_netns();
         let umem = small_umem(64, 64);
         let xsk = {
-            let _inside = netdev::enter_netns(&ns.name).unwrap();
+            let _inside = netdev::enter_netns(ns.name()).unwrap();
             let vb = netdev::ifindex("vb").unwrap();
             XskSocket::new(vb, 0, &umem, socket_config(64, BindMode::Copy)).unwrap()
         };
@@ -2434,8 +2407,8 @@ mod tests {
         if !privileged("a_repeated_rx_descriptor_is_not_returned_twice") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let va = netdev::ifindex("va").unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         let va_mac = netdev::mac_address("va").unwrap();
@@ -2476,8 +2449,8 @@ mod tests {
         if !privileged("close_reclaiming_gives_every_frame_back") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         let mut umem = small_umem(64, 32);
         let config = socket_config(32, BindMode::Copy);
@@ -2526,8 +2499,8 @@ mod tests {
         if !privileged("ring_operations_refuse_another_umem") {
             return;
         }
-        let ns = TestNetns::new();
-        let _inside = netdev::enter_netns(&ns.name).unwrap();
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
         let vb = netdev::ifindex("vb").unwrap();
         let umem = small_umem(64, 32);
         let mut other = small_umem(64, 32);
