@@ -324,6 +324,31 @@ pub(crate) fn seq_ge(a: u32, b: u32) -> bool {
 }
 
 /// RFC 3168 §6.1.2's "at most once per window of data" for ECN-Echo, shared by the algorithms.
+/// RFC 3465 §2.2 slow start, shared by every controller: `cwnd` grows by
+/// `min(acked, L * SMSS)` (L = 2, §2.3) and stops at `ssthresh` without overshooting it on one
+/// ACK (RFC 5681 §3.1).
+pub(crate) fn slow_start_window(cwnd: u32, ssthresh: u32, smss: u32, acked: u32) -> u32 {
+    let cwnd = u64::from(cwnd);
+    let limit = u64::from(smss) * u64::from(ABC_LIMIT_SMSS);
+    let grown = cwnd + u64::from(acked).min(limit);
+    clamp_cwnd(grown.min(u64::from(ssthresh).max(cwnd)), smss)
+}
+
+/// RFC 6582 §3.2 step 3 option 1, shared by every controller: on the full ACK, cwnd =
+/// min(ssthresh, max(FlightSize, SMSS) + SMSS), so leaving recovery with little in flight
+/// does not release a burst.
+pub(crate) fn recovery_exit_window(flight_bytes: u32, ssthresh: u32, smss: u32) -> u32 {
+    let smss64 = u64::from(smss);
+    let deflated = (u64::from(flight_bytes).max(smss64) + smss64).min(u64::from(ssthresh));
+    clamp_cwnd(deflated, smss)
+}
+
+/// RFC 5681 §4.1, shared by every controller: after an idle period cwnd = min(RW, cwnd), RW
+/// being the initial window.
+pub(crate) fn restart_window(cwnd: u32, smss: u32) -> u32 {
+    cwnd.min(initial_window_bytes(smss)).max(smss)
+}
+
 /// After a reduction (for ECN or for loss), ECE is ignored until `snd_una` passes the `snd_nxt`
 /// recorded at the reduction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

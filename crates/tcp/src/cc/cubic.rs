@@ -17,8 +17,9 @@
 //! not done.
 
 use super::{
-    check_smss, clamp_cwnd, initial_window_bytes, ssthresh_floor, AckSample, CcError,
-    CongestionControl, EcnGate, ABC_LIMIT_SMSS, CWND_BYTES_MAX,
+    check_smss, clamp_cwnd, initial_window_bytes, recovery_exit_window, restart_window,
+    slow_start_window, ssthresh_floor, AckSample, CcError, CongestionControl, EcnGate,
+    CWND_BYTES_MAX,
 };
 
 /// RFC 9438 §5.1: C = 0.4 (segments / s^3).
@@ -138,9 +139,7 @@ impl CongestionControl for Cubic {
         let cwnd = u64::from(self.cwnd);
         if self.cwnd < self.ssthresh {
             // RFC 3465 §2.2, as NewReno, up to ssthresh.
-            let limit = u64::from(self.smss) * u64::from(ABC_LIMIT_SMSS);
-            let grown = cwnd + u64::from(ack.acked_bytes).min(limit);
-            self.cwnd = clamp_cwnd(grown.min(u64::from(self.ssthresh).max(cwnd)), self.smss);
+            self.cwnd = slow_start_window(self.cwnd, self.ssthresh, self.smss, ack.acked_bytes);
             return;
         }
         let epoch_start = match self.epoch_start_ns {
@@ -190,10 +189,7 @@ impl CongestionControl for Cubic {
             return;
         }
         self.in_recovery = false;
-        // As NewReno (RFC 6582 §3.2 step 3 option 1): no burst when little is in flight.
-        let smss = u64::from(self.smss);
-        let deflated = (u64::from(flight_bytes).max(smss) + smss).min(u64::from(self.ssthresh));
-        self.cwnd = clamp_cwnd(deflated, self.smss);
+        self.cwnd = recovery_exit_window(flight_bytes, self.ssthresh, self.smss);
     }
 
     fn handle_rto(&mut self, _now_ns: u64, flight_bytes: u32) {
@@ -217,10 +213,7 @@ impl CongestionControl for Cubic {
 
     fn handle_idle_restart(&mut self, _now_ns: u64) {
         // RFC 5681 §4.1, and a new epoch: the idle time is not growth time.
-        self.cwnd = self
-            .cwnd
-            .min(initial_window_bytes(self.smss))
-            .max(self.smss);
+        self.cwnd = restart_window(self.cwnd, self.smss);
         self.epoch_start_ns = None;
     }
 

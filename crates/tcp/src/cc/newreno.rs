@@ -12,8 +12,9 @@
 //! reaches ssthresh. Inflation during recovery is the connection's job (see the parent module).
 
 use super::{
-    check_smss, clamp_cwnd, initial_window_bytes, ssthresh_floor, AckSample, CcError,
-    CongestionControl, EcnGate, ABC_LIMIT_SMSS, CWND_BYTES_MAX,
+    check_smss, clamp_cwnd, initial_window_bytes, recovery_exit_window, restart_window,
+    slow_start_window, ssthresh_floor, AckSample, CcError, CongestionControl, EcnGate,
+    CWND_BYTES_MAX,
 };
 
 /// NewReno's state for one connection.
@@ -60,10 +61,7 @@ impl CongestionControl for NewReno {
         let cwnd = u64::from(self.cwnd);
         if self.cwnd < self.ssthresh {
             // RFC 3465 §2.2: slow start adds min(acked, L * SMSS), L = 2 (§2.3).
-            let limit = u64::from(self.smss) * u64::from(ABC_LIMIT_SMSS);
-            let grown = cwnd + u64::from(ack.acked_bytes).min(limit);
-            // RFC 5681 §3.1: slow start ends at ssthresh; do not overshoot it on one ACK.
-            self.cwnd = clamp_cwnd(grown.min(u64::from(self.ssthresh).max(cwnd)), self.smss);
+            self.cwnd = slow_start_window(self.cwnd, self.ssthresh, self.smss, ack.acked_bytes);
         } else {
             // RFC 3465 §2.1: +SMSS once a full cwnd of bytes has been acknowledged.
             self.bytes_acked = self.bytes_acked.saturating_add(ack.acked_bytes);
@@ -90,11 +88,7 @@ impl CongestionControl for NewReno {
             return;
         }
         self.in_recovery = false;
-        // RFC 6582 §3.2 step 3 option 1: min(ssthresh, max(FlightSize, SMSS) + SMSS), so
-        // leaving recovery with little in flight does not release a burst.
-        let smss = u64::from(self.smss);
-        let deflated = (u64::from(flight_bytes).max(smss) + smss).min(u64::from(self.ssthresh));
-        self.cwnd = clamp_cwnd(deflated, self.smss);
+        self.cwnd = recovery_exit_window(flight_bytes, self.ssthresh, self.smss);
     }
 
     fn handle_rto(&mut self, _now_ns: u64, flight_bytes: u32) {
@@ -119,10 +113,7 @@ impl CongestionControl for NewReno {
 
     fn handle_idle_restart(&mut self, _now_ns: u64) {
         // RFC 5681 §4.1: cwnd = min(RW, cwnd) with RW = the initial window.
-        self.cwnd = self
-            .cwnd
-            .min(initial_window_bytes(self.smss))
-            .max(self.smss);
+        self.cwnd = restart_window(self.cwnd, self.smss);
         self.bytes_acked = 0;
     }
 
