@@ -91,6 +91,41 @@ impl Rig {
     }
 }
 
+/// An engine thread over kernel sockets on 127.0.0.1 running the app `make_app` builds,
+/// sleeping after `spin_polls` empty passes.
+fn kernel_engine<A, F>(
+    name: &str,
+    id: usize,
+    io: melange_runtime::SocketIo,
+    spin_polls: u32,
+    stop: &melange_runtime::StopSignal,
+    make_app: F,
+) -> std::thread::JoinHandle<
+    Result<
+        melange_runtime::EngineOutcome<A, melange_runtime::KernelTransport>,
+        melange_runtime::ShellError,
+    >,
+>
+where
+    A: melange_core::App + Send + 'static,
+    F: FnOnce() -> A + Send + 'static,
+{
+    use melange_engine::{Engine, EngineConfig};
+    use melange_runtime::{IdlePolicy, KernelOptions, KernelTransport, ShellConfig};
+    let shell = ShellConfig {
+        name: name.into(),
+        cpu: None,
+        idle: IdlePolicy::Sleep { spin_polls },
+    };
+    melange_runtime::spawn_engine(shell, stop.clone(), move |now| {
+        let transport = KernelTransport::new(KernelOptions::new(Ipv4Addr::LOCALHOST).with_io(io))?;
+        let pool = PacketPool::new(PoolConfig::default_engine()).unwrap();
+        Engine::new(EngineConfig::new(id), transport, pool, make_app(), now)
+            .map_err(std::io::Error::other)
+    })
+    .unwrap()
+}
+
 /// Listens on a free port (one the kernel just handed out, retried if taken meanwhile).
 fn listen(rig: &mut Rig) -> (melange_core::ListenerId, SocketAddrV4) {
     for _ in 0..20 {
@@ -430,10 +465,7 @@ fn an_app_that_keeps_what_it_received_stops_being_read_until_it_gives_back() {
 #[test]
 fn tcp_echo_app_on_an_engine_serves_many_clients_byte_exact() {
     use melange_apps::{TcpEchoApp, TcpEchoConfig};
-    use melange_engine::{Engine, EngineConfig};
-    use melange_runtime::{
-        spawn_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, SocketIo, StopSignal,
-    };
+    use melange_runtime::{SocketIo, StopSignal};
     for io in [SocketIo::Mmsg, SocketIo::Uring] {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -441,29 +473,15 @@ fn tcp_echo_app_on_an_engine_serves_many_clients_byte_exact() {
             .unwrap()
             .port();
         let stop = StopSignal::new();
-        let handle = spawn_engine(
-            ShellConfig {
-                name: "tcp-echo".into(),
-                cpu: None,
-                idle: IdlePolicy::Sleep { spin_polls: 10 },
-            },
-            stop.clone(),
-            move |now| {
-                let transport =
-                    KernelTransport::new(KernelOptions::new(Ipv4Addr::LOCALHOST).with_io(io))?;
-                let app = TcpEchoApp::new(
-                    TcpEchoConfig {
-                        ports: vec![port],
-                        work_ns: 0,
-                    },
-                    |_| {},
-                );
-                let pool = PacketPool::new(PoolConfig::default_engine()).unwrap();
-                Engine::new(EngineConfig::new(0), transport, pool, app, now)
-                    .map_err(std::io::Error::other)
-            },
-        )
-        .unwrap();
+        let handle = kernel_engine("tcp-echo", 0, io, 10, &stop, move || {
+            TcpEchoApp::new(
+                TcpEchoConfig {
+                    ports: vec![port],
+                    work_ns: 0,
+                },
+                |_| {},
+            )
+        });
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let connect = || {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -549,10 +567,7 @@ fn tcp_echo_app_on_an_engine_serves_many_clients_byte_exact() {
 #[test]
 fn tcp_loadgen_against_tcp_echo_measures_without_corruption() {
     use melange_apps::{TcpEchoApp, TcpEchoConfig, TcpLoadgenApp, TcpLoadgenConfig};
-    use melange_engine::{Engine, EngineConfig};
-    use melange_runtime::{
-        spawn_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, StopSignal,
-    };
+    use melange_runtime::{SocketIo, StopSignal};
     for (connections, inflight, message_len) in [(50, 4, 64), (4, 2, 5000)] {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -560,25 +575,15 @@ fn tcp_loadgen_against_tcp_echo_measures_without_corruption() {
             .unwrap()
             .port();
         let stop = StopSignal::new();
-        let shell = |name: &str| ShellConfig {
-            name: name.into(),
-            cpu: None,
-            idle: IdlePolicy::Sleep { spin_polls: 100 },
-        };
-        let server = spawn_engine(shell("tcp-echo"), stop.clone(), move |now| {
-            let transport = KernelTransport::new(KernelOptions::new(Ipv4Addr::LOCALHOST))?;
-            let app = TcpEchoApp::new(
+        let server = kernel_engine("tcp-echo", 0, SocketIo::Mmsg, 100, &stop, move || {
+            TcpEchoApp::new(
                 TcpEchoConfig {
                     ports: vec![port],
                     work_ns: 0,
                 },
                 |_| {},
-            );
-            let pool = PacketPool::new(PoolConfig::default_engine()).unwrap();
-            Engine::new(EngineConfig::new(0), transport, pool, app, now)
-                .map_err(std::io::Error::other)
-        })
-        .unwrap();
+            )
+        });
         // Let the server listen before the clients connect.
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_err() {
@@ -586,22 +591,24 @@ fn tcp_loadgen_against_tcp_echo_measures_without_corruption() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let client_stop = StopSignal::new();
-        let client = spawn_engine(shell("tcp-loadgen"), client_stop, move |now| {
-            let transport = KernelTransport::new(KernelOptions::new(Ipv4Addr::LOCALHOST))?;
-            let app = TcpLoadgenApp::new(TcpLoadgenConfig {
-                target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
-                connections,
-                inflight,
-                message_len,
-                warmup_ns: 100_000_000,
-                duration_ns: 500_000_000,
-                drain_ns: 500_000_000,
-            });
-            let pool = PacketPool::new(PoolConfig::default_engine()).unwrap();
-            Engine::new(EngineConfig::new(1), transport, pool, app, now)
-                .map_err(std::io::Error::other)
-        })
-        .unwrap();
+        let client = kernel_engine(
+            "tcp-loadgen",
+            1,
+            SocketIo::Mmsg,
+            100,
+            &client_stop,
+            move || {
+                TcpLoadgenApp::new(TcpLoadgenConfig {
+                    target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+                    connections,
+                    inflight,
+                    message_len,
+                    warmup_ns: 100_000_000,
+                    duration_ns: 500_000_000,
+                    drain_ns: 500_000_000,
+                })
+            },
+        );
         let client = client.join().unwrap().unwrap();
         let report = client.app.report();
         assert_eq!(client.app.connect_failures(), 0, "{report:?}");
