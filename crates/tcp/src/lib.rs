@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cc;
+pub mod conn;
 pub mod cookie;
 pub mod isn;
 pub mod rtt;

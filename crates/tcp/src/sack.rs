@@ -517,6 +517,10 @@ impl Scoreboard {
             return None;
         }
         let top = self.highest_unsacked(rp.min(snd_nxt))?;
+        // Data already retransmitted in this recovery needs no rescue.
+        if top.lt(self.high_rxt) {
+            return None;
+        }
         let start = (top - self.smss.saturating_sub(1)).max(self.snd_una);
         let start = match self.sacked.as_slice().iter().rev().find(|r| r.end.le(top)) {
             Some(r) => start.max(r.end),
@@ -590,6 +594,25 @@ mod tests {
         assert_eq!(s.as_slice(), &[r(15, 40), r(50, 60)]);
     }
 
+    /// The tail (segment 10) lost with SACKs of 2..=9 and segment 1 lost too: after segment 1 is
+    /// resent, only the rescue retransmission can recover the tail before the RTO.
+    #[test]
+    fn rescue_retransmits_a_lost_tail_once() {
+        let base = SeqNumber(5_000);
+        let seg = |i: u32| SeqRange::new(base + (i - 1) * 1000, base + i * 1000);
+        let nxt = base + 10_000u32;
+        let mut sb = Scoreboard::new(base, 1000);
+        sb.handle_ack(base, nxt, &[SeqRange::new(seg(2).start, seg(9).end)]);
+        sb.enter_recovery(nxt);
+        let n = sb.next_seg(nxt, nxt).unwrap();
+        assert_eq!(n, NextSeg::Retransmit(seg(1)));
+        sb.handle_transmit(n);
+        let n = sb.next_seg(nxt, nxt).unwrap();
+        assert_eq!(n, NextSeg::Rescue(seg(10)));
+        sb.handle_transmit(n);
+        assert_eq!(sb.next_seg(nxt, nxt), None);
+    }
+
     /// Segments 1..=10 of 1000 bytes starting at `base`, 2 and 5 lost.
     #[test]
     fn scenario_two_and_five_lost() {
@@ -615,10 +638,7 @@ mod tests {
         assert_eq!(n, NextSeg::Retransmit(seg(5)));
         sb.handle_transmit(n);
         assert_eq!(sb.pipe(nxt), 2000);
-        // Nothing left but the rescue, which here is segment 5's range again.
-        let n = sb.next_seg(nxt, nxt);
-        assert!(matches!(n, Some(NextSeg::Rescue(_))), "{n:?}");
-        sb.handle_transmit(n.unwrap());
+        // Nothing left: the rescue would resend segment 5, which was just retransmitted.
         assert_eq!(sb.next_seg(nxt, nxt), None);
         // Invalid and D-SACK blocks.
         let o = sb.handle_ack(
