@@ -18,6 +18,10 @@
 //! - [`isn`]: initial sequence numbers (RFC 6528) from a keyed hash of the 4-tuple.
 //! - [`cookie`]: SYN cookies (RFC 4987), encoding MSS in the sequence number and window
 //!   scale, SACK-permitted and ECN in the timestamp, as Linux does.
+//! - [`table`]: the per-engine connection table, O(1) by a keyed hash of the 4-tuple, with a
+//!   named maximum and fixed-size entries; and the ephemeral port chooser (RFC 6056).
+//! - [`listen`]: listeners with a bounded SYN queue and accept backlog, the stateful or
+//!   cookie decision on each SYN, and the cookie SYN-ACK and final-ACK helpers.
 //! - [`siphash`]: SipHash-2-4, the keyed hash behind [`isn`], [`cookie`] and the connection
 //!   table, so a peer cannot aim collisions or predict sequence numbers.
 #![forbid(unsafe_code)]
@@ -26,7 +30,9 @@ pub mod cc;
 pub mod conn;
 pub mod cookie;
 pub mod isn;
+pub mod listen;
 pub mod rtt;
 pub mod sack;
 pub mod seq;
 pub mod siphash;
+pub mod table;
