@@ -21,7 +21,7 @@ use crate::transport::{Transport, TransportCounters};
 use melange_core::contract::{CommandError, Event, EventQueue, Refused, SendError};
 use melange_core::handle::{HandleError, HandleTable, SocketKind};
 use melange_core::{BufChain, FrameOwner, PacketBuf, PacketPool, SocketId};
-use melange_net::{BindError, EthernetAddress, Interface, InterfaceConfig};
+use melange_net::{BindError, EthernetAddress, Interface, InterfaceConfig, Received};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 
@@ -151,6 +151,8 @@ fn map_send_error(error: melange_net::SendError) -> SendError {
         E::TxQueueFull | E::PoolExhausted { .. } => SendError::TxQueueFull,
         E::PayloadTooLarge { .. } => SendError::PayloadTooLarge,
         E::NoHeadroom { .. } => SendError::NoHeadroom,
+        // Only `send_tcp` refuses so, and the stack does not call it yet.
+        E::TcpReprMismatch { .. } => SendError::Backend,
     }
 }
 
@@ -189,8 +191,14 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += frame.len() as u64;
             pool.hand_over(&frame, FrameOwner::Stack);
-            let Some(datagram) = self.iface.handle_frame(now_ns, pool, frame) else {
-                continue;
+            let datagram = match self.iface.handle_frame(now_ns, pool, frame) {
+                Some(Received::Udp(datagram)) => datagram,
+                // No TCP transport is wired in yet: a segment is freed, uncounted here.
+                Some(Received::Tcp(segment)) => {
+                    pool.free(segment.data);
+                    continue;
+                }
+                None => continue,
             };
             let Some(socket) = self.by_port.iter().find(|(p, _)| *p == datagram.local_port) else {
                 // The stack delivers only bound ports, and every bound port has a socket.

@@ -72,6 +72,9 @@ pub struct InterfaceConfig {
     /// Accept received UDP datagrams whose checksum was left partial by transmit offload
     /// (see the `iface` module documentation for the policy).
     pub accept_partial_udp_checksum: bool,
+    /// Accept received TCP segments whose checksum was left partial by transmit offload, for
+    /// the same reason as UDP (see the `iface` module documentation).
+    pub accept_partial_tcp_checksum: bool,
     /// Largest IPv4 datagram we send in one frame, in bytes (Ethernet: 1500). Larger UDP
     /// datagrams are sent as fragments of at most this size.
     pub mtu: u16,
@@ -79,7 +82,7 @@ pub struct InterfaceConfig {
 
 impl InterfaceConfig {
     /// A configuration with the defaults: no gateway, [`ArpConfig::default`], a transmit
-    /// queue of 256, partial UDP checksums accepted, MTU 1500.
+    /// queue of 256, partial UDP and TCP checksums accepted, MTU 1500.
     pub fn new(mac: EthernetAddress, ipv4: Ipv4Addr, prefix_len: u8) -> Self {
         InterfaceConfig {
             mac,
@@ -89,6 +92,7 @@ impl InterfaceConfig {
             arp: ArpConfig::default(),
             tx_queue_max: 256,
             accept_partial_udp_checksum: true,
+            accept_partial_tcp_checksum: true,
             mtu: 1500,
         }
     }
@@ -280,6 +284,7 @@ mod tests {
         assert_eq!(c.arp.entry_ttl_ns, 60_000_000_000);
         assert_eq!(c.tx_queue_max, 256);
         assert!(c.accept_partial_udp_checksum);
+        assert!(c.accept_partial_tcp_checksum);
         assert_eq!(c.netmask(), 0xffff_ff00);
         assert!(c.is_on_link(Ipv4Addr::new(10, 0, 0, 200)));
         assert!(!c.is_on_link(Ipv4Addr::new(10, 0, 1, 1)));

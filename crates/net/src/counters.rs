@@ -44,7 +44,8 @@ pub enum DropReason {
     IpBadTotalLen,
     /// IPv4 header with options (not processed).
     IpOptions,
-    /// IPv4 fragment of a protocol other than UDP (only UDP is reassembled).
+    /// IPv4 fragment of a protocol other than UDP and TCP (only UDP is reassembled; TCP
+    /// fragments are [`DropReason::TcpFragment`]).
     IpFragment,
     /// IPv4 destination is not our address.
     IpNotForUs,
@@ -63,7 +64,7 @@ pub enum DropReason {
     IpSrcNetwork,
     /// IPv4 source is our own address (a reflection or a spoof).
     IpSrcOurs,
-    /// IPv4 protocol neither ICMP nor UDP.
+    /// IPv4 protocol neither ICMP, UDP nor TCP.
     IpUnknownProtocol,
     /// ICMP message shorter than its header.
     IcmpMalformed,
@@ -79,6 +80,19 @@ pub enum DropReason {
     UdpBadChecksum,
     /// No socket bound to the destination port.
     UdpNoListener,
+    /// TCP segment shorter than its fixed header, with a data offset below 5 words, or with
+    /// a header longer than the segment (RFC 9293 §3.1 "Data Offset").
+    TcpMalformed,
+    /// TCP segment whose options region is malformed: an option length below 2, running
+    /// past the header, or wrong for a known kind (RFC 9293 §3.2 MUST-7).
+    TcpBadOption,
+    /// TCP checksum invalid (or partial while partial checksums are refused).
+    TcpBadChecksum,
+    /// TCP segment from or to port 0, which names no connection.
+    TcpPortZero,
+    /// An IPv4 fragment of a TCP segment. TCP is never reassembled: we send with DF and an
+    /// MSS that fits the MTU, and a peer's segments do the same.
+    TcpFragment,
     /// A UDP fragment that cannot be part of any datagram: empty, or not the last and not a
     /// multiple of 8 bytes long (RFC 791 §3.2). One count per fragment.
     ReasmMalformed,
@@ -118,13 +132,17 @@ pub enum DropReason {
     PoolExhausted,
     /// The payload is above 65,507 bytes, or needs more fragments than one send may build.
     PayloadTooLarge,
-    /// The payload buffer had less than 42 bytes of headroom for the headers.
+    /// The payload buffer had too little headroom for the headers (42 bytes for UDP, 54 to
+    /// 94 for TCP).
     TxNoHeadroom,
+    /// A TCP send whose header did not describe its segment (payload length or destination
+    /// port): a bug in the transport above.
+    TxTcpReprMismatch,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 47;
+    pub const COUNT: usize = 53;
 
     /// Every reason, in declaration order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -159,6 +177,11 @@ impl DropReason {
         DropReason::UdpBadLength,
         DropReason::UdpBadChecksum,
         DropReason::UdpNoListener,
+        DropReason::TcpMalformed,
+        DropReason::TcpBadOption,
+        DropReason::TcpBadChecksum,
+        DropReason::TcpPortZero,
+        DropReason::TcpFragment,
         DropReason::ReasmMalformed,
         DropReason::ReasmTimeout,
         DropReason::ReasmOverlap,
@@ -175,6 +198,7 @@ impl DropReason {
         DropReason::PoolExhausted,
         DropReason::PayloadTooLarge,
         DropReason::TxNoHeadroom,
+        DropReason::TxTcpReprMismatch,
     ];
 
     /// The reason's snake_case name, for metrics and logs.
@@ -211,6 +235,11 @@ impl DropReason {
             DropReason::UdpBadLength => "udp_bad_length",
             DropReason::UdpBadChecksum => "udp_bad_checksum",
             DropReason::UdpNoListener => "udp_no_listener",
+            DropReason::TcpMalformed => "tcp_malformed",
+            DropReason::TcpBadOption => "tcp_bad_option",
+            DropReason::TcpBadChecksum => "tcp_bad_checksum",
+            DropReason::TcpPortZero => "tcp_port_zero",
+            DropReason::TcpFragment => "tcp_fragment",
             DropReason::ReasmMalformed => "reasm_malformed",
             DropReason::ReasmTimeout => "reasm_timeout",
             DropReason::ReasmOverlap => "reasm_overlap",
@@ -227,6 +256,7 @@ impl DropReason {
             DropReason::PoolExhausted => "pool_exhausted",
             DropReason::PayloadTooLarge => "payload_too_large",
             DropReason::TxNoHeadroom => "tx_no_headroom",
+            DropReason::TxTcpReprMismatch => "tx_tcp_repr_mismatch",
         }
     }
 }
@@ -256,6 +286,10 @@ pub struct NetCounters {
     pub udp_rx: u64,
     /// UDP datagrams queued for transmission (after ARP resolution, if it was needed).
     pub udp_tx: u64,
+    /// TCP segments delivered to the transport (every valid segment addressed to us).
+    pub tcp_rx: u64,
+    /// TCP segments queued for transmission (after ARP resolution, if it was needed).
+    pub tcp_tx: u64,
     /// ICMP echo replies queued.
     pub icmp_echo_replies: u64,
     /// ARP requests queued (first tries and retries).
@@ -266,6 +300,11 @@ pub struct NetCounters {
     pub udp_checksum_zero: u64,
     /// UDP datagrams accepted with a partial (offload) checksum.
     pub udp_checksum_partial: u64,
+    /// TCP segments accepted whose checksum field holds the folded pseudo-header sum, as
+    /// transmit offload leaves it (a partial checksum). A valid segment whose checksum
+    /// equals that sum by chance, about one in 65,536, is counted too: telling them apart
+    /// would cost a second pass over every partial segment.
+    pub tcp_checksum_partial: u64,
     /// ARP entries created: from a request for our address or a reply to it (RFC 826).
     pub arp_learned: u64,
     /// ARP entries rewritten because their sender was already in the cache (RFC 826 merge).
@@ -296,11 +335,14 @@ impl Default for NetCounters {
             tx_bytes: 0,
             udp_rx: 0,
             udp_tx: 0,
+            tcp_rx: 0,
+            tcp_tx: 0,
             icmp_echo_replies: 0,
             arp_requests_sent: 0,
             arp_replies_sent: 0,
             udp_checksum_zero: 0,
             udp_checksum_partial: 0,
+            tcp_checksum_partial: 0,
             arp_learned: 0,
             arp_updated: 0,
             arp_evicted: 0,

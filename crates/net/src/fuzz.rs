@@ -7,7 +7,11 @@
 //!
 //! - Without [`FLAG_FRAGMENTS`], the rest is one frame, and the other flag bits add send,
 //!   park and timeout work after it, so a fuzzer reaches those paths from a corpus of
-//!   captured frames.
+//!   captured frames. A delivered TCP segment is, with [`FLAG_ECHO`], turned around in its
+//!   own buffer (ports swapped, the options it carried) and sent back, which reaches
+//!   `send_tcp` and its headroom refusal (an option layout longer than the one received);
+//!   with [`FLAG_SEND_UNRESOLVED`], a SYN with every option goes along with each datagram,
+//!   to the same hosts.
 //! - With [`FLAG_FRAGMENTS`], the rest is a small program ([`fragment_program`]) that cuts
 //!   a real UDP datagram into fragments the fuzzer places (any offset, length, order,
 //!   repetition, overlap, corruption), interleaves hostile fragments whose header fields it
@@ -23,9 +27,9 @@
 //! carried between inputs makes crashes depend on history and hard to minimise.
 
 use crate::reasm::{REASSEMBLY_BYTES_MAX, REASSEMBLY_DATAGRAMS_MAX, REASSEMBLY_FRAGMENTS_MAX};
-use crate::{Interface, InterfaceConfig};
+use crate::{Interface, InterfaceConfig, Received, TCP_HEADERS_LEN_MAX};
 use melange_core::pool::{BufChain, PacketPool, PoolConfig};
-use melange_wire::{arp, ethernet, ipv4, udp, EtherType, EthernetAddress};
+use melange_wire::{arp, ethernet, ipv4, tcp, udp, EtherType, EthernetAddress};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Our MAC address in the fuzz world.
@@ -41,9 +45,10 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 /// The bound UDP port.
 pub const PORT: u16 = 7;
 
-/// Flag bit in the first input byte: send a returned datagram back to its sender.
+/// Flag bit in the first input byte: send a returned datagram or segment back to its sender.
 pub const FLAG_ECHO: u8 = 0x01;
-/// Flag bit: also send datagrams that must wait for ARP (on-link and via the gateway).
+/// Flag bit: also send datagrams and SYNs that must wait for ARP (on-link and via the
+/// gateway), and one of each to the learned peer.
 pub const FLAG_SEND_UNRESOLVED: u8 = 0x02;
 /// Flag bit: run timeouts until ARP gives up.
 pub const FLAG_TIMEOUTS: u8 = 0x04;
@@ -99,7 +104,8 @@ fn world(program: bool) -> (Interface, PacketPool, u64) {
         } else {
             FRAME_COUNT
         },
-        headroom: 64,
+        // Room for the longest TCP header, so a send of ours never fails for headroom.
+        headroom: TCP_HEADERS_LEN_MAX,
     })
     .expect("the fuzz pool configuration is valid");
     let mut config = InterfaceConfig::new(OUR_MAC, OUR_IP, 24);
@@ -130,14 +136,32 @@ fn one_frame(
     flags: u8,
     frame: &[u8],
 ) {
-    if let Some(d) = feed(iface, pool, now_ns, frame) {
-        if flags & FLAG_ECHO != 0 {
+    match feed(iface, pool, now_ns, frame) {
+        Some(Received::Udp(d)) if flags & FLAG_ECHO != 0 => {
             if let Err((_, data)) = iface.send_udp(now_ns, pool, d.data, d.local_port, d.from) {
                 pool.free_chain(data);
             }
-        } else {
-            pool.free_chain(d.data);
         }
+        Some(Received::Udp(d)) => pool.free_chain(d.data),
+        Some(Received::Tcp(seg)) => {
+            assert_eq!(seg.repr.payload_len, seg.data.len());
+            assert_eq!(seg.local_port, seg.repr.dst_port);
+            if flags & FLAG_ECHO != 0 {
+                let reply = tcp::Repr {
+                    src_port: seg.repr.dst_port,
+                    dst_port: seg.repr.src_port,
+                    seq: seg.repr.ack.unwrap_or(0),
+                    ack: Some(seg.repr.seq.wrapping_add(seg.data.len() as u32)),
+                    ..seg.repr
+                };
+                if let Err((_, data)) = iface.send_tcp(now_ns, pool, seg.data, seg.from, &reply) {
+                    pool.free(data);
+                }
+            } else {
+                pool.free(seg.data);
+            }
+        }
+        None => {}
     }
     if flags & FLAG_SEND_UNRESOLVED != 0 {
         for dst in [
@@ -153,6 +177,12 @@ fn one_frame(
                 let to = SocketAddrV4::new(dst, 9);
                 if let Err((_, data)) = iface.send_udp(now_ns, pool, buf.into(), PORT, to) {
                     pool.free_chain(data);
+                }
+            }
+            if let Some(buf) = pool.alloc() {
+                let to = SocketAddrV4::new(dst, 80);
+                if let Err((_, data)) = iface.send_tcp(now_ns, pool, buf, to, &syn(80)) {
+                    pool.free(data);
                 }
             }
         }
@@ -275,16 +305,25 @@ pub fn fragment_program(
             _ => last.clone(),
         };
         let Some(frame) = frame else { continue };
-        if let Some(d) = feed(iface, pool, now_ns, &frame) {
-            if !corrupted && d.from.port() == 40_000 {
-                let mut got = vec![0u8; d.data.len()];
-                pool.chain_read(&d.data, 0, &mut got);
-                assert_eq!(
-                    got, payload,
-                    "a reassembled datagram differs from the one sent"
-                );
+        match feed(iface, pool, now_ns, &frame) {
+            Some(Received::Udp(d)) => {
+                if !corrupted && d.from.port() == 40_000 {
+                    let mut got = vec![0u8; d.data.len()];
+                    pool.chain_read(&d.data, 0, &mut got);
+                    assert_eq!(
+                        got, payload,
+                        "a reassembled datagram differs from the one sent"
+                    );
+                }
+                pool.free_chain(d.data);
             }
-            pool.free_chain(d.data);
+            // Programs feed only UDP fragments; a segment would be a bug, but is freed all
+            // the same so the leak check stays meaningful.
+            Some(Received::Tcp(seg)) => {
+                pool.free(seg.data);
+                panic!("a fragment program delivered a TCP segment");
+            }
+            None => {}
         }
         last = Some(frame);
         let (datagrams, frames) = iface.reassembly_len();
@@ -344,13 +383,33 @@ fn drain_tx(iface: &mut Interface, pool: &mut PacketPool) {
     }
 }
 
+/// A SYN from our port 7 to `dst_port` carrying every option a SYN may (MSS, window scale,
+/// SACK-permitted, timestamps): the longest header a connection opens with.
+fn syn(dst_port: u16) -> tcp::Repr {
+    tcp::Repr {
+        src_port: PORT,
+        dst_port,
+        seq: 0x1234_5678,
+        ack: None,
+        flags: tcp::Flags::SYN,
+        window_len: 65_535,
+        max_seg_size: Some(1460),
+        window_scale: Some(7),
+        sack_permitted: true,
+        sack_ranges: [(0, 0); tcp::SACK_BLOCKS_MAX],
+        sack_count: 0,
+        timestamps: Some((1, 0)),
+        payload_len: 0,
+    }
+}
+
 /// Copies `bytes` into a pool frame and hands it to the interface.
 fn feed(
     iface: &mut Interface,
     pool: &mut PacketPool,
     now_ns: u64,
     bytes: &[u8],
-) -> Option<crate::Datagram> {
+) -> Option<Received> {
     let mut frame = pool.alloc_frame()?;
     let len = bytes.len().min(frame.len());
     frame.truncate(len);
