@@ -26,6 +26,7 @@ pub mod fake_nic;
 pub mod fuzz;
 mod nic;
 mod stack;
+pub mod tcp;
 mod transport;
 
 pub use engine::{Engine, EngineConfig, EngineCounters, EngineDrop, EngineError};

@@ -17,8 +17,11 @@
 //! there is, and stays bounded by the constant whatever the traffic.
 
 use crate::nic::{NicCaps, NicErrorKind, NicQueue};
+use crate::tcp::{TcpConfig, TcpConfigError, TcpCounters, TcpEndpoint};
 use crate::transport::{Transport, TransportCounters};
-use melange_core::contract::{CommandError, Event, EventQueue, Refused, SendError};
+use melange_core::contract::{
+    Command, CommandError, Event, EventQueue, Outcome, Refused, SendError,
+};
 use melange_core::handle::{HandleError, HandleTable, SocketKind};
 use melange_core::{BufChain, FrameOwner, PacketBuf, PacketPool, SocketId};
 use melange_net::{BindError, EthernetAddress, Interface, InterfaceConfig, Received};
@@ -42,6 +45,8 @@ pub struct StackTransport<N> {
     sockets: HandleTable<SocketKind, u16>,
     /// (port, socket) of every bound socket, for the receive path's lookup.
     by_port: Vec<(u16, SocketId)>,
+    /// Melange's TCP, once configured with [`StackTransport::with_tcp`].
+    tcp: Option<TcpEndpoint>,
     counters: TransportCounters,
 }
 
@@ -68,8 +73,29 @@ impl<N: NicQueue> StackTransport<N> {
             tx_lens: Vec::with_capacity(batch_max),
             sockets: HandleTable::new(UDP_SOCKETS_MAX),
             by_port: Vec::with_capacity(UDP_SOCKETS_MAX),
+            tcp: None,
             counters: TransportCounters::default(),
         })
+    }
+
+    /// Serves the contract's TCP commands with Melange's own TCP (`crate::tcp`), its tables
+    /// allocated now. Without it, TCP commands are refused as unsupported and segments are
+    /// dropped.
+    pub fn with_tcp(mut self, config: TcpConfig, now_ns: u64) -> Result<Self, TcpConfigError> {
+        let ip = self.iface.config().ipv4;
+        let mtu = self.iface.config().mtu;
+        self.tcp = Some(TcpEndpoint::new(config, ip, mtu, now_ns)?);
+        Ok(self)
+    }
+
+    /// The TCP endpoint, when configured.
+    pub fn tcp(&self) -> Option<&TcpEndpoint> {
+        self.tcp.as_ref()
+    }
+
+    /// TCP's counters, when configured.
+    pub fn tcp_counters(&self) -> Option<TcpCounters> {
+        self.tcp.as_ref().map(|t| *t.counters())
     }
 
     /// The NIC queue.
@@ -193,9 +219,11 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             pool.hand_over(&frame, FrameOwner::Stack);
             let datagram = match self.iface.handle_frame(now_ns, pool, frame) {
                 Some(Received::Udp(datagram)) => datagram,
-                // No TCP transport is wired in yet: a segment is freed, uncounted here.
                 Some(Received::Tcp(segment)) => {
-                    pool.free(segment.data);
+                    match self.tcp.as_mut() {
+                        Some(tcp) => tcp.handle_segment(now_ns, pool, &mut self.iface, segment),
+                        None => pool.free(segment.data),
+                    }
                     continue;
                 }
                 None => continue,
@@ -220,20 +248,60 @@ impl<N: NicQueue> Transport for StackTransport<N> {
                 }
             }
         }
-        received
+        // TCP's events (from these segments, from timers, from the last pass's commands) go
+        // out in per-connection order, as the queue has room.
+        let tcp_work = match self.tcp.as_mut() {
+            Some(tcp) => {
+                let before = events.len();
+                tcp.poll_events(pool, events);
+                events.len() - before
+            }
+            None => 0,
+        };
+        received + tcp_work
     }
 
     fn poll_at(&self) -> Option<u64> {
-        self.iface.poll_at()
+        let tcp = self.tcp.as_ref().and_then(TcpEndpoint::poll_at);
+        match (self.iface.poll_at(), tcp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn rx_ready(&self) -> bool {
-        self.nic.rx_ready()
+        self.nic.rx_ready() || self.tcp.as_ref().is_some_and(TcpEndpoint::has_pending)
     }
 
     fn handle_timeout(&mut self, now_ns: u64, pool: &mut PacketPool) {
         if self.iface.poll_at().is_some_and(|at| at <= now_ns) {
             self.iface.handle_timeout(now_ns, pool);
+        }
+        if let Some(tcp) = self.tcp.as_mut() {
+            if tcp.poll_at().is_some_and(|at| at <= now_ns) {
+                tcp.handle_timeout(now_ns);
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        now_ns: u64,
+        pool: &mut PacketPool,
+        command: Command,
+    ) -> Result<Outcome, Refused> {
+        match self.tcp.as_mut() {
+            Some(tcp) => tcp.submit(now_ns, pool, command),
+            None => {
+                let error = CommandError::Unsupported {
+                    command: command.name(),
+                    transport: "melange stack without TCP",
+                };
+                Err(Refused {
+                    error,
+                    data: command.into_data(),
+                })
+            }
         }
     }
 
@@ -330,8 +398,27 @@ impl<N: NicQueue> Transport for StackTransport<N> {
         }
     }
 
-    fn flush(&mut self, _now_ns: u64, pool: &mut PacketPool) {
+    fn flush(&mut self, now_ns: u64, pool: &mut PacketPool) {
         self.move_stack_frames(pool);
+        if self.tcp.is_some() {
+            // Segments are built only while the device has room for them, a batch at a time;
+            // a connection with more waits for the next pass.
+            loop {
+                let room = self
+                    .nic
+                    .tx_room()
+                    .saturating_sub(self.tx.len())
+                    .min(self.batch_max);
+                let Some(tcp) = self.tcp.as_mut().filter(|_| room > 0) else {
+                    break;
+                };
+                let built = tcp.poll_transmit(now_ns, pool, &mut self.iface, room);
+                self.move_stack_frames(pool);
+                if built < room {
+                    break;
+                }
+            }
+        }
         self.transmit(pool);
     }
 
@@ -355,6 +442,9 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             pool.free(frame);
         }
         self.tx_lens.clear();
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.shutdown(pool);
+        }
         self.iface.drain(pool);
         self.nic.release(pool);
     }

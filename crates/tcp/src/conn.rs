@@ -876,6 +876,13 @@ impl<B: Payload> Connection<B> {
         taken
     }
 
+    /// The transport took less of a send than the app offered for a reason of its own (its
+    /// queue of buffers is full, or a buffer could not be split): as for a send cut short by
+    /// the windows, a `Sent` event reports when room grows.
+    pub fn handle_send_cut_short(&mut self) {
+        self.want_room = true;
+    }
+
     /// The app gave back `bytes` of received data: the budget grows, and a window update goes
     /// out if the window opened enough to matter (receiver SWS avoidance).
     pub fn handle_recv_done(&mut self, bytes: u32) {
@@ -2257,7 +2264,7 @@ impl<B: Payload> Connection<B> {
 }
 
 /// Our timestamp clock: milliseconds, modulo 2^32.
-fn ts_clock(now_ns: u64) -> u32 {
+pub fn ts_clock(now_ns: u64) -> u32 {
     (now_ns / TS_TICK_NS) as u32
 }
 
