@@ -51,11 +51,79 @@ pub struct TcpEchoCounters {
     pub listen_errors: u64,
 }
 
+/// Chains of bytes one connection may have waiting to be sent back: with chains of up to
+/// `BufChain::LEN_MAX` bytes, 512 KiB, more than any transport's receive budget lends.
+pub const TCP_ECHO_PENDING_CHAINS_MAX: usize = 8;
+
+/// The bytes of one connection not yet taken by the transport, oldest first.
+#[derive(Default)]
+struct Pending {
+    chains: [Option<BufChain>; TCP_ECHO_PENDING_CHAINS_MAX],
+    head: usize,
+    len: usize,
+}
+
+impl Pending {
+    fn is_none(&self) -> bool {
+        self.len == 0
+    }
+    fn pop_front(&mut self) -> Option<BufChain> {
+        if self.len == 0 {
+            return None;
+        }
+        let chain = self.chains[self.head].take();
+        self.head = (self.head + 1) % TCP_ECHO_PENDING_CHAINS_MAX;
+        self.len -= 1;
+        chain
+    }
+    fn push_front(&mut self, chain: BufChain) {
+        debug_assert!(
+            self.len < TCP_ECHO_PENDING_CHAINS_MAX,
+            "a popped chain goes back"
+        );
+        self.head = (self.head + TCP_ECHO_PENDING_CHAINS_MAX - 1) % TCP_ECHO_PENDING_CHAINS_MAX;
+        self.chains[self.head] = Some(chain);
+        self.len += 1;
+    }
+    /// Appends `data` behind the pending bytes; gives it back if no chain has room.
+    fn push_back(&mut self, io: &mut IoContext<'_>, data: BufChain) -> Result<(), BufChain> {
+        if self.len > 0 {
+            let back = (self.head + self.len - 1) % TCP_ECHO_PENDING_CHAINS_MAX;
+            if let Some(chain) = self.chains[back].as_mut() {
+                if chain.len() + data.len() <= BufChain::LEN_MAX {
+                    let mut rest = Some(data);
+                    while let Some(c) = rest.take() {
+                        let (buf, next) = io.chain_pop_front(c);
+                        if let Err((_, buf)) = io.chain_push(chain, buf) {
+                            // The sum was checked; never reached.
+                            io.free(buf);
+                        }
+                        rest = next;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if self.len == TCP_ECHO_PENDING_CHAINS_MAX {
+            return Err(data);
+        }
+        let at = (self.head + self.len) % TCP_ECHO_PENDING_CHAINS_MAX;
+        self.chains[at] = Some(data);
+        self.len += 1;
+        Ok(())
+    }
+    fn free_all(&mut self, io: &mut IoContext<'_>) {
+        while let Some(chain) = self.pop_front() {
+            io.free_chain(chain);
+        }
+    }
+}
+
 /// Per-connection state: the bytes not yet taken by the transport.
 #[derive(Default)]
 struct Slot {
     conn: Option<ConnId>,
-    pending: Option<BufChain>,
+    pending: Pending,
     /// The peer closed; close ours once `pending` is out.
     peer_closed: bool,
 }
@@ -124,62 +192,56 @@ impl TcpEchoApp {
             io.free_chain(data);
             return;
         };
-        match slot.pending.as_mut() {
-            Some(pending) => {
-                // Keep the stream's order: new bytes go behind the pending ones.
-                let mut rest = Some(data);
-                while let Some(chain) = rest.take() {
-                    let (buf, next) = io.chain_pop_front(chain);
-                    if let Err((_, buf)) = io.chain_push(pending, buf) {
-                        // The pending chain is at its longest: this connection's client sent
-                        // far more than it reads. Close it rather than lose bytes silently.
-                        io.free(buf);
-                        if let Some(next) = next {
-                            io.free_chain(next);
-                        }
-                        let _ = io.submit(Command::Abort { conn });
-                        return;
-                    }
-                    rest = next;
-                }
-            }
-            None => slot.pending = Some(data),
+        if let Err(data) = slot.pending.push_back(io, data) {
+            // Every pending chain is full: this connection's client sent far more than it
+            // reads, past the receive budget. Close it rather than lose bytes silently.
+            io.free_chain(data);
+            let _ = io.submit(Command::Abort { conn });
+            return;
         }
         self.flush(io, conn);
     }
 
     /// Offers the pending bytes of `conn` to the transport.
     fn flush(&mut self, io: &mut IoContext<'_>, conn: ConnId) {
-        let Some(slot) = self.slot(conn) else {
-            return;
-        };
-        let Some(data) = slot.pending.take() else {
-            return;
-        };
-        match io.submit(Command::Send { conn, data }) {
-            Ok(Outcome::Accepted { bytes, rest }) => {
-                self.counters.bytes_echoed += u64::from(bytes);
-                if bytes > 0 {
-                    let _ = io.submit(Command::RecvDone { conn, bytes });
+        while let Some(data) = slot_pending(self, conn) {
+            match io.submit(Command::Send { conn, data }) {
+                Ok(Outcome::Accepted { bytes, rest }) => {
+                    self.counters.bytes_echoed += u64::from(bytes);
+                    if bytes > 0 {
+                        let _ = io.submit(Command::RecvDone { conn, bytes });
+                    }
+                    if let Some(rest) = rest {
+                        self.counters.partial_sends += 1;
+                        if let Some(slot) = self.slot(conn) {
+                            slot.pending.push_front(rest);
+                        } else {
+                            io.free_chain(rest);
+                        }
+                        return;
+                    }
                 }
-                if rest.is_some() {
-                    self.counters.partial_sends += 1;
-                }
-                let slot = self.slot(conn).expect("checked above");
-                slot.pending = rest;
-                if slot.pending.is_none() && slot.peer_closed {
-                    let _ = io.submit(Command::Close { conn });
-                }
-            }
-            Ok(_) => {} // no other outcome answers a send
-            Err(refused) => {
-                self.counters.send_errors += 1;
-                if let Some(data) = refused.data {
-                    io.free_chain(data);
+                Ok(_) => return, // no other outcome answers a send
+                Err(refused) => {
+                    self.counters.send_errors += 1;
+                    if let Some(data) = refused.data {
+                        io.free_chain(data);
+                    }
+                    return;
                 }
             }
         }
+        if let Some(slot) = self.slot(conn) {
+            if slot.pending.is_none() && slot.peer_closed {
+                let _ = io.submit(Command::Close { conn });
+            }
+        }
     }
+}
+
+/// The oldest pending chain of `conn`, taken out of its slot.
+fn slot_pending(app: &mut TcpEchoApp, conn: ConnId) -> Option<BufChain> {
+    app.slot(conn)?.pending.pop_front()
 }
 
 impl App for TcpEchoApp {
@@ -214,7 +276,7 @@ impl App for TcpEchoApp {
                         }
                         self.slots[index] = Slot {
                             conn: Some(conn),
-                            pending: None,
+                            pending: Pending::default(),
                             peer_closed: false,
                         };
                         self.counters.accepted += 1;
@@ -246,9 +308,7 @@ impl App for TcpEchoApp {
                     if let Some(slot) = self.slot(conn) {
                         slot.conn = None;
                         slot.peer_closed = false;
-                        if let Some(pending) = slot.pending.take() {
-                            io.free_chain(pending);
-                        }
+                        slot.pending.free_all(io);
                     }
                     self.counters.closed += 1;
                 }

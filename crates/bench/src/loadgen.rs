@@ -407,6 +407,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         prefix_len: prefix,
         queues: (0..args.engines as u32).collect(),
         ports: melange_control::PortRange::new(args.local_port, last_port)?,
+        tcp: None,
         static_arp: vec![(*args.target.ip(), server_mac)],
         batch: 64,
         cpus: args.cpus.clone(),

@@ -123,11 +123,6 @@ pub fn validate(args: &EchoArgs) -> Result<()> {
         ));
     }
     if args.backend == Backend::AfXdp {
-        if args.protocol == Protocol::Tcp {
-            return Err(anyhow!(
-                "--protocol tcp runs on --backend kernel for now: Melange's own TCP for af_xdp is being built (issue 7)"
-            ));
-        }
         if args.interface.is_none() {
             return Err(anyhow!(
                 "--backend af_xdp needs --interface (the lab's server side is mlg-vb in namespace mlg-b)"
@@ -248,6 +243,11 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         prefix_len,
         queues: args.queues.clone(),
         ports: PortRange::single(args.port),
+        tcp: (args.protocol == Protocol::Tcp).then(|| xdp::XdpTcp {
+            connections_max: melange_engine::tcp::CONNECTIONS_DEFAULT,
+            conn: melange_tcp::conn::ConnConfig::default(),
+            ephemeral_ports: (args.port, args.port),
+        }),
         static_arp: Vec::new(),
         batch: args.batch,
         cpus: args.cpus.clone(),
@@ -255,11 +255,22 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         mode: args.xdp_mode.into(),
     };
     let port = args.port;
-    let run = xdp::start(&setup, stop, |_, _| {
-        EchoServer::Udp(EchoApp::new(config.clone(), spin_ns))
+    let protocol = args.protocol;
+    let run = xdp::start(&setup, stop, |_, _| match protocol {
+        Protocol::Tcp => EchoServer::Tcp(TcpEchoApp::new(
+            TcpEchoConfig {
+                ports: config.ports.clone(),
+                work_ns: config.work_ns,
+            },
+            spin_ns,
+        )),
+        Protocol::Plain | Protocol::Sockperf => {
+            EchoServer::Udp(EchoApp::new(config.clone(), spin_ns))
+        }
     })?;
     tracing::info!(
-        "echo on {addr}:{port} (af_xdp backend on {interface}, queues {:?}, idle {:?}, batch {})",
+        "echo on {addr}:{port} ({}, af_xdp backend on {interface}, queues {:?}, idle {:?}, batch {})",
+        if protocol == Protocol::Tcp { "tcp" } else { "udp" },
         run.queues,
         args.idle,
         args.batch
@@ -271,8 +282,12 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
             .kernel_statistics()
             .map(|s| format!("{s:?}"))
             .unwrap_or_default();
+        let tcp = transport
+            .tcp_counters()
+            .map(|t| format!(" tcp {t:?}"))
+            .unwrap_or_default();
         format!(
-            "filled {} received {} transmitted {} completed {} kicks {} kick retries {} tx ring full {} bad descriptors {} kernel {kernel}",
+            "filled {} received {} transmitted {} completed {} kicks {} kick retries {} tx ring full {} bad descriptors {} kernel {kernel}{tcp}",
             c.filled, c.received, c.transmitted, c.completed, c.kicks, c.kick_retries, c.tx_ring_full_drops, c.bad_descriptors
         )
     });

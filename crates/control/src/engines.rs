@@ -54,8 +54,12 @@ pub struct XdpSetup {
     pub prefix_len: u8,
     /// Queues to serve, one engine each (empty: every queue of the interface).
     pub queues: Vec<u32>,
-    /// UDP ports the filter steers to us.
+    /// Ports the filter steers to us: UDP, or TCP when `tcp` is set (listening ports for a
+    /// server, the ephemeral range for a client).
     pub ports: PortRange,
+    /// Run Melange's TCP with these settings (keys are drawn per engine from the kernel's
+    /// CSPRNG); `None` for UDP only.
+    pub tcp: Option<XdpTcp>,
     /// Neighbours resolved ahead.
     pub static_arp: Vec<(Ipv4Addr, EthernetAddress)>,
     /// Engine batch size.
@@ -66,6 +70,31 @@ pub struct XdpSetup {
     pub idle: IdlePolicy,
     /// Native (driver) or generic XDP.
     pub mode: XdpMode,
+}
+
+/// The TCP settings of AF_XDP engines, without the secret keys (each engine gets its own).
+#[derive(Debug, Clone, Copy)]
+pub struct XdpTcp {
+    /// Connection slots per engine.
+    pub connections_max: usize,
+    /// Per-connection settings.
+    pub conn: melange_tcp::conn::ConnConfig,
+    /// The local ports active opens choose from; they must lie in the filter's `ports`.
+    pub ephemeral_ports: (u16, u16),
+}
+
+impl XdpTcp {
+    /// The engine TCP configuration with fresh keys from `getrandom(2)`.
+    pub fn with_fresh_keys(&self) -> Result<melange_engine::tcp::TcpConfig> {
+        let bytes: [u8; 80] =
+            melange_sys::random::bytes().context("reading TCP keys from getrandom(2)")?;
+        let mut config =
+            melange_engine::tcp::TcpConfig::new(melange_engine::tcp::TcpKeys::from_bytes(bytes));
+        config.connections_max = self.connections_max;
+        config.conn = self.conn;
+        config.ephemeral_ports = self.ephemeral_ports;
+        Ok(config)
+    }
 }
 
 /// How often the neighbour thread reads `/proc/net/arp` when it cannot watch netlink (the
@@ -159,15 +188,20 @@ where
         tracing::info!("{name} queue {queue}: AF_XDP socket bound in {mode}, {frames} UMEM frames");
         opened.push((queue, nic, pool));
     }
+    let protocol = if setup.tcp.is_some() {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
     let filter = filters
         .create_filter(FilterSpec {
             direction: Direction::Receive,
-            protocol: Protocol::Udp,
+            protocol,
             peers: Vec::new(),
             ports: setup.ports,
             slot: 0,
         })
-        .context("installing the UDP filter")?;
+        .with_context(|| format!("installing the {protocol:?} filter"))?;
     let mut handles = Vec::new();
     let mut senders = Vec::new();
     for (index, (queue, nic, pool)) in opened.into_iter().enumerate() {
@@ -184,12 +218,23 @@ where
             idle: setup.idle,
         };
         let batch = setup.batch;
+        let tcp = setup
+            .tcp
+            .as_ref()
+            .map(XdpTcp::with_fresh_keys)
+            .transpose()?;
         let (sender, inbox) = control_channel()?;
         senders.push(sender);
         let handle = spawn_engine_with_control(shell, stop.clone(), Some(inbox), move |now| {
             let mut pool = pool;
             let transport = StackTransport::new(nic, interface, &static_arp, &mut pool, batch)
                 .map_err(|e| format!("interface configuration: {e}"))?;
+            let transport = match tcp {
+                Some(tcp) => transport
+                    .with_tcp(tcp, now)
+                    .map_err(|e| format!("TCP configuration: {e}"))?,
+                None => transport,
+            };
             Engine::new(config, transport, pool, app, now).map_err(|e| e.to_string())
         })?;
         handles.push(handle);

@@ -117,6 +117,8 @@ pub struct TcpConfig {
     pub syn_queue_max: u32,
     /// Answer SYNs with cookies once a SYN queue is full (otherwise drop them).
     pub cookies: bool,
+    /// Local ports active opens choose from (the XDP filter must steer them to this engine).
+    pub ephemeral_ports: (u16, u16),
     /// The secrets.
     pub keys: TcpKeys,
 }
@@ -129,6 +131,10 @@ impl TcpConfig {
             conn: ConnConfig::default(),
             syn_queue_max: melange_tcp::listen::SYN_QUEUE_MAX_DEFAULT,
             cookies: true,
+            ephemeral_ports: (
+                *melange_tcp::table::EPHEMERAL_PORTS_DEFAULT.start(),
+                *melange_tcp::table::EPHEMERAL_PORTS_DEFAULT.end(),
+            ),
             keys,
         }
     }
@@ -150,6 +156,14 @@ pub enum TcpConfigError {
         bytes: u32,
         /// The largest allowed.
         max: u32,
+    },
+    /// The ephemeral port range is empty or includes port 0.
+    #[error("ephemeral port range {first}..={last} is empty or starts at 0")]
+    EphemeralPorts {
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
     },
     /// The MSS does not fit the interface's MTU.
     #[error("MSS {mss} does not fit the interface MTU {mtu} (MSS = MTU - 40 at most)")]
@@ -498,7 +512,15 @@ impl TcpEndpoint {
             table,
             listeners: Listeners::new(cookies),
             isn: IsnGenerator::new(config.keys.isn.clone()),
-            ports: EphemeralPorts::linux_default(config.keys.ports.clone()),
+            ports: {
+                let (first, last) = config.ephemeral_ports;
+                EphemeralPorts::new(
+                    config.keys.ports.clone(),
+                    first..=last,
+                    melange_tcp::table::PORT_TRIES_MAX_DEFAULT,
+                )
+                .map_err(|_| TcpConfigError::EphemeralPorts { first, last })?
+            },
             timers: TimerWheel::new(config.connections_max, TIMER_TICK_NS, now_ns),
             ready: Vec::with_capacity(config.connections_max),
             ready_next: Vec::with_capacity(config.connections_max),

@@ -85,6 +85,7 @@ pub mod neigh;
 pub mod netdev;
 pub mod poll;
 pub mod process;
+pub mod random;
 pub mod ring;
 pub mod socket;
 pub mod testenv;
