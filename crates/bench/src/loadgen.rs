@@ -259,9 +259,9 @@ pub fn validate(args: &LoadgenArgs) -> Result<()> {
 
 /// The TCP half of [`validate`].
 fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
-    if args.backend == Backend::AfXdp {
+    if args.backend == Backend::AfXdp && args.interface.is_none() {
         return Err(anyhow!(
-            "--protocol tcp runs on --backend kernel for now: Melange's own TCP for af_xdp is being built (issue 7)"
+            "--backend af_xdp needs --interface (the lab's client side is mlg-va in namespace mlg-a)"
         ));
     }
     if args.rate.is_some() {
@@ -303,7 +303,8 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
     validate(args)?;
     match (args.protocol, args.backend) {
-        (LoadProtocol::Tcp, _) => run_kernel_tcp(args),
+        (LoadProtocol::Tcp, Backend::Kernel) => run_kernel_tcp(args),
+        (LoadProtocol::Tcp, Backend::AfXdp) => run_af_xdp_tcp(args),
         (LoadProtocol::Udp, Backend::Kernel) => run_kernel(args),
         (LoadProtocol::Udp, Backend::AfXdp) => run_af_xdp(args),
     }
@@ -313,18 +314,7 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let stop = StopSignal::new();
     let mut handles = Vec::new();
     for id in 0..args.engines {
-        // Connections split as evenly as they go; validate() gave each engine at least one.
-        let connections =
-            args.connections / args.engines + usize::from(id < args.connections % args.engines);
-        let config = TcpLoadgenConfig {
-            target: args.target,
-            connections,
-            inflight: args.inflight,
-            message_len: args.payload,
-            warmup_ns: args.warmup.as_nanos() as u64,
-            duration_ns: args.duration.as_nanos() as u64,
-            drain_ns: args.timeout.as_nanos() as u64,
-        };
+        let config = tcp_engine_config(args, id);
         let bind = args.bind;
         let shell = ShellConfig {
             name: format!("loadgen-tcp-{id}"),
@@ -351,6 +341,35 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         .context("starting a load generator engine")?;
         handles.push(handle);
     }
+    join_tcp_reports(handles, &stop, args)
+}
+
+/// The TCP load generator's settings for engine `id` of `args.engines`: connections split
+/// as evenly as they go (validate() gave each engine at least one).
+fn tcp_engine_config(args: &LoadgenArgs, id: usize) -> TcpLoadgenConfig {
+    let connections =
+        args.connections / args.engines + usize::from(id < args.connections % args.engines);
+    TcpLoadgenConfig {
+        target: args.target,
+        connections,
+        inflight: args.inflight,
+        message_len: args.payload,
+        warmup_ns: args.warmup.as_nanos() as u64,
+        duration_ns: args.duration.as_nanos() as u64,
+        drain_ns: args.timeout.as_nanos() as u64,
+    }
+}
+
+/// Waits for the TCP load generator engines and merges their reports.
+fn join_tcp_reports<T: Transport>(
+    handles: Vec<
+        std::thread::JoinHandle<
+            Result<melange_runtime::EngineOutcome<TcpLoadgenApp, T>, ShellError>,
+        >,
+    >,
+    stop: &StopSignal,
+    args: &LoadgenArgs,
+) -> Result<LoadgenReport> {
     let mut reports = Vec::new();
     let (mut connect_failures, mut resets) = (0, 0);
     for (id, handle) in handles.into_iter().enumerate() {
@@ -363,6 +382,10 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
             })?;
         connect_failures += outcome.app.connect_failures();
         resets += outcome.app.resets();
+        tracing::debug!(
+            "load generator engine {id}: {:?}",
+            outcome.transport_counters
+        );
         reports.push(outcome.app.report());
     }
     if connect_failures as usize == args.connections {
@@ -378,6 +401,74 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         );
     }
     LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
+}
+
+/// Local ports each af_xdp TCP engine may use: twice its connections (room for ports still in
+/// TIME-WAIT at the server), at least 64.
+fn tcp_ports_per_engine(args: &LoadgenArgs) -> usize {
+    (args.connections.div_ceil(args.engines) * 2).max(64)
+}
+
+fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
+    if args.engines > 1 {
+        return Err(anyhow!(
+            "--engines {} with --protocol tcp on af_xdp: each engine needs its own port range steered to its own queue, which is not wired yet; use --engines 1",
+            args.engines
+        ));
+    }
+    let interface = args
+        .interface
+        .clone()
+        .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
+    let (bind, prefix) =
+        melange_control::engines::interface_address(&interface, Some(args.bind), "--bind")?;
+    melange_control::engines::check_on_link(&interface, bind, prefix, *args.target.ip())?;
+    let span = tcp_ports_per_engine(args);
+    let first = usize::from(args.local_port);
+    let last = first + span * args.engines - 1;
+    if last > usize::from(u16::MAX) {
+        return Err(anyhow!(
+            "--local-port {}: {} engine(s) with {} connections need local ports {first}..={last}, past 65535; give a lower --local-port",
+            args.local_port,
+            args.engines,
+            args.connections
+        ));
+    }
+    let server_mac = melange_control::engines::kernel_neighbor(*args.target.ip())?;
+    let mtu = melange_sys::netdev::mtu(&interface)
+        .with_context(|| format!("interface {interface} (does it exist? `ip link` lists them)"))?;
+    let conn = melange_tcp::conn::ConnConfig {
+        mss: mtu.saturating_sub(40).min(1460) as u16,
+        ..melange_tcp::conn::ConnConfig::default()
+    };
+    // Each engine's ephemeral ports are its own slice of the filtered range; the XDP filter
+    // steers the whole range (the kernel must not use these ports meanwhile: the lab's
+    // namespace runs nothing else).
+    let setup = melange_control::engines::XdpSetup {
+        interface,
+        addr: bind,
+        prefix_len: prefix,
+        queues: (0..args.engines as u32).collect(),
+        ports: melange_control::PortRange::new(first as u16, last as u16)?,
+        tcp: Some(melange_control::engines::XdpTcp {
+            connections_max: (span + 16).max(1024),
+            conn,
+            ephemeral_ports: (first as u16, (first + span - 1) as u16),
+        }),
+        static_arp: vec![(*args.target.ip(), server_mac)],
+        batch: 64,
+        cpus: args.cpus.clone(),
+        idle: args.idle,
+        mode: args.xdp_mode.into(),
+    };
+    let stop = StopSignal::new();
+    let run = melange_control::engines::start(&setup, &stop, |id, _queue| {
+        TcpLoadgenApp::new(tcp_engine_config(args, id))
+    })?;
+    let report = join_tcp_reports(run.handles, &stop, args);
+    stop.stop();
+    let _ = run.neighbors.join();
+    report
 }
 
 fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
