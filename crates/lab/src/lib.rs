@@ -186,10 +186,15 @@ pub struct StatusArgs {
 /// Arguments of `melange lab impair`.
 #[derive(clap::Args, Debug)]
 pub struct ImpairArgs {
-    /// Percentage of UDP packets to drop (0 removes this namespace's rule for this direction).
+    /// Percentage of packets of `--protocol` to drop (0 removes this namespace's rule for this
+    /// direction).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100),
           required_unless_present = "clear", conflicts_with = "clear")]
     loss: Option<u8>,
+    /// Which packets the loss applies to; ARP and ICMP are never dropped, so the lab stays
+    /// reachable and `ping` keeps working.
+    #[arg(long, value_enum, default_value_t = ImpairProtocol::Udp)]
+    protocol: ImpairProtocol,
     /// Namespace whose veth end carries the rule.
     #[arg(long, value_enum, default_value_t = LabNs::MlgA)]
     ns: LabNs,
@@ -199,6 +204,36 @@ pub struct ImpairArgs {
     /// Remove every impairment in the lab (both namespaces, both directions).
     #[arg(long)]
     clear: bool,
+}
+
+/// The packets an impairment drops.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImpairProtocol {
+    /// UDP datagrams.
+    Udp,
+    /// TCP segments.
+    Tcp,
+    /// UDP and TCP.
+    Any,
+}
+
+impl ImpairProtocol {
+    /// The nftables match.
+    fn nft_match(self) -> &'static str {
+        match self {
+            Self::Udp => "meta l4proto udp",
+            Self::Tcp => "meta l4proto tcp",
+            Self::Any => "meta l4proto { tcp, udp }",
+        }
+    }
+    /// The name people read.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Any => "UDP and TCP",
+        }
+    }
 }
 
 /// A lab namespace, as a command-line value.
@@ -523,6 +558,8 @@ struct Impairment {
     hook: String,
     device: &'static str,
     loss_pct: u64,
+    /// The protocols the rule drops, as nftables names them (`udp`, `tcp`, `tcp,udp`).
+    protocols: String,
     /// Packets the rule has dropped so far.
     dropped_packets: u64,
 }
@@ -620,8 +657,21 @@ fn impairments(tools: &Tools, ns: &str) -> Result<Vec<Impairment>> {
         let mut loss_pct = None;
         let mut chance_pct = None;
         let mut dropped_packets = 0;
+        let mut protocols = String::new();
         for expr in rule["expr"].as_array().into_iter().flatten() {
             let matched = &expr["match"];
+            if matched["left"]["meta"]["key"] == "l4proto" {
+                protocols = match &matched["right"] {
+                    Value::String(p) => p.clone(),
+                    other => other["set"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+            }
             if matched["left"].get("numgen").is_some() && matched["op"] == "<" {
                 chance_pct = matched["right"].as_u64();
             }
@@ -638,6 +688,7 @@ fn impairments(tools: &Tools, ns: &str) -> Result<Vec<Impairment>> {
                 hook: rule["chain"].as_str().unwrap_or_default().to_string(),
                 device: end.dev,
                 loss_pct,
+                protocols,
                 dropped_packets,
             });
         }
@@ -760,8 +811,13 @@ impl LabStatus {
                     for imp in list {
                         let _ = writeln!(
                             out,
-                            "  impairment: {}% UDP loss on {} {} ({}), {} dropped so far",
-                            imp.loss_pct, imp.device, imp.hook, imp.family, imp.dropped_packets
+                            "  impairment: {}% {} loss on {} {} ({}), {} dropped so far",
+                            imp.loss_pct,
+                            imp.protocols.to_uppercase(),
+                            imp.device,
+                            imp.hook,
+                            imp.family,
+                            imp.dropped_packets
                         );
                     }
                 }
@@ -1184,7 +1240,7 @@ fn clear_impairments(tools: &Tools, ns: &str) -> Result<()> {
 
 /// The nftables script that gives `end` a `direction` chain dropping `loss_pct`% of UDP, replacing
 /// any rule it had. `netdev` is the family with per-device ingress and egress hooks.
-fn impair_script(end: End, direction: Direction, loss_pct: u8) -> String {
+fn impair_script(end: End, direction: Direction, loss_pct: u8, protocol: ImpairProtocol) -> String {
     let hook = direction.name();
     let mut script = format!(
         "add table netdev {IMPAIR_TABLE}\n\
@@ -1198,7 +1254,7 @@ fn impair_script(end: End, direction: Direction, loss_pct: u8) -> String {
         let _ = writeln!(
             script,
             "add rule netdev {IMPAIR_TABLE} {hook} {}",
-            drop_rule(loss_pct)
+            drop_rule(loss_pct, protocol)
         );
     }
     script
@@ -1206,7 +1262,7 @@ fn impair_script(end: End, direction: Direction, loss_pct: u8) -> String {
 
 /// The fallback for kernels without the netdev egress hook: an `inet` `output` chain matching the
 /// interface sees the same locally generated packets (and, like egress, not AF_XDP transmissions).
-fn impair_script_output(end: End, loss_pct: u8) -> String {
+fn impair_script_output(end: End, loss_pct: u8, protocol: ImpairProtocol) -> String {
     let mut script = format!(
         "add table inet {IMPAIR_TABLE}\n\
          add chain inet {IMPAIR_TABLE} output {{ type filter hook output priority 0; policy accept; }}\n\
@@ -1219,14 +1275,14 @@ fn impair_script_output(end: End, loss_pct: u8) -> String {
             script,
             "add rule inet {IMPAIR_TABLE} output oifname \"{}\" {}",
             end.dev,
-            drop_rule(loss_pct)
+            drop_rule(loss_pct, protocol)
         );
     }
     script
 }
 
-fn drop_rule(loss_pct: u8) -> String {
-    // UDP only, so that ARP and ICMP (ping) keep working under loss. `numgen random` is uniform
+fn drop_rule(loss_pct: u8, protocol: ImpairProtocol) -> String {
+    // UDP and/or TCP only, so that ARP and ICMP (ping) keep working under loss. `numgen random` is uniform
     // per packet, which is Bernoulli loss: no bursts.
     // nft's `numgen random mod 100` yields 0..=99, and it rejects `< 100` as out of range; total
     // loss is therefore a rule without the random match.
@@ -1235,7 +1291,8 @@ fn drop_rule(loss_pct: u8) -> String {
     } else {
         format!("numgen random mod 100 < {loss_pct} ")
     };
-    format!("meta l4proto udp {chance}counter drop comment \"melange lab: {loss_pct}% loss\"")
+    let proto = protocol.nft_match();
+    format!("{proto} {chance}counter drop comment \"melange lab: {loss_pct}% loss\"")
 }
 
 fn impair(tools: &Tools, args: &ImpairArgs) -> Result<()> {
@@ -1260,7 +1317,7 @@ fn impair(tools: &Tools, args: &ImpairArgs) -> Result<()> {
             end.dev
         );
     }
-    let placed = match tools.nft_script(end.ns, &impair_script(end, args.direction, loss_pct)) {
+    let placed = match tools.nft_script(end.ns, &impair_script(end, args.direction, loss_pct, args.protocol)) {
         Ok(()) => format!(
             "netdev {} hook on {}/{}",
             args.direction.name(),
@@ -1269,7 +1326,7 @@ fn impair(tools: &Tools, args: &ImpairArgs) -> Result<()> {
         ),
         Err(err) if args.direction == Direction::Egress => {
             println!("lab: the netdev egress hook was refused ({err:#}); falling back to an inet output chain");
-            tools.nft_script(end.ns, &impair_script_output(end, loss_pct))?;
+            tools.nft_script(end.ns, &impair_script_output(end, loss_pct, args.protocol))?;
             format!(
                 "inet output hook in {} for packets leaving {}",
                 end.ns, end.dev
@@ -1281,7 +1338,10 @@ fn impair(tools: &Tools, args: &ImpairArgs) -> Result<()> {
         println!("lab: removed the {placed}");
         return Ok(());
     }
-    println!("lab: dropping {loss_pct}% of UDP packets at the {placed}");
+    println!(
+        "lab: dropping {loss_pct}% of {} packets at the {placed}",
+        args.protocol.name()
+    );
 
     // Say what this placement cannot see; see the module docs for the measurements.
     let peer = if end.ns == END_A.ns { END_B } else { END_A };
@@ -1324,13 +1384,13 @@ mod tests {
 
     #[test]
     fn impair_script_replaces_the_rule() {
-        let script = impair_script(END_A, Direction::Egress, 30);
+        let script = impair_script(END_A, Direction::Egress, 30, ImpairProtocol::Udp);
         assert!(script.contains("hook egress device \"mlg-va\""));
         assert!(script.contains("flush chain netdev melange_impair egress"));
         assert!(script.contains("numgen random mod 100 < 30 counter drop"));
-        let script = impair_script(END_A, Direction::Egress, 100);
+        let script = impair_script(END_A, Direction::Egress, 100, ImpairProtocol::Udp);
         assert!(script.contains("udp counter drop") && !script.contains("numgen"));
-        let script = impair_script(END_B, Direction::Ingress, 0);
+        let script = impair_script(END_B, Direction::Ingress, 0, ImpairProtocol::Udp);
         assert!(script.contains("delete chain netdev melange_impair ingress"));
         assert!(!script.contains("drop"));
     }

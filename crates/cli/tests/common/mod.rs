@@ -5,6 +5,8 @@
 //! Every test binary compiles this module on its own and uses a subset of it.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::fs::File;
 
 /// The lock every lab test takes; benchmark scripts using the lab should take it too.
