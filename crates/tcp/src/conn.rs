@@ -1751,8 +1751,11 @@ impl<B: Payload> Connection<B> {
     pub fn poll_transmit(&mut self, now_ns: u64) -> Option<Transmit> {
         if let Some(seq) = self.rst_due.take() {
             let mut repr = self.bare_repr(seq, Flags::RST);
-            // An abort of a synchronized connection ACKs what it received, as Linux does.
-            if self.irs != SeqNumber(0) || self.rcv_nxt != SeqNumber(0) {
+            // An abort (or a keepalive timeout) closed the connection first and ACKs what it
+            // received, as Linux does. A RST answering an unacceptable ACK in SYN-SENT or
+            // SYN-RECEIVED leaves the state alone and takes RFC 9293 §3.10.7.3/§3.10.7.4's
+            // form <SEQ=SEG.ACK><CTL=RST>, without ACK (Linux's tcp_v4_send_reset too).
+            if self.state == State::Closed {
                 repr.ack = Some(self.rcv_nxt.0);
             }
             self.counters.segments_sent += 1;
