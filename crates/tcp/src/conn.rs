@@ -1091,6 +1091,30 @@ impl<B: Payload> Connection<B> {
         payload: B,
         sink: &mut impl RecvSink<B>,
     ) -> Verdict {
+        // A SYN at IRS in SYN-RECEIVED occupies RCV.NXT - 1, so the window check below would
+        // refuse it. Without ACK it is the peer's retransmitted SYN: answer with the SYN-ACK
+        // again. With ACK it is the peer's SYN-ACK of a simultaneous open (RFC 9293 §3.5
+        // figure 8, line 6): take it as the ACK of our SYN, as Linux does.
+        let stripped;
+        let seg = if self.state == State::SynReceived
+            && seg.flags.contains(Flags::SYN)
+            && !seg.flags.contains(Flags::RST)
+            && SeqNumber(seg.seq) == self.irs
+        {
+            if seg.ack.is_none() {
+                sink.discard(payload);
+                self.syn_due = true;
+                return Verdict::Accepted;
+            }
+            stripped = Repr {
+                seq: seg.seq.wrapping_add(1),
+                flags: seg.flags.difference(Flags::SYN),
+                ..*seg
+            };
+            &stripped
+        } else {
+            seg
+        };
         let flags = seg.flags;
         let seq = SeqNumber(seg.seq);
         let len = payload.len() as u32;
@@ -1155,14 +1179,10 @@ impl<B: Payload> Connection<B> {
             return Verdict::Dropped(DropReason::RstInvalid);
         }
 
-        // Third: a SYN in a synchronized state (RFC 5961 §4): challenge ACK. In SYN-RECEIVED,
-        // the peer's retransmitted SYN gets our SYN-ACK again.
+        // Third: a SYN in a synchronized state (RFC 5961 §4): challenge ACK. (A SYN at IRS in
+        // SYN-RECEIVED was answered above.)
         if flags.contains(Flags::SYN) {
             sink.discard(payload);
-            if self.state == State::SynReceived && seq == self.irs {
-                self.syn_due = true;
-                return Verdict::Accepted;
-            }
             self.challenge_ack(now_ns);
             return Verdict::Dropped(DropReason::SynInWindow);
         }
