@@ -902,7 +902,11 @@ impl<B: Payload> Connection<B> {
     pub fn close(&mut self, _now_ns: u64) {
         match self.state {
             State::SynSent => self.enter_closed(CloseReason::Aborted),
-            State::SynReceived | State::Established => {
+            // RFC 9293 §3.10.4: queue the FIN until ESTABLISHED (the final ACK moves on to
+            // FIN-WAIT-1). Leaving SYN-RECEIVED now would stop the SYN-ACK's retransmission,
+            // and a lost SYN-ACK could then never complete the handshake.
+            State::SynReceived => self.fin_queued = true,
+            State::Established => {
                 self.fin_queued = true;
                 self.state = State::FinWait1;
             }
