@@ -1155,6 +1155,16 @@ impl<B: Payload> Connection<B> {
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
                 self.challenge_ack(now_ns);
+                // RFC 2883 §4: data wholly below RCV.NXT (a spurious retransmission) is
+                // reported as a D-SACK in that ACK, as Linux's tcp_send_dupack does.
+                if len > 0 && seq.lt(self.rcv_nxt) {
+                    let end = if (seq + len).lt(self.rcv_nxt) {
+                        seq + len
+                    } else {
+                        self.rcv_nxt
+                    };
+                    self.report_duplicate(SeqRange::new(seq, end));
+                }
             }
             sink.discard(payload);
             return Verdict::Dropped(DropReason::OutOfWindow);
