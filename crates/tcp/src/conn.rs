@@ -1246,7 +1246,11 @@ impl<B: Payload> Connection<B> {
         // RFC 7323 §4.3: TS.Recent takes SEG.TSval when SEG.SEQ =< Last.ACK.sent.
         if self.ts_enabled {
             if let Some((tsval, _)) = seg.timestamps {
-                if seq.le(self.last_ack_sent) && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0 {
+                // RFC 7323 §5.5: after 24 idle days TS.Recent is invalid, so the segment's
+                // TSval replaces it even if it looks older (Linux's tcp_paws_check).
+                let stale = now_ns.saturating_sub(self.ts_recent_ns) > PAWS_IDLE_NS;
+                let newer = (tsval.wrapping_sub(self.ts_recent) as i32) >= 0;
+                if seq.le(self.last_ack_sent) && (newer || stale) {
                     self.ts_recent = tsval;
                     self.ts_recent_ns = now_ns;
                 }
