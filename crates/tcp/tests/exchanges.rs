@@ -1,0 +1,1738 @@
+//! Exchange tests of [`Connection`]: each test plays the peer, feeding segments with `send!`
+//! and checking every header the connection emits with `recv!`, field by field, as smoltcp's
+//! TCP tests do. Only the public API is used, so these tests pin down the behaviour a
+//! transport sees: the RFC 9293 state machine (§3.3.2, §3.10), each option, the timers, loss
+//! recovery, RFC 5961's defences, SYN cookies and sequence-number wraparound.
+//!
+//! # The test language
+//!
+//! - [`TestConn`] holds the connection, a virtual clock (`now`, nanoseconds), the app's
+//!   outgoing stream (every byte the app queued, so that a [`Transmit`]'s `payload_offset` can
+//!   be turned back into bytes), the bytes delivered to the app, and the segments emitted by
+//!   timers that a test has not checked yet.
+//! - [`seg()`] builds a segment with defaults (no flags, no ACK, window [`WIN`], no options,
+//!   no payload): `seg().seq(x).ack(y).fin().win(w).payload(b"..").ts(v, e).sack(&[..])`.
+//!   The same builder describes what the peer sends and what we expect to receive.
+//! - `send!(t, seg)` feeds a segment from the peer and asserts `Verdict::Accepted`;
+//!   `send!(t, seg => verdict)` asserts another verdict.
+//! - `recv!(t, [seg, ...])` drains `poll_transmit` and asserts the exact list of segments
+//!   (every header field and the payload bytes); `recv_nothing!(t)` asserts silence.
+//! - `events!(t, [..])` drains `poll_event` and asserts the exact list.
+//! - `t.advance(ns)` moves the clock, running each timer at its own deadline on the way (what
+//!   the timers send waits for the next `recv!`); `t.fire()` jumps to the next deadline.
+//!
+//! Sequence numbers are written from the two ISSs, [`LOCAL`] (ours) and [`REMOTE`] (the
+//! peer's), so `seg().seq(REMOTE + 1).ack(LOCAL + 1)` is the peer's first data segment.
+#![allow(clippy::identity_op)]
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use melange_core::contract::CloseReason;
+use melange_tcp::cc::CongestionKind;
+use melange_tcp::conn::{
+    reset_reply, ConnConfig, ConnEvent, Connection, DropReason, Keepalive, Ports, RecvSink,
+    State, Transmit, Verdict, CHALLENGE_ACKS_PER_SECOND, MSS_DEFAULT, MSS_MIN, OOO_SEGMENTS_MAX,
+    QUICK_ACKS_INITIAL,
+};
+use melange_wire::tcp::{Flags, Repr, SACK_BLOCKS_MAX};
+
+// ----- Constants -----
+
+/// Our port.
+const LOCAL_PORT: u16 = 80;
+/// The peer's port.
+const REMOTE_PORT: u16 = 49_152;
+/// Our ISS.
+const LOCAL: u32 = 10_000;
+/// The peer's ISS.
+const REMOTE: u32 = 500_000;
+/// Our first data byte's sequence number.
+const L: u32 = LOCAL + 1;
+/// The peer's first data byte's sequence number.
+const R: u32 = REMOTE + 1;
+/// The receive and send budgets of [`config`], and so our window on a fresh connection.
+const BUF: u32 = 64_000;
+/// The default window field of [`seg()`]: what the peer advertises, and what we advertise on
+/// a fresh connection with [`config`] (the budget fits 16 bits, so it is not scaled).
+const WIN: u16 = 64_000;
+/// The payload of a full segment without options (our MSS and the peer's).
+const MSS: u32 = 1460;
+/// The payload of a full segment with timestamps.
+const MSS_TS: u32 = 1448;
+/// The peer's first timestamp.
+const PEER_TS: u32 = 70_000;
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000 * MS;
+
+/// The configuration most tests use: the defaults, with 64 000-byte budgets so that windows
+/// read as plain numbers, and a 40 ms delayed ACK so that the timer is visible.
+fn config() -> ConnConfig {
+    ConnConfig {
+        recv_buffer_bytes: BUF,
+        send_buffer_bytes: BUF,
+        delayed_ack_ns: 40 * MS,
+        ..ConnConfig::default()
+    }
+}
+
+/// [`config`] with NewReno, whose numbers are easy to follow by hand.
+fn newreno() -> ConnConfig {
+    ConnConfig {
+        congestion: CongestionKind::NewReno,
+        ..config()
+    }
+}
+
+fn ports() -> Ports {
+    Ports {
+        local: LOCAL_PORT,
+        remote: REMOTE_PORT,
+    }
+}
+
+/// Byte `i` of either direction's test stream: a pattern with period 251, so misplaced bytes
+/// show up.
+fn stream(from: u64, len: usize) -> Vec<u8> {
+    (from..from + len as u64)
+        .map(|i| (i % 251) as u8 ^ 0x5a)
+        .collect()
+}
+
+// ----- Segments -----
+
+/// A segment, either direction, without ports (`send!` fills in the peer's, `recv!` checks
+/// ours).
+#[derive(Clone, PartialEq, Eq)]
+struct Seg {
+    seq: u32,
+    ack: Option<u32>,
+    flags: Flags,
+    win: u16,
+    mss: Option<u16>,
+    ws: Option<u8>,
+    sack_perm: bool,
+    sack: Vec<(u32, u32)>,
+    ts: Option<(u32, u32)>,
+    payload: Vec<u8>,
+}
+
+/// A segment with the defaults: sequence number 0, no ACK, no flags, window [`WIN`], no
+/// options, no payload.
+fn seg() -> Seg {
+    Seg {
+        seq: 0,
+        ack: None,
+        flags: Flags::empty(),
+        win: WIN,
+        mss: None,
+        ws: None,
+        sack_perm: false,
+        sack: Vec::new(),
+        ts: None,
+        payload: Vec::new(),
+    }
+}
+
+impl Seg {
+    fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
+        self
+    }
+    fn ack(mut self, ack: u32) -> Self {
+        self.ack = Some(ack);
+        self
+    }
+    fn flag(mut self, flag: Flags) -> Self {
+        self.flags.insert(flag);
+        self
+    }
+    fn syn(self) -> Self {
+        self.flag(Flags::SYN)
+    }
+    fn fin(self) -> Self {
+        self.flag(Flags::FIN)
+    }
+    fn rst(self) -> Self {
+        self.flag(Flags::RST)
+    }
+    fn psh(self) -> Self {
+        self.flag(Flags::PSH)
+    }
+    fn win(mut self, win: u16) -> Self {
+        self.win = win;
+        self
+    }
+    fn mss(mut self, mss: u16) -> Self {
+        self.mss = Some(mss);
+        self
+    }
+    fn ws(mut self, shift: u8) -> Self {
+        self.ws = Some(shift);
+        self
+    }
+    fn sack_perm(mut self) -> Self {
+        self.sack_perm = true;
+        self
+    }
+    fn sack(mut self, blocks: &[(u32, u32)]) -> Self {
+        self.sack = blocks.to_vec();
+        self
+    }
+    fn ts(mut self, tsval: u32, tsecr: u32) -> Self {
+        self.ts = Some((tsval, tsecr));
+        self
+    }
+    fn payload(mut self, data: &[u8]) -> Self {
+        self.payload = data.to_vec();
+        self
+    }
+    /// `len` bytes of [`stream`] from offset `from`.
+    fn data(self, from: u64, len: usize) -> Self {
+        self.payload(&stream(from, len))
+    }
+
+    /// The segment as the peer sends it.
+    fn to_repr(&self) -> Repr {
+        assert!(self.sack.len() <= SACK_BLOCKS_MAX);
+        let mut sack_ranges = [(0, 0); SACK_BLOCKS_MAX];
+        sack_ranges[..self.sack.len()].copy_from_slice(&self.sack);
+        Repr {
+            src_port: REMOTE_PORT,
+            dst_port: LOCAL_PORT,
+            seq: self.seq,
+            ack: self.ack,
+            flags: self.flags,
+            window_len: self.win,
+            max_seg_size: self.mss,
+            window_scale: self.ws,
+            sack_permitted: self.sack_perm,
+            sack_ranges,
+            sack_count: self.sack.len(),
+            timestamps: self.ts,
+            payload_len: self.payload.len(),
+        }
+    }
+
+    fn from_repr(repr: &Repr, payload: Vec<u8>) -> Seg {
+        Seg {
+            seq: repr.seq,
+            ack: repr.ack,
+            flags: repr.flags,
+            win: repr.window_len,
+            mss: repr.max_seg_size,
+            ws: repr.window_scale,
+            sack_perm: repr.sack_permitted,
+            sack: repr.sack_ranges().to_vec(),
+            ts: repr.timestamps,
+            payload,
+        }
+    }
+
+    /// The fields in which `self` and `other` differ, for the failure message.
+    fn diff(&self, other: &Seg) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        let checks: [(&'static str, bool); 10] = [
+            ("seq", self.seq == other.seq),
+            ("ack", self.ack == other.ack),
+            ("flags", self.flags == other.flags),
+            ("win", self.win == other.win),
+            ("mss", self.mss == other.mss),
+            ("ws", self.ws == other.ws),
+            ("sackOK", self.sack_perm == other.sack_perm),
+            ("sack", self.sack == other.sack),
+            ("ts", self.ts == other.ts),
+            ("payload", self.payload == other.payload),
+        ];
+        for (name, same) in checks {
+            if !same {
+                d.push(name);
+            }
+        }
+        d
+    }
+}
+
+impl fmt::Display for Seg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        for (flag, name) in [
+            (Flags::SYN, "SYN"),
+            (Flags::FIN, "FIN"),
+            (Flags::RST, "RST"),
+            (Flags::PSH, "PSH"),
+            (Flags::URG, "URG"),
+            (Flags::ECE, "ECE"),
+            (Flags::CWR, "CWR"),
+        ] {
+            if self.flags.contains(flag) {
+                names.push(name);
+            }
+        }
+        if self.ack.is_some() {
+            names.push("ACK");
+        }
+        if names.is_empty() {
+            names.push("-");
+        }
+        write!(f, "[{}] seq={}", names.join("|"), self.seq)?;
+        if let Some(ack) = self.ack {
+            write!(f, " ack={ack}")?;
+        }
+        write!(f, " win={}", self.win)?;
+        if let Some(mss) = self.mss {
+            write!(f, " mss={mss}")?;
+        }
+        if let Some(ws) = self.ws {
+            write!(f, " ws={ws}")?;
+        }
+        if self.sack_perm {
+            write!(f, " sackOK")?;
+        }
+        if let Some((v, e)) = self.ts {
+            write!(f, " ts={v}/{e}")?;
+        }
+        if !self.sack.is_empty() {
+            write!(f, " sack={:?}", self.sack)?;
+        }
+        write!(f, " len={}", self.payload.len())?;
+        if !self.payload.is_empty() {
+            let head = &self.payload[..self.payload.len().min(12)];
+            write!(f, " {:?}", String::from_utf8_lossy(head))?;
+            if self.payload.len() > 12 {
+                write!(f, "..")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Seg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+// ----- The connection under test -----
+
+/// The transport's receive side: delivered bytes in order, discarded payload bytes counted.
+#[derive(Default)]
+struct Sink {
+    received: Vec<u8>,
+    discarded: usize,
+}
+
+impl RecvSink<Vec<u8>> for Sink {
+    fn deliver(&mut self, data: Vec<u8>) {
+        self.received.extend_from_slice(&data);
+    }
+    fn discard(&mut self, data: Vec<u8>) {
+        self.discarded += data.len();
+    }
+}
+
+/// A connection with its app, its clock and the segments it emitted but no test checked yet.
+struct TestConn {
+    conn: Connection<Vec<u8>>,
+    /// The virtual clock in nanoseconds.
+    now: u64,
+    /// Every byte the app queued, from stream offset 0 (empty with `out_virtual`).
+    out: Vec<u8>,
+    /// Bytes the app queued in all.
+    out_len: u64,
+    /// The app's bytes are [`stream`] and not stored (for transfers of gigabytes).
+    out_virtual: bool,
+    sink: Sink,
+    /// Emitted while timers ran, not yet checked by `recv!`.
+    emitted: VecDeque<Seg>,
+    /// Added to our millisecond clock to give our TSval.
+    ts_offset: u32,
+}
+
+impl TestConn {
+    fn new(conn: Connection<Vec<u8>>, now: u64, ts_offset: u32) -> Self {
+        TestConn {
+            conn,
+            now,
+            out: Vec::new(),
+            out_len: 0,
+            out_virtual: false,
+            sink: Sink::default(),
+            emitted: VecDeque::new(),
+            ts_offset,
+        }
+    }
+
+    /// An active open at time 0 with ISS `iss`, in SYN-SENT; its SYN not yet drained.
+    fn connect_with(config: ConnConfig, iss: u32) -> Self {
+        let conn = Connection::connect(config, ports(), iss, 0).expect("valid config");
+        TestConn::new(conn, 0, iss)
+    }
+
+    /// A passive open at time 0 with ISS `iss` from the peer's `syn`, in SYN-RECEIVED; its
+    /// SYN-ACK not yet drained.
+    fn accept_with(config: ConnConfig, iss: u32, syn: &Seg) -> Self {
+        let conn =
+            Connection::accept_syn(config, ports(), iss, 0, &syn.to_repr()).expect("valid config");
+        TestConn::new(conn, 0, iss)
+    }
+
+    /// Our TSval now.
+    fn tsval(&self) -> u32 {
+        ((self.now / MS) as u32).wrapping_add(self.ts_offset)
+    }
+
+    fn state(&self) -> State {
+        self.conn.state()
+    }
+
+    /// Feeds one segment from the peer.
+    fn send_seg(&mut self, seg: &Seg) -> Verdict {
+        // The engine polls after every input; a test's earlier timers have been collected.
+        let repr = seg.to_repr();
+        self.conn
+            .handle_segment(self.now, &repr, seg.payload.clone(), &mut self.sink)
+    }
+
+    /// Polls `poll_transmit` until `None`, keeping what it returns.
+    fn collect(&mut self) {
+        for _ in 0..100_000 {
+            let Some(t) = self.conn.poll_transmit(self.now) else {
+                return;
+            };
+            let seg = self.transmit_to_seg(&t);
+            self.emitted.push_back(seg);
+        }
+        panic!("poll_transmit never returned None");
+    }
+
+    fn transmit_to_seg(&self, t: &Transmit) -> Seg {
+        assert_eq!(
+            (t.repr.src_port, t.repr.dst_port),
+            (LOCAL_PORT, REMOTE_PORT),
+            "ports of an emitted segment"
+        );
+        let len = t.repr.payload_len as u64;
+        assert!(
+            t.payload_offset + len <= self.out_len,
+            "a segment carries stream bytes {}..{} but the app queued {}",
+            t.payload_offset,
+            t.payload_offset + len,
+            self.out_len
+        );
+        let payload = if self.out_virtual {
+            stream(t.payload_offset, len as usize)
+        } else {
+            let at = t.payload_offset as usize;
+            self.out[at..at + len as usize].to_vec()
+        };
+        Seg::from_repr(&t.repr, payload)
+    }
+
+    /// Everything emitted so far, drained.
+    fn emitted(&mut self) -> Vec<Seg> {
+        self.collect();
+        self.emitted.drain(..).collect()
+    }
+
+    #[track_caller]
+    fn expect_emitted(&mut self, expected: &[Seg]) {
+        let got = self.emitted();
+        if got == expected {
+            return;
+        }
+        let mut msg = format!(
+            "emitted segments differ at t={} ms (state {}):\n",
+            self.now / MS,
+            self.state().name(),
+        );
+        for i in 0..got.len().max(expected.len()) {
+            match (expected.get(i), got.get(i)) {
+                (Some(e), Some(g)) if e == g => msg += &format!("  #{i} ok:       {g}\n"),
+                (Some(e), Some(g)) => {
+                    msg += &format!("  #{i} expected: {e}\n");
+                    msg += &format!("  #{i} got:      {g}\n");
+                    msg += &format!("  #{i} differs in: {}\n", e.diff(g).join(", "));
+                }
+                (Some(e), None) => msg += &format!("  #{i} expected: {e}\n  #{i} got:      nothing\n"),
+                (None, Some(g)) => msg += &format!("  #{i} unexpected: {g}\n"),
+                (None, None) => {}
+            }
+        }
+        panic!("{msg}");
+    }
+
+    /// The app offers `data`; returns what the connection took (only that is queued).
+    fn app_send(&mut self, data: &[u8]) -> u32 {
+        let taken = self.conn.handle_send(self.now, data.len() as u32);
+        assert!(!self.out_virtual);
+        self.out.extend_from_slice(&data[..taken as usize]);
+        self.out_len += u64::from(taken);
+        taken
+    }
+
+    /// The app offers `n` bytes of [`stream`]; returns what was taken.
+    fn app_send_n(&mut self, n: u32) -> u32 {
+        let taken = self.conn.handle_send(self.now, n);
+        if !self.out_virtual {
+            let more = stream(self.out_len, taken as usize);
+            self.out.extend_from_slice(&more);
+        }
+        self.out_len += u64::from(taken);
+        taken
+    }
+
+    /// The app gives back `n` received bytes.
+    fn recv_done(&mut self, n: u32) {
+        self.conn.handle_recv_done(n);
+    }
+
+    fn events(&mut self) -> Vec<ConnEvent> {
+        let mut events = Vec::new();
+        while let Some(e) = self.conn.poll_event() {
+            events.push(e);
+            assert!(events.len() < 1000, "poll_event never returned None");
+        }
+        events
+    }
+
+    /// Moves the clock to `at`, running every timer due on the way at its own deadline.
+    fn advance_to(&mut self, at: u64) {
+        assert!(at >= self.now, "the clock goes forward");
+        for _ in 0..100_000 {
+            self.collect();
+            match self.conn.poll_at() {
+                Some(deadline) if deadline <= at => {
+                    self.now = self.now.max(deadline);
+                    self.conn.handle_timeout(self.now);
+                }
+                _ => {
+                    self.now = at;
+                    return;
+                }
+            }
+        }
+        panic!("a timer keeps firing without moving on");
+    }
+
+    /// Moves the clock forward by `ns`.
+    fn advance(&mut self, ns: u64) {
+        self.advance_to(self.now + ns);
+    }
+
+    /// Jumps to the next deadline, runs it, and returns it.
+    fn fire(&mut self) -> u64 {
+        self.collect();
+        let deadline = self.conn.poll_at().expect("a timer is armed");
+        self.now = self.now.max(deadline);
+        self.conn.handle_timeout(self.now);
+        deadline
+    }
+
+    /// The next deadline, after collecting (polling arms the delayed-ACK timer).
+    fn poll_at(&mut self) -> Option<u64> {
+        self.collect();
+        self.conn.poll_at()
+    }
+}
+
+macro_rules! send {
+    ($t:expr, $seg:expr) => {
+        send!($t, $seg => Verdict::Accepted)
+    };
+    ($t:expr, $seg:expr => $verdict:expr) => {{
+        let seg: Seg = $seg;
+        let got = $t.send_seg(&seg);
+        assert_eq!(got, $verdict, "verdict for {seg}");
+    }};
+}
+
+macro_rules! recv {
+    ($t:expr, [$($seg:expr),* $(,)?]) => {
+        $t.expect_emitted(&[$($seg),*])
+    };
+}
+
+macro_rules! recv_nothing {
+    ($t:expr) => {
+        $t.expect_emitted(&[])
+    };
+}
+
+macro_rules! events {
+    ($t:expr, [$($e:expr),* $(,)?]) => {
+        assert_eq!($t.events(), vec![$($e),*], "events")
+    };
+}
+
+// ----- Scenarios -----
+
+/// The peer's SYN: MSS 1460 and nothing else.
+fn peer_syn() -> Seg {
+    seg().syn().seq(REMOTE).mss(1460)
+}
+
+/// A passive open from `syn`, its SYN-ACK drained unchecked.
+fn syn_received_with(config: ConnConfig, syn: Seg) -> (TestConn, Seg) {
+    let mut t = TestConn::accept_with(config, LOCAL, &syn);
+    let out = t.emitted();
+    assert_eq!(out.len(), 1, "one SYN-ACK: {out:?}");
+    (t, out[0].clone())
+}
+
+/// A passive open from `syn` completed by the peer's ACK (echoing our TSval if `syn` had
+/// timestamps); the Established event drained.
+fn established_with(config: ConnConfig, syn: Seg) -> TestConn {
+    let (mut t, syn_ack) = syn_received_with(config, syn.clone());
+    let mut ack = seg().seq(REMOTE + 1).ack(LOCAL + 1);
+    if let (Some((tsval, _)), Some((our, _))) = (syn.ts, syn_ack.ts) {
+        ack = ack.ts(tsval, our);
+    }
+    send!(t, ack);
+    assert_eq!(t.state(), State::Established);
+    events!(t, [ConnEvent::Established]);
+    recv_nothing!(t);
+    t
+}
+
+/// ESTABLISHED from a passive open with a bare SYN: no window scaling, SACK or timestamps.
+fn established() -> TestConn {
+    established_with(config(), peer_syn())
+}
+
+/// ESTABLISHED with SACK (and nothing else) negotiated.
+fn established_sack() -> TestConn {
+    established_with(config(), peer_syn().sack_perm())
+}
+
+/// ESTABLISHED with timestamps (and nothing else) negotiated; the peer's TSval is
+/// [`PEER_TS`].
+fn established_ts() -> TestConn {
+    established_with(config(), peer_syn().ts(PEER_TS, 0))
+}
+
+// ===== Active open (RFC 9293 §3.10.7.3, SYN-SENT) =====
+
+#[test]
+fn connect_sends_syn_with_every_option() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    assert_eq!(t.state(), State::SynSent);
+    recv!(t, [seg().syn().seq(LOCAL).win(WIN).mss(1460).ws(0).sack_perm().ts(LOCAL, 0)]);
+    recv_nothing!(t);
+    assert_eq!(t.conn.send_room(), 0, "nothing may be sent before ESTABLISHED");
+}
+
+#[test]
+fn connect_offers_only_the_configured_options() {
+    let config = ConnConfig {
+        window_scaling: false,
+        sack: false,
+        timestamps: false,
+        ..config()
+    };
+    let mut t = TestConn::connect_with(config, LOCAL);
+    recv!(t, [seg().syn().seq(LOCAL).win(WIN).mss(1460)]);
+}
+
+#[test]
+fn connect_syn_window_is_never_scaled() {
+    // 256 KiB needs a shift of 3; the SYN's own window field is unscaled (RFC 7323 §2.2).
+    let config = ConnConfig {
+        recv_buffer_bytes: 256 * 1024,
+        ..config()
+    };
+    let mut t = TestConn::connect_with(config, LOCAL);
+    recv!(t, [seg().syn().seq(LOCAL).win(65_535).mss(1460).ws(3).sack_perm().ts(LOCAL, 0)]);
+}
+
+#[test]
+fn syn_ack_establishes_and_negotiates() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().syn().seq(REMOTE).ack(L).win(30_000).mss(1400).ws(2).sack_perm().ts(PEER_TS, LOCAL));
+    assert_eq!(t.state(), State::Established);
+    recv!(t, [seg().seq(L).ack(R).ts(LOCAL + 10, PEER_TS)]);
+    events!(t, [ConnEvent::Established]);
+    // RFC 7323 §2.2: the SYN-ACK's window is not scaled.
+    assert_eq!(t.conn.send_window(), 30_000);
+    assert_eq!(t.conn.options_in_force(), (true, true, Some((2, 0))));
+    // The peer's MSS less the timestamps option.
+    assert_eq!(t.conn.smss(), 1400 - 12);
+    assert_eq!(t.conn.srtt_ns(), Some(10 * MS));
+    // The window of the next segment is scaled.
+    send!(t, seg().seq(R).ack(L).win(1000).ts(PEER_TS + 1, LOCAL + 10));
+    assert_eq!(t.conn.send_window(), 4000);
+    recv_nothing!(t);
+}
+
+#[test]
+fn syn_ack_acking_too_little_draws_a_reset() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    // RFC 9293 §3.10.7.3: SEG.ACK =< ISS is unacceptable: <SEQ=SEG.ACK><CTL=RST>.
+    send!(t, seg().syn().seq(REMOTE).ack(LOCAL) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    recv!(t, [seg().rst().seq(LOCAL).win(0)]);
+    assert_eq!(t.state(), State::SynSent);
+    events!(t, []);
+}
+
+#[test]
+fn syn_ack_acking_too_much_draws_a_reset() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).ack(LOCAL + 2) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    recv!(t, [seg().rst().seq(LOCAL + 2).win(0)]);
+    assert_eq!(t.state(), State::SynSent);
+    // A bare ACK with a bad number gets the same answer.
+    send!(t, seg().seq(REMOTE).ack(LOCAL + 100) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    recv!(t, [seg().rst().seq(LOCAL + 100).win(0)]);
+    // The real SYN-ACK still completes the open.
+    send!(t, seg().syn().seq(REMOTE).ack(L).mss(1460));
+    assert_eq!(t.state(), State::Established);
+}
+
+#[test]
+fn rst_with_acceptable_ack_refuses_the_connection() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().rst().seq(0).ack(L).win(0));
+    assert_eq!(t.state(), State::Closed);
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::Refused)]);
+    recv_nothing!(t);
+    assert_eq!(t.conn.poll_at(), None, "no timer outlives the connection");
+}
+
+#[test]
+fn rst_without_ack_in_syn_sent_is_ignored() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().rst().seq(REMOTE) => Verdict::Dropped(DropReason::RstInvalid));
+    assert_eq!(t.state(), State::SynSent);
+    recv_nothing!(t);
+    events!(t, []);
+}
+
+#[test]
+fn rst_with_bad_ack_in_syn_sent_is_ignored_without_reply() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().rst().seq(REMOTE).ack(LOCAL + 7) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    assert_eq!(t.state(), State::SynSent);
+    recv_nothing!(t);
+}
+
+#[test]
+fn ack_without_syn_in_syn_sent_is_dropped() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().seq(REMOTE).ack(L) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    send!(t, seg().seq(REMOTE) => Verdict::Dropped(DropReason::SynSentUnexpected));
+    assert_eq!(t.state(), State::SynSent);
+    recv_nothing!(t);
+}
+
+#[test]
+fn syn_ack_payload_is_not_kept() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).ack(L).mss(1460).payload(b"early"));
+    // The ACK covers only the SYN; the peer sends the data again.
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert!(t.sink.received.is_empty());
+    assert_eq!(t.sink.discarded, 5);
+}
+
+#[test]
+fn syn_ack_without_window_scale_turns_scaling_off() {
+    let config = ConnConfig {
+        recv_buffer_bytes: 256 * 1024,
+        ..config()
+    };
+    let mut t = TestConn::connect_with(config, LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).ack(L).win(1000).mss(1460));
+    // RFC 7323 §2.2: both SYNs must carry the option, so our window is unscaled.
+    recv!(t, [seg().seq(L).ack(R).win(65_535)]);
+    assert_eq!(t.conn.options_in_force(), (false, false, None));
+    send!(t, seg().seq(R).ack(L).win(1000));
+    assert_eq!(t.conn.send_window(), 1000);
+}
+
+#[test]
+fn syn_ack_without_mss_means_536() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).ack(L));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert_eq!(t.conn.smss(), u32::from(MSS_DEFAULT));
+    assert_eq!(t.app_send_n(1000), 1000);
+    recv!(t, [
+        seg().seq(L).ack(R).data(0, 536),
+        seg().seq(L + 536).ack(R).data(536, 464).psh(),
+    ]);
+}
+
+#[test]
+fn simultaneous_open_answers_a_syn_with_syn_ack() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    recv!(t, [seg().syn().seq(LOCAL).mss(1460).ws(0).sack_perm().ts(LOCAL, 0)]);
+    t.advance(5 * MS);
+    // RFC 9293 §3.5 figure 8: a SYN without ACK moves SYN-SENT to SYN-RECEIVED.
+    send!(t, seg().syn().seq(REMOTE).mss(1400).ws(1).sack_perm().ts(PEER_TS, 0));
+    assert_eq!(t.state(), State::SynReceived);
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).mss(1460).ws(0).sack_perm().ts(LOCAL + 5, PEER_TS)]);
+    events!(t, []);
+    // The peer's ACK of our SYN completes it.
+    send!(t, seg().seq(R).ack(L).win(100).ts(PEER_TS + 1, LOCAL + 5));
+    assert_eq!(t.state(), State::Established);
+    events!(t, [ConnEvent::Established]);
+    assert_eq!(t.conn.send_window(), 200, "scaled by the peer's shift of 1");
+    recv_nothing!(t);
+}
+
+#[test]
+fn simultaneous_open_completes_on_the_peers_syn_ack() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).mss(1460));
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).mss(1460)]);
+    // Figure 8 line 6: the peer's SYN-ACK (its SYN again, now with the ACK of ours) arrives.
+    send!(t, seg().syn().seq(REMOTE).ack(L).mss(1460));
+    assert_eq!(t.state(), State::Established);
+    events!(t, [ConnEvent::Established]);
+    recv_nothing!(t);
+    // Data flows.
+    send!(t, seg().seq(R).ack(L).payload(b"hi"));
+    recv!(t, [seg().seq(L).ack(R + 2).win(WIN - 2)]);
+    assert_eq!(t.sink.received, b"hi");
+}
+
+#[test]
+fn rst_in_simultaneous_open_refuses() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    send!(t, seg().syn().seq(REMOTE).mss(1460));
+    t.emitted();
+    send!(t, seg().rst().seq(R));
+    events!(t, [ConnEvent::Closed(CloseReason::Refused)]);
+    assert!(t.conn.is_closed());
+}
+
+#[test]
+fn syn_is_retransmitted_with_backoff_then_times_out() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    recv!(t, [seg().syn().seq(LOCAL).mss(1460).ws(0).sack_perm().ts(LOCAL, 0)]);
+    // RFC 6298 (2.1) and (5.5): 1 s, then doubling; Linux's six retries; the last wait is
+    // capped by the 60 s maximum RTO.
+    for at_s in [1u64, 3, 7, 15, 31, 63] {
+        assert_eq!(t.fire(), at_s * SEC);
+        let tsval = LOCAL + (at_s * 1000) as u32;
+        recv!(t, [seg().syn().seq(LOCAL).mss(1460).ws(0).sack_perm().ts(tsval, 0)]);
+        assert_eq!(t.state(), State::SynSent);
+    }
+    assert_eq!(t.fire(), 123 * SEC);
+    recv_nothing!(t);
+    assert_eq!(t.state(), State::Closed);
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+    assert_eq!(t.conn.counters().rto_expirations, 7);
+}
+
+#[test]
+fn syn_ack_after_a_retransmitted_syn_gives_no_rtt_sample() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    t.fire();
+    t.emitted();
+    t.advance(100 * MS);
+    send!(t, seg().syn().seq(REMOTE).ack(L).mss(1460));
+    // Karn's rule: the SYN was sent twice, so the ACK's timing is ambiguous.
+    assert_eq!(t.conn.srtt_ns(), None);
+    assert_eq!(t.conn.rto_ns(), 2 * SEC, "the backed-off RTO stays");
+}
+
+#[test]
+fn close_in_syn_sent_gives_up_silently() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    t.conn.close(t.now);
+    assert!(t.conn.is_closed());
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Closed(CloseReason::Aborted)]);
+    // A late SYN-ACK finds nothing.
+    send!(t, seg().syn().seq(REMOTE).ack(L) => Verdict::Dropped(DropReason::Closed));
+    recv_nothing!(t);
+}
+
+#[test]
+fn abort_in_syn_sent_sends_nothing() {
+    let mut t = TestConn::connect_with(config(), LOCAL);
+    t.emitted();
+    t.conn.abort();
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Closed(CloseReason::Aborted)]);
+    assert!(t.conn.is_closed());
+}
+
+// ===== Passive open (RFC 9293 §3.10.7.2, SYN-RECEIVED) =====
+
+#[test]
+fn syn_ack_to_a_bare_syn_offers_nothing_more() {
+    let mut t = TestConn::accept_with(config(), LOCAL, &peer_syn());
+    assert_eq!(t.state(), State::SynReceived);
+    // RFC 7323 §2.2/§3.2, RFC 2018 §2: no WS, TS or SACK-permitted unless the SYN had them.
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).win(WIN).mss(1460)]);
+    recv_nothing!(t);
+    events!(t, []);
+}
+
+#[test]
+fn syn_ack_mirrors_every_option_offered() {
+    let syn = peer_syn().ws(7).sack_perm().ts(PEER_TS, 0);
+    let mut t = TestConn::accept_with(config(), LOCAL, &syn);
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).mss(1460).ws(0).sack_perm().ts(LOCAL, PEER_TS)]);
+}
+
+#[test]
+fn syn_ack_offers_window_scale_only_to_a_syn_that_did() {
+    let config = ConnConfig {
+        recv_buffer_bytes: 256 * 1024,
+        ..config()
+    };
+    let syn = peer_syn().sack_perm().ts(PEER_TS, 0);
+    let mut t = TestConn::accept_with(config, LOCAL, &syn);
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).win(65_535).mss(1460).sack_perm().ts(LOCAL, PEER_TS)]);
+    send!(t, seg().seq(R).ack(L).win(1000).ts(PEER_TS, LOCAL));
+    // Neither side scales.
+    assert_eq!(t.conn.send_window(), 1000);
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS, LOCAL).payload(b"x"));
+    recv!(t, [seg().seq(L).ack(R + 1).win(65_534).ts(LOCAL, PEER_TS)]);
+}
+
+#[test]
+fn syn_ack_window_is_never_scaled() {
+    let config = ConnConfig {
+        recv_buffer_bytes: 256 * 1024,
+        ..config()
+    };
+    let mut t = TestConn::accept_with(config, LOCAL, &peer_syn().ws(2));
+    recv!(t, [seg().syn().seq(LOCAL).ack(R).win(65_535).mss(1460).ws(3)]);
+    send!(t, seg().seq(R).ack(L).win(1000));
+    assert_eq!(t.conn.send_window(), 4000);
+    // After the handshake our window is scaled by 3: 256 KiB less one byte lent.
+    send!(t, seg().seq(R).ack(L).win(1000).payload(b"x"));
+    recv!(t, [seg().seq(L).ack(R + 1).win(((256 * 1024 - 1) >> 3) as u16)]);
+}
+
+#[test]
+fn syn_window_is_taken_unscaled() {
+    let (t, _) = syn_received_with(config(), peer_syn().ws(5).win(1000));
+    assert_eq!(t.conn.send_window(), 1000);
+}
+
+#[test]
+fn final_ack_establishes() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    t.advance(30 * MS);
+    send!(t, seg().seq(R).ack(L).win(5000));
+    assert_eq!(t.state(), State::Established);
+    events!(t, [ConnEvent::Established]);
+    recv_nothing!(t);
+    assert_eq!(t.conn.send_window(), 5000);
+    assert_eq!(t.conn.srtt_ns(), Some(30 * MS));
+    assert_eq!(t.conn.send_room(), 5000);
+}
+
+#[test]
+fn final_ack_carrying_data_delivers_it() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    send!(t, seg().seq(R).ack(L).payload(b"hello"));
+    assert_eq!(t.state(), State::Established);
+    assert_eq!(t.sink.received, b"hello");
+    recv!(t, [seg().seq(L).ack(R + 5).win(WIN - 5)]);
+    events!(t, [ConnEvent::Established]);
+}
+
+#[test]
+fn final_ack_acking_nothing_draws_a_reset() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    // RFC 9293 §3.10.7.4 SYN-RECEIVED: SND.UNA < SEG.ACK =< SND.NXT, else
+    // <SEQ=SEG.ACK><CTL=RST>.
+    send!(t, seg().seq(R).ack(LOCAL) => Verdict::Dropped(DropReason::BadAck));
+    recv!(t, [seg().rst().seq(LOCAL).win(0)]);
+    assert_eq!(t.state(), State::SynReceived);
+    send!(t, seg().seq(R).ack(LOCAL + 2) => Verdict::Dropped(DropReason::BadAck));
+    recv!(t, [seg().rst().seq(LOCAL + 2).win(0)]);
+    assert_eq!(t.state(), State::SynReceived);
+    send!(t, seg().seq(R).ack(L));
+    assert_eq!(t.state(), State::Established);
+}
+
+#[test]
+fn retransmitted_syn_is_answered_again() {
+    let (mut t, syn_ack) = syn_received_with(config(), peer_syn().sack_perm());
+    t.advance(200 * MS);
+    send!(t, peer_syn().sack_perm());
+    recv!(t, [syn_ack]);
+    assert_eq!(t.state(), State::SynReceived);
+}
+
+#[test]
+fn rst_in_syn_received_closes_a_passive_open() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    send!(t, seg().rst().seq(R));
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::Reset)]);
+    recv_nothing!(t);
+}
+
+#[test]
+fn inexact_rst_in_syn_received_draws_a_challenge() {
+    let (mut t, syn_ack) = syn_received_with(config(), peer_syn());
+    // RFC 5961 §3.2: in the window but not RCV.NXT; before ESTABLISHED the challenge is the
+    // SYN-ACK again.
+    send!(t, seg().rst().seq(R + 10) => Verdict::Dropped(DropReason::RstInvalid));
+    recv!(t, [syn_ack]);
+    assert_eq!(t.state(), State::SynReceived);
+}
+
+#[test]
+fn segment_without_ack_in_syn_received_is_dropped() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    send!(t, seg().seq(R).payload(b"data") => Verdict::Dropped(DropReason::NoAck));
+    assert!(t.sink.received.is_empty());
+    recv_nothing!(t);
+    assert_eq!(t.state(), State::SynReceived);
+}
+
+#[test]
+fn syn_ack_is_retransmitted_then_the_open_times_out() {
+    let (mut t, syn_ack) = syn_received_with(config(), peer_syn());
+    for at_s in [1u64, 3, 7, 15, 31, 63] {
+        assert_eq!(t.fire(), at_s * SEC);
+        recv!(t, [syn_ack.clone()]);
+    }
+    t.fire();
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+    recv_nothing!(t);
+}
+
+#[test]
+fn close_in_syn_received_sends_fin_after_the_handshake() {
+    let (mut t, syn_ack) = syn_received_with(config(), peer_syn());
+    t.conn.close(t.now);
+    // RFC 9293 §3.10.4: the FIN is queued until ESTABLISHED; the SYN-ACK is still resent.
+    recv_nothing!(t);
+    assert_eq!(t.fire(), SEC);
+    recv!(t, [syn_ack]);
+    send!(t, seg().seq(R).ack(L));
+    assert_eq!(t.state(), State::FinWait1);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    events!(t, [ConnEvent::Established]);
+    send!(t, seg().seq(R).ack(L + 1));
+    assert_eq!(t.state(), State::FinWait2);
+}
+
+// ===== Option negotiation (RFC 9293 §3.7.1, RFC 7323, RFC 2018) =====
+
+#[test]
+fn syn_without_mss_means_536() {
+    let mut t = established_with(config(), seg().syn().seq(REMOTE));
+    assert_eq!(t.conn.smss(), 536);
+    assert_eq!(t.app_send_n(1000), 1000);
+    recv!(t, [
+        seg().seq(L).ack(R).data(0, 536),
+        seg().seq(L + 536).ack(R).data(536, 464).psh(),
+    ]);
+}
+
+#[test]
+fn peer_mss_above_ours_is_clamped_to_ours() {
+    let mut t = established_with(config(), seg().syn().seq(REMOTE).mss(9000));
+    assert_eq!(t.conn.smss(), MSS);
+    t.app_send_n(2000);
+    recv!(t, [
+        seg().seq(L).ack(R).data(0, 1460),
+        seg().seq(L + 1460).ack(R).data(1460, 540).psh(),
+    ]);
+}
+
+#[test]
+fn tiny_peer_mss_is_raised_to_the_floor() {
+    let mut t = established_with(config(), seg().syn().seq(REMOTE).mss(10));
+    assert_eq!(t.conn.smss(), u32::from(MSS_MIN));
+    t.app_send_n(200);
+    recv!(t, [
+        seg().seq(L).ack(R).data(0, 88),
+        seg().seq(L + 88).ack(R).data(88, 88),
+        seg().seq(L + 176).ack(R).data(176, 24).psh(),
+    ]);
+}
+
+#[test]
+fn payload_is_mss_less_the_timestamps_option() {
+    let mut t = established_ts();
+    assert_eq!(t.conn.smss(), MSS_TS);
+    t.app_send_n(3000);
+    let ts = (LOCAL, PEER_TS);
+    recv!(t, [
+        seg().seq(L).ack(R).ts(ts.0, ts.1).data(0, 1448),
+        seg().seq(L + 1448).ack(R).ts(ts.0, ts.1).data(1448, 1448),
+        seg().seq(L + 2896).ack(R).ts(ts.0, ts.1).data(2896, 104).psh(),
+    ]);
+}
+
+#[test]
+fn window_scale_applies_when_both_syns_carry_it() {
+    let mut t = established_with(config(), peer_syn().ws(2));
+    assert_eq!(t.conn.options_in_force(), (false, false, Some((2, 0))));
+    send!(t, seg().seq(R).ack(L).win(1000));
+    assert_eq!(t.conn.send_window(), 4000);
+    assert_eq!(t.conn.send_room(), 4000);
+}
+
+#[test]
+fn window_scale_is_ignored_when_we_do_not_offer_it() {
+    let config = ConnConfig {
+        window_scaling: false,
+        ..config()
+    };
+    let (mut t, syn_ack) = syn_received_with(config, peer_syn().ws(2));
+    assert_eq!(syn_ack, seg().syn().seq(LOCAL).ack(R).mss(1460));
+    send!(t, seg().seq(R).ack(L).win(1000));
+    assert_eq!(t.conn.send_window(), 1000);
+    assert_eq!(t.conn.options_in_force(), (false, false, None));
+}
+
+#[test]
+fn timestamps_are_echoed() {
+    let mut t = established_ts();
+    t.advance(5 * MS);
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS + 10, LOCAL).payload(b"abc"));
+    recv!(t, [seg().seq(L).ack(R + 3).win(WIN - 3).ts(LOCAL + 5, PEER_TS + 10)]);
+}
+
+#[test]
+fn paws_drops_an_old_timestamp_with_an_ack() {
+    let mut t = established_ts();
+    // RFC 7323 §5.3 R1: SEG.TSval < TS.Recent: drop, and ACK.
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS - 1, LOCAL).payload(b"abc") => Verdict::Dropped(DropReason::Paws));
+    recv!(t, [seg().seq(L).ack(R).ts(LOCAL, PEER_TS)]);
+    assert!(t.sink.received.is_empty());
+    // An equal TSval passes.
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS, LOCAL).payload(b"abc"));
+    assert_eq!(t.sink.received, b"abc");
+}
+
+#[test]
+fn paws_spares_a_reset() {
+    let mut t = established_ts();
+    send!(t, seg().rst().seq(R).ts(PEER_TS - 100, 0));
+    events!(t, [ConnEvent::Closed(CloseReason::Reset)]);
+}
+
+#[test]
+fn ts_recent_is_taken_only_from_segments_at_the_left_edge() {
+    let mut t = established_ts();
+    // RFC 7323 §4.3: SEG.SEQ > Last.ACK.sent, so TS.Recent stays.
+    send!(t, seg().seq(R + 100).ack(L).ts(PEER_TS + 5, LOCAL).data(100, 100));
+    recv!(t, [seg().seq(L).ack(R).ts(LOCAL, PEER_TS)]);
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS + 3, LOCAL).data(0, 100));
+    recv!(t, [seg().seq(L).ack(R + 200).win(WIN - 200).ts(LOCAL, PEER_TS + 3)]);
+    assert_eq!(t.sink.received, stream(0, 200));
+}
+
+#[test]
+fn paws_lapses_after_24_idle_days_and_ts_recent_restarts() {
+    let mut t = established_ts();
+    t.advance(25 * 86_400 * SEC);
+    let ours = t.tsval();
+    // RFC 7323 §5.5: TS.Recent is invalid after 24 idle days: accept, and take SEG.TSval.
+    send!(t, seg().seq(R).ack(L).ts(5, ours).payload(b"abc"));
+    recv!(t, [seg().seq(L).ack(R + 3).win(WIN - 3).ts(ours, 5)]);
+    // PAWS applies again against the new TS.Recent.
+    send!(t, seg().seq(R + 3).ack(L).ts(4, ours).payload(b"def") => Verdict::Dropped(DropReason::Paws));
+    recv!(t, [seg().seq(L).ack(R + 3).win(WIN - 3).ts(ours, 5)]);
+}
+
+#[test]
+fn sack_blocks_report_out_of_order_data_newest_first() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R + 100).ack(L).data(100, 100));
+    recv!(t, [seg().seq(L).ack(R).sack(&[(R + 100, R + 200)])]);
+    send!(t, seg().seq(R + 300).ack(L).data(300, 100));
+    recv!(t, [seg().seq(L).ack(R).sack(&[(R + 300, R + 400), (R + 100, R + 200)])]);
+    send!(t, seg().seq(R + 500).ack(L).data(500, 100));
+    send!(t, seg().seq(R + 700).ack(L).data(700, 100));
+    send!(t, seg().seq(R + 900).ack(L).data(900, 100));
+    // Without timestamps four blocks fit (RFC 2018 §3); three duplicate ACKs at most.
+    let blocks = [(R + 900, R + 1000), (R + 700, R + 800), (R + 500, R + 600), (R + 300, R + 400)];
+    recv!(t, [
+        seg().seq(L).ack(R).sack(&blocks),
+        seg().seq(L).ack(R).sack(&blocks),
+        seg().seq(L).ack(R).sack(&blocks),
+    ]);
+    // The first hole fills: the cumulative ACK moves, the rest stay SACKed.
+    send!(t, seg().seq(R).ack(L).data(0, 100));
+    recv!(t, [seg().seq(L).ack(R + 200).win(WIN - 200).sack(&blocks)]);
+    // A block that merges two reports the merged range first.
+    send!(t, seg().seq(R + 400).ack(L).data(400, 100));
+    recv!(t, [seg().seq(L).ack(R + 200).win(WIN - 200).sack(&[(R + 300, R + 600), (R + 900, R + 1000), (R + 700, R + 800)])]);
+    assert_eq!(t.sink.received, stream(0, 200));
+}
+
+#[test]
+fn sack_blocks_are_three_with_timestamps() {
+    let mut t = established_with(config(), peer_syn().sack_perm().ts(PEER_TS, 0));
+    for k in 0..4u32 {
+        send!(t, seg().seq(R + 200 * k + 100).ack(L).ts(PEER_TS, LOCAL).data(u64::from(200 * k + 100), 100));
+        t.emitted();
+    }
+    send!(t, seg().seq(R + 900).ack(L).ts(PEER_TS, LOCAL).data(900, 100));
+    recv!(t, [seg().seq(L).ack(R).ts(LOCAL, PEER_TS).sack(&[(R + 900, R + 1000), (R + 700, R + 800), (R + 500, R + 600)])]);
+}
+
+#[test]
+fn duplicate_segment_draws_a_dsack() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R).ack(L).data(0, 100));
+    recv!(t, [seg().seq(L).ack(R + 100).win(WIN - 100)]);
+    // RFC 2883 §4: a spurious retransmission is reported in the first block.
+    send!(t, seg().seq(R).ack(L).data(0, 100) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 100).win(WIN - 100).sack(&[(R, R + 100)])]);
+    // Reported once.
+    send!(t, seg().seq(R + 100).ack(L).data(100, 10));
+    recv!(t, [seg().seq(L).ack(R + 110).win(WIN - 110)]);
+}
+
+#[test]
+fn partly_duplicate_segment_draws_a_dsack_for_the_old_part() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R).ack(L).data(0, 100));
+    t.emitted();
+    send!(t, seg().seq(R + 50).ack(L).data(50, 100));
+    recv!(t, [seg().seq(L).ack(R + 150).win(WIN - 150).sack(&[(R + 50, R + 100)])]);
+    assert_eq!(t.sink.received, stream(0, 150));
+}
+
+#[test]
+fn duplicate_of_parked_data_draws_a_dsack_and_its_block() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R + 200).ack(L).data(200, 100));
+    send!(t, seg().seq(R + 300).ack(L).data(300, 100));
+    t.emitted();
+    send!(t, seg().seq(R + 200).ack(L).data(200, 100));
+    // RFC 2883 §4: the D-SACK first, then the block holding it.
+    recv!(t, [seg().seq(L).ack(R).sack(&[(R + 200, R + 300), (R + 200, R + 400)])]);
+}
+
+#[test]
+fn no_sack_blocks_unless_negotiated() {
+    let mut t = established();
+    send!(t, seg().seq(R + 100).ack(L).data(100, 100));
+    recv!(t, [seg().seq(L).ack(R)]);
+    send!(t, seg().seq(R).ack(L).data(0, 100));
+    recv!(t, [seg().seq(L).ack(R + 200).win(WIN - 200)]);
+}
+
+#[test]
+fn sack_blocks_of_the_peer_are_ignored_unless_negotiated() {
+    let mut t = established();
+    t.app_send_n(5 * MSS);
+    t.emitted();
+    for _ in 0..3 {
+        send!(t, seg().seq(R).ack(L).sack(&[(L + MSS, L + 2 * MSS)]));
+    }
+    // Three duplicate ACKs still count (RFC 5681), the blocks do not.
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+}
+
+// ===== Receiving data (RFC 9293 §3.10.7.4, §3.8.6) =====
+
+/// [`config`] with a receive budget of `bytes`.
+fn recv_buf(bytes: u32) -> ConnConfig {
+    ConnConfig {
+        recv_buffer_bytes: bytes,
+        ..config()
+    }
+}
+
+/// ESTABLISHED with a receive budget of `bytes` (so our window starts there).
+fn established_recv_buf(bytes: u32) -> TestConn {
+    established_with(recv_buf(bytes), peer_syn())
+}
+
+#[test]
+fn in_order_data_is_delivered_and_acked() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).payload(b"abc"));
+    recv!(t, [seg().seq(L).ack(R + 3).win(WIN - 3)]);
+    send!(t, seg().seq(R + 3).ack(L).payload(b"def"));
+    recv!(t, [seg().seq(L).ack(R + 6).win(WIN - 6)]);
+    assert_eq!(t.sink.received, b"abcdef");
+    assert_eq!(t.conn.recv_lent(), 6);
+}
+
+#[test]
+fn out_of_order_data_waits_for_the_hole() {
+    let mut t = established();
+    send!(t, seg().seq(R + 3).ack(L).payload(b"def"));
+    // RFC 5681 §4.2: an immediate duplicate ACK; the right edge does not move left.
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert!(t.sink.received.is_empty());
+    send!(t, seg().seq(R).ack(L).payload(b"abc"));
+    recv!(t, [seg().seq(L).ack(R + 6).win(WIN - 6)]);
+    assert_eq!(t.sink.received, b"abcdef");
+    assert_eq!(t.conn.counters().ooo_segments, 1);
+}
+
+#[test]
+fn overlapping_out_of_order_segments_are_trimmed() {
+    let mut t = established();
+    send!(t, seg().seq(R + 10).ack(L).data(10, 10));
+    send!(t, seg().seq(R + 15).ack(L).data(15, 10));
+    send!(t, seg().seq(R + 5).ack(L).data(5, 20));
+    recv!(t, [seg().seq(L).ack(R), seg().seq(L).ack(R), seg().seq(L).ack(R)]);
+    send!(t, seg().seq(R).ack(L).data(0, 5));
+    recv!(t, [seg().seq(L).ack(R + 25).win(WIN - 25)]);
+    assert_eq!(t.sink.received, stream(0, 25));
+    assert_eq!(t.conn.recv_lent(), 25, "no byte is counted twice");
+}
+
+#[test]
+fn segment_overlapping_delivered_and_parked_data_is_trimmed_both_ways() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R).ack(L).data(0, 10));
+    send!(t, seg().seq(R + 20).ack(L).data(20, 10));
+    t.emitted();
+    send!(t, seg().seq(R + 5).ack(L).data(5, 30));
+    recv!(t, [seg().seq(L).ack(R + 35).win(WIN - 35).sack(&[(R + 5, R + 10)])]);
+    assert_eq!(t.sink.received, stream(0, 35));
+    assert_eq!(t.conn.recv_lent(), 35);
+}
+
+#[test]
+fn duplicate_segment_is_acked_without_sack() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).payload(b"abc"));
+    t.emitted();
+    send!(t, seg().seq(R).ack(L).payload(b"abc") => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 3).win(WIN - 3)]);
+    assert_eq!(t.sink.received, b"abc");
+}
+
+#[test]
+fn data_beyond_the_window_is_trimmed() {
+    let mut t = established_recv_buf(3000);
+    send!(t, seg().seq(R).ack(L).data(0, 3500));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+    assert_eq!(t.sink.received, stream(0, 3000));
+}
+
+#[test]
+fn segment_wholly_beyond_the_window_is_dropped_with_an_ack() {
+    let mut t = established_recv_buf(3000);
+    send!(t, seg().seq(R + 3000).ack(L).data(3000, 10) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R).win(3000)]);
+    assert_eq!(t.sink.discarded, 10);
+}
+
+#[test]
+fn window_edges_are_inclusive_of_the_last_byte_only() {
+    let mut t = established_recv_buf(3000);
+    // The last byte of the window is acceptable; a segment straddling the edge is trimmed.
+    send!(t, seg().seq(R + 2999).ack(L).data(2999, 1));
+    recv!(t, [seg().seq(L).ack(R).win(3000)]);
+    send!(t, seg().seq(R + 2990).ack(L).data(2990, 20));
+    recv!(t, [seg().seq(L).ack(R).win(3000)]);
+    send!(t, seg().seq(R).ack(L).data(0, 2990));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+    assert_eq!(t.sink.received, stream(0, 3000));
+}
+
+/// ESTABLISHED with a 3000-byte budget, all of it lent to the app: the window is 0.
+fn zero_window() -> TestConn {
+    let mut t = established_recv_buf(3000);
+    send!(t, seg().seq(R).ack(L).data(0, 1460));
+    recv!(t, [seg().seq(L).ack(R + 1460).win(1540)]);
+    send!(t, seg().seq(R + 1460).ack(L).data(1460, 1460));
+    recv!(t, [seg().seq(L).ack(R + 2920).win(80)]);
+    send!(t, seg().seq(R + 2920).ack(L).data(2920, 80));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+    t
+}
+
+#[test]
+fn zero_window_takes_only_an_empty_segment_at_rcv_nxt() {
+    let mut t = zero_window();
+    // RFC 9293 §3.10.7.4's table: with RCV.WND = 0, only SEG.LEN = 0 and SEG.SEQ = RCV.NXT.
+    send!(t, seg().seq(R + 3000).ack(L).win(5000));
+    assert_eq!(t.conn.send_window(), 5000);
+    recv_nothing!(t);
+    send!(t, seg().seq(R + 2999).ack(L) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+    send!(t, seg().seq(R + 3001).ack(L) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+}
+
+#[test]
+fn zero_window_refuses_data_even_at_rcv_nxt() {
+    let mut t = zero_window();
+    send!(t, seg().seq(R + 3000).ack(L).data(3000, 1) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 3000).win(0)]);
+    assert_eq!(t.sink.received.len(), 3000);
+}
+
+#[test]
+fn recv_done_reopens_a_closed_window_with_an_update() {
+    let mut t = zero_window();
+    t.recv_done(3000);
+    recv!(t, [seg().seq(L).ack(R + 3000).win(3000)]);
+    assert_eq!(t.conn.recv_window(), 3000);
+    send!(t, seg().seq(R + 3000).ack(L).data(3000, 100));
+    recv!(t, [seg().seq(L).ack(R + 3100).win(2900)]);
+}
+
+#[test]
+fn recv_done_of_a_little_sends_no_update() {
+    let mut t = zero_window();
+    // Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): less than min(buffer / 2, MSS) waits.
+    t.recv_done(1000);
+    recv_nothing!(t);
+    assert_eq!(t.conn.recv_window(), 0);
+    t.recv_done(460);
+    recv!(t, [seg().seq(L).ack(R + 3000).win(1460)]);
+}
+
+#[test]
+fn lent_bytes_hold_the_window_until_given_back() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).data(0, 1000));
+    recv!(t, [seg().seq(L).ack(R + 1000).win(WIN - 1000)]);
+    assert_eq!(t.conn.recv_lent(), 1000);
+    send!(t, seg().seq(R + 1000).ack(L).data(1000, 1000));
+    recv!(t, [seg().seq(L).ack(R + 2000).win(WIN - 2000)]);
+    t.recv_done(2000);
+    assert_eq!(t.conn.recv_lent(), 0);
+    // Not worth an update on its own (the window is far from closed); the next ACK shows it.
+    recv_nothing!(t);
+    send!(t, seg().seq(R + 2000).ack(L).data(2000, 10));
+    recv!(t, [seg().seq(L).ack(R + 2010).win(WIN - 10)]);
+}
+
+#[test]
+fn right_edge_moves_only_by_a_full_segment() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).data(0, 1000));
+    recv!(t, [seg().seq(L).ack(R + 1000).win(63_000)]);
+    t.recv_done(1000);
+    send!(t, seg().seq(R + 1000).ack(L).data(1000, 100));
+    // Giving back 1000 bytes could move the edge by 900: less than an MSS, so it stays.
+    recv!(t, [seg().seq(L).ack(R + 1100).win(62_900)]);
+    t.recv_done(100);
+    send!(t, seg().seq(R + 1100).ack(L).data(1100, 500));
+    recv!(t, [seg().seq(L).ack(R + 1600).win(62_400)]);
+    t.recv_done(500);
+    send!(t, seg().seq(R + 1600).ack(L).data(1600, 10));
+    // Now the edge can move by 1590 >= MSS.
+    recv!(t, [seg().seq(L).ack(R + 1610).win(63_990)]);
+}
+
+#[test]
+fn out_of_order_queue_is_bounded() {
+    let mut t = established();
+    for k in 0..OOO_SEGMENTS_MAX as u32 {
+        let at = 20 * k + 10;
+        send!(t, seg().seq(R + at).ack(L).data(u64::from(at), 10));
+        recv!(t, [seg().seq(L).ack(R)]);
+    }
+    let at = 20 * OOO_SEGMENTS_MAX as u32 + 10;
+    send!(t, seg().seq(R + at).ack(L).data(u64::from(at), 10) => Verdict::Dropped(DropReason::OooQueueFull));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert_eq!(t.conn.counters().ooo_segments, OOO_SEGMENTS_MAX as u64);
+    // Filling the first hole releases the first parked segment.
+    send!(t, seg().seq(R).ack(L).data(0, 10));
+    recv!(t, [seg().seq(L).ack(R + 20).win(WIN - 20)]);
+    assert_eq!(t.sink.received, stream(0, 20));
+}
+
+#[test]
+fn parked_data_counts_against_the_window() {
+    let mut t = established_recv_buf(3000);
+    send!(t, seg().seq(R + 1000).ack(L).data(1000, 1000));
+    recv!(t, [seg().seq(L).ack(R).win(3000)]);
+    // The advertised edge never moves left (RFC 9293 §3.8.6.2.2), so 3000 stands; but once
+    // the hole fills, the window left is what the budget allows.
+    send!(t, seg().seq(R).ack(L).data(0, 1000));
+    recv!(t, [seg().seq(L).ack(R + 2000).win(1000)]);
+    assert_eq!(t.conn.recv_lent(), 2000);
+}
+
+#[test]
+fn data_after_the_peers_fin_is_ignored() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L));
+    // The FIN takes a sequence number, and the edge stays.
+    recv!(t, [seg().seq(L).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.state(), State::CloseWait);
+    send!(t, seg().seq(R + 1).ack(L).payload(b"late"));
+    recv!(t, [seg().seq(L).ack(R + 1).win(WIN - 1)]);
+    assert!(t.sink.received.is_empty());
+}
+
+#[test]
+fn our_window_is_scaled_in_acks() {
+    let mut t = established_with(recv_buf(1 << 20), peer_syn().ws(0));
+    // 1 MiB needs a shift of 5.
+    send!(t, seg().seq(R).ack(L).data(0, 100));
+    recv!(t, [seg().seq(L).ack(R + 100).win((((1 << 20) - 100) >> 5) as u16)]);
+    assert_eq!(t.conn.options_in_force(), (false, false, Some((0, 5))));
+}
+
+// ===== Sending (RFC 9293 §3.8.6, §3.7.4; RFC 6928) =====
+
+#[test]
+fn send_room_is_limited_by_the_congestion_window() {
+    let t = established();
+    // RFC 6928: ten segments.
+    assert_eq!(t.conn.cwnd(), 10 * MSS);
+    assert_eq!(t.conn.send_room(), 10 * MSS);
+}
+
+#[test]
+fn send_room_is_limited_by_the_peers_window() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).win(5000));
+    assert_eq!(t.conn.send_room(), 5000);
+    assert_eq!(t.app_send_n(3000), 3000);
+    assert_eq!(t.conn.send_room(), 2000);
+}
+
+#[test]
+fn send_room_is_limited_by_the_send_buffer() {
+    let config = ConnConfig {
+        send_buffer_bytes: 5000,
+        ..config()
+    };
+    let mut t = established_with(config, peer_syn());
+    assert_eq!(t.conn.send_room(), 5000);
+    assert_eq!(t.app_send_n(6000), 5000);
+    assert_eq!(t.conn.send_room(), 0);
+    assert_eq!(t.conn.send_queued(), 5000);
+}
+
+#[test]
+fn send_room_is_zero_before_the_handshake_and_after_close() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    assert_eq!(t.conn.send_room(), 0);
+    assert_eq!(t.app_send_n(10), 0);
+    send!(t, seg().seq(R).ack(L));
+    assert!(t.conn.send_room() > 0);
+    t.conn.close(t.now);
+    assert_eq!(t.conn.send_room(), 0);
+    assert_eq!(t.app_send_n(10), 0);
+    assert!(!t.conn.can_send());
+}
+
+#[test]
+fn initial_window_is_ten_segments_with_push_on_the_last() {
+    let mut t = established();
+    assert_eq!(t.app_send_n(20_000), 14_600);
+    let mut expected = Vec::new();
+    for k in 0..10 {
+        let s = seg().seq(L + k * MSS).ack(R).data(u64::from(k * MSS), 1460);
+        expected.push(if k == 9 { s.psh() } else { s });
+    }
+    t.expect_emitted(&expected);
+    assert_eq!(t.conn.counters().segments_sent, 10 + 1);
+}
+
+#[test]
+fn acked_data_is_reported_as_sent_and_the_window_grows() {
+    let mut t = established_with(newreno(), peer_syn());
+    t.app_send_n(20_000);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    events!(t, [ConnEvent::Sent { bytes: 2 * MSS }]);
+    // Slow start by appropriate byte counting (RFC 3465, L = 2).
+    assert_eq!(t.conn.cwnd(), 12 * MSS);
+    assert_eq!(t.conn.send_room(), 4 * MSS);
+    send!(t, seg().seq(R).ack(L + 3 * MSS));
+    send!(t, seg().seq(R).ack(L + 4 * MSS));
+    events!(t, [ConnEvent::Sent { bytes: 2 * MSS }]);
+    assert_eq!(t.conn.send_queued(), 6 * MSS);
+}
+
+#[test]
+fn room_after_a_cut_short_send_is_reported_as_sent_zero() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    send!(t, seg().seq(R).ack(L).win(0));
+    events!(t, [ConnEvent::Established]);
+    assert_eq!(t.app_send_n(100), 0);
+    events!(t, []);
+    send!(t, seg().seq(R).ack(L).win(5000));
+    events!(t, [ConnEvent::Sent { bytes: 0 }]);
+    assert_eq!(t.app_send_n(100), 100);
+    recv!(t, [seg().seq(L).ack(R).data(0, 100).psh()]);
+    // Reported once.
+    send!(t, seg().seq(R).ack(L).win(6000));
+    events!(t, []);
+}
+
+#[test]
+fn nagle_holds_small_segments_while_data_is_in_flight() {
+    let mut t = established();
+    t.conn.set_nodelay(false);
+    t.app_send(b"a");
+    recv!(t, [seg().seq(L).ack(R).payload(b"a").psh()]);
+    t.app_send(b"b");
+    t.app_send(b"c");
+    recv_nothing!(t);
+    send!(t, seg().seq(R).ack(L + 1));
+    recv!(t, [seg().seq(L + 1).ack(R).payload(b"bc").psh()]);
+    // A full segment goes at once.
+    t.app_send_n(1460);
+    recv!(t, [seg().seq(L + 3).ack(R).data(3, 1460).psh()]);
+}
+
+#[test]
+fn nodelay_sends_small_segments_at_once() {
+    let mut t = established();
+    t.app_send(b"a");
+    t.collect();
+    t.app_send(b"b");
+    recv!(t, [
+        seg().seq(L).ack(R).payload(b"a").psh(),
+        seg().seq(L + 1).ack(R).payload(b"b").psh(),
+    ]);
+}
+
+#[test]
+fn data_segments_leave_room_for_sack_blocks() {
+    let mut t = established_sack();
+    send!(t, seg().seq(R + 100).ack(L).data(100, 100));
+    recv!(t, [seg().seq(L).ack(R).sack(&[(R + 100, R + 200)])]);
+    // While SACK blocks ride along, the payload shrinks by their 36 option bytes.
+    t.app_send_n(3000);
+    let sack = [(R + 100, R + 200)];
+    recv!(t, [
+        seg().seq(L).ack(R).sack(&sack).data(0, 1424),
+        seg().seq(L + 1424).ack(R).sack(&sack).data(1424, 1424),
+        seg().seq(L + 2848).ack(R).sack(&sack).data(2848, 152).psh(),
+    ]);
+}
+
+#[test]
+fn window_update_from_an_older_ack_is_ignored() {
+    let mut t = established();
+    t.app_send_n(200);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 100).win(5000));
+    assert_eq!(t.conn.send_window(), 5000);
+    // RFC 9293 §3.10.7.4: same SEG.SEQ and an older SEG.ACK (SND.WL2 > SEG.ACK): no update.
+    send!(t, seg().seq(R).ack(L + 50).win(9000));
+    assert_eq!(t.conn.send_window(), 5000);
+    // The same ACK again may update it.
+    send!(t, seg().seq(R).ack(L + 100).win(7000));
+    assert_eq!(t.conn.send_window(), 7000);
+}
+
+#[test]
+fn data_sent_and_received_together_piggybacks_the_ack() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).payload(b"ping"));
+    t.app_send(b"pong");
+    recv!(t, [seg().seq(L).ack(R + 4).win(WIN - 4).payload(b"pong").psh()]);
+}
+
+// ===== ACK generation (RFC 9293 §3.8.6.3, RFC 5681 §4.2) =====
+
+/// ESTABLISHED, and quick-ACK mode over: 16 small segments were received and acked.
+fn past_quick_acks() -> TestConn {
+    let mut t = established();
+    for k in 0..QUICK_ACKS_INITIAL {
+        send!(t, seg().seq(R + 10 * k).ack(L).data(u64::from(10 * k), 10));
+        recv!(t, [seg().seq(L).ack(R + 10 * (k + 1)).win(WIN - 10 * (k as u16 + 1))]);
+    }
+    t.recv_done(10 * QUICK_ACKS_INITIAL);
+    t
+}
+
+/// The sequence offset past [`past_quick_acks`]' data.
+const QA: u32 = 10 * QUICK_ACKS_INITIAL;
+
+#[test]
+fn delayed_ack_after_the_quick_acks() {
+    let mut t = past_quick_acks();
+    send!(t, seg().seq(R + QA).ack(L).data(u64::from(QA), 10));
+    recv_nothing!(t);
+    assert_eq!(t.poll_at(), Some(40 * MS));
+    t.advance(39 * MS);
+    recv_nothing!(t);
+    t.advance(1 * MS);
+    recv!(t, [seg().seq(L).ack(R + QA + 10).win(WIN - QA as u16 - 10)]);
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn every_second_full_segment_is_acked_at_once() {
+    let mut t = past_quick_acks();
+    send!(t, seg().seq(R + QA).ack(L).data(u64::from(QA), 1460));
+    recv_nothing!(t);
+    send!(t, seg().seq(R + QA + 1460).ack(L).data(u64::from(QA + 1460), 1460));
+    recv!(t, [seg().seq(L).ack(R + QA + 2920).win(WIN - QA as u16 - 2920)]);
+    assert_eq!(t.poll_at(), None, "the delayed-ACK timer is settled");
+}
+
+#[test]
+fn zero_delayed_ack_acks_every_segment() {
+    let config = ConnConfig {
+        delayed_ack_ns: 0,
+        ..config()
+    };
+    let mut t = established_with(config, peer_syn());
+    for k in 0..QUICK_ACKS_INITIAL + 4 {
+        send!(t, seg().seq(R + k).ack(L).data(u64::from(k), 1));
+        recv!(t, [seg().seq(L).ack(R + k + 1).win(WIN - k as u16 - 1)]);
+    }
+}
+
+#[test]
+fn out_of_order_data_is_acked_at_once_even_after_quick_acks() {
+    let mut t = past_quick_acks();
+    send!(t, seg().seq(R + QA + 10).ack(L).data(u64::from(QA + 10), 10));
+    // The right edge stayed where the quick ACKs left it.
+    recv!(t, [seg().seq(L).ack(R + QA).win(WIN - QA as u16)]);
+    // Filling the hole is acked at once too.
+    send!(t, seg().seq(R + QA).ack(L).data(u64::from(QA), 10));
+    recv!(t, [seg().seq(L).ack(R + QA + 20).win(WIN - QA as u16 - 20)]);
+}
+
+#[test]
+fn at_most_three_duplicate_acks_per_batch() {
+    let mut t = established_sack();
+    for k in 0..5u32 {
+        let at = 200 * k + 100;
+        send!(t, seg().seq(R + at).ack(L).data(u64::from(at), 100));
+    }
+    let blocks = [(R + 900, R + 1000), (R + 700, R + 800), (R + 500, R + 600), (R + 300, R + 400)];
+    recv!(t, [
+        seg().seq(L).ack(R).sack(&blocks),
+        seg().seq(L).ack(R).sack(&blocks),
+        seg().seq(L).ack(R).sack(&blocks),
+    ]);
+}
+
+#[test]
+fn a_data_segment_carries_the_delayed_ack() {
+    let mut t = past_quick_acks();
+    send!(t, seg().seq(R + QA).ack(L).data(u64::from(QA), 10));
+    recv_nothing!(t);
+    t.advance(10 * MS);
+    t.app_send(b"reply");
+    recv!(t, [seg().seq(L).ack(R + QA + 10).win(WIN - QA as u16 - 10).payload(b"reply").psh()]);
+    // What is left is the retransmission timer, not the delayed ACK.
+    assert_eq!(t.poll_at(), Some(10 * MS + 200 * MS));
+}
