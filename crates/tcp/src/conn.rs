@@ -2024,6 +2024,11 @@ impl<B: Payload> Connection<B> {
         }
         self.snd_nxt = start;
         if start.ge(fin_end) {
+            // A send cut short by a closed window queued nothing, yet the app waits: probe
+            // the window (RFC 9293 §3.8.6.1), or a lost window update would stall us forever.
+            if self.want_room && self.snd_wnd == 0 && self.snd_una == self.snd_max {
+                self.arm_persist(now_ns);
+            }
             return None;
         }
         let mut end = fin_end;
