@@ -1258,6 +1258,10 @@ impl<B: Payload> Connection<B> {
         }
         self.keepalive_sent = 0;
         self.rearm_keepalive(now_ns);
+        if self.persist_at.is_some() {
+            // The peer answered a zero-window probe (see `handle_timeout`).
+            self.timeouts = 0;
+        }
         self.handle_ack(now_ns, seg, ack, seq, len);
         if self.state == State::Closed {
             sink.discard(payload);
@@ -2220,7 +2224,11 @@ impl<B: Payload> Connection<B> {
                 && (self.send_queued() > 0 || self.want_room);
             if stuck && self.state.sends_data() {
                 self.persist_backoff += 1;
-                if self.persist_backoff > self.config.retries_max {
+                // Only unanswered probes count towards giving up: RFC 1122 §4.2.2.17 keeps a
+                // connection open as long as the receiver answers them (an ACK resets the
+                // count below; the backoff stays).
+                self.timeouts += 1;
+                if self.timeouts > self.config.retries_max {
                     self.enter_closed(CloseReason::TimedOut);
                     return;
                 }
