@@ -1736,3 +1736,411 @@ fn a_data_segment_carries_the_delayed_ack() {
     // What is left is the retransmission timer, not the delayed ACK.
     assert_eq!(t.poll_at(), Some(10 * MS + 200 * MS));
 }
+
+// ===== Retransmission timeout (RFC 6298) =====
+
+/// ESTABLISHED by a passive open whose handshake took `rtt_ns`: SRTT = `rtt_ns`, RTTVAR =
+/// `rtt_ns / 2`, so RTO = 3 * `rtt_ns` (at least 200 ms).
+fn established_rtt(config: ConnConfig, syn: Seg, rtt_ns: u64) -> TestConn {
+    let (mut t, _) = syn_received_with(config, syn);
+    t.advance(rtt_ns);
+    send!(t, seg().seq(R).ack(L));
+    events!(t, [ConnEvent::Established]);
+    t
+}
+
+#[test]
+fn rto_is_at_least_the_minimum() {
+    let mut t = established();
+    assert_eq!(t.conn.srtt_ns(), Some(0));
+    assert_eq!(t.conn.rto_ns(), 200 * MS);
+    t.app_send(b"hello");
+    let hello = seg().seq(L).ack(R).payload(b"hello").psh();
+    recv!(t, [hello.clone()]);
+    // RFC 6298 (5.5): back off by doubling.
+    for at_ms in [200, 600, 1400] {
+        assert_eq!(t.fire(), at_ms * MS);
+        recv!(t, [hello.clone()]);
+    }
+    assert_eq!(t.conn.counters().retransmits, 3);
+    assert_eq!(t.conn.counters().rto_expirations, 3);
+    assert_eq!(t.conn.rto_ns(), 1600 * MS);
+}
+
+#[test]
+fn rto_follows_the_handshake_sample() {
+    let mut t = established_rtt(config(), peer_syn(), 100 * MS);
+    assert_eq!(t.conn.rto_ns(), 300 * MS);
+    t.app_send(b"x");
+    t.emitted();
+    assert_eq!(t.fire(), 400 * MS);
+    recv!(t, [seg().seq(L).ack(R).payload(b"x").psh()]);
+}
+
+#[test]
+fn rto_resends_one_segment_then_goes_back_n() {
+    let mut t = established_with(newreno(), peer_syn());
+    t.app_send_n(3 * MSS);
+    assert_eq!(t.emitted().len(), 3);
+    assert_eq!(t.fire(), 200 * MS);
+    // RFC 5681 §3.1: the loss window is one segment.
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    assert_eq!(t.conn.cwnd(), MSS);
+    t.advance(50 * MS);
+    send!(t, seg().seq(R).ack(L + MSS));
+    recv!(t, [
+        seg().seq(L + MSS).ack(R).data(1460, 1460),
+        seg().seq(L + 2 * MSS).ack(R).data(2920, 1460).psh(),
+    ]);
+    assert_eq!(t.conn.counters().retransmits, 3);
+    // The backed-off RTO restarts from the ACK.
+    assert_eq!(t.poll_at(), Some(250 * MS + 400 * MS));
+}
+
+#[test]
+fn karn_no_sample_from_a_retransmitted_segment() {
+    let mut t = established_rtt(config(), peer_syn(), 100 * MS);
+    t.app_send(b"hello");
+    t.emitted();
+    assert_eq!(t.fire(), 400 * MS);
+    t.emitted();
+    assert_eq!(t.conn.rto_ns(), 600 * MS);
+    t.advance(50 * MS);
+    send!(t, seg().seq(R).ack(L + 5));
+    // RFC 6298 §3 (Karn): the ambiguous ACK gives no sample and keeps the backoff.
+    assert_eq!(t.conn.srtt_ns(), Some(100 * MS));
+    assert_eq!(t.conn.rto_ns(), 600 * MS);
+    t.app_send(b"world");
+    t.emitted();
+    t.advance(50 * MS);
+    send!(t, seg().seq(R).ack(L + 10));
+    // RFC 6298 (2.3): RTTVAR = 3/4 * 50 + 1/4 * |100 - 50|, SRTT = 7/8 * 100 + 1/8 * 50.
+    assert_eq!(t.conn.srtt_ns(), Some(93_750_000));
+    assert_eq!(t.conn.rto_ns(), 93_750_000 + 4 * 50 * MS);
+}
+
+#[test]
+fn data_retransmissions_run_out_and_time_out() {
+    let mut t = established();
+    t.app_send(b"x");
+    let x = seg().seq(L).ack(R).payload(b"x").psh();
+    recv!(t, [x.clone()]);
+    let mut at = 0;
+    let mut rto = 200 * MS;
+    for _ in 0..15 {
+        at += rto;
+        assert_eq!(t.fire(), at);
+        recv!(t, [x.clone()]);
+        // RFC 6298 (2.5): the maximum RTO caps the backoff.
+        rto = (2 * rto).min(60 * SEC);
+    }
+    assert_eq!(t.fire(), at + rto);
+    recv_nothing!(t);
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+}
+
+#[test]
+fn rto_restarts_on_each_ack_and_stops_when_all_is_acked() {
+    let mut t = established();
+    t.app_send_n(2 * MSS);
+    t.emitted();
+    assert_eq!(t.poll_at(), Some(200 * MS));
+    t.advance(100 * MS);
+    send!(t, seg().seq(R).ack(L + MSS));
+    // RFC 6298 (5.3).
+    assert_eq!(t.poll_at(), Some(300 * MS));
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    // RFC 6298 (5.2).
+    assert_eq!(t.poll_at(), None);
+    events!(t, [ConnEvent::Sent { bytes: 2 * MSS }]);
+}
+
+// ===== Fast retransmit and NewReno recovery (RFC 5681 §3.2, RFC 6582) =====
+
+/// ESTABLISHED with NewReno and no SACK, ten full segments in flight.
+fn ten_in_flight(syn: Seg) -> TestConn {
+    let mut t = established_with(newreno(), syn);
+    assert_eq!(t.app_send_n(10 * MSS), 10 * MSS);
+    assert_eq!(t.emitted().len(), 10);
+    t
+}
+
+#[test]
+fn three_duplicate_acks_trigger_a_fast_retransmit() {
+    let mut t = ten_in_flight(peer_syn());
+    send!(t, seg().seq(R).ack(L));
+    send!(t, seg().seq(R).ack(L));
+    recv_nothing!(t);
+    send!(t, seg().seq(R).ack(L));
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    assert_eq!(t.conn.counters().fast_recoveries, 1);
+    assert_eq!(t.conn.counters().dup_acks, 3);
+    // RFC 5681 eq. 4: ssthresh = FlightSize / 2.
+    assert_eq!(t.conn.cwnd(), 5 * MSS);
+    // More duplicates only inflate the window; there is no new data to send.
+    send!(t, seg().seq(R).ack(L));
+    recv_nothing!(t);
+}
+
+#[test]
+fn acks_that_move_the_window_are_not_duplicates() {
+    let mut t = ten_in_flight(peer_syn());
+    for win in [60_000, 59_000, 58_000] {
+        send!(t, seg().seq(R).ack(L).win(win));
+    }
+    recv_nothing!(t);
+    assert_eq!(t.conn.counters().dup_acks, 0);
+}
+
+#[test]
+fn acks_carrying_data_are_not_duplicates() {
+    let mut t = ten_in_flight(peer_syn());
+    for k in 0..3u32 {
+        send!(t, seg().seq(R + k).ack(L).data(u64::from(k), 1));
+        recv!(t, [seg().seq(L + 10 * MSS).ack(R + k + 1).win(WIN - k as u16 - 1)]);
+    }
+    assert_eq!(t.conn.counters().fast_recoveries, 0);
+}
+
+#[test]
+fn partial_ack_retransmits_the_next_hole_and_a_full_ack_ends_recovery() {
+    let mut t = ten_in_flight(peer_syn());
+    for _ in 0..3 {
+        send!(t, seg().seq(R).ack(L));
+    }
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    // RFC 6582 §3.2 step 4: segments 1-3 are in, 4 is lost too.
+    send!(t, seg().seq(R).ack(L + 3 * MSS));
+    recv!(t, [seg().seq(L + 3 * MSS).ack(R).data(u64::from(3 * MSS), 1460)]);
+    events!(t, [ConnEvent::Sent { bytes: 3 * MSS }]);
+    // Step 3: the full ACK; cwnd = min(ssthresh, max(FlightSize, SMSS) + SMSS).
+    send!(t, seg().seq(R).ack(L + 10 * MSS));
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Sent { bytes: 7 * MSS }]);
+    assert_eq!(t.conn.cwnd(), 2 * MSS);
+    assert_eq!(t.conn.counters().retransmits, 2);
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn partial_acks_retransmit_the_last_segment_then_the_fin() {
+    let mut t = established_with(newreno(), peer_syn());
+    t.app_send_n(4 * MSS);
+    t.conn.close(t.now);
+    let out = t.emitted();
+    assert_eq!(out.len(), 4);
+    assert!(out[3].flags.contains(Flags::FIN));
+    // Segments 1 and 4 (with the FIN) are lost: three duplicates, then a partial ACK.
+    for _ in 0..3 {
+        send!(t, seg().seq(R).ack(L));
+    }
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    send!(t, seg().seq(R).ack(L + 3 * MSS));
+    // The retransmission is one SMSS of data; the FIN follows on the next partial ACK.
+    recv!(t, [seg().psh().seq(L + 3 * MSS).ack(R).data(u64::from(3 * MSS), 1460)]);
+    send!(t, seg().seq(R).ack(L + 4 * MSS));
+    recv!(t, [seg().fin().seq(L + 4 * MSS).ack(R)]);
+    send!(t, seg().seq(R).ack(L + 4 * MSS + 1));
+    assert_eq!(t.state(), State::FinWait2);
+}
+
+// ===== SACK loss recovery (RFC 6675) =====
+
+#[test]
+fn sack_recovery_retransmits_the_holes_in_order_as_the_pipe_allows() {
+    let mut t = ten_in_flight(peer_syn().sack_perm());
+    let seg_at = |k: u32| L + (k - 1) * MSS;
+    // Segments 1 and 3 are lost; each ACK SACKs one more arrival.
+    let two = (seg_at(2), seg_at(3));
+    send!(t, seg().seq(R).ack(L).sack(&[two]));
+    send!(t, seg().seq(R).ack(L).sack(&[(seg_at(4), seg_at(5)), two]));
+    recv_nothing!(t);
+    // Three duplicates and more than 2 * SMSS SACKed above segment 1: it is lost.
+    send!(t, seg().seq(R).ack(L).sack(&[(seg_at(4), seg_at(6)), two]));
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    // cwnd = ssthresh = (14600 - 4380 SACKed) / 2 = 5110; the pipe is above it for a while.
+    assert_eq!(t.conn.cwnd(), 5110);
+    for k in [7, 8, 9] {
+        send!(t, seg().seq(R).ack(L).sack(&[(seg_at(4), seg_at(k)), two]));
+        recv_nothing!(t);
+    }
+    // After segment 9's SACK, pipe = 2920 and segment 3 (now lost too) goes.
+    send!(t, seg().seq(R).ack(L).sack(&[(seg_at(4), seg_at(10)), two]));
+    recv!(t, [seg().seq(seg_at(3)).ack(R).data(u64::from(2 * MSS), 1460)]);
+    send!(t, seg().seq(R).ack(L).sack(&[(seg_at(4), seg_at(11)), two]));
+    recv_nothing!(t);
+    send!(t, seg().seq(R).ack(L + 10 * MSS));
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Sent { bytes: 10 * MSS }]);
+    assert_eq!(t.conn.cwnd(), 2 * MSS);
+    assert_eq!(t.conn.counters().retransmits, 2);
+    assert_eq!(t.conn.counters().fast_recoveries, 1);
+}
+
+#[test]
+fn sack_of_three_segments_above_a_hole_starts_recovery_without_three_dup_acks() {
+    let mut t = ten_in_flight(peer_syn().sack_perm());
+    // One ACK SACKing three segments: RFC 6675 §5 IsLost(SND.UNA) holds.
+    send!(t, seg().seq(R).ack(L).sack(&[(L + MSS, L + 4 * MSS)]));
+    recv!(t, [seg().seq(L).ack(R).data(0, 1460)]);
+    assert_eq!(t.conn.counters().fast_recoveries, 1);
+    assert_eq!(t.conn.counters().dup_acks, 1);
+}
+
+#[test]
+fn dsack_from_the_peer_is_counted() {
+    let mut t = established_sack();
+    t.app_send_n(2 * MSS);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    send!(t, seg().seq(R).ack(L + 2 * MSS).sack(&[(L, L + MSS)]));
+    assert_eq!(t.conn.counters().dsacks_received, 1);
+    assert_eq!(t.conn.counters().dup_acks, 0);
+    recv_nothing!(t);
+}
+
+// ===== Zero-window probes (RFC 9293 §3.8.6.1) =====
+
+/// ESTABLISHED, everything acked, the peer's window closed, the app wanting to send 100 bytes.
+fn window_closed() -> TestConn {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L).win(0));
+    assert_eq!(t.conn.send_window(), 0);
+    assert_eq!(t.app_send_n(100), 0);
+    recv_nothing!(t);
+    t
+}
+
+#[test]
+fn closed_window_is_probed_at_snd_una_minus_one() {
+    let mut t = window_closed();
+    // The first probe after one RTO, then backing off.
+    assert_eq!(t.fire(), 200 * MS);
+    let probe = seg().seq(L - 1).ack(R);
+    recv!(t, [probe.clone()]);
+    assert_eq!(t.fire(), 600 * MS);
+    recv!(t, [probe.clone()]);
+    // The peer answers with the same closed window.
+    send!(t, seg().seq(R).ack(L).win(0));
+    recv_nothing!(t);
+    assert_eq!(t.fire(), 1400 * MS);
+    recv!(t, [probe]);
+    assert_eq!(t.conn.counters().window_probes, 3);
+}
+
+#[test]
+fn opened_window_ends_the_probes_and_data_flows() {
+    let mut t = window_closed();
+    t.fire();
+    t.emitted();
+    send!(t, seg().seq(R).ack(L).win(5000));
+    events!(t, [ConnEvent::Sent { bytes: 0 }]);
+    assert_eq!(t.app_send_n(100), 100);
+    recv!(t, [seg().seq(L).ack(R).data(0, 100).psh()]);
+    send!(t, seg().seq(R).ack(L + 100).win(5000));
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn answered_probes_keep_the_connection_open() {
+    let mut t = window_closed();
+    // RFC 1122 §4.2.2.17: as long as probes are answered, the connection stays.
+    for _ in 0..40 {
+        t.fire();
+        recv!(t, [seg().seq(L - 1).ack(R)]);
+        send!(t, seg().seq(R).ack(L).win(0));
+    }
+    assert_eq!(t.state(), State::Established);
+    events!(t, []);
+}
+
+#[test]
+fn unanswered_probes_time_out() {
+    let mut t = window_closed();
+    for _ in 0..15 {
+        t.fire();
+        recv!(t, [seg().seq(L - 1).ack(R)]);
+    }
+    t.fire();
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+}
+
+#[test]
+fn window_closing_under_data_in_flight_is_probed_then_resent() {
+    let mut t = established();
+    t.app_send_n(2 * MSS);
+    t.emitted();
+    // The peer takes the first segment and closes its window on the second.
+    send!(t, seg().seq(R).ack(L + MSS).win(0));
+    // The timeout finds no window: nothing is resent, a probe follows.
+    assert_eq!(t.fire(), 200 * MS);
+    recv_nothing!(t);
+    t.fire();
+    recv!(t, [seg().seq(L + MSS - 1).ack(R)]);
+    send!(t, seg().seq(R).ack(L + MSS).win(5000));
+    recv!(t, [seg().seq(L + MSS).ack(R).data(1460, 1460).psh()]);
+}
+
+// ===== Keepalive (RFC 9293 §3.8.4) =====
+
+/// Probes after 10 s idle, then every second, three of them.
+fn keepalive() -> Keepalive {
+    Keepalive {
+        idle_ns: 10 * SEC,
+        interval_ns: SEC,
+        probes: 3,
+    }
+}
+
+#[test]
+fn keepalive_probes_an_idle_connection() {
+    let mut t = established();
+    t.conn.set_keepalive(t.now, Some(keepalive()));
+    assert_eq!(t.fire(), 10 * SEC);
+    // SEG.SEQ = SND.NXT - 1 with no data, as Linux sends.
+    recv!(t, [seg().seq(L - 1).ack(R)]);
+    assert_eq!(t.conn.counters().keepalive_probes, 1);
+    send!(t, seg().seq(R).ack(L));
+    // Answered: the idle time starts again.
+    assert_eq!(t.poll_at(), Some(20 * SEC));
+}
+
+#[test]
+fn unanswered_keepalives_reset_the_connection() {
+    let mut t = established();
+    t.conn.set_keepalive(t.now, Some(keepalive()));
+    for at_s in [10, 11, 12] {
+        assert_eq!(t.fire(), at_s * SEC);
+        recv!(t, [seg().seq(L - 1).ack(R)]);
+    }
+    assert_eq!(t.fire(), 13 * SEC);
+    recv!(t, [seg().rst().seq(L).ack(R).win(0)]);
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+    assert!(t.conn.is_closed());
+}
+
+#[test]
+fn keepalive_from_the_config_starts_at_the_handshake() {
+    let config = ConnConfig {
+        keepalive: Some(keepalive()),
+        ..config()
+    };
+    let mut t = established_rtt(config, peer_syn(), 5 * SEC);
+    assert_eq!(t.poll_at(), Some(15 * SEC));
+    // Traffic pushes it back.
+    t.advance(3 * SEC);
+    send!(t, seg().seq(R).ack(L).payload(b"x"));
+    t.emitted();
+    assert_eq!(t.poll_at(), Some(18 * SEC));
+}
+
+#[test]
+fn keepalive_can_be_turned_off() {
+    let mut t = established();
+    t.conn.set_keepalive(t.now, Some(keepalive()));
+    assert_eq!(t.poll_at(), Some(10 * SEC));
+    t.conn.set_keepalive(t.now, None);
+    assert_eq!(t.poll_at(), None);
+}
