@@ -1282,6 +1282,12 @@ impl<B: Payload> Connection<B> {
             sink.discard(payload);
         }
 
+        // A FIN that arrived out of order is taken once the data before it is in (RFC 9293
+        // §3.10.7.4, eighth step); otherwise the peer would have to time out and resend it.
+        if self.fin_seq == Some(self.rcv_nxt) && self.state.receives_data() {
+            self.handle_fin(now_ns);
+        }
+
         // Eighth: FIN.
         if flags.contains(Flags::FIN) {
             let fin = seq + len;
