@@ -1155,6 +1155,14 @@ impl<B: Payload> Connection<B> {
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
                 self.challenge_ack(now_ns);
+                // RFC 9293 §3.10.7.4 TIME-WAIT: the peer's FIN again (it lies just below
+                // RCV.NXT, so it fails this check): ACK it and restart the 2 MSL timeout.
+                if self.state == State::TimeWait
+                    && flags.contains(Flags::FIN)
+                    && seq + seg_len == self.rcv_nxt
+                {
+                    self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
+                }
                 // RFC 2883 §4: data wholly below RCV.NXT (a spurious retransmission) is
                 // reported as a D-SACK in that ACK, as Linux's tcp_send_dupack does.
                 if len > 0 && seq.lt(self.rcv_nxt) {
