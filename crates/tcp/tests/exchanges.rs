@@ -2144,3 +2144,484 @@ fn keepalive_can_be_turned_off() {
     t.conn.set_keepalive(t.now, None);
     assert_eq!(t.poll_at(), None);
 }
+
+// ===== Closing (RFC 9293 §3.6, §3.10.4, §3.10.7.4) =====
+
+/// From ESTABLISHED through an active close to TIME-WAIT, at the current time; with `ts`,
+/// the peer's segments carry that TSval and echo ours.
+fn to_time_wait(t: &mut TestConn, ts: Option<u32>) {
+    let with_ts = |s: Seg, t: &TestConn| match ts {
+        Some(v) => s.ts(v, t.tsval()),
+        None => s,
+    };
+    t.conn.close(t.now);
+    let mut fin = seg().fin().seq(L).ack(R);
+    if let Some(v) = ts {
+        fin = fin.ts(t.tsval(), v);
+    }
+    recv!(t, [fin]);
+    let ack = with_ts(seg().seq(R).ack(L + 1), t);
+    send!(t, ack);
+    assert_eq!(t.state(), State::FinWait2);
+    let peer_fin = with_ts(seg().fin().seq(R).ack(L + 1), t);
+    send!(t, peer_fin);
+    assert_eq!(t.state(), State::TimeWait);
+    let mut ack = seg().seq(L + 1).ack(R + 1).win(WIN - 1);
+    if let Some(v) = ts {
+        ack = ack.ts(t.tsval(), v);
+    }
+    recv!(t, [ack]);
+    events!(t, [ConnEvent::PeerClosed, ConnEvent::Closed(CloseReason::Closed)]);
+}
+
+#[test]
+fn active_close_walks_fin_wait_1_fin_wait_2_time_wait_closed() {
+    let mut t = established();
+    t.conn.close(t.now);
+    assert_eq!(t.state(), State::FinWait1);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    send!(t, seg().seq(R).ack(L + 1));
+    assert_eq!(t.state(), State::FinWait2);
+    // FIN-WAIT-2 gives up after 60 s without the peer's FIN.
+    assert_eq!(t.poll_at(), Some(60 * SEC));
+    t.advance(SEC);
+    send!(t, seg().fin().seq(R).ack(L + 1));
+    assert_eq!(t.state(), State::TimeWait);
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1)]);
+    events!(t, [ConnEvent::PeerClosed, ConnEvent::Closed(CloseReason::Closed)]);
+    // 2 MSL.
+    assert_eq!(t.poll_at(), Some(61 * SEC));
+    t.advance(60 * SEC);
+    assert!(t.conn.is_closed());
+    events!(t, []);
+    recv_nothing!(t);
+}
+
+#[test]
+fn fin_rides_on_the_last_data_segment() {
+    let mut t = established();
+    t.app_send(b"bye");
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().psh().seq(L).ack(R).payload(b"bye")]);
+    send!(t, seg().seq(R).ack(L + 4));
+    assert_eq!(t.state(), State::FinWait2);
+    events!(t, [ConnEvent::Sent { bytes: 3 }]);
+}
+
+#[test]
+fn queued_data_goes_before_the_fin() {
+    let mut t = established();
+    t.app_send_n(3000);
+    t.conn.close(t.now);
+    recv!(t, [
+        seg().seq(L).ack(R).data(0, 1460),
+        seg().seq(L + 1460).ack(R).data(1460, 1460),
+        seg().fin().psh().seq(L + 2920).ack(R).data(2920, 80),
+    ]);
+}
+
+#[test]
+fn fin_is_retransmitted_on_timeout() {
+    let mut t = established();
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    assert_eq!(t.fire(), 200 * MS);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    assert_eq!(t.conn.counters().retransmits, 1);
+}
+
+#[test]
+fn close_twice_sends_one_fin() {
+    let mut t = established();
+    t.conn.close(t.now);
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    t.conn.close(t.now);
+    recv_nothing!(t);
+}
+
+#[test]
+fn fin_wait_2_times_out() {
+    let mut t = established();
+    t.conn.close(t.now);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 1));
+    assert_eq!(t.fire(), 60 * SEC);
+    assert!(t.conn.is_closed());
+    recv_nothing!(t);
+    events!(t, [ConnEvent::Closed(CloseReason::TimedOut)]);
+}
+
+#[test]
+fn fin_wait_2_without_a_limit_waits() {
+    let config = ConnConfig {
+        fin_wait2_ns: None,
+        ..config()
+    };
+    let mut t = established_with(config, peer_syn());
+    t.conn.close(t.now);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 1));
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn fin_wait_2_still_receives_data() {
+    let mut t = established();
+    t.conn.close(t.now);
+    t.emitted();
+    send!(t, seg().seq(R).ack(L + 1));
+    send!(t, seg().seq(R).ack(L + 1).payload(b"more"));
+    recv!(t, [seg().seq(L + 1).ack(R + 4).win(WIN - 4)]);
+    assert_eq!(t.sink.received, b"more");
+    send!(t, seg().fin().seq(R + 4).ack(L + 1));
+    recv!(t, [seg().seq(L + 1).ack(R + 5).win(WIN - 5)]);
+    assert_eq!(t.state(), State::TimeWait);
+}
+
+#[test]
+fn fin_wait_1_takes_the_peers_fin_and_ack_together() {
+    let mut t = established();
+    t.conn.close(t.now);
+    t.emitted();
+    send!(t, seg().fin().seq(R).ack(L + 1));
+    assert_eq!(t.state(), State::TimeWait);
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1)]);
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let mut t = established();
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    // The peer's FIN crossed ours.
+    send!(t, seg().fin().seq(R).ack(L));
+    assert_eq!(t.state(), State::Closing);
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1)]);
+    send!(t, seg().seq(R + 1).ack(L + 1));
+    assert_eq!(t.state(), State::TimeWait);
+    events!(t, [ConnEvent::PeerClosed, ConnEvent::Closed(CloseReason::Closed)]);
+}
+
+#[test]
+fn closing_retransmits_its_fin() {
+    let mut t = established();
+    t.conn.close(t.now);
+    t.emitted();
+    send!(t, seg().fin().seq(R).ack(L));
+    t.emitted();
+    assert_eq!(t.fire(), 200 * MS);
+    recv!(t, [seg().fin().seq(L).ack(R + 1).win(WIN - 1)]);
+}
+
+#[test]
+fn time_wait_reacks_a_retransmitted_fin_and_restarts_2msl() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    assert_eq!(t.poll_at(), Some(60 * SEC));
+    t.advance(30 * SEC);
+    // RFC 9293 §3.10.7.4 TIME-WAIT: acknowledge it, and restart the 2 MSL timeout.
+    send!(t, seg().fin().seq(R).ack(L + 1) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.poll_at(), Some(90 * SEC));
+    t.advance(59 * SEC);
+    assert_eq!(t.state(), State::TimeWait);
+    t.advance(SEC);
+    assert!(t.conn.is_closed());
+}
+
+#[test]
+fn time_wait_ignores_a_reset() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    // RFC 1337: a RST must not end TIME-WAIT early.
+    send!(t, seg().rst().seq(R + 1) => Verdict::Dropped(DropReason::RstInvalid));
+    assert_eq!(t.state(), State::TimeWait);
+    recv_nothing!(t);
+}
+
+#[test]
+fn time_wait_yields_to_a_syn_with_a_newer_timestamp() {
+    let mut t = established_ts();
+    to_time_wait(&mut t, Some(PEER_TS));
+    t.advance(SEC);
+    // RFC 6191: the timestamp shows the SYN is of a new connection, whatever its sequence
+    // number.
+    send!(t, seg().syn().seq(REMOTE - 7).mss(1460).ts(PEER_TS + 1, 0) => Verdict::TimeWaitReuse);
+    assert!(t.conn.is_closed());
+    recv_nothing!(t);
+    events!(t, []);
+}
+
+#[test]
+fn time_wait_refuses_a_syn_with_an_older_timestamp() {
+    let mut t = established_ts();
+    to_time_wait(&mut t, Some(PEER_TS));
+    send!(t, seg().syn().seq(REMOTE + 100_000).mss(1460).ts(PEER_TS - 1, 0) => Verdict::Dropped(DropReason::Paws));
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1).ts(LOCAL, PEER_TS)]);
+    assert_eq!(t.state(), State::TimeWait);
+}
+
+#[test]
+fn time_wait_without_timestamps_yields_to_a_higher_sequence_number() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    send!(t, seg().syn().seq(R + 1000).mss(1460) => Verdict::TimeWaitReuse);
+    assert!(t.conn.is_closed());
+}
+
+#[test]
+fn time_wait_without_timestamps_refuses_an_old_sequence_number() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    send!(t, seg().syn().seq(REMOTE).mss(1460) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L + 1).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.state(), State::TimeWait);
+}
+
+#[test]
+fn passive_close_walks_close_wait_last_ack_closed() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L));
+    assert_eq!(t.state(), State::CloseWait);
+    recv!(t, [seg().seq(L).ack(R + 1).win(WIN - 1)]);
+    events!(t, [ConnEvent::PeerClosed]);
+    // CLOSE-WAIT may still send.
+    assert!(t.conn.can_send());
+    t.app_send(b"tail");
+    recv!(t, [seg().psh().seq(L).ack(R + 1).win(WIN - 1).payload(b"tail")]);
+    t.conn.close(t.now);
+    assert_eq!(t.state(), State::LastAck);
+    recv!(t, [seg().fin().seq(L + 4).ack(R + 1).win(WIN - 1)]);
+    send!(t, seg().seq(R + 1).ack(L + 5));
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Sent { bytes: 4 }, ConnEvent::Closed(CloseReason::Closed)]);
+    recv_nothing!(t);
+}
+
+#[test]
+fn last_ack_retransmits_its_fin() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L));
+    t.emitted();
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(L).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.fire(), 200 * MS);
+    recv!(t, [seg().fin().seq(L).ack(R + 1).win(WIN - 1)]);
+    // An ACK short of the FIN leaves LAST-ACK as it is.
+    send!(t, seg().seq(R + 1).ack(L));
+    assert_eq!(t.state(), State::LastAck);
+}
+
+#[test]
+fn fin_with_data_delivers_then_closes() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L).payload(b"end"));
+    assert_eq!(t.sink.received, b"end");
+    assert_eq!(t.state(), State::CloseWait);
+    recv!(t, [seg().seq(L).ack(R + 4).win(WIN - 4)]);
+    events!(t, [ConnEvent::PeerClosed]);
+}
+
+#[test]
+fn out_of_order_fin_is_taken_when_the_hole_fills() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R + 3).ack(L).payload(b"def"));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert_eq!(t.state(), State::Established);
+    send!(t, seg().seq(R).ack(L).payload(b"abc"));
+    recv!(t, [seg().seq(L).ack(R + 7).win(WIN - 7)]);
+    assert_eq!(t.sink.received, b"abcdef");
+    assert_eq!(t.state(), State::CloseWait);
+    events!(t, [ConnEvent::PeerClosed]);
+}
+
+#[test]
+fn retransmitted_fin_in_close_wait_is_acked() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L));
+    t.emitted();
+    send!(t, seg().fin().seq(R).ack(L) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.state(), State::CloseWait);
+    events!(t, [ConnEvent::PeerClosed]);
+}
+
+// ===== Abort (RFC 9293 §3.10.5) =====
+
+#[test]
+fn abort_resets_with_snd_nxt() {
+    let mut t = established();
+    t.conn.abort();
+    assert!(!t.conn.is_closed(), "the RST is still to go");
+    recv!(t, [seg().rst().seq(L).ack(R).win(0)]);
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::Aborted)]);
+    send!(t, seg().seq(R).ack(L).payload(b"late") => Verdict::Dropped(DropReason::Closed));
+    recv_nothing!(t);
+}
+
+#[test]
+fn abort_with_data_in_flight_resets_past_it() {
+    let mut t = established();
+    t.app_send(b"hello");
+    t.emitted();
+    send!(t, seg().seq(R).ack(L).payload(b"hi"));
+    t.emitted();
+    t.conn.abort();
+    recv!(t, [seg().rst().seq(L + 5).ack(R + 2).win(0)]);
+    assert_eq!(t.conn.poll_at(), None);
+}
+
+#[test]
+fn abort_in_syn_received_resets() {
+    let (mut t, _) = syn_received_with(config(), peer_syn());
+    t.conn.abort();
+    recv!(t, [seg().rst().seq(L).ack(R).win(0)]);
+    events!(t, [ConnEvent::Closed(CloseReason::Aborted)]);
+}
+
+#[test]
+fn abort_in_time_wait_is_silent() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    t.conn.abort();
+    recv_nothing!(t);
+    assert!(t.conn.is_closed());
+    events!(t, []);
+}
+
+// ===== RFC 5961: blind reset, SYN and data injection =====
+
+#[test]
+fn rst_at_rcv_nxt_resets() {
+    let mut t = established();
+    send!(t, seg().rst().seq(R));
+    assert!(t.conn.is_closed());
+    events!(t, [ConnEvent::Closed(CloseReason::Reset)]);
+    recv_nothing!(t);
+}
+
+#[test]
+fn rst_in_the_window_but_not_at_rcv_nxt_draws_a_challenge_ack() {
+    let mut t = established();
+    send!(t, seg().rst().seq(R + 1) => Verdict::Dropped(DropReason::RstInvalid));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert_eq!(t.state(), State::Established);
+    assert_eq!(t.conn.counters().challenge_acks, 1);
+    send!(t, seg().rst().seq(R + u32::from(WIN) - 1) => Verdict::Dropped(DropReason::RstInvalid));
+    recv!(t, [seg().seq(L).ack(R)]);
+}
+
+#[test]
+fn rst_outside_the_window_is_ignored() {
+    let mut t = established();
+    send!(t, seg().rst().seq(R + u32::from(WIN)) => Verdict::Dropped(DropReason::OutOfWindow));
+    send!(t, seg().rst().seq(REMOTE) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv_nothing!(t);
+    assert_eq!(t.state(), State::Established);
+}
+
+#[test]
+fn rst_in_other_synchronized_states_resets() {
+    let mut t = established();
+    send!(t, seg().fin().seq(R).ack(L));
+    send!(t, seg().rst().seq(R + 1));
+    events!(t, [ConnEvent::PeerClosed, ConnEvent::Closed(CloseReason::Reset)]);
+
+    let mut t = established();
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(L).ack(R)]);
+    send!(t, seg().seq(R).ack(L + 1));
+    assert_eq!(t.state(), State::FinWait2);
+    send!(t, seg().rst().seq(R));
+    events!(t, [ConnEvent::Closed(CloseReason::Reset)]);
+    assert!(t.conn.is_closed());
+}
+
+#[test]
+fn syn_in_established_draws_a_challenge_ack() {
+    let mut t = established();
+    // RFC 5961 §4.2: whatever its sequence number.
+    send!(t, seg().syn().seq(R + 5).mss(1460) => Verdict::Dropped(DropReason::SynInWindow));
+    recv!(t, [seg().seq(L).ack(R)]);
+    send!(t, seg().syn().seq(REMOTE).mss(1460) => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert_eq!(t.state(), State::Established);
+    assert_eq!(t.conn.counters().challenge_acks, 2);
+}
+
+#[test]
+fn ack_older_than_the_largest_window_draws_a_challenge_ack() {
+    let mut t = established();
+    // RFC 5961 §5.2: SEG.ACK < SND.UNA - MAX.SND.WND.
+    send!(t, seg().seq(R).ack(L.wrapping_sub(u32::from(WIN) + 1)).payload(b"x") => Verdict::Dropped(DropReason::BadAck));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert!(t.sink.received.is_empty());
+    // Just inside: an old duplicate, whose data is taken.
+    send!(t, seg().seq(R).ack(L.wrapping_sub(u32::from(WIN))).payload(b"x"));
+    recv!(t, [seg().seq(L).ack(R + 1).win(WIN - 1)]);
+    assert_eq!(t.sink.received, b"x");
+}
+
+#[test]
+fn ack_of_unsent_data_is_acked_and_dropped() {
+    let mut t = established();
+    send!(t, seg().seq(R).ack(L + 10).payload(b"x") => Verdict::Dropped(DropReason::BadAck));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert!(t.sink.received.is_empty());
+    assert_eq!(t.conn.counters().challenge_acks, 0);
+}
+
+#[test]
+fn blind_data_outside_the_window_is_dropped() {
+    let mut t = established();
+    send!(t, seg().seq(R + 100_000).ack(L).payload(b"evil") => Verdict::Dropped(DropReason::OutOfWindow));
+    recv!(t, [seg().seq(L).ack(R)]);
+    assert!(t.sink.received.is_empty());
+}
+
+#[test]
+fn challenge_acks_are_rate_limited() {
+    let mut t = established();
+    for _ in 0..CHALLENGE_ACKS_PER_SECOND + 2 {
+        send!(t, seg().rst().seq(R + 1) => Verdict::Dropped(DropReason::RstInvalid));
+        t.collect();
+    }
+    assert_eq!(t.emitted().len(), CHALLENGE_ACKS_PER_SECOND as usize);
+    assert_eq!(t.conn.counters().challenge_acks, u64::from(CHALLENGE_ACKS_PER_SECOND));
+    assert_eq!(t.conn.counters().challenge_acks_suppressed, 2);
+    t.advance(SEC);
+    send!(t, seg().rst().seq(R + 1) => Verdict::Dropped(DropReason::RstInvalid));
+    recv!(t, [seg().seq(L).ack(R)]);
+}
+
+// ===== Segments for no connection (RFC 9293 §3.10.7.1) =====
+
+#[test]
+fn reset_reply_to_an_ack_takes_its_ack_number() {
+    let seg_in = seg().seq(5).ack(77).payload(b"xyz").to_repr();
+    let rst = reset_reply(&seg_in).expect("a RST");
+    assert_eq!((rst.src_port, rst.dst_port), (LOCAL_PORT, REMOTE_PORT));
+    // <SEQ=SEG.ACK><CTL=RST>
+    assert_eq!(Seg::from_repr(&rst, Vec::new()), seg().rst().seq(77).win(0));
+}
+
+#[test]
+fn reset_reply_to_a_syn_acks_it() {
+    let rst = reset_reply(&peer_syn().to_repr()).expect("a RST");
+    // <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, the SYN counting one.
+    assert_eq!(Seg::from_repr(&rst, Vec::new()), seg().rst().seq(0).ack(R).win(0));
+}
+
+#[test]
+fn reset_reply_to_data_and_fin_without_ack_acks_all_of_it() {
+    let rst = reset_reply(&seg().fin().seq(u32::MAX - 1).payload(b"abc").to_repr()).expect("a RST");
+    assert_eq!(Seg::from_repr(&rst, Vec::new()), seg().rst().seq(0).ack(2).win(0));
+}
+
+#[test]
+fn reset_reply_never_answers_a_reset() {
+    assert_eq!(reset_reply(&seg().rst().seq(5).to_repr()), None);
+    assert_eq!(reset_reply(&seg().rst().seq(5).ack(9).to_repr()), None);
+}
