@@ -831,9 +831,16 @@ impl<B: Payload> Connection<B> {
         self.cc.kind()
     }
 
+    /// Whether `snd_una` (now or before this ACK) still leaves our SYN unacknowledged.
+    fn syn_unacked(&self, snd_una: SeqNumber) -> bool {
+        snd_una == self.iss && self.snd_una_offset == 0
+    }
+
     /// The first unacknowledged app byte (`snd_una`, or past the SYN before it is acked).
     fn data_una(&self) -> SeqNumber {
-        if self.snd_una == self.iss {
+        // SND.UNA is back at ISS after every 2^32 - 1 acknowledged bytes too; only while no
+        // byte was ever acknowledged does it mean the SYN is still out.
+        if self.syn_unacked(self.snd_una) {
             self.iss + 1u32
         } else {
             self.snd_una
@@ -1389,7 +1396,7 @@ impl<B: Payload> Connection<B> {
 impl<B: Payload> Connection<B> {
     /// `snd_una` moved from `una_before` to `ack`.
     fn handle_ack_advance(&mut self, now_ns: u64, ack: SeqNumber, una_before: SeqNumber) {
-        let data_start = if una_before == self.iss {
+        let data_start = if self.syn_unacked(una_before) {
             self.iss + 1u32
         } else {
             una_before
