@@ -27,9 +27,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use melange_core::contract::CloseReason;
 use melange_tcp::cc::CongestionKind;
+use melange_tcp::cookie::SynCookies;
+use melange_tcp::isn::FourTuple;
+use melange_tcp::listen::{ListenError, ListenerIndex, Listeners, SynAckLocal, SynDecision};
+use melange_tcp::siphash::SipKey;
 use melange_tcp::conn::{
     reset_reply, ConnConfig, ConnEvent, Connection, DropReason, Keepalive, Ports, RecvSink,
     State, Transmit, Verdict, CHALLENGE_ACKS_PER_SECOND, MSS_DEFAULT, MSS_MIN, OOO_SEGMENTS_MAX,
@@ -584,7 +589,7 @@ fn syn_received_with(config: ConnConfig, syn: Seg) -> (TestConn, Seg) {
 /// timestamps); the Established event drained.
 fn established_with(config: ConnConfig, syn: Seg) -> TestConn {
     let (mut t, syn_ack) = syn_received_with(config, syn.clone());
-    let mut ack = seg().seq(REMOTE + 1).ack(LOCAL + 1);
+    let mut ack = seg().seq(syn.seq.wrapping_add(1)).ack(LOCAL + 1);
     if let (Some((tsval, _)), Some((our, _))) = (syn.ts, syn_ack.ts) {
         ack = ack.ts(tsval, our);
     }
@@ -2624,4 +2629,244 @@ fn reset_reply_to_data_and_fin_without_ack_acks_all_of_it() {
 fn reset_reply_never_answers_a_reset() {
     assert_eq!(reset_reply(&seg().rst().seq(5).to_repr()), None);
     assert_eq!(reset_reply(&seg().rst().seq(5).ack(9).to_repr()), None);
+}
+
+// ===== SYN cookies end to end (RFC 4987; crate::listen, crate::cookie) =====
+
+/// A listener on [`LOCAL_PORT`] that answers every SYN with a cookie.
+fn cookie_listener() -> (Listeners, ListenerIndex, FourTuple) {
+    let codec = SynCookies::new(SipKey::new(0x1234, 0x5678), SipKey::new(0x9abc, 0xdef0));
+    let mut listeners = Listeners::new(Some(codec));
+    let index = listeners.listen(LOCAL_PORT, 16, 0).expect("listen");
+    let tuple = FourTuple {
+        local: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), LOCAL_PORT),
+        remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), REMOTE_PORT),
+    };
+    (listeners, index, tuple)
+}
+
+/// What our side of a cookie SYN-ACK says, from [`config`].
+fn cookie_local() -> SynAckLocal {
+    SynAckLocal {
+        mss: config().mss,
+        window_scale: config().window_shift().expect("window scaling on"),
+        window_len: WIN,
+        ecn: false,
+    }
+}
+
+#[test]
+fn cookie_handshake_with_timestamps_restores_every_option() {
+    let (mut listeners, index, tuple) = cookie_listener();
+    let t0 = 5 * SEC;
+    assert_eq!(listeners.handle_syn(index, t0), SynDecision::Cookie);
+    let syn = peer_syn().ws(2).sack_perm().ts(PEER_TS, 0);
+    let syn_ack = listeners
+        .cookie_syn_ack(index, &syn.to_repr(), &tuple, t0, (t0 / MS) as u32, &cookie_local())
+        .expect("a cookie SYN-ACK");
+    let repr = syn_ack.repr;
+    assert_eq!((repr.src_port, repr.dst_port), (LOCAL_PORT, REMOTE_PORT));
+    let iss = repr.seq;
+    let (cookie_ts, _) = repr.timestamps.expect("timestamps echoed");
+    assert_eq!(
+        Seg::from_repr(&repr, Vec::new()),
+        seg().syn().seq(iss).ack(R).mss(1460).ws(0).sack_perm().ts(cookie_ts, PEER_TS)
+    );
+    // The peer's final ACK, carrying the first request.
+    let t1 = t0 + 10 * MS;
+    let ack = seg().seq(R).ack(iss + 1).ts(PEER_TS + 10, cookie_ts).payload(b"GET /");
+    let params = listeners.cookie_ack(index, &ack.to_repr(), &tuple, t1).expect("cookie valid");
+    assert_eq!((params.mss, params.window_scale, params.sack_permitted), (1460, Some(2), true));
+    listeners.cookie_established(index).expect("backlog room");
+    let conn = Connection::from_cookie(config(), ports(), t1, &ack.to_repr(), params).expect("valid");
+    // Our clock continues from the SYN-ACK's TSval.
+    let mut t = TestConn::new(conn, t1, cookie_ts.wrapping_sub((t1 / MS) as u32));
+    assert_eq!(t.state(), State::Established);
+    send!(t, ack);
+    assert_eq!(t.sink.received, b"GET /");
+    recv!(t, [seg().seq(iss + 1).ack(R + 5).win(WIN - 5).ts(cookie_ts, PEER_TS + 10)]);
+    events!(t, [ConnEvent::Established]);
+    assert_eq!(t.conn.options_in_force(), (true, true, Some((2, 0))));
+    assert_eq!(t.conn.smss(), MSS_TS);
+    // The peer's window is scaled by the shift the cookie kept.
+    send!(t, seg().seq(R + 5).ack(iss + 1).win(1000).ts(PEER_TS + 11, cookie_ts));
+    assert_eq!(t.conn.send_window(), 4000);
+    t.app_send_n(2000);
+    let ts = (t.tsval(), PEER_TS + 11);
+    recv!(t, [
+        seg().seq(iss + 1).ack(R + 5).win(WIN - 5).ts(ts.0, ts.1).data(0, 1448),
+        seg().seq(iss + 1 + 1448).ack(R + 5).win(WIN - 5).ts(ts.0, ts.1).data(1448, 552).psh(),
+    ]);
+    // SACK works: the peer reports the second segment, the first is lost.
+    for _ in 0..3 {
+        send!(t, seg().seq(R + 5).ack(iss + 1).win(1000).ts(PEER_TS + 12, ts.0).sack(&[(iss + 1 + 1448, iss + 2001)]));
+    }
+    recv!(t, [seg().seq(iss + 1).ack(R + 5).win(WIN - 5).ts(t.tsval(), PEER_TS + 12).data(0, 1448)]);
+}
+
+#[test]
+fn cookie_handshake_without_timestamps_has_no_scaling_or_sack() {
+    let (mut listeners, index, tuple) = cookie_listener();
+    let syn = seg().syn().seq(REMOTE).mss(1400).ws(2).sack_perm();
+    let syn_ack = listeners
+        .cookie_syn_ack(index, &syn.to_repr(), &tuple, 0, 0, &cookie_local())
+        .expect("a cookie SYN-ACK");
+    let iss = syn_ack.repr.seq;
+    // Nowhere to keep WS or SACK-permitted without timestamps: offer neither.
+    assert_eq!(Seg::from_repr(&syn_ack.repr, Vec::new()), seg().syn().seq(iss).ack(R).mss(1460));
+    // The MSS is rounded down to the cookie table.
+    assert_eq!(syn_ack.mss, 1300);
+    let ack = seg().seq(R).ack(iss + 1).win(1000);
+    let params = listeners.cookie_ack(index, &ack.to_repr(), &tuple, MS).expect("cookie valid");
+    assert_eq!((params.mss, params.window_scale, params.sack_permitted), (1300, None, false));
+    let conn = Connection::from_cookie(config(), ports(), MS, &ack.to_repr(), params).expect("valid");
+    let mut t = TestConn::new(conn, MS, 0);
+    send!(t, ack);
+    recv_nothing!(t);
+    assert_eq!(t.conn.options_in_force(), (false, false, None));
+    assert_eq!(t.conn.send_window(), 1000);
+    t.app_send_n(1000);
+    recv!(t, [
+        seg().seq(iss + 1).ack(R).data(0, 1000).psh(),
+    ]);
+    send!(t, seg().seq(R).ack(iss + 1001).win(5000));
+    t.app_send_n(2000);
+    recv!(t, [
+        seg().seq(iss + 1001).ack(R).data(1000, 1300),
+        seg().seq(iss + 2301).ack(R).data(2300, 700).psh(),
+    ]);
+}
+
+#[test]
+fn cookie_ack_with_a_wrong_number_is_refused() {
+    let (mut listeners, index, tuple) = cookie_listener();
+    let syn_ack = listeners
+        .cookie_syn_ack(index, &peer_syn().to_repr(), &tuple, 0, 0, &cookie_local())
+        .expect("a cookie SYN-ACK");
+    let forged = seg().seq(R).ack(syn_ack.repr.seq.wrapping_add(1 << 20));
+    assert!(matches!(
+        listeners.cookie_ack(index, &forged.to_repr(), &tuple, MS),
+        Err(ListenError::Cookie(_))
+    ));
+    // Another tuple's ACK with the right number fails too.
+    let other = FourTuple {
+        remote: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), REMOTE_PORT),
+        ..tuple
+    };
+    let ack = seg().seq(R).ack(syn_ack.repr.seq + 1);
+    assert!(listeners.cookie_ack(index, &ack.to_repr(), &other, MS).is_err());
+    assert!(listeners.cookie_ack(index, &ack.to_repr(), &tuple, MS).is_ok());
+}
+
+// ===== Sequence-number wraparound (RFC 9293 §3.4) =====
+
+/// Our ISS just below 2^32.
+const LOCAL_W: u32 = u32::MAX - 1000;
+/// The peer's ISS just below 2^32.
+const REMOTE_W: u32 = u32::MAX - 50;
+
+#[test]
+fn sending_across_2_pow_32() {
+    let mut t = TestConn::accept_with(config(), LOCAL_W, &peer_syn());
+    recv!(t, [seg().syn().seq(LOCAL_W).ack(R).mss(1460)]);
+    send!(t, seg().seq(R).ack(LOCAL_W + 1));
+    events!(t, [ConnEvent::Established]);
+    let l = LOCAL_W.wrapping_add(1);
+    t.app_send_n(3000);
+    recv!(t, [
+        seg().seq(l).ack(R).data(0, 1460),
+        seg().seq(l.wrapping_add(1460)).ack(R).data(1460, 1460),
+        seg().seq(l.wrapping_add(2920)).ack(R).data(2920, 80).psh(),
+    ]);
+    assert!(l.wrapping_add(1460) < 1000, "the second segment starts past zero");
+    // Three duplicates with a SACK block across zero: the first segment is resent.
+    send!(t, seg().seq(R).ack(l.wrapping_add(1460)));
+    events!(t, [ConnEvent::Sent { bytes: 1460 }]);
+    for _ in 0..3 {
+        send!(t, seg().seq(R).ack(l.wrapping_add(1460)).win(WIN));
+    }
+    recv!(t, [seg().seq(l.wrapping_add(1460)).ack(R).data(1460, 1460)]);
+    send!(t, seg().seq(R).ack(l.wrapping_add(3000)));
+    events!(t, [ConnEvent::Sent { bytes: 1540 }]);
+    t.conn.close(t.now);
+    recv!(t, [seg().fin().seq(l.wrapping_add(3000)).ack(R)]);
+    send!(t, seg().seq(R).ack(l.wrapping_add(3001)));
+    assert_eq!(t.state(), State::FinWait2);
+}
+
+#[test]
+fn receiving_across_2_pow_32_with_sack_and_fin() {
+    let mut t = established_with(config(), seg().syn().seq(REMOTE_W).mss(1460).sack_perm());
+    let r = REMOTE_W.wrapping_add(1);
+    send!(t, seg().seq(r).ack(L).data(0, 100));
+    recv!(t, [seg().seq(L).ack(r.wrapping_add(100)).win(WIN - 100)]);
+    // A hole at [100, 200), which straddles zero; a SACK block past it.
+    send!(t, seg().seq(r.wrapping_add(200)).ack(L).data(200, 100));
+    recv!(t, [seg().seq(L).ack(r.wrapping_add(100)).win(WIN - 100).sack(&[(r.wrapping_add(200), r.wrapping_add(300))])]);
+    send!(t, seg().fin().seq(r.wrapping_add(100)).ack(L).data(100, 100) => Verdict::Accepted);
+    // The FIN there is out of place (it would end the stream inside the parked data): the
+    // data up to 300 is in; the FIN's own position (200) is behind RCV.NXT.
+    send!(t, seg().fin().seq(r.wrapping_add(300)).ack(L).data(300, 10));
+    let out = t.emitted();
+    assert_eq!(out.last().map(|s| s.ack), Some(Some(r.wrapping_add(311))));
+    assert_eq!(t.sink.received, stream(0, 310));
+    assert_eq!(t.state(), State::CloseWait);
+}
+
+#[test]
+fn fin_at_sequence_number_zero() {
+    let mut t = established_with(config(), seg().syn().seq(u32::MAX - 1).mss(1460));
+    send!(t, seg().seq(u32::MAX).ack(L).payload(b"z"));
+    recv!(t, [seg().seq(L).ack(0).win(WIN - 1)]);
+    send!(t, seg().fin().seq(0).ack(L));
+    recv!(t, [seg().seq(L).ack(1).win(WIN - 2)]);
+    assert_eq!(t.state(), State::CloseWait);
+}
+
+#[test]
+fn four_gib_stream_leaves_snd_una_back_at_iss() {
+    // Our stream wraps the sequence space: after 2^32 - 1 bytes, SND.UNA = ISS again, which
+    // must not be mistaken for "the SYN is unacknowledged".
+    let config = ConnConfig {
+        mss: 65_000,
+        send_buffer_bytes: 1 << 30,
+        recv_buffer_bytes: 1 << 20,
+        congestion: CongestionKind::NewReno,
+        ..ConnConfig::default()
+    };
+    let syn = seg().syn().seq(REMOTE).mss(65_000).ws(14);
+    let mut t = TestConn::accept_with(config, LOCAL, &syn);
+    t.out_virtual = true;
+    t.emitted();
+    send!(t, seg().seq(R).ack(L).win(u16::MAX));
+    t.events();
+    let total: u64 = (1 << 32) - 1;
+    let mut acked: u64 = 0;
+    while acked < total {
+        let offer = (total - t.out_len).min(u64::from(u32::MAX)) as u32;
+        if offer > 0 {
+            t.app_send_n(offer);
+        }
+        let mut ends = Vec::new();
+        while let Some(tx) = t.conn.poll_transmit(t.now) {
+            assert_eq!(tx.payload_offset, acked + ends.iter().map(|&(_, n)| n).sum::<u64>());
+            ends.push((tx.repr.seq.wrapping_add(tx.repr.payload_len as u32), tx.repr.payload_len as u64));
+        }
+        assert!(!ends.is_empty(), "stalled at {acked}");
+        for (end, len) in ends {
+            let seg = seg().seq(R).ack(end).win(u16::MAX);
+            assert_eq!(t.conn.handle_segment(t.now, &seg.to_repr(), Vec::new(), &mut t.sink), Verdict::Accepted);
+            acked += len;
+        }
+        t.events();
+    }
+    assert_eq!(t.conn.send_queued(), 0);
+    assert_eq!(t.out_len, total);
+    // The next byte has sequence number ISS and stream offset 2^32 - 1.
+    t.app_send_n(10);
+    assert_eq!(t.conn.send_queued(), 10);
+    recv!(t, [seg().seq(LOCAL).ack(R).win(32_768).data(total, 10).psh()]);
+    send!(t, seg().seq(R).ack(LOCAL + 10).win(u16::MAX));
+    events!(t, [ConnEvent::Sent { bytes: 10 }]);
+    assert_eq!(t.conn.send_queued(), 0);
 }
