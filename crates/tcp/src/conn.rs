@@ -831,9 +831,16 @@ impl<B: Payload> Connection<B> {
         self.cc.kind()
     }
 
+    /// Whether `snd_una` (now or before this ACK) still leaves our SYN unacknowledged.
+    fn syn_unacked(&self, snd_una: SeqNumber) -> bool {
+        snd_una == self.iss && self.snd_una_offset == 0
+    }
+
     /// The first unacknowledged app byte (`snd_una`, or past the SYN before it is acked).
     fn data_una(&self) -> SeqNumber {
-        if self.snd_una == self.iss {
+        // SND.UNA is back at ISS after every 2^32 - 1 acknowledged bytes too; only while no
+        // byte was ever acknowledged does it mean the SYN is still out.
+        if self.syn_unacked(self.snd_una) {
             self.iss + 1u32
         } else {
             self.snd_una
@@ -909,7 +916,11 @@ impl<B: Payload> Connection<B> {
     pub fn close(&mut self, _now_ns: u64) {
         match self.state {
             State::SynSent => self.enter_closed(CloseReason::Aborted),
-            State::SynReceived | State::Established => {
+            // RFC 9293 §3.10.4: queue the FIN until ESTABLISHED (the final ACK moves on to
+            // FIN-WAIT-1). Leaving SYN-RECEIVED now would stop the SYN-ACK's retransmission,
+            // and a lost SYN-ACK could then never complete the handshake.
+            State::SynReceived => self.fin_queued = true,
+            State::Established => {
                 self.fin_queued = true;
                 self.state = State::FinWait1;
             }
@@ -1098,6 +1109,30 @@ impl<B: Payload> Connection<B> {
         payload: B,
         sink: &mut impl RecvSink<B>,
     ) -> Verdict {
+        // A SYN at IRS in SYN-RECEIVED occupies RCV.NXT - 1, so the window check below would
+        // refuse it. Without ACK it is the peer's retransmitted SYN: answer with the SYN-ACK
+        // again. With ACK it is the peer's SYN-ACK of a simultaneous open (RFC 9293 §3.5
+        // figure 8, line 6): take it as the ACK of our SYN, as Linux does.
+        let stripped;
+        let seg = if self.state == State::SynReceived
+            && seg.flags.contains(Flags::SYN)
+            && !seg.flags.contains(Flags::RST)
+            && SeqNumber(seg.seq) == self.irs
+        {
+            if seg.ack.is_none() {
+                sink.discard(payload);
+                self.syn_due = true;
+                return Verdict::Accepted;
+            }
+            stripped = Repr {
+                seq: seg.seq.wrapping_add(1),
+                flags: seg.flags.difference(Flags::SYN),
+                ..*seg
+            };
+            &stripped
+        } else {
+            seg
+        };
         let flags = seg.flags;
         let seq = SeqNumber(seg.seq);
         let len = payload.len() as u32;
@@ -1134,6 +1169,24 @@ impl<B: Payload> Connection<B> {
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
                 self.challenge_ack(now_ns);
+                // RFC 9293 §3.10.7.4 TIME-WAIT: the peer's FIN again (it lies just below
+                // RCV.NXT, so it fails this check): ACK it and restart the 2 MSL timeout.
+                if self.state == State::TimeWait
+                    && flags.contains(Flags::FIN)
+                    && seq + seg_len == self.rcv_nxt
+                {
+                    self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
+                }
+                // RFC 2883 §4: data wholly below RCV.NXT (a spurious retransmission) is
+                // reported as a D-SACK in that ACK, as Linux's tcp_send_dupack does.
+                if len > 0 && seq.lt(self.rcv_nxt) {
+                    let end = if (seq + len).lt(self.rcv_nxt) {
+                        seq + len
+                    } else {
+                        self.rcv_nxt
+                    };
+                    self.report_duplicate(SeqRange::new(seq, end));
+                }
             }
             sink.discard(payload);
             return Verdict::Dropped(DropReason::OutOfWindow);
@@ -1162,14 +1215,10 @@ impl<B: Payload> Connection<B> {
             return Verdict::Dropped(DropReason::RstInvalid);
         }
 
-        // Third: a SYN in a synchronized state (RFC 5961 §4): challenge ACK. In SYN-RECEIVED,
-        // the peer's retransmitted SYN gets our SYN-ACK again.
+        // Third: a SYN in a synchronized state (RFC 5961 §4): challenge ACK. (A SYN at IRS in
+        // SYN-RECEIVED was answered above.)
         if flags.contains(Flags::SYN) {
             sink.discard(payload);
-            if self.state == State::SynReceived && seq == self.irs {
-                self.syn_due = true;
-                return Verdict::Accepted;
-            }
             self.challenge_ack(now_ns);
             return Verdict::Dropped(DropReason::SynInWindow);
         }
@@ -1219,7 +1268,11 @@ impl<B: Payload> Connection<B> {
         // RFC 7323 §4.3: TS.Recent takes SEG.TSval when SEG.SEQ =< Last.ACK.sent.
         if self.ts_enabled {
             if let Some((tsval, _)) = seg.timestamps {
-                if seq.le(self.last_ack_sent) && (tsval.wrapping_sub(self.ts_recent) as i32) >= 0 {
+                // RFC 7323 §5.5: after 24 idle days TS.Recent is invalid, so the segment's
+                // TSval replaces it even if it looks older (Linux's tcp_paws_check).
+                let stale = now_ns.saturating_sub(self.ts_recent_ns) > PAWS_IDLE_NS;
+                let newer = (tsval.wrapping_sub(self.ts_recent) as i32) >= 0;
+                if seq.le(self.last_ack_sent) && (newer || stale) {
                     self.ts_recent = tsval;
                     self.ts_recent_ns = now_ns;
                 }
@@ -1227,6 +1280,10 @@ impl<B: Payload> Connection<B> {
         }
         self.keepalive_sent = 0;
         self.rearm_keepalive(now_ns);
+        if self.persist_at.is_some() {
+            // The peer answered a zero-window probe (see `handle_timeout`).
+            self.timeouts = 0;
+        }
         self.handle_ack(now_ns, seg, ack, seq, len);
         if self.state == State::Closed {
             sink.discard(payload);
@@ -1245,6 +1302,12 @@ impl<B: Payload> Connection<B> {
             }
         } else {
             sink.discard(payload);
+        }
+
+        // A FIN that arrived out of order is taken once the data before it is in (RFC 9293
+        // §3.10.7.4, eighth step); otherwise the peer would have to time out and resend it.
+        if self.fin_seq == Some(self.rcv_nxt) && self.state.receives_data() {
+            self.handle_fin(now_ns);
         }
 
         // Eighth: FIN.
@@ -1340,7 +1403,7 @@ impl<B: Payload> Connection<B> {
 impl<B: Payload> Connection<B> {
     /// `snd_una` moved from `una_before` to `ack`.
     fn handle_ack_advance(&mut self, now_ns: u64, ack: SeqNumber, una_before: SeqNumber) {
-        let data_start = if una_before == self.iss {
+        let data_start = if self.syn_unacked(una_before) {
             self.iss + 1u32
         } else {
             una_before
@@ -1758,8 +1821,11 @@ impl<B: Payload> Connection<B> {
     pub fn poll_transmit(&mut self, now_ns: u64) -> Option<Transmit> {
         if let Some(seq) = self.rst_due.take() {
             let mut repr = self.bare_repr(seq, Flags::RST);
-            // An abort of a synchronized connection ACKs what it received, as Linux does.
-            if self.irs != SeqNumber(0) || self.rcv_nxt != SeqNumber(0) {
+            // An abort (or a keepalive timeout) closed the connection first and ACKs what it
+            // received, as Linux does. A RST answering an unacceptable ACK in SYN-SENT or
+            // SYN-RECEIVED leaves the state alone and takes RFC 9293 §3.10.7.3/§3.10.7.4's
+            // form <SEQ=SEG.ACK><CTL=RST>, without ACK (Linux's tcp_v4_send_reset too).
+            if self.state == State::Closed {
                 repr.ack = Some(self.rcv_nxt.0);
             }
             self.counters.segments_sent += 1;
@@ -1990,6 +2056,11 @@ impl<B: Payload> Connection<B> {
         }
         self.snd_nxt = start;
         if start.ge(fin_end) {
+            // A send cut short by a closed window queued nothing, yet the app waits: probe
+            // the window (RFC 9293 §3.8.6.1), or a lost window update would stall us forever.
+            if self.want_room && self.snd_wnd == 0 && self.snd_una == self.snd_max {
+                self.arm_persist(now_ns);
+            }
             return None;
         }
         let mut end = fin_end;
@@ -2181,7 +2252,11 @@ impl<B: Payload> Connection<B> {
                 && (self.send_queued() > 0 || self.want_room);
             if stuck && self.state.sends_data() {
                 self.persist_backoff += 1;
-                if self.persist_backoff > self.config.retries_max {
+                // Only unanswered probes count towards giving up: RFC 1122 §4.2.2.17 keeps a
+                // connection open as long as the receiver answers them (an ACK resets the
+                // count below; the backoff stays).
+                self.timeouts += 1;
+                if self.timeouts > self.config.retries_max {
                     self.enter_closed(CloseReason::TimedOut);
                     return;
                 }
