@@ -435,6 +435,13 @@ fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         ));
     }
     let server_mac = melange_control::engines::kernel_neighbor(*args.target.ip())?;
+    let queues = melange_sys::netdev::rx_queue_count(&interface)
+        .with_context(|| format!("queues of {interface}"))?;
+    if queues > 1 {
+        tracing::warn!(
+            "{interface} has {queues} receive queues and the TCP client runs one engine on queue 0: segments the server sends that arrive on another queue go to the kernel, which resets those connections. Make the server send on one queue (in the lab: `ip netns exec mlg-b ethtool -L mlg-vb tx 1`) or give {interface} one receive queue"
+        );
+    }
     let mtu = melange_sys::netdev::mtu(&interface)
         .with_context(|| format!("interface {interface} (does it exist? `ip link` lists them)"))?;
     let conn = melange_tcp::conn::ConnConfig {
@@ -450,6 +457,11 @@ fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         prefix_len: prefix,
         queues: (0..args.engines as u32).collect(),
         ports: melange_control::PortRange::new(first as u16, last as u16)?,
+        // Every connection's requests wait in their own frames until acknowledged, beside
+        // the fill and transmit rings (2048 + 1024) and the receive batch.
+        umem_frames: Some(
+            (args.connections * (args.inflight + 2) + 4096).clamp(4096, 1 << 18) as u32,
+        ),
         tcp: Some(melange_control::engines::XdpTcp {
             connections_max: (span + 16).max(1024),
             conn,
@@ -498,6 +510,7 @@ fn run_af_xdp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         prefix_len: prefix,
         queues: (0..args.engines as u32).collect(),
         ports: melange_control::PortRange::new(args.local_port, last_port)?,
+        umem_frames: None,
         tcp: None,
         static_arp: vec![(*args.target.ip(), server_mac)],
         batch: 64,

@@ -231,6 +231,10 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
     })
 }
 
+/// UMEM frames of a TCP echo engine: room for the replies of tens of thousands of
+/// connections waiting for their acknowledgements (64 MiB).
+const TCP_UMEM_FRAMES: u32 = 32_768;
+
 fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<()> {
     let interface = args
         .interface
@@ -243,6 +247,7 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         prefix_len,
         queues: args.queues.clone(),
         ports: PortRange::single(args.port),
+        umem_frames: (args.protocol == Protocol::Tcp).then_some(TCP_UMEM_FRAMES),
         tcp: (args.protocol == Protocol::Tcp).then(|| xdp::XdpTcp {
             connections_max: melange_engine::tcp::CONNECTIONS_DEFAULT,
             conn: melange_tcp::conn::ConnConfig::default(),

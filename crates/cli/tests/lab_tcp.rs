@@ -29,8 +29,21 @@ fn start_tcp_echo(port: u16) -> Server {
         "mlg-b",
         &format!("tcp-echo-{port}"),
         &[
-            "echo", "--protocol", "tcp", "--backend", "af_xdp", "--interface", "mlg-vb",
-            "--addr", SERVER, "--port", &port_arg, "--queues", "0,1", "--idle", "sleep:1000",
+            "echo",
+            "--protocol",
+            "tcp",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-vb",
+            "--addr",
+            SERVER,
+            "--port",
+            &port_arg,
+            "--queues",
+            "0,1",
+            "--idle",
+            "sleep:1000",
         ],
     );
     wait_accepting(&mut server, port);
@@ -90,7 +103,9 @@ fn echo_transfer(port: u16, bytes: usize, timeout: Duration) -> Duration {
         while left > 0 {
             let n = left.min(buf.len());
             fill(&mut buf[..n]);
-            writer.write_all(&buf[..n]).expect("sending to the echo server");
+            writer
+                .write_all(&buf[..n])
+                .expect("sending to the echo server");
             left -= n;
         }
         writer.shutdown(Shutdown::Write).expect("half-closing");
@@ -113,7 +128,11 @@ fn echo_transfer(port: u16, bytes: usize, timeout: Duration) -> Duration {
     }
     // The server closes its side once ours is closed and everything is echoed.
     let mut tail = [0u8; 16];
-    assert_eq!(reader.read(&mut tail).expect("reading the server's FIN"), 0, "bytes after the echo");
+    assert_eq!(
+        reader.read(&mut tail).expect("reading the server's FIN"),
+        0,
+        "bytes after the echo"
+    );
     sender.join().expect("the sender thread");
     start.elapsed()
 }
@@ -121,8 +140,52 @@ fn echo_transfer(port: u16, bytes: usize, timeout: Duration) -> Duration {
 /// Drops `pct`% of TCP in both directions between the kernel in mlg-a and Melange in mlg-b.
 fn impair_tcp_both_ways(pct: u8) {
     let pct = pct.to_string();
-    melange(&["lab", "impair", "--loss", &pct, "--protocol", "tcp", "--ns", "mlg-a"]);
-    melange(&["lab", "impair", "--loss", &pct, "--protocol", "tcp", "--ns", "mlg-a", "--direction", "ingress"]);
+    melange(&[
+        "lab",
+        "impair",
+        "--loss",
+        &pct,
+        "--protocol",
+        "tcp",
+        "--ns",
+        "mlg-a",
+    ]);
+    melange(&[
+        "lab",
+        "impair",
+        "--loss",
+        &pct,
+        "--protocol",
+        "tcp",
+        "--ns",
+        "mlg-a",
+        "--direction",
+        "ingress",
+    ]);
+}
+
+/// Makes mlg-vb transmit on one queue while alive, so everything the kernel in mlg-b sends
+/// arrives on mlg-va's queue 0, where the Melange client's one engine listens. (A NIC would
+/// use RSS, and IX picks ephemeral ports whose hash lands on the engine's queue; on veth the
+/// receive queue is the sender's transmit queue, which the kernel picks per flow.)
+struct OneTxQueue;
+
+impl OneTxQueue {
+    fn new() -> Self {
+        let out = netns_exec("mlg-b", &["ethtool", "-L", "mlg-vb", "tx", "1"]);
+        assert!(
+            out.status.success(),
+            "ethtool -L mlg-vb tx 1:\n{}",
+            output_text(&out)
+        );
+        OneTxQueue
+    }
+}
+
+impl Drop for OneTxQueue {
+    fn drop(&mut self) {
+        let _ = netns_exec("mlg-b", &["ethtool", "-L", "mlg-vb", "tx", "2"]);
+    }
 }
 
 /// A TCP counter from the server's `tcp TcpCounters { .. }` lines, summed over engines.
@@ -146,7 +209,10 @@ fn linux_client_echoes_100_mb_byte_exact_through_melange_tcp_clean_and_with_1_pc
     println!("100 MB echoed: clean {clean:?}, 1% loss both ways {lossy:?}");
     let (status, log) = echo.stop();
     assert_clean_exit(status, &log, 2);
-    assert!(tcp_counter(&log, "retransmits") > 0, "1% loss but no retransmission:\n{log}");
+    assert!(
+        tcp_counter(&log, "retransmits") > 0,
+        "1% loss but no retransmission:\n{log}"
+    );
     assert_eq!(tcp_counter(&log, "recv_queue_overflow"), 0, "{log}");
     assert!(tcp_counter(&log, "passive_opens") >= 3, "{log}");
 }
@@ -159,6 +225,7 @@ fn melange_client_against_the_linux_tcp_echo_clean_under_loss_and_with_10000_con
     let _lock = test_lock();
     lab_ready();
     let _guard = ImpairGuard;
+    let _steer = OneTxQueue::new();
     let mut linux = Server::start(
         "mlg-b",
         "linux-tcp-echo",
@@ -167,9 +234,26 @@ fn melange_client_against_the_linux_tcp_echo_clean_under_loss_and_with_10000_con
     wait_accepting(&mut linux, 9202);
     let run = |connections: &str, payload: &str, duration: &str| {
         loadgen(&[
-            "--protocol", "tcp", "--backend", "af_xdp", "--interface", "mlg-va", "--target",
-            "10.77.0.2:9202", "--connections", connections, "--inflight", "2", "--payload",
-            payload, "--duration", duration, "--warmup", "0.2s", "--timeout", "10s",
+            "--protocol",
+            "tcp",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-va",
+            "--target",
+            "10.77.0.2:9202",
+            "--connections",
+            connections,
+            "--inflight",
+            "2",
+            "--payload",
+            payload,
+            "--duration",
+            duration,
+            "--warmup",
+            "0.2s",
+            "--timeout",
+            "10s",
         ])
     };
     // Clean: every reply arrives and every byte of it is the request's.
@@ -180,18 +264,53 @@ fn melange_client_against_the_linux_tcp_echo_clean_under_loss_and_with_10000_con
     // 1% and 5% loss both ways: Melange's TCP recovers against Linux's, nothing corrupt.
     for pct in [1u8, 5] {
         let p = pct.to_string();
-        melange(&["lab", "impair", "--loss", &p, "--protocol", "tcp", "--ns", "mlg-b"]);
-        melange(&["lab", "impair", "--loss", &p, "--protocol", "tcp", "--ns", "mlg-b", "--direction", "ingress"]);
+        melange(&[
+            "lab",
+            "impair",
+            "--loss",
+            &p,
+            "--protocol",
+            "tcp",
+            "--ns",
+            "mlg-b",
+        ]);
+        melange(&[
+            "lab",
+            "impair",
+            "--loss",
+            &p,
+            "--protocol",
+            "tcp",
+            "--ns",
+            "mlg-b",
+            "--direction",
+            "ingress",
+        ]);
         let (json, text) = run("8", "4000", "2s");
-        println!("{pct}% loss: {} replies of 4000 B", count(&json, "received"));
-        assert!(count(&json, "received") > 100, "{pct}%: {text}\n{}", linux.log());
-        assert_eq!(count(&json, "received"), count(&json, "sent"), "{pct}%: {text}");
+        println!(
+            "{pct}% loss: {} replies of 4000 B",
+            count(&json, "received")
+        );
+        assert!(
+            count(&json, "received") > 100,
+            "{pct}%: {text}\n{}",
+            linux.log()
+        );
+        assert_eq!(
+            count(&json, "received"),
+            count(&json, "sent"),
+            "{pct}%: {text}"
+        );
         assert_eq!(count(&json, "corrupt"), 0, "{pct}%: {text}");
         melange(&["lab", "impair", "--clear"]);
     }
     // 10,000 connections at once, each used.
     let (json, text) = run("10000", "64", "3s");
-    assert!(count(&json, "received") >= 20_000, "{text}\n{}", linux.log());
+    assert!(
+        count(&json, "received") >= 20_000,
+        "{text}\n{}",
+        linux.log()
+    );
     assert_eq!(count(&json, "received"), count(&json, "sent"), "{text}");
     assert!(!text.contains("could not be opened"), "{text}");
     linux.kill();
@@ -209,7 +328,21 @@ fn tshark_finds_no_malformed_or_protocol_errors_in_melange_tcp() {
     let mut echo = start_tcp_echo(9203);
     // Capture on the kernel's end (no XDP there: it sees every frame Melange sends).
     let mut tshark = Command::new("ip")
-        .args(["netns", "exec", "mlg-a", "tshark", "-q", "-i", "mlg-va", "-s", "128", "-f", "tcp port 9203", "-w", &capture])
+        .args([
+            "netns",
+            "exec",
+            "mlg-a",
+            "tshark",
+            "-q",
+            "-i",
+            "mlg-va",
+            "-s",
+            "128",
+            "-f",
+            "tcp port 9203",
+            "-w",
+            &capture,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -235,7 +368,10 @@ fn tshark_finds_no_malformed_or_protocol_errors_in_melange_tcp() {
     assert!(read.status.success(), "tshark -r failed:\n{report}");
     println!("tshark expert summary of the capture:\n{report}");
     // Count segments, so an empty capture cannot pass.
-    assert!(report.contains("Sequence"), "no TCP analysis in the capture:\n{report}");
+    assert!(
+        report.contains("Sequence"),
+        "no TCP analysis in the capture:\n{report}"
+    );
     // Retransmissions, duplicate ACKs and the like are expected under loss (the Sequence
     // group); malformed packets, bad checksums and protocol violations are not.
     let bad: Vec<&str> = report
@@ -246,5 +382,9 @@ fn tshark_finds_no_malformed_or_protocol_errors_in_melange_tcp() {
                 && !l.starts_with("Frequency")
         })
         .collect();
-    assert!(bad.is_empty(), "tshark expert findings of the malformed/protocol kind:\n{}\n\nfull report:\n{report}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "tshark expert findings of the malformed/protocol kind:\n{}\n\nfull report:\n{report}",
+        bad.join("\n")
+    );
 }

@@ -13,7 +13,6 @@ mod common;
 use common::lab::*;
 use common::{root_or_skip, test_lock};
 
-
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +29,6 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// How long a server gets to answer its first probe.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
 
 /// Starts `melange echo --backend af_xdp` on mlg-vb in mlg-b and waits until it answers.
 fn start_echo(port: u16, protocol: &str, client: &Client) -> Server {
@@ -222,7 +220,6 @@ impl Drop for KernelEcho {
         }
     }
 }
-
 
 #[test]
 fn af_xdp_echo_answers_loadgen_sockperf_and_ping() {

@@ -57,6 +57,10 @@ pub struct XdpSetup {
     /// Ports the filter steers to us: UDP, or TCP when `tcp` is set (listening ports for a
     /// server, the ephemeral range for a client).
     pub ports: PortRange,
+    /// UMEM frames per engine when more than the default are needed (TCP keeps the app's
+    /// buffers until they are acknowledged, so many connections need many frames); needs the
+    /// memory to be lockable (root, or `ulimit -l`).
+    pub umem_frames: Option<u32>,
     /// Run Melange's TCP with these settings (keys are drawn per engine from the kernel's
     /// CSPRNG); `None` for UDP only.
     pub tcp: Option<XdpTcp>,
@@ -166,7 +170,19 @@ where
         };
         anyhow::Error::new(e).context(format!("attaching Melange's XDP program to {name}{hint}"))
     })?;
-    let frames = umem_frames_for(queues.len())?;
+    let frames = match setup.umem_frames {
+        Some(want) => {
+            let want = want.div_ceil(64) * 64;
+            if !melange_sys::mmap::has_cap_ipc_lock() && umem_frames_for(queues.len())? < want {
+                bail!(
+                    "{want} UMEM frames per engine need {} MiB of locked memory each, above this process's limit: run as root (CAP_IPC_LOCK) or raise `ulimit -l`",
+                    u64::from(want) * 2048 >> 20
+                );
+            }
+            want
+        }
+        None => umem_frames_for(queues.len())?,
+    };
     let mut opened = Vec::new();
     for &queue in &queues {
         let options = AfXdpOptions {

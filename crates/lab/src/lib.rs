@@ -1317,7 +1317,10 @@ fn impair(tools: &Tools, args: &ImpairArgs) -> Result<()> {
             end.dev
         );
     }
-    let placed = match tools.nft_script(end.ns, &impair_script(end, args.direction, loss_pct, args.protocol)) {
+    let placed = match tools.nft_script(
+        end.ns,
+        &impair_script(end, args.direction, loss_pct, args.protocol),
+    ) {
         Ok(()) => format!(
             "netdev {} hook on {}/{}",
             args.direction.name(),
