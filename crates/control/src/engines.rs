@@ -176,7 +176,7 @@ where
             if !melange_sys::mmap::has_cap_ipc_lock() && umem_frames_for(queues.len())? < want {
                 bail!(
                     "{want} UMEM frames per engine need {} MiB of locked memory each, above this process's limit: run as root (CAP_IPC_LOCK) or raise `ulimit -l`",
-                    u64::from(want) * 2048 >> 20
+                    (u64::from(want) * 2048) >> 20
                 );
             }
             want
