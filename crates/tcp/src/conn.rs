@@ -1168,7 +1168,19 @@ impl<B: Payload> Connection<B> {
             // RFC 5961 §3.2: a RST outside the window is silently dropped; anything else gets
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
-                self.challenge_ack(now_ns);
+                if seg_len > 0 && !flags.contains(Flags::SYN) {
+                    // Data or FIN the peer sent again because our ACK was lost: it must learn
+                    // where we are at once, or it backs off until its RTO (Linux exempts such
+                    // segments from its out-of-window rate limit too). D-SACK says which bytes
+                    // were duplicates. A pure ACK out of window is what can loop, so only it
+                    // takes the rate-limited path.
+                    if (seq + len).le(self.rcv_nxt) {
+                        self.report_duplicate(SeqRange::new(seq, seq + len));
+                    }
+                    self.ack_need = AckNeed::Now;
+                } else {
+                    self.challenge_ack(now_ns);
+                }
                 // RFC 9293 §3.10.7.4 TIME-WAIT: the peer's FIN again (it lies just below
                 // RCV.NXT, so it fails this check): ACK it and restart the 2 MSL timeout.
                 if self.state == State::TimeWait
