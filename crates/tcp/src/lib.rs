@@ -29,6 +29,7 @@
 pub mod cc;
 pub mod conn;
 pub mod cookie;
+pub mod fuzz;
 pub mod isn;
 pub mod listen;
 pub mod rtt;
