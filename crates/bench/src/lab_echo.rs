@@ -71,8 +71,8 @@ fn measurement_order(rep: usize) -> [usize; 4] {
     order
 }
 
-struct LabServer {
-    child: Child,
+pub(crate) struct LabServer {
+    pub(crate) child: Child,
     /// Set once the child has been reaped, so its pid is never signalled again.
     exited: bool,
 }
@@ -143,15 +143,7 @@ impl LabServer {
             ]),
             Server::MelangeKernel => bail!("not a lab server"),
         };
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut server_process = Self {
-            child,
-            exited: false,
-        };
+        let mut server_process = Self::spawn(command)?;
         if let Err(err) = probe(SocketAddrV4::new(SERVER_ADDR, port.parse()?)) {
             let stderr = server_process.stop();
             return Err(err.context(format!("{} did not answer:\n{stderr}", server.label())));
@@ -159,9 +151,22 @@ impl LabServer {
         Ok(server_process)
     }
 
+    /// Starts `command` (an `ip netns exec ...` line) with its stderr captured.
+    pub(crate) fn spawn(mut command: Command) -> Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(Self {
+            child,
+            exited: false,
+        })
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL after 3 s. Returns what it wrote to stderr
     /// (the Melange echo's engine summaries among it).
-    fn stop(&mut self) -> String {
+    pub(crate) fn stop(&mut self) -> String {
         if self.exited {
             return String::new();
         }
@@ -208,7 +213,7 @@ impl Drop for LabServer {
 
 /// `melange loadgen` on AF_XDP in `mlg-a`, from the lab's client address, reporting JSON; the
 /// caller adds the load, the target and the timing.
-fn lab_loadgen() -> Result<Command> {
+pub(crate) fn lab_loadgen() -> Result<Command> {
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", "mlg-a"])
@@ -384,7 +389,7 @@ pub struct LabEchoResults {
 }
 
 /// Steers the kernel's transmissions on both veth ends to queue 0 (XPS) while it lives.
-struct SingleQueue {
+pub(crate) struct SingleQueue {
     saved: Vec<(&'static str, &'static str, usize, String)>,
 }
 
@@ -406,7 +411,7 @@ impl SingleQueue {
         Ok(())
     }
 
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let mut saved = Vec::new();
         let all_cpus = format!("{:x}", (1u64 << melange_sys::cpu::online_cpus()) - 1);
         for (ns, dev) in Self::ENDS {
@@ -444,6 +449,7 @@ impl Drop for SingleQueue {
 
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
+    let _lock = crate::lab_lock()?;
     let exe = std::env::current_exe()?;
     let up = Command::new(&exe)
         .args(["lab", "up", "--napi", args.napi.name()])

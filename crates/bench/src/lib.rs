@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod lab_echo;
+pub mod lab_tcp;
 pub mod loadgen;
 pub mod stack;
 pub mod table;
@@ -34,6 +35,8 @@ pub use lab_echo::LabEchoArgs;
 pub enum BenchCommand {
     /// Echo over AF_XDP against the Linux baseline and a raw AF_XDP echo, in the namespace lab.
     Echo(lab_echo::LabEchoArgs),
+    /// Melange's TCP against the Linux epoll TCP echo (and Melange's UDP), in the lab.
+    Tcp(lab_tcp::LabTcpArgs),
     /// Echo on the kernel backend against a plain recvmmsg/sendmmsg server, on 127.0.0.1.
     KernelEcho(KernelEchoArgs),
     /// The stack's own cost: prebuilt frames through one engine, no kernel.
@@ -46,10 +49,24 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Echo(args) => lab_echo::run(&args).map(|_| ()),
+        BenchCommand::Tcp(args) => lab_tcp::run(&args).map(|_| ()),
         BenchCommand::KernelEcho(args) => kernel_echo(&args).map(|_| ()),
         BenchCommand::Stack(args) => stack::run(&args),
         BenchCommand::Memory(args) => memory(&args),
     }
+}
+
+/// The lock the lab tests take (`/tmp/melange-lab-tests.lock`): a benchmark and a test
+/// never use the one lab at the same time. Released when dropped.
+pub fn lab_lock() -> Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/melange-lab-tests.lock")
+        .context("opening /tmp/melange-lab-tests.lock")?;
+    file.lock().context("locking the lab")?;
+    Ok(file)
 }
 
 /// The arguments every echo benchmark takes: repetitions, timing, load and placement.
