@@ -128,7 +128,7 @@ const SERVERS: [TcpServer; 3] = [
 /// The order of [`SERVERS`] indexes in repetition `rep`: (t) in the middle, reversed on odd
 /// repetitions.
 fn measurement_order(rep: usize) -> [usize; 3] {
-    if rep % 2 == 0 {
+    if rep.is_multiple_of(2) {
         [0, 1, 2]
     } else {
         [2, 1, 0]
