@@ -1417,3 +1417,23 @@ fn append(pool: &mut PacketPool, front: &mut BufChain, tail: BufChain) {
         r = t;
     }
 }
+
+/// Bytes of one connection's state in the table: the TCB, its send and receive queues, the
+/// table's slot overhead. Fixed at compile time; the table holds `connections_max` of them.
+pub const fn connection_bytes() -> usize {
+    melange_tcp::table::slot_overhead_bytes::<Slot>() + std::mem::size_of::<Slot>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_state_has_a_fixed_documented_size() {
+        let tcb = std::mem::size_of::<Connection<PacketBuf>>();
+        let total = connection_bytes();
+        eprintln!("TCB {tcb} bytes, slot {} bytes, with table overhead {total} bytes", std::mem::size_of::<Slot>());
+        // ARCHITECTURE.md quotes these; keep them in step.
+        assert!(total <= 3072, "a connection costs {total} bytes");
+    }
+}
