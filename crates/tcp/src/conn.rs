@@ -1777,7 +1777,7 @@ impl<B: Payload> Connection<B> {
         }
         if self.dup_acks_owed > 0 {
             self.dup_acks_owed -= 1;
-            let repr = self.ack_repr(now_ns, self.snd_nxt, Flags::empty(), 0);
+            let repr = self.ack_repr(now_ns, self.pure_ack_seq(), Flags::empty(), 0);
             // More owed duplicates stay owed; `ack_repr` settled the pending ACK.
             return Some(Transmit {
                 repr,
@@ -1806,7 +1806,7 @@ impl<B: Payload> Connection<B> {
             current < u32::from(self.config.mss) && candidate >= current.saturating_add(threshold)
         };
         if self.ack_need == AckNeed::Now || window_update {
-            let seq = self.snd_nxt;
+            let seq = self.pure_ack_seq();
             let repr = self.ack_repr(now_ns, seq, Flags::empty(), 0);
             return Some(Transmit {
                 repr,
@@ -1852,6 +1852,16 @@ impl<B: Payload> Connection<B> {
             repr,
             payload_offset: 0,
         }
+    }
+
+    /// The sequence number of a segment without data: SND.MAX, not a SND.NXT that go-back-N
+    /// rewound (BSD's `tcp_output` does the same). The peer has usually received up to
+    /// SND.MAX, and RFC 9293 §3.10.7.4 finds a zero-length segment below RCV.NXT unacceptable,
+    /// so an ACK numbered from the rewound SND.NXT is dropped unread: when both sides are
+    /// resending after timeouts, neither learns of the other's ACKs and both time out for
+    /// good.
+    fn pure_ack_seq(&self) -> SeqNumber {
+        self.snd_max
     }
 
     /// A header with our ports, `seq` and `flags`, and nothing else.

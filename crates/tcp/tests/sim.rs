@@ -171,7 +171,10 @@ fn run_seeds(first: u64, count: u64) {
 /// Seeds that found bugs, with the bug each found. Each replays the scenario
 /// `SimConfig::random` draws for it, which stays fixed because the generator is append-only
 /// (see its documentation).
-const REGRESSIONS: &[(u64, &str)] = &[];
+const REGRESSIONS: &[(u64, &str)] = &[(
+    39,
+    "pure ACKs numbered from a SND.NXT that go-back-N rewound are dropped by the peer",
+)];
 
 #[test]
 fn regression_seeds() {
