@@ -1993,6 +1993,13 @@ impl<B: Payload> Connection<B> {
         }
         self.snd_nxt = start;
         if start.ge(fin_end) {
+            // RFC 9293 §3.8.6.1: a sender with data must probe a zero window. Under IX's
+            // admission the data is still the app's (send_room was 0, so nothing is queued),
+            // but it exists all the same: without a probe, a lost window update leaves both
+            // sides waiting for ever.
+            if self.want_room && self.snd_wnd == 0 && self.snd_una == self.snd_max {
+                self.arm_persist(now_ns);
+            }
             return None;
         }
         let mut end = fin_end;
