@@ -17,10 +17,11 @@
 //!    can tell (the Internet checksum catches every single-bit error, and checksums are
 //!    verified below the connection), but the simulator checks that claim on every corrupted
 //!    frame instead of assuming it;
-//! 4. propagation delay plus uniform jitter in `[0, jitter_ns]` (jitter larger than the
-//!    serialisation gap reorders packets);
+//! 4. propagation delay plus uniform jitter in `[0, jitter_ns]`; jitter keeps the order of
+//!    packets (it models queues further along the path, which are FIFO: a packet never
+//!    overtakes the one ahead of it);
 //! 5. reordering: a fraction [`LinkConfig::reorder`] of packets is held back a further
-//!    [`LinkConfig::reorder_delay_ns`];
+//!    [`LinkConfig::reorder_delay_ns`], and the packets behind it overtake it;
 //! 6. duplication with probability [`LinkConfig::duplication`]: a second copy with its own
 //!    jitter.
 //!
@@ -100,7 +101,7 @@ const SECOND_NS: u64 = 1_000_000_000;
 pub struct LinkConfig {
     /// One-way propagation delay.
     pub delay_ns: u64,
-    /// Uniform extra delay in `[0, jitter_ns]` per packet.
+    /// Uniform extra delay in `[0, jitter_ns]` per packet, order kept.
     pub jitter_ns: u64,
     /// Probability a packet is lost.
     pub loss: f64,
@@ -426,6 +427,8 @@ pub struct Link {
     rng: SplitMix64,
     /// When the serialiser finishes what it holds.
     busy_until_ns: u64,
+    /// The latest arrival of a packet that was not reordered.
+    last_arrival_ns: u64,
     stats: LinkStats,
 }
 
@@ -450,6 +453,7 @@ impl Link {
             config,
             rng: SplitMix64::new(seed),
             busy_until_ns: 0,
+            last_arrival_ns: 0,
             stats: LinkStats::default(),
         }
     }
@@ -457,6 +461,21 @@ impl Link {
     /// The counters.
     pub fn stats(&self) -> &LinkStats {
         &self.stats
+    }
+
+    /// When a packet that left the serialiser at `sent` arrives: after the delay and jitter,
+    /// but never before the packet ahead of it (jitter is queueing further on, which keeps
+    /// order), unless it is one of the reordered ones, which are held back on their own.
+    fn arrival(&mut self, sent: u64) -> u64 {
+        let c = self.config;
+        let t = sent + c.delay_ns + self.rng.below(c.jitter_ns + 1);
+        if self.rng.chance(c.reorder) {
+            self.stats.reordered += 1;
+            return t + c.reorder_delay_ns;
+        }
+        let t = t.max(self.last_arrival_ns);
+        self.last_arrival_ns = t;
+        t
     }
 
     /// Offers a frame of `len` bytes at `now_ns`.
@@ -486,18 +505,10 @@ impl Link {
         } else {
             None
         };
-        let at = |rng: &mut SplitMix64, stats: &mut LinkStats| {
-            let mut t = sent + c.delay_ns + rng.below(c.jitter_ns + 1);
-            if rng.chance(c.reorder) {
-                stats.reordered += 1;
-                t += c.reorder_delay_ns;
-            }
-            t
-        };
-        let first = at(&mut self.rng, &mut self.stats);
+        let first = self.arrival(sent);
         let second = if self.rng.chance(c.duplication) {
             self.stats.duplicated += 1;
-            Some(at(&mut self.rng, &mut self.stats))
+            Some(self.arrival(sent))
         } else {
             None
         };
@@ -529,7 +540,8 @@ pub struct SideReport {
     pub closed_ns: Option<u64>,
     /// The largest RTO seen in force (backoff included).
     pub rto_max_ns: u64,
-    /// The longest time this side's unacknowledged data waited for any acknowledgement.
+    /// The longest time this side's unacknowledged data went without any of it being
+    /// acknowledged.
     pub stall_max_ns: u64,
     /// The most segments one drain of `poll_transmit` emitted.
     pub segments_per_poll_max: usize,
@@ -768,8 +780,10 @@ struct Endpoint {
     closed_called: bool,
     peer_closed: bool,
     report: SideReport,
-    /// Since when the oldest unacknowledged byte waits, if any does.
+    /// Since when unacknowledged bytes wait without any being acknowledged, if they do.
     waiting_since: Option<u64>,
+    /// `bytes_acked` at the last observation.
+    acked_seen: u64,
     /// Drops charged to this side since it last made progress, for the backoff charge.
     stall_drops: u32,
     stall_key: (u64, u64),
@@ -795,6 +809,7 @@ impl Endpoint {
             peer_closed: false,
             report: SideReport::default(),
             waiting_since: None,
+            acked_seen: 0,
             stall_drops: 0,
             stall_key: (u64::MAX, 0),
             rto_ns: 0,
@@ -924,11 +939,14 @@ impl Endpoint {
         self.rto_ns = conn.rto_ns();
         self.report.rto_max_ns = self.report.rto_max_ns.max(conn.rto_ns());
         let waiting = self.report.bytes_acked < self.report.bytes_queued;
-        match (waiting, self.waiting_since) {
-            (true, None) => self.waiting_since = Some(now),
-            (false, Some(_)) => self.waiting_since = None,
-            _ => {}
-        }
+        let progress = self.report.bytes_acked > self.acked_seen;
+        self.acked_seen = self.report.bytes_acked;
+        self.waiting_since = match (waiting, self.waiting_since) {
+            (false, _) => None,
+            (true, None) => Some(now),
+            (true, Some(_)) if progress => Some(now),
+            (true, since) => since,
+        };
         if let Some(t) = self.waiting_since {
             self.report.stall_max_ns = self.report.stall_max_ns.max(now - t);
         }
