@@ -168,9 +168,10 @@ fn run_seeds(first: u64, count: u64) {
     }
 }
 
-/// Seeds that found bugs, with the bug each found. Each replays the scenario
-/// `SimConfig::random` draws for it, which stays fixed because the generator is append-only
-/// (see its documentation).
+/// Seeds that found bugs, with the bug each found: each failed before its fix. Each replays
+/// the scenario `SimConfig::random` draws for it, which stays fixed because the generator is
+/// append-only (see its documentation); a change to the link model can still move a seed off
+/// its bug, so re-check the list (revert the fix, run the seed) when the model changes.
 const REGRESSIONS: &[(u64, &str)] = &[(
     39,
     "pure ACKs numbered from a SND.NXT that go-back-N rewound are dropped by the peer",
