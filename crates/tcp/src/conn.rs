@@ -526,6 +526,9 @@ pub struct Connection<B> {
     /// The one timed segment in flight: its end and the time it was sent (Karn's rule: never a
     /// retransmitted one).
     rtt_probe: Option<(SeqNumber, u64)>,
+    /// SND.MAX and our TSval clock at the first of the timeouts in a row, while the RTO is
+    /// backed off.
+    backoff_mark: Option<(SeqNumber, u32)>,
     cc: Congestion,
     scoreboard: Scoreboard,
     dup_acks: u32,
@@ -638,6 +641,7 @@ impl<B: Payload> Connection<B> {
             ts_offset: iss.0,
             rtt: RttEstimator::new(config.rtt)?,
             rtt_probe: None,
+            backoff_mark: None,
             cc: Congestion::new(config.congestion, mss)?,
             scoreboard: Scoreboard::new(iss, mss),
             dup_acks: 0,
@@ -1293,6 +1297,7 @@ impl<B: Payload> Connection<B> {
         }
         let new_sack = self.scoreboard.sacked().bytes() > sacked_before;
         let advanced = ack.gt(una_before);
+        self.maybe_end_backoff(ack, &blocks[..nblocks], seg.timestamps.map(|t| t.1));
 
         // Window update (RFC 9293 §3.10.7.4): from a newer segment, or the same one with a
         // newer ACK.
@@ -1421,7 +1426,31 @@ impl<B: Payload> Connection<B> {
         self.rtt_probe = None;
         let rtt = now_ns.saturating_sub(sent_ns);
         self.rtt.handle_sample(rtt);
+        self.backoff_mark = None;
         Some(rtt)
+    }
+
+    /// RFC 6298 §5: the backoff collapses once new data is sent and acknowledged. The timed
+    /// segment cannot say so after a timeout: Karn's rule drops it, and the next one is timed
+    /// only when new data goes out, so while retransmissions or that one segment keep being
+    /// lost the RTO stays backed off (seconds, then a minute) although the path delivers.
+    /// Instead, proof that the peer got anything we sent after the first timeout of the run
+    /// ends the backoff: a cumulative or selective ACK above the SND.MAX of that moment, or
+    /// the echo of a TSval from after it (RFC 7323 §4.1). SRTT and RTTVAR are not fed: such a
+    /// delay may include a receiver's wait for a hole (RFC 7323 §4.3), which is no round trip.
+    fn maybe_end_backoff(&mut self, ack: SeqNumber, blocks: &[SeqRange], tsecr: Option<u32>) {
+        let Some((snd_max, ts)) = self.backoff_mark else {
+            return;
+        };
+        let acked = ack.gt(snd_max);
+        let sacked = blocks
+            .iter()
+            .any(|b| b.end.gt(snd_max) && b.end.le(self.snd_max));
+        let echoed = self.ts_enabled && tsecr.is_some_and(|e| (e.wrapping_sub(ts) as i32) >= 0);
+        if acked || sacked || echoed {
+            self.rtt.handle_backoff_end();
+            self.backoff_mark = None;
+        }
     }
 
     fn update_send_window(&mut self, seq: SeqNumber, ack: SeqNumber, window: u32) {
@@ -2255,6 +2284,10 @@ impl<B: Payload> Connection<B> {
                 let flight = self.flight_bytes();
                 self.cc.handle_rto(now_ns, flight);
                 self.rtt.handle_timeout();
+                if self.backoff_mark.is_none() {
+                    let ts = ts_clock(now_ns).wrapping_add(self.ts_offset);
+                    self.backoff_mark = Some((self.snd_max, ts));
+                }
                 if self.timeouts >= 2 {
                     // The peer may have reneged on its SACKs (RFC 2018 §8): forget them.
                     self.scoreboard = Scoreboard::new(self.snd_una, self.smss());
