@@ -1126,7 +1126,14 @@ impl<B: Payload> Connection<B> {
 
         // First: sequence number acceptability.
         let rcv_wnd = self.recv_window();
-        if !segment_acceptable(seq, seg_len, self.rcv_nxt, rcv_wnd) {
+        // RFC 9293 §3.10.7.4 asks for "special allowance ... to accept valid ACKs": a peer
+        // that filled our window numbers its pure ACKs at SND.NXT, which is our right edge,
+        // one past the window. Without this, while a hole keeps the window from moving,
+        // every ACK it sends us is dropped unread; when both sides fill each other's windows
+        // and lose the segments at RCV.NXT, neither ever learns the other's ACKs. Linux's
+        // `tcp_sequence` accepts the right edge too.
+        let ack_at_edge = seg_len == 0 && seq == self.rcv_nxt + rcv_wnd;
+        if !segment_acceptable(seq, seg_len, self.rcv_nxt, rcv_wnd) && !ack_at_edge {
             // RFC 5961 §3.2: a RST outside the window is silently dropped; anything else gets
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
