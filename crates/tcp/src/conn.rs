@@ -1124,6 +1124,24 @@ impl<B: Payload> Connection<B> {
             }
         }
 
+        // RFC 9293 §3.10.7.4, TIME-WAIT: "The only thing that can arrive in this state is a
+        // retransmission of the remote FIN. Acknowledge it, and restart the 2 MSL timeout."
+        // Its FIN is the octet just below RCV.NXT, which the acceptability test below refuses
+        // (and the eighth step never sees), so it is recognised here, as Linux's
+        // `tcp_timewait_state_process` does. Without the restart, a peer whose FIN or our
+        // ACKs were lost a few times finds us gone when its backed-off FIN arrives, and gets a
+        // RST instead of a clean close.
+        if self.state == State::TimeWait
+            && flags.contains(Flags::FIN)
+            && !flags.intersects(Flags::RST.union(Flags::SYN))
+            && seq + len + 1u32 == self.rcv_nxt
+        {
+            self.ack_need = AckNeed::Now;
+            self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
+            sink.discard(payload);
+            return Verdict::Accepted;
+        }
+
         // First: sequence number acceptability.
         let rcv_wnd = self.recv_window();
         // RFC 9293 §3.10.7.4 asks for "special allowance ... to accept valid ACKs": a peer
