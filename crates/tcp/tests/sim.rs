@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// Seeds per `cargo test` run.
-const SEEDS_DEFAULT: u64 = 2_000;
+const SEEDS_DEFAULT: u64 = 10_000;
 
 /// Failures printed in full before the rest are only counted.
 const FAILURES_PRINTED_MAX: usize = 5;
