@@ -856,7 +856,18 @@ impl<B: Payload> Connection<B> {
         let queued = self.send_queued();
         let limit = self.config.send_buffer_bytes.saturating_sub(queued);
         let window = self.snd_wnd.saturating_sub(queued);
-        let cwnd = self.cc.cwnd_bytes().saturating_sub(queued);
+        // The congestion window limits what is in flight (RFC 5681 FlightSize, RFC 6675's
+        // pipe in SACK recovery), not what is unacknowledged: SACKed bytes, and in NewReno
+        // recovery the segments that duplicate ACKs say have left, are no longer in flight.
+        // Charging cwnd for all queued bytes froze admission exactly when recovery wants
+        // new data to keep the ACK clock going (RFC 6675 NextSeg rule 2, RFC 5681 §3.2
+        // step 5), so a loss in a small window waited for the timer.
+        // After a timeout, what go-back-N has yet to resend counts as queued.
+        let unsent = self.snd_buf_end.checked_distance(self.snd_nxt).unwrap_or(0);
+        let cwnd = self
+            .cc
+            .cwnd_bytes()
+            .saturating_sub(self.flight_bytes().saturating_add(unsent));
         limit.min(window).min(cwnd)
     }
 

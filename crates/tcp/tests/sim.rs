@@ -177,6 +177,38 @@ const REGRESSIONS: &[(u64, &str)] = &[(
     "pure ACKs numbered from a SND.NXT that go-back-N rewound are dropped by the peer",
 )];
 
+/// Seeds whose completion time a fix cut, with the fix and a ceiling in milliseconds: twice
+/// the time after the fix, well below the time before it.
+const SLOW_REGRESSIONS: &[(u64, &str, u64)] = &[(
+    2689,
+    "admission charged cwnd for SACKed bytes and bytes dup ACKs had cleared (4.4 s before)",
+    1_400,
+)];
+
+#[test]
+fn slow_regression_seeds() {
+    let failures: Vec<String> = SLOW_REGRESSIONS
+        .iter()
+        .filter_map(|&(seed, bug, ceiling_ms)| {
+            let config = SimConfig::random(seed);
+            match check(seed, &config) {
+                Err(why) => Some(format!(
+                    "regression of {bug:?}\n{}",
+                    failure_text(seed, &config, &why)
+                )),
+                Ok(report) if report.completion_ns.unwrap_or(u64::MAX) > ceiling_ms * 1_000_000 => {
+                    Some(format!(
+                        "regression of {bug:?}: above {ceiling_ms} ms\n{}",
+                        failure_text(seed, &config, &report.to_string())
+                    ))
+                }
+                Ok(_) => None,
+            }
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn regression_seeds() {
     let failures: Vec<String> = REGRESSIONS
