@@ -865,8 +865,7 @@ impl<B: Payload> Connection<B> {
         // After a timeout, what go-back-N has yet to resend counts as queued.
         let unsent = self.snd_buf_end.checked_distance(self.snd_nxt).unwrap_or(0);
         let cwnd = self
-            .cc
-            .cwnd_bytes()
+            .cwnd_allowance()
             .saturating_sub(self.flight_bytes().saturating_add(unsent));
         limit.min(window).min(cwnd)
     }
@@ -1541,6 +1540,19 @@ impl<B: Payload> Connection<B> {
         }
     }
 
+    /// The congestion window new data may fill: cwnd, plus RFC 3042's Limited Transmit of one
+    /// new segment for each of the first two duplicate ACKs without SACK (with SACK, the
+    /// SACKed bytes leave `flight_bytes` instead). Without it, a loss in a window of four
+    /// segments or fewer draws too few duplicate ACKs for fast retransmit and waits for the
+    /// timer.
+    fn cwnd_allowance(&self) -> u32 {
+        let cwnd = self.cc.cwnd_bytes();
+        if self.sack_enabled || self.in_fast_recovery || self.dup_acks == 0 {
+            return cwnd;
+        }
+        cwnd.saturating_add(self.dup_acks.min(2).saturating_mul(self.smss()))
+    }
+
     /// Bytes in flight: RFC 6675's pipe in SACK recovery; otherwise the unSACKed bytes up to
     /// SND.NXT, less RFC 5681's inflation of one SMSS per duplicate ACK in NewReno recovery.
     fn flight_bytes(&self) -> u32 {
@@ -2082,7 +2094,7 @@ impl<B: Payload> Connection<B> {
             }
         }
         let flight = self.flight_bytes();
-        let cw_room = self.cc.cwnd_bytes().saturating_sub(flight);
+        let cw_room = self.cwnd_allowance().saturating_sub(flight);
         let wnd_edge = self.snd_una + self.snd_wnd;
         let data_end = end.min(self.snd_buf_end);
         let wnd_data_end = if data_end.gt(wnd_edge) {

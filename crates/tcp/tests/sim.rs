@@ -179,11 +179,18 @@ const REGRESSIONS: &[(u64, &str)] = &[(
 
 /// Seeds whose completion time a fix cut, with the fix and a ceiling in milliseconds: twice
 /// the time after the fix, well below the time before it.
-const SLOW_REGRESSIONS: &[(u64, &str, u64)] = &[(
-    2689,
-    "admission charged cwnd for SACKed bytes and bytes dup ACKs had cleared (4.4 s before)",
-    1_400,
-)];
+const SLOW_REGRESSIONS: &[(u64, &str, u64)] = &[
+    (
+        2689,
+        "admission charged cwnd for SACKed bytes and bytes dup ACKs had cleared (4.4 s before)",
+        1_400,
+    ),
+    (
+        7,
+        "no Limited Transmit (RFC 3042) without SACK (1.3 s before)",
+        120,
+    ),
+];
 
 #[test]
 fn slow_regression_seeds() {
