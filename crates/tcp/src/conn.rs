@@ -535,6 +535,9 @@ pub struct Connection<B> {
     in_fast_recovery: bool,
     /// RFC 6582's `recover`: `snd_max` at the start of the last recovery or timeout.
     recover: Option<SeqNumber>,
+    /// How far the last ACK that advanced SND.UNA moved it (RFC 6582 §4.2's
+    /// highest_ack - prev_highest_ack).
+    last_ack_advance: u32,
     pending_rexmit: Option<PendingRetransmit>,
     /// Time the last data segment was sent, for RFC 5681 §4.1's idle restart.
     last_data_sent_ns: u64,
@@ -647,6 +650,7 @@ impl<B: Payload> Connection<B> {
             dup_acks: 0,
             in_fast_recovery: false,
             recover: None,
+            last_ack_advance: 0,
             pending_rexmit: None,
             last_data_sent_ns: now_ns,
             cwnd_limited: false,
@@ -1385,6 +1389,7 @@ impl<B: Payload> Connection<B> {
         };
         let data_acked = data_end.checked_distance(data_start).unwrap_or(0);
         let fin_acked = self.fin_queued && ack.gt(self.snd_buf_end);
+        self.last_ack_advance = ack.wrapping_distance(una_before);
         self.snd_una = ack;
         if self.snd_nxt.lt(ack) {
             self.snd_nxt = ack;
@@ -1509,8 +1514,18 @@ impl<B: Payload> Connection<B> {
             return;
         }
         // RFC 6582 §3.2 step 2: no second recovery for losses of the window that the last
-        // recovery (or timeout) already handled.
-        if self.recover.is_some_and(|r| self.snd_una.lt(r)) {
+        // recovery (or timeout) already handled, unless §4.2's ACK heuristic says these
+        // duplicates report a new loss, not our own unneeded retransmissions: those would
+        // have come after an ACK that jumped by more than four segments. Without it, a
+        // segment lost again while go-back-N resends after a timeout waits for a second,
+        // doubled, timeout. Only once go-back-N is done (the recovery's own retransmissions
+        // do not move SND.NXT), and not with SACK, where RFC 6675 §5.1 forbids it.
+        let smss = self.smss();
+        let new_loss = !self.sack_enabled
+            && self.cc.cwnd_bytes() > smss
+            && self.last_ack_advance <= 4 * smss
+            && self.snd_nxt == self.snd_max;
+        if self.recover.is_some_and(|r| self.snd_una.lt(r)) && !new_loss {
             return;
         }
         let flight = self.flight_bytes();

@@ -177,8 +177,8 @@ const REGRESSIONS: &[(u64, &str)] = &[(
     "pure ACKs numbered from a SND.NXT that go-back-N rewound are dropped by the peer",
 )];
 
-/// Seeds whose completion time a fix cut, with the fix and a ceiling in milliseconds: twice
-/// the time after the fix, well below the time before it.
+/// Seeds whose completion time a fix cut, with the fix and a ceiling in milliseconds between
+/// the times after the fix (up to twice it) and before it.
 const SLOW_REGRESSIONS: &[(u64, &str, u64)] = &[
     (
         2689,
@@ -189,6 +189,11 @@ const SLOW_REGRESSIONS: &[(u64, &str, u64)] = &[
         7,
         "no Limited Transmit (RFC 3042) without SACK (1.3 s before)",
         120,
+    ),
+    (
+        80,
+        "no fast retransmit after a timeout's go-back-N without SACK (3.1 s before)",
+        2_300,
     ),
 ];
 
