@@ -50,7 +50,8 @@
 //! (PAWS, RFC 7323), SACK-permitted and SACK blocks with D-SACK (RFC 2018, 2883); RTO with
 //! Karn's rule and backoff (RFC 6298; samples come from one timed segment per round trip, at
 //! nanosecond precision, since the timestamp clock ticks in milliseconds); fast retransmit and
-//! recovery, SACK-based (RFC 6675) or NewReno (RFC 6582); congestion control behind
+//! recovery, SACK-based (RFC 6675) or NewReno (RFC 6582, with Limited Transmit, RFC 3042,
+//! and §4.2's ACK heuristic after timeouts); congestion control behind
 //! [`crate::cc`]; delayed ACKs with quick ACKs at start and on out-of-order data; Nagle (off by
 //! default); sender and receiver silly-window avoidance; zero-window probes; keepalive; orderly
 //! close in every state pair, TIME-WAIT with a configurable 2 MSL and timestamp-based reuse;
@@ -1518,13 +1519,10 @@ impl<B: Payload> Connection<B> {
         // duplicates report a new loss, not our own unneeded retransmissions: those would
         // have come after an ACK that jumped by more than four segments. Without it, a
         // segment lost again while go-back-N resends after a timeout waits for a second,
-        // doubled, timeout. Only once go-back-N is done (the recovery's own retransmissions
-        // do not move SND.NXT), and not with SACK, where RFC 6675 §5.1 forbids it.
+        // doubled, timeout. Not with SACK, where RFC 6675 §5.1 forbids it.
         let smss = self.smss();
-        let new_loss = !self.sack_enabled
-            && self.cc.cwnd_bytes() > smss
-            && self.last_ack_advance <= 4 * smss
-            && self.snd_nxt == self.snd_max;
+        let new_loss =
+            !self.sack_enabled && self.cc.cwnd_bytes() > smss && self.last_ack_advance <= 4 * smss;
         if self.recover.is_some_and(|r| self.snd_una.lt(r)) && !new_loss {
             return;
         }
@@ -2151,7 +2149,13 @@ impl<B: Payload> Connection<B> {
             }
         }
         let seg_end = start + payload + u32::from(fin);
-        Some(self.emit_range(now_ns, SeqRange::new(start, seg_end), rexmit))
+        let t = self.emit_range(now_ns, SeqRange::new(start, seg_end), rexmit);
+        // Go-back-N moves on even in a recovery entered while it runs (emit_range leaves
+        // SND.NXT alone for a recovery's retransmissions, which go out of order).
+        if self.snd_nxt.lt(seg_end) {
+            self.snd_nxt = seg_end;
+        }
+        Some(t)
     }
 
     /// SND.UNA, or the first data byte while the SYN is unacknowledged.

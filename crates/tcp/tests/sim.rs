@@ -301,18 +301,30 @@ fn medians(config: &SimConfig, runs: u64) -> (f64, f64, u64, Vec<u64>, Option<St
 
 /// Loss recovery efficiency at fixed loss rates, SACK on and off: printed for the record, and
 /// the bounds checked for every run.
+///
+/// Each median has a ceiling about 30% above what it was after the fixes of the simulation's
+/// first round; before them the medians were 397, 480, 1315 and 1274 ms (and three of fifty
+/// seeds of the last scenario never finished).
 #[test]
 fn fixed_loss_recovery() {
     let mut failures = Vec::new();
-    for loss in [0.01, 0.05] {
-        for sack in [true, false] {
-            let config = lossy(loss, sack);
-            let (t, rto, worst, failed, first) = medians(&config, 50);
-            eprintln!(
-                "loss {:.0}% sack {sack}: median completion {t:.0} ms, median RTOs {rto}, worst {worst} ms, failed seeds {failed:?}",
-                loss * 100.0
-            );
-            failures.extend(first);
+    for (loss, sack, ceiling_ms) in [
+        (0.01, true, 450.0),
+        (0.01, false, 600.0),
+        (0.05, true, 1_250.0),
+        (0.05, false, 950.0),
+    ] {
+        let config = lossy(loss, sack);
+        let (t, rto, worst, failed, first) = medians(&config, 50);
+        eprintln!(
+            "loss {:.0}% sack {sack}: median completion {t:.0} ms, median RTOs {rto}, worst {worst} ms, failed seeds {failed:?}",
+            loss * 100.0
+        );
+        failures.extend(first);
+        if t > ceiling_ms {
+            failures.push(format!(
+                "loss {loss} sack {sack}: median {t:.0} ms above {ceiling_ms} ms"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
