@@ -2692,4 +2692,72 @@ mod tests {
             assert_eq!(s.conn.state(), State::Closed, "config {k}");
         }
     }
+
+    /// Delivers what `a` and `b` emit to each other (no loss, no delay) until both are quiet.
+    fn exchange(a: &mut Connection<Vec<u8>>, b: &mut Connection<Vec<u8>>, now: u64) {
+        let mut sink = Collect::default();
+        for _ in 0..100 {
+            let mut quiet = true;
+            while let Some(t) = a.poll_transmit(now) {
+                quiet = false;
+                b.handle_segment(now, &t.repr, vec![0; t.repr.payload_len], &mut sink);
+            }
+            while let Some(t) = b.poll_transmit(now) {
+                quiet = false;
+                a.handle_segment(now, &t.repr, vec![0; t.repr.payload_len], &mut sink);
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("no quiet");
+    }
+
+    /// Found by the simulation (seed 27912): in TIME-WAIT, a retransmission of the peer's FIN
+    /// (its ACK was lost) gets an ACK at once and restarts 2 MSL (RFC 9293 §3.10.7.4).
+    #[test]
+    fn time_wait_acks_a_retransmitted_fin_and_restarts_2msl() {
+        let config = ConnConfig {
+            time_wait_ns: 10 * SECOND_NS,
+            ..ConnConfig::default()
+        };
+        let ports = Ports {
+            local: 40000,
+            remote: 80,
+        };
+        let mut c = Connection::<Vec<u8>>::connect(config, ports, 1000, 0).unwrap();
+        let syn = c.poll_transmit(0).unwrap().repr;
+        let back = Ports {
+            local: 80,
+            remote: 40000,
+        };
+        let mut s = Connection::<Vec<u8>>::accept_syn(config, back, 5000, 0, &syn).unwrap();
+        exchange(&mut s, &mut c, 0);
+        assert_eq!(
+            (c.state(), s.state()),
+            (State::Established, State::Established)
+        );
+        c.close(0);
+        exchange(&mut c, &mut s, 0);
+        s.close(0);
+        // The server's FIN reaches the client; the client's ACK of it is lost.
+        let fin = s.poll_transmit(0).unwrap().repr;
+        assert!(fin.flags.contains(Flags::FIN));
+        let mut sink = Collect::default();
+        c.handle_segment(0, &fin, Vec::new(), &mut sink);
+        assert_eq!(c.state(), State::TimeWait);
+        while c.poll_transmit(0).is_some() {}
+        // The server's retransmitted FIN, 5 s later.
+        let at = 5 * SECOND_NS;
+        assert_eq!(
+            c.handle_segment(at, &fin, Vec::new(), &mut sink),
+            Verdict::Accepted
+        );
+        let ack = c
+            .poll_transmit(at)
+            .expect("an ACK of the retransmitted FIN");
+        assert_eq!(ack.repr.ack, Some(fin.seq.wrapping_add(1)));
+        assert_eq!(c.poll_at(), Some(at + config.time_wait_ns));
+        assert_eq!(c.counters().challenge_acks, 0);
+    }
 }
