@@ -805,6 +805,10 @@ impl<B: Payload> Connection<B> {
     pub fn rto_ns(&self) -> u64 {
         self.rtt.rto_ns()
     }
+    /// The retransmission timeout the RTT estimates give, before any backoff.
+    pub fn rto_base_ns(&self) -> u64 {
+        self.rtt.rto_base_ns()
+    }
     /// The smoothed RTT, once measured.
     pub fn srtt_ns(&self) -> Option<u64> {
         self.rtt.srtt_ns()

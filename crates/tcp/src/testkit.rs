@@ -1347,8 +1347,12 @@ impl Sim {
         let first = ep.chain.is_none();
         let (_, rtos_before) = *ep.chain.get_or_insert((ep.sent_max, rtos));
         let backoff = rtos.saturating_sub(rtos_before).min(16) as u32;
-        let sampled = ep.conn.as_ref().is_some_and(|c| c.srtt_ns().is_some());
-        let rto = rto_reference_ns(config, rtt, sampled).saturating_mul(1 << backoff);
+        let base = ep
+            .conn
+            .as_ref()
+            .filter(|c| c.srtt_ns().is_some())
+            .map(|c| c.rto_base_ns());
+        let rto = rto_reference_ns(config, rtt, base).saturating_mul(1 << backoff);
         let window_segments = u64::from(config.send_buffer_bytes / u32::from(config.mss)).max(1);
         let regrowth = if first {
             rtt * (2 + u64::from(64 - window_segments.leading_zeros()) + window_segments / 8)
@@ -1536,12 +1540,15 @@ pub fn round_trip_max_ns(config: &SimConfig) -> u64 {
 
 /// The RTO a side can have without backoff: the initial RTO before any sample, and RFC 6298's
 /// `SRTT + 4 RTTVAR` after, which for samples no larger than `rtt` is at most `5 rtt`; never
-/// below the configured floor.
-fn rto_reference_ns(config: &ConnConfig, rtt: u64, sampled: bool) -> u64 {
-    let estimate = if sampled {
-        5 * rtt
-    } else {
-        config.rtt.rto_initial_ns
+/// below the configured floor. A sample Karn's rule accepts can still be longer than any
+/// round trip: when the ACK of the timed segment rode on a data segment that was lost, it
+/// comes back with the peer's retransmission, a timeout later (RFC 7323 §4.3 asks for such
+/// samples with timestamps too). So the estimate the side holds (`base`) counts as well, up
+/// to four initial RTOs.
+fn rto_reference_ns(config: &ConnConfig, rtt: u64, base: Option<u64>) -> u64 {
+    let estimate = match base {
+        Some(base) => (5 * rtt).max(base.min(4 * config.rtt.rto_initial_ns)),
+        None => config.rtt.rto_initial_ns,
     };
     estimate.max(config.rtt.rto_min_ns)
 }
@@ -1560,7 +1567,8 @@ fn rto_reference_ns(config: &ConnConfig, rtt: u64, sampled: bool) -> u64 {
 /// it (the sender of data, a SYN or a FIN; the receiver of a pure ACK): the repair is a fast
 /// retransmit within a round trip, or the timer. That timeout is the initial RTO before the
 /// side has an RTT sample, and RFC 6298's `SRTT + 4 RTTVAR` after, at most `5 R` for samples
-/// no larger than `R`, never below the floor. It doubles for each timeout the side has had
+/// no larger than `R` (or the side's own estimate, when a lost ACK stretched a sample; see
+/// `rto_reference_ns`), never below the floor. It doubles for each timeout the side has had
 /// since its current stall began (RFC 6298 §5.5); a stall begins with a loss and ends once
 /// data sent after that loss is acknowledged, which is when RFC 6298 §5 lets the backoff
 /// collapse. The first loss of a stall also pays the slow start back to the window after a
