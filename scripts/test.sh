@@ -30,7 +30,7 @@ cargo build --workspace --release
 # states are live) and under `release` (the code as it ships). The end-to-end tests of the
 # `melange` crate start the release binaries, so they run under `release` only.
 echo "== tests under the ci-test profile (debug assertions, overflow checks)"
-cargo test --workspace --profile ci-test --exclude melange
+cargo test --workspace --profile ci-test --exclude melange --features melange-tcp/testkit
 echo "== tests under release (unit, property, simulation and end-to-end)"
 cargo test --workspace --release
 echo "== loom: the shared-memory ring's producer/consumer model-checked"

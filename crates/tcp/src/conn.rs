@@ -50,7 +50,8 @@
 //! (PAWS, RFC 7323), SACK-permitted and SACK blocks with D-SACK (RFC 2018, 2883); RTO with
 //! Karn's rule and backoff (RFC 6298; samples come from one timed segment per round trip, at
 //! nanosecond precision, since the timestamp clock ticks in milliseconds); fast retransmit and
-//! recovery, SACK-based (RFC 6675) or NewReno (RFC 6582); congestion control behind
+//! recovery, SACK-based (RFC 6675) or NewReno (RFC 6582, with Limited Transmit, RFC 3042,
+//! and §4.2's ACK heuristic after timeouts); congestion control behind
 //! [`crate::cc`]; delayed ACKs with quick ACKs at start and on out-of-order data; Nagle (off by
 //! default); sender and receiver silly-window avoidance; zero-window probes; keepalive; orderly
 //! close in every state pair, TIME-WAIT with a configurable 2 MSL and timestamp-based reuse;
@@ -526,12 +527,18 @@ pub struct Connection<B> {
     /// The one timed segment in flight: its end and the time it was sent (Karn's rule: never a
     /// retransmitted one).
     rtt_probe: Option<(SeqNumber, u64)>,
+    /// SND.MAX and our TSval clock at the first of the timeouts in a row, while the RTO is
+    /// backed off.
+    backoff_mark: Option<(SeqNumber, u32)>,
     cc: Congestion,
     scoreboard: Scoreboard,
     dup_acks: u32,
     in_fast_recovery: bool,
     /// RFC 6582's `recover`: `snd_max` at the start of the last recovery or timeout.
     recover: Option<SeqNumber>,
+    /// How far the last ACK that advanced SND.UNA moved it (RFC 6582 §4.2's
+    /// highest_ack - prev_highest_ack).
+    last_ack_advance: u32,
     pending_rexmit: Option<PendingRetransmit>,
     /// Time the last data segment was sent, for RFC 5681 §4.1's idle restart.
     last_data_sent_ns: u64,
@@ -638,11 +645,13 @@ impl<B: Payload> Connection<B> {
             ts_offset: iss.0,
             rtt: RttEstimator::new(config.rtt)?,
             rtt_probe: None,
+            backoff_mark: None,
             cc: Congestion::new(config.congestion, mss)?,
             scoreboard: Scoreboard::new(iss, mss),
             dup_acks: 0,
             in_fast_recovery: false,
             recover: None,
+            last_ack_advance: 0,
             pending_rexmit: None,
             last_data_sent_ns: now_ns,
             cwnd_limited: false,
@@ -796,6 +805,10 @@ impl<B: Payload> Connection<B> {
     pub fn rto_ns(&self) -> u64 {
         self.rtt.rto_ns()
     }
+    /// The retransmission timeout the RTT estimates give, before any backoff.
+    pub fn rto_base_ns(&self) -> u64 {
+        self.rtt.rto_base_ns()
+    }
     /// The smoothed RTT, once measured.
     pub fn srtt_ns(&self) -> Option<u64> {
         self.rtt.srtt_ns()
@@ -859,7 +872,17 @@ impl<B: Payload> Connection<B> {
         let queued = self.send_queued();
         let limit = self.config.send_buffer_bytes.saturating_sub(queued);
         let window = self.snd_wnd.saturating_sub(queued);
-        let cwnd = self.cc.cwnd_bytes().saturating_sub(queued);
+        // The congestion window limits what is in flight (RFC 5681 FlightSize, RFC 6675's
+        // pipe in SACK recovery), not what is unacknowledged: SACKed bytes, and in NewReno
+        // recovery the segments that duplicate ACKs say have left, are no longer in flight.
+        // Charging cwnd for all queued bytes froze admission exactly when recovery wants
+        // new data to keep the ACK clock going (RFC 6675 NextSeg rule 2, RFC 5681 §3.2
+        // step 5), so a loss in a small window waited for the timer.
+        // After a timeout, what go-back-N has yet to resend counts as queued.
+        let unsent = self.snd_buf_end.checked_distance(self.snd_nxt).unwrap_or(0);
+        let cwnd = self
+            .cwnd_allowance()
+            .saturating_sub(self.flight_bytes().saturating_add(unsent));
         limit.min(window).min(cwnd)
     }
 
@@ -1162,9 +1185,36 @@ impl<B: Payload> Connection<B> {
             }
         }
 
+        // RFC 9293 §3.10.7.4, TIME-WAIT: "The only thing that can arrive in this state is a
+        // retransmission of the remote FIN. Acknowledge it, and restart the 2 MSL timeout."
+        // Its FIN is the octet just below RCV.NXT, which the acceptability test below refuses
+        // (and the eighth step never sees), so it is recognised here, as Linux's
+        // `tcp_timewait_state_process` does. Without the restart, a peer whose FIN or our
+        // ACKs were lost a few times finds us gone when its backed-off FIN arrives, and gets a
+        // RST instead of a clean close.
+        if self.state == State::TimeWait
+            && flags.contains(Flags::FIN)
+            && !flags.intersects(Flags::RST.union(Flags::SYN))
+            && seq + len + 1u32 == self.rcv_nxt
+        {
+            self.ack_need = AckNeed::Now;
+            self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
+            sink.discard(payload);
+            return Verdict::Accepted;
+        }
+
         // First: sequence number acceptability.
         let rcv_wnd = self.recv_window();
-        if !segment_acceptable(seq, seg_len, self.rcv_nxt, rcv_wnd) {
+        // RFC 9293 §3.10.7.4 asks for "special allowance ... to accept valid ACKs": a peer
+        // that filled our window numbers its pure ACKs at SND.NXT, which is our right edge,
+        // one past the window. Without this, while a hole keeps the window from moving,
+        // every ACK it sends us is dropped unread; when both sides fill each other's windows
+        // and lose the segments at RCV.NXT, neither ever learns the other's ACKs. Linux's
+        // `tcp_sequence` accepts the right edge too.
+        let ack_at_edge = seg_len == 0
+            && !flags.contains(Flags::RST)
+            && seq == self.rcv_nxt + rcv_wnd;
+        if !segment_acceptable(seq, seg_len, self.rcv_nxt, rcv_wnd) && !ack_at_edge {
             // RFC 5961 §3.2: a RST outside the window is silently dropped; anything else gets
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
             if !flags.contains(Flags::RST) {
@@ -1180,14 +1230,6 @@ impl<B: Payload> Connection<B> {
                     self.ack_need = AckNeed::Now;
                 } else {
                     self.challenge_ack(now_ns);
-                }
-                // RFC 9293 §3.10.7.4 TIME-WAIT: the peer's FIN again (it lies just below
-                // RCV.NXT, so it fails this check): ACK it and restart the 2 MSL timeout.
-                if self.state == State::TimeWait
-                    && flags.contains(Flags::FIN)
-                    && seq + seg_len == self.rcv_nxt
-                {
-                    self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
                 }
                 // RFC 2883 §4: data wholly below RCV.NXT (a spurious retransmission) is
                 // reported as a D-SACK in that ACK, as Linux's tcp_send_dupack does.
@@ -1375,6 +1417,7 @@ impl<B: Payload> Connection<B> {
         }
         let new_sack = self.scoreboard.sacked().bytes() > sacked_before;
         let advanced = ack.gt(una_before);
+        self.maybe_end_backoff(ack, &blocks[..nblocks], seg.timestamps.map(|t| t.1));
 
         // Window update (RFC 9293 §3.10.7.4): from a newer segment, or the same one with a
         // newer ACK.
@@ -1427,6 +1470,7 @@ impl<B: Payload> Connection<B> {
         };
         let data_acked = data_end.checked_distance(data_start).unwrap_or(0);
         let fin_acked = self.fin_queued && ack.gt(self.snd_buf_end);
+        self.last_ack_advance = ack.wrapping_distance(una_before);
         self.snd_una = ack;
         if self.snd_nxt.lt(ack) {
             self.snd_nxt = ack;
@@ -1503,7 +1547,31 @@ impl<B: Payload> Connection<B> {
         self.rtt_probe = None;
         let rtt = now_ns.saturating_sub(sent_ns);
         self.rtt.handle_sample(rtt);
+        self.backoff_mark = None;
         Some(rtt)
+    }
+
+    /// RFC 6298 §5: the backoff collapses once new data is sent and acknowledged. The timed
+    /// segment cannot say so after a timeout: Karn's rule drops it, and the next one is timed
+    /// only when new data goes out, so while retransmissions or that one segment keep being
+    /// lost the RTO stays backed off (seconds, then a minute) although the path delivers.
+    /// Instead, proof that the peer got anything we sent after the first timeout of the run
+    /// ends the backoff: a cumulative or selective ACK above the SND.MAX of that moment, or
+    /// the echo of a TSval from after it (RFC 7323 §4.1). SRTT and RTTVAR are not fed: such a
+    /// delay may include a receiver's wait for a hole (RFC 7323 §4.3), which is no round trip.
+    fn maybe_end_backoff(&mut self, ack: SeqNumber, blocks: &[SeqRange], tsecr: Option<u32>) {
+        let Some((snd_max, ts)) = self.backoff_mark else {
+            return;
+        };
+        let acked = ack.gt(snd_max);
+        let sacked = blocks
+            .iter()
+            .any(|b| b.end.gt(snd_max) && b.end.le(self.snd_max));
+        let echoed = self.ts_enabled && tsecr.is_some_and(|e| (e.wrapping_sub(ts) as i32) >= 0);
+        if acked || sacked || echoed {
+            self.rtt.handle_backoff_end();
+            self.backoff_mark = None;
+        }
     }
 
     fn update_send_window(&mut self, seq: SeqNumber, ack: SeqNumber, window: u32) {
@@ -1527,8 +1595,15 @@ impl<B: Payload> Connection<B> {
             return;
         }
         // RFC 6582 §3.2 step 2: no second recovery for losses of the window that the last
-        // recovery (or timeout) already handled.
-        if self.recover.is_some_and(|r| self.snd_una.lt(r)) {
+        // recovery (or timeout) already handled, unless §4.2's ACK heuristic says these
+        // duplicates report a new loss, not our own unneeded retransmissions: those would
+        // have come after an ACK that jumped by more than four segments. Without it, a
+        // segment lost again while go-back-N resends after a timeout waits for a second,
+        // doubled, timeout. Not with SACK, where RFC 6675 §5.1 forbids it.
+        let smss = self.smss();
+        let new_loss =
+            !self.sack_enabled && self.cc.cwnd_bytes() > smss && self.last_ack_advance <= 4 * smss;
+        if self.recover.is_some_and(|r| self.snd_una.lt(r)) && !new_loss {
             return;
         }
         let flight = self.flight_bytes();
@@ -1556,6 +1631,19 @@ impl<B: Payload> Connection<B> {
         PendingRetransmit {
             range: SeqRange::new(self.snd_una, end),
         }
+    }
+
+    /// The congestion window new data may fill: cwnd, plus RFC 3042's Limited Transmit of one
+    /// new segment for each of the first two duplicate ACKs without SACK (with SACK, the
+    /// SACKed bytes leave `flight_bytes` instead). Without it, a loss in a window of four
+    /// segments or fewer draws too few duplicate ACKs for fast retransmit and waits for the
+    /// timer.
+    fn cwnd_allowance(&self) -> u32 {
+        let cwnd = self.cc.cwnd_bytes();
+        if self.sack_enabled || self.in_fast_recovery || self.dup_acks == 0 {
+            return cwnd;
+        }
+        cwnd.saturating_add(self.dup_acks.min(2).saturating_mul(self.smss()))
     }
 
     /// Bytes in flight: RFC 6675's pipe in SACK recovery; otherwise the unSACKed bytes up to
@@ -1862,7 +1950,7 @@ impl<B: Payload> Connection<B> {
         }
         if self.dup_acks_owed > 0 {
             self.dup_acks_owed -= 1;
-            let repr = self.ack_repr(now_ns, self.snd_nxt, Flags::empty(), 0);
+            let repr = self.ack_repr(now_ns, self.pure_ack_seq(), Flags::empty(), 0);
             // More owed duplicates stay owed; `ack_repr` settled the pending ACK.
             return Some(Transmit {
                 repr,
@@ -1891,7 +1979,7 @@ impl<B: Payload> Connection<B> {
             current < u32::from(self.config.mss) && candidate >= current.saturating_add(threshold)
         };
         if self.ack_need == AckNeed::Now || window_update {
-            let seq = self.snd_nxt;
+            let seq = self.pure_ack_seq();
             let repr = self.ack_repr(now_ns, seq, Flags::empty(), 0);
             return Some(Transmit {
                 repr,
@@ -1937,6 +2025,16 @@ impl<B: Payload> Connection<B> {
             repr,
             payload_offset: 0,
         }
+    }
+
+    /// The sequence number of a segment without data: SND.MAX, not a SND.NXT that go-back-N
+    /// rewound (BSD's `tcp_output` does the same). The peer has usually received up to
+    /// SND.MAX, and RFC 9293 §3.10.7.4 finds a zero-length segment below RCV.NXT unacceptable,
+    /// so an ACK numbered from the rewound SND.NXT is dropped unread: when both sides are
+    /// resending after timeouts, neither learns of the other's ACKs and both time out for
+    /// good.
+    fn pure_ack_seq(&self) -> SeqNumber {
+        self.snd_max
     }
 
     /// A header with our ports, `seq` and `flags`, and nothing else.
@@ -2068,8 +2166,10 @@ impl<B: Payload> Connection<B> {
         }
         self.snd_nxt = start;
         if start.ge(fin_end) {
-            // A send cut short by a closed window queued nothing, yet the app waits: probe
-            // the window (RFC 9293 §3.8.6.1), or a lost window update would stall us forever.
+            // RFC 9293 §3.8.6.1: a sender with data must probe a zero window. Under IX's
+            // admission the data is still the app's (send_room was 0, so nothing is queued),
+            // but it exists all the same: without a probe, a lost window update leaves both
+            // sides waiting for ever.
             if self.want_room && self.snd_wnd == 0 && self.snd_una == self.snd_max {
                 self.arm_persist(now_ns);
             }
@@ -2090,7 +2190,7 @@ impl<B: Payload> Connection<B> {
             }
         }
         let flight = self.flight_bytes();
-        let cw_room = self.cc.cwnd_bytes().saturating_sub(flight);
+        let cw_room = self.cwnd_allowance().saturating_sub(flight);
         let wnd_edge = self.snd_una + self.snd_wnd;
         let data_end = end.min(self.snd_buf_end);
         let wnd_data_end = if data_end.gt(wnd_edge) {
@@ -2132,7 +2232,13 @@ impl<B: Payload> Connection<B> {
             }
         }
         let seg_end = start + payload + u32::from(fin);
-        Some(self.emit_range(now_ns, SeqRange::new(start, seg_end), rexmit))
+        let t = self.emit_range(now_ns, SeqRange::new(start, seg_end), rexmit);
+        // Go-back-N moves on even in a recovery entered while it runs (emit_range leaves
+        // SND.NXT alone for a recovery's retransmissions, which go out of order).
+        if self.snd_nxt.lt(seg_end) {
+            self.snd_nxt = seg_end;
+        }
+        Some(t)
     }
 
     /// SND.UNA, or the first data byte while the SYN is unacknowledged.
@@ -2332,6 +2438,10 @@ impl<B: Payload> Connection<B> {
                 let flight = self.flight_bytes();
                 self.cc.handle_rto(now_ns, flight);
                 self.rtt.handle_timeout();
+                if self.backoff_mark.is_none() {
+                    let ts = ts_clock(now_ns).wrapping_add(self.ts_offset);
+                    self.backoff_mark = Some((self.snd_max, ts));
+                }
                 if self.timeouts >= 2 {
                     // The peer may have reneged on its SACKs (RFC 2018 §8): forget them.
                     self.scoreboard = Scoreboard::new(self.snd_una, self.smss());
@@ -2668,5 +2778,73 @@ mod tests {
             assert_eq!(c.conn.state(), State::Closed, "config {k} at {now}");
             assert_eq!(s.conn.state(), State::Closed, "config {k}");
         }
+    }
+
+    /// Delivers what `a` and `b` emit to each other (no loss, no delay) until both are quiet.
+    fn exchange(a: &mut Connection<Vec<u8>>, b: &mut Connection<Vec<u8>>, now: u64) {
+        let mut sink = Collect::default();
+        for _ in 0..100 {
+            let mut quiet = true;
+            while let Some(t) = a.poll_transmit(now) {
+                quiet = false;
+                b.handle_segment(now, &t.repr, vec![0; t.repr.payload_len], &mut sink);
+            }
+            while let Some(t) = b.poll_transmit(now) {
+                quiet = false;
+                a.handle_segment(now, &t.repr, vec![0; t.repr.payload_len], &mut sink);
+            }
+            if quiet {
+                return;
+            }
+        }
+        panic!("no quiet");
+    }
+
+    /// Found by the simulation (seed 27912): in TIME-WAIT, a retransmission of the peer's FIN
+    /// (its ACK was lost) gets an ACK at once and restarts 2 MSL (RFC 9293 §3.10.7.4).
+    #[test]
+    fn time_wait_acks_a_retransmitted_fin_and_restarts_2msl() {
+        let config = ConnConfig {
+            time_wait_ns: 10 * SECOND_NS,
+            ..ConnConfig::default()
+        };
+        let ports = Ports {
+            local: 40000,
+            remote: 80,
+        };
+        let mut c = Connection::<Vec<u8>>::connect(config, ports, 1000, 0).unwrap();
+        let syn = c.poll_transmit(0).unwrap().repr;
+        let back = Ports {
+            local: 80,
+            remote: 40000,
+        };
+        let mut s = Connection::<Vec<u8>>::accept_syn(config, back, 5000, 0, &syn).unwrap();
+        exchange(&mut s, &mut c, 0);
+        assert_eq!(
+            (c.state(), s.state()),
+            (State::Established, State::Established)
+        );
+        c.close(0);
+        exchange(&mut c, &mut s, 0);
+        s.close(0);
+        // The server's FIN reaches the client; the client's ACK of it is lost.
+        let fin = s.poll_transmit(0).unwrap().repr;
+        assert!(fin.flags.contains(Flags::FIN));
+        let mut sink = Collect::default();
+        c.handle_segment(0, &fin, Vec::new(), &mut sink);
+        assert_eq!(c.state(), State::TimeWait);
+        while c.poll_transmit(0).is_some() {}
+        // The server's retransmitted FIN, 5 s later.
+        let at = 5 * SECOND_NS;
+        assert_eq!(
+            c.handle_segment(at, &fin, Vec::new(), &mut sink),
+            Verdict::Accepted
+        );
+        let ack = c
+            .poll_transmit(at)
+            .expect("an ACK of the retransmitted FIN");
+        assert_eq!(ack.repr.ack, Some(fin.seq.wrapping_add(1)));
+        assert_eq!(c.poll_at(), Some(at + config.time_wait_ns));
+        assert_eq!(c.counters().challenge_acks, 0);
     }
 }

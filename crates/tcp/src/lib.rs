@@ -24,6 +24,8 @@
 //!   cookie decision on each SYN, and the cookie SYN-ACK and final-ACK helpers.
 //! - [`siphash`]: SipHash-2-4, the keyed hash behind [`isn`], [`cookie`] and the connection
 //!   table, so a peer cannot aim collisions or predict sequence numbers.
+//! - `testkit` (feature `testkit`): a deterministic, impaired network simulation of our TCP
+//!   against our TCP, driven by seeds (`tests/sim.rs` runs it).
 #![forbid(unsafe_code)]
 
 pub mod cc;
@@ -37,3 +39,5 @@ pub mod sack;
 pub mod seq;
 pub mod siphash;
 pub mod table;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

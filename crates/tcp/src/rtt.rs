@@ -169,6 +169,16 @@ impl RttEstimator {
         self.handle_sample(now_ns.saturating_sub(sent_ns));
     }
 
+    /// The peer acknowledged data sent after the timeouts began (the caller knows from an ACK
+    /// or SACK above what was outstanding then, or from a timestamp echo): the backoff ends
+    /// and the RTO returns to what the estimates give. RFC 6298 §5 collapses the backoff once
+    /// new data is sent and acknowledged; SRTT and RTTVAR are left alone, because that delay
+    /// may include the receiver's wait for a hole to fill (RFC 7323 §4.3), no round trip.
+    pub fn handle_backoff_end(&mut self) {
+        self.rto_ns = self.rto_base_ns;
+        self.backoff_count = 0;
+    }
+
     /// The retransmission timer fired: RFC 6298 (5.5), RTO <- RTO * 2, capped at the maximum.
     pub fn handle_timeout(&mut self) {
         self.rto_ns = self.rto_ns.saturating_mul(2).min(self.config.rto_max_ns);
@@ -250,6 +260,18 @@ mod tests {
         e.handle_sample(MS); // RTTVAR (15 + 8)/4 = 5.75, SRTT (63 + 1)/8 = 8, RTO 31.
         assert_eq!((e.srtt_ns(), e.rttvar_ns()), (Some(8 * MS), 5_750_000));
         assert_eq!(e.rto_ns(), 31 * MS);
+    }
+
+    #[test]
+    fn backoff_ends_without_touching_the_estimates() {
+        let mut e = RttEstimator::new(RttConfig::default()).unwrap();
+        e.handle_sample(300 * MS); // RTO 300 + 600 = 900 ms.
+        e.handle_timeout();
+        e.handle_timeout();
+        assert_eq!((e.rto_ns(), e.backoff_count()), (3_600 * MS, 2));
+        e.handle_backoff_end();
+        assert_eq!((e.rto_ns(), e.backoff_count()), (900 * MS, 0));
+        assert_eq!((e.srtt_ns(), e.rttvar_ns()), (Some(300 * MS), 150 * MS));
     }
 
     #[test]
