@@ -32,6 +32,23 @@ pub struct StackArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// `udp`: replayed datagrams into one echo engine. `tcp`: Melange's TCP echo served by
+    /// one engine, with Melange's TCP load generator in a second engine joined back to back
+    /// (only the server engine's passes are timed).
+    #[arg(long, value_enum, default_value_t = StackProtocol::Udp)]
+    pub protocol: StackProtocol,
+    /// TCP: connections, one request in flight on each.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+}
+
+/// What `bench stack` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackProtocol {
+    /// UDP echo over replayed frames.
+    Udp,
+    /// TCP echo against a TCP client over a back-to-back pipe.
+    Tcp,
 }
 
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -61,11 +78,18 @@ pub fn run(args: &StackArgs) -> Result<()> {
     melange_sys::cpu::pin_current_thread(args.cpu)?;
     let mut results = Vec::new();
     for _ in 0..args.reps {
-        results.push(one_run(args)?);
+        results.push(match args.protocol {
+            StackProtocol::Udp => one_run(args)?,
+            StackProtocol::Tcp => one_tcp_run(args)?,
+        });
     }
     let ns = crate::table::median(&mut results);
     println!(
-        "stack: {} requests of {} B, batch {}: median {:.1} ns per request-reply ({:.2} M/s), runs {:?}",
+        "stack ({}): {} requests of {} B, batch {}: median {:.1} ns per request-reply ({:.2} M/s), runs {:?}",
+        match args.protocol {
+            StackProtocol::Udp => "udp".to_string(),
+            StackProtocol::Tcp => format!("tcp, {} connections, server engine only", args.connections),
+        },
         args.requests,
         args.payload,
         args.batch,
@@ -118,4 +142,110 @@ fn one_run(args: &StackArgs) -> Result<f64> {
         args.requests + 1
     );
     Ok(elapsed as f64 / (replies - replies_before).max(1) as f64)
+}
+
+/// One TCP run: ns of the server engine's passes per request it echoed.
+fn one_tcp_run(args: &StackArgs) -> Result<f64> {
+    use melange_apps::{TcpEchoApp, TcpEchoConfig, TcpLoadgenApp, TcpLoadgenConfig};
+    use melange_engine::tcp::{TcpConfig, TcpKeys};
+    use melange_sim::PipeNic;
+    let server_ip = Ipv4Addr::new(10, 77, 0, 2);
+    let client_ip = Ipv4Addr::new(10, 77, 0, 1);
+    let payload = args.payload.max(1);
+    let (client_nic, server_nic) = PipeNic::pair();
+    let keys = |salt: u8| -> Result<TcpKeys> {
+        let mut bytes: [u8; 80] = melange_sys::random::bytes()?;
+        bytes[0] ^= salt;
+        Ok(TcpKeys::from_bytes(bytes))
+    };
+    let engine =
+        |nic: PipeNic, mac: [u8; 6], ip: Ipv4Addr, peer: (Ipv4Addr, [u8; 6]), tcp: TcpConfig| {
+            let mut pool = PacketPool::new(PoolConfig {
+                frame_count: 16_384,
+                ..PoolConfig::default()
+            })?;
+            let interface = InterfaceConfig::new(EthernetAddress(mac), ip, 24);
+            let transport = StackTransport::new(
+                nic,
+                interface,
+                &[(peer.0, EthernetAddress(peer.1))],
+                &mut pool,
+                args.batch,
+            )
+            .map_err(|e| anyhow!("{e}"))?
+            .with_tcp(tcp, 0)
+            .map_err(|e| anyhow!("{e}"))?;
+            anyhow::Ok((transport, pool))
+        };
+    let config = EngineConfig {
+        batch_max: args.batch,
+        ..EngineConfig::new(0)
+    };
+    let (transport, pool) = engine(
+        server_nic,
+        SERVER_MAC,
+        server_ip,
+        (client_ip, CLIENT_MAC),
+        TcpConfig::new(keys(1)?),
+    )?;
+    let echo = TcpEchoApp::new(
+        TcpEchoConfig {
+            ports: vec![7777],
+            work_ns: 0,
+        },
+        |_| {},
+    );
+    let mut server =
+        Engine::new(config.clone(), transport, pool, echo, 0).map_err(|e| anyhow!("{e}"))?;
+    let (transport, pool) = engine(
+        client_nic,
+        CLIENT_MAC,
+        client_ip,
+        (server_ip, SERVER_MAC),
+        TcpConfig::new(keys(2)?),
+    )?;
+    let load = TcpLoadgenApp::new(TcpLoadgenConfig {
+        target: SocketAddrV4::new(server_ip, 7777),
+        connections: args.connections,
+        inflight: 1,
+        message_len: payload,
+        warmup_ns: 0,
+        duration_ns: u64::MAX / 4,
+        drain_ns: 1_000_000_000,
+    });
+    let mut client =
+        Engine::new(EngineConfig::new(1), transport, pool, load, 0).map_err(|e| anyhow!("{e}"))?;
+    let echoed = |server: &Engine<StackTransport<PipeNic>, TcpEchoApp>| {
+        server.app().counters().bytes_echoed / payload as u64
+    };
+    let mut now = 0u64;
+    // The handshakes and a warm-up, untimed.
+    let warm = 10_000u64.min(args.requests);
+    let mut guard = 0u64;
+    while echoed(&server) < warm {
+        now += 1_000;
+        client.poll(now);
+        server.poll(now);
+        guard += 1;
+        ensure!(
+            guard < 10_000_000,
+            "the TCP client and server made no progress in warm-up"
+        );
+    }
+    let start_echoed = echoed(&server);
+    let mut server_ns = 0u64;
+    while echoed(&server) - start_echoed < args.requests {
+        now += 1_000;
+        client.poll(now);
+        let t0 = melange_sys::clock::monotonic_ns();
+        server.poll(now);
+        server_ns += melange_sys::clock::monotonic_ns() - t0;
+        guard += 1;
+        ensure!(
+            guard < 100 * args.requests.max(1_000_000),
+            "the TCP echo stopped making progress"
+        );
+    }
+    let done = echoed(&server) - start_echoed;
+    Ok(server_ns as f64 / done.max(1) as f64)
 }

@@ -576,20 +576,22 @@ impl TcpEndpoint {
         let Some(slot) = self.table.get_mut(index) else {
             return;
         };
+        // Lazy, as Linux's timers are: a timer armed at or before the connection's next
+        // deadline stays (it fires early, finds nothing due, and is armed again at the true
+        // deadline), so the common case (an ACK pushing the RTO later) costs no re-arm. Only
+        // an earlier deadline moves it.
         match (slot.conn.poll_at(), slot.timer) {
-            (Some(at), Some(key)) => {
-                if self.timers.deadline_ns(key) != Ok(at)
-                    && self.timers.reschedule(key, at).is_err()
-                {
-                    slot.timer = self.timers.insert(at, index).ok();
+            (Some(at), Some(key)) => match self.timers.deadline_ns(key) {
+                Ok(armed) if armed <= at => {}
+                Ok(_) => {
+                    if self.timers.reschedule(key, at).is_err() {
+                        slot.timer = self.timers.insert(at, index).ok();
+                    }
                 }
-            }
+                Err(_) => slot.timer = self.timers.insert(at, index).ok(),
+            },
             (Some(at), None) => slot.timer = self.timers.insert(at, index).ok(),
-            (None, Some(key)) => {
-                let _ = self.timers.cancel(key);
-                slot.timer = None;
-            }
-            (None, None) => {}
+            (None, _) => {}
         }
     }
 
@@ -649,7 +651,6 @@ impl TcpEndpoint {
                 }
             }
             self.mark_ready(index);
-            self.sync_timer(index);
             return;
         }
         self.handle_unmatched(now_ns, pool, iface, tuple, &repr, data);
@@ -715,7 +716,6 @@ impl TcpEndpoint {
                             }
                             self.counters.cookies_accepted += 1;
                             self.mark_ready(index);
-                            self.sync_timer(index);
                         }
                         Err((_, mut slot)) => {
                             self.counters.syns_dropped += 1;
@@ -767,7 +767,6 @@ impl TcpEndpoint {
                     Ok(index) => {
                         let _ = self.listeners.syn_queued(listener);
                         self.mark_ready(index);
-                        self.sync_timer(index);
                     }
                     Err(_) => self.counters.syns_dropped += 1,
                 }
@@ -1010,7 +1009,6 @@ impl TcpEndpoint {
                 let slot = self.live_slot(index, "recv_done")?;
                 slot.conn.handle_recv_done(bytes);
                 self.mark_ready(index);
-                self.sync_timer(index);
                 Ok(Outcome::Done)
             }
             Command::Close { conn } => {
@@ -1018,7 +1016,6 @@ impl TcpEndpoint {
                 let slot = self.live_slot(index, "close")?;
                 slot.conn.close(now_ns);
                 self.mark_ready(index);
-                self.sync_timer(index);
                 Ok(Outcome::Done)
             }
             Command::Abort { conn } => {
@@ -1026,7 +1023,6 @@ impl TcpEndpoint {
                 let slot = self.live_slot(index, "abort")?;
                 slot.conn.abort();
                 self.mark_ready(index);
-                self.sync_timer(index);
                 Ok(Outcome::Done)
             }
             Command::SetOption { conn, option } => {
@@ -1110,7 +1106,6 @@ impl TcpEndpoint {
             })?;
         self.counters.active_opens += 1;
         self.mark_ready(index);
-        self.sync_timer(index);
         Ok(Outcome::Conn(conn_id(index)))
     }
 
@@ -1181,7 +1176,6 @@ impl TcpEndpoint {
             self.counters.sends_partial += 1;
         }
         self.mark_ready(index);
-        self.sync_timer(index);
         Ok(Outcome::Accepted { bytes, rest })
     }
 
@@ -1432,7 +1426,10 @@ mod tests {
     fn connection_state_has_a_fixed_documented_size() {
         let tcb = std::mem::size_of::<Connection<PacketBuf>>();
         let total = connection_bytes();
-        eprintln!("TCB {tcb} bytes, slot {} bytes, with table overhead {total} bytes", std::mem::size_of::<Slot>());
+        eprintln!(
+            "TCB {tcb} bytes, slot {} bytes, with table overhead {total} bytes",
+            std::mem::size_of::<Slot>()
+        );
         // ARCHITECTURE.md quotes these; keep them in step.
         assert!(total <= 3072, "a connection costs {total} bytes");
     }

@@ -19,11 +19,13 @@
 /// Frame builders for tests, fuzz seeds and benchmarks (they live in `melange-wire` now).
 pub use melange_wire::frames;
 mod network;
+pub mod pipe;
 pub mod replay;
 
 /// The simulator's only source of randomness: SplitMix64 from `melange-core`.
 pub use melange_core::rng::SplitMix64 as SimRng;
 pub use network::{Impairments, Link, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
+pub use pipe::PipeNic;
 pub use replay::ReplayNic;
 
 /// Runs `scenario` for every seed in `seeds` (or only `MELANGE_SIM_SEED` when set). On a

@@ -1211,9 +1211,8 @@ impl<B: Payload> Connection<B> {
         // every ACK it sends us is dropped unread; when both sides fill each other's windows
         // and lose the segments at RCV.NXT, neither ever learns the other's ACKs. Linux's
         // `tcp_sequence` accepts the right edge too.
-        let ack_at_edge = seg_len == 0
-            && !flags.contains(Flags::RST)
-            && seq == self.rcv_nxt + rcv_wnd;
+        let ack_at_edge =
+            seg_len == 0 && !flags.contains(Flags::RST) && seq == self.rcv_nxt + rcv_wnd;
         if !segment_acceptable(seq, seg_len, self.rcv_nxt, rcv_wnd) && !ack_at_edge {
             // RFC 5961 §3.2: a RST outside the window is silently dropped; anything else gets
             // an ACK (RFC 9293), rate-limited because a peer can provoke it at will.
