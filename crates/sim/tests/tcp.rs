@@ -200,3 +200,23 @@ fn request_response_survives_loss_reordering_duplication_and_corruption() {
         assert_no_leak(&mut s, "server");
     });
 }
+
+#[test]
+fn a_thousand_connections_open_and_are_served() {
+    check_seeds(0..1, |seed| {
+        let mut sim = Simulation::new(seed);
+        let clean = Impairments::delay(10_000);
+        let mut c = client(sim.add_port(CLIENT_MAC, clean, 4096), seed, load(1000, 1, 64, 10 * MS));
+        let mut s = server(sim.add_port(SERVER_MAC, clean, 4096), seed);
+        sim.run(&mut [&mut c, &mut s], 5_000 * MS);
+        let report = c.app().report();
+        assert!(c.is_done(), "the load generator finishes: {report:?}");
+        assert_eq!(c.app().connect_failures(), 0, "{report:?}");
+        assert_eq!(report.received, report.sent, "{report:?}");
+        assert!(report.received >= 1000, "{report:?}");
+        let st = s.transport().tcp_counters().unwrap();
+        assert_eq!(st.passive_opens, 1000, "{st:?}");
+        assert_no_leak(&mut c, "client");
+        assert_no_leak(&mut s, "server");
+    });
+}
