@@ -330,6 +330,13 @@ fn measure(server: TcpServer, load: Load, args: &LabTcpArgs, port: u16) -> Resul
         }
         v.as_f64().unwrap_or(0.0)
     };
+    if field(&["measured"]) == 0.0 {
+        bail!(
+            "the load generator measured nothing (sent {}, received {}): its measuring window never opened; the run is refused rather than reported as 0 req/s",
+            field(&["sent"]),
+            field(&["received"])
+        );
+    }
     let received = field(&["received"]).max(1.0);
     let cpu_ns = match server {
         TcpServer::LinuxEpoll => (cpu_after - cpu_before) as f64 / received,

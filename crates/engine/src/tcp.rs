@@ -64,6 +64,9 @@ pub const SEND_CHAINS_MAX: usize = 16;
 pub const RECV_CHAINS_MAX: usize = 8;
 /// Tick of the connection timers' wheel: finer than a delayed ACK, far finer than an RTO.
 pub const TIMER_TICK_NS: u64 = 50_000;
+/// Slots of the app's event queue TCP leaves free each pass (at most a quarter of it), for the
+/// engine's timer events.
+pub const EVENTS_RESERVED_MAX: usize = 16;
 /// Default size of the connection table.
 pub const CONNECTIONS_DEFAULT: usize = 16_384;
 /// Bytes of one frame's payload copied at a time on transmit (the largest frame).
@@ -887,7 +890,11 @@ impl TcpEndpoint {
             return;
         };
         let id = conn_id(index);
-        while events.room() > 0 {
+        // Leave room for the engine's timers, which fire into the same queue after receive:
+        // with many busy connections TCP's events alone would fill it every pass, and the
+        // app's timers would never fire (a load generator's measuring window never opened).
+        let reserve = EVENTS_RESERVED_MAX.min(events.capacity() / 4);
+        while events.room() > reserve {
             let polled = slot.held.take().or_else(|| slot.conn.poll_event());
             let event = match polled {
                 Some(ConnEvent::Established) => {

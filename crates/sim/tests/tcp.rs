@@ -206,7 +206,16 @@ fn a_thousand_connections_open_and_are_served() {
     check_seeds(0..1, |seed| {
         let mut sim = Simulation::new(seed);
         let clean = Impairments::delay(10_000);
-        let mut c = client(sim.add_port(CLIENT_MAC, clean, 4096), seed, load(1000, 1, 64, 10 * MS));
+        // A warm-up, so the measuring window opens on an app timer while 1,000 connections
+        // keep the event queue busy (TCP's events once starved the timers).
+        let mut c = client(
+            sim.add_port(CLIENT_MAC, clean, 4096),
+            seed,
+            TcpLoadgenConfig {
+                warmup_ns: 2 * MS,
+                ..load(1000, 1, 64, 10 * MS)
+            },
+        );
         let mut s = server(sim.add_port(SERVER_MAC, clean, 4096), seed);
         sim.run(&mut [&mut c, &mut s], 5_000 * MS);
         let report = c.app().report();
@@ -214,6 +223,10 @@ fn a_thousand_connections_open_and_are_served() {
         assert_eq!(c.app().connect_failures(), 0, "{report:?}");
         assert_eq!(report.received, report.sent, "{report:?}");
         assert!(report.received >= 1000, "{report:?}");
+        assert!(
+            report.measured > 0,
+            "the measuring window never opened: {report:?}"
+        );
         let st = s.transport().tcp_counters().unwrap();
         assert_eq!(st.passive_opens, 1000, "{st:?}");
         assert_no_leak(&mut c, "client");
