@@ -3,7 +3,7 @@
 //! UDP (the default): requests of `--payload` bytes, `--inflight` in flight in all, closed or
 //! open loop ([`LoadgenApp`]). TCP (`--protocol tcp`): `--connections` connections, each with
 //! `--inflight` requests of `--payload` bytes outstanding, closed loop ([`TcpLoadgenApp`]);
-//! on kernel sockets for now (Melange's own TCP for af_xdp is being built).
+//! on kernel sockets or, on af_xdp, over Melange's own TCP (one engine).
 
 use crate::table::us;
 use anyhow::{anyhow, Context, Result};

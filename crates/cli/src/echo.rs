@@ -54,7 +54,7 @@ pub struct EchoArgs {
     pub delay_us: u64,
     /// What to answer: `plain` echoes every UDP datagram; `sockperf` serves sockperf clients
     /// (ping-pong and throughput modes) as `sockperf server` does; `tcp` echoes every byte of
-    /// every TCP connection (kernel backend for now: Melange's own TCP is being built).
+    /// every TCP connection (kernel sockets, or Melange's own TCP on af_xdp).
     #[arg(long, value_enum, default_value_t = Protocol::Plain)]
     pub protocol: Protocol,
     /// Idle policy: spin, sleep, or sleep:N (N empty passes before sleeping).
