@@ -224,6 +224,13 @@ pub struct TcpCounters {
     pub retransmits: u64,
     /// Retransmission timeouts, summed over closed connections.
     pub rto_expirations: u64,
+    /// Challenge ACKs sent, summed over closed connections: the ACKs a segment the peer (or a
+    /// blind attacker) controls provokes, an in-window RST that misses RCV.NXT (RFC 5961
+    /// §3.2), a SYN (§4), an ACK too old (§5.2) or an out-of-window segment without data.
+    pub challenge_acks: u64,
+    /// Challenge ACKs the per-connection rate limit held back (RFC 5961 §7), summed over
+    /// closed connections: with `challenge_acks`, what blind injections provoked.
+    pub challenge_acks_suppressed: u64,
 }
 
 /// How a connection came to be.
@@ -1278,6 +1285,8 @@ impl TcpEndpoint {
         let c = slot.conn.counters();
         self.counters.retransmits += c.retransmits;
         self.counters.rto_expirations += c.rto_expirations;
+        self.counters.challenge_acks += c.challenge_acks;
+        self.counters.challenge_acks_suppressed += c.challenge_acks_suppressed;
         slot.send.free_all(pool);
         slot.recv.free_all(pool);
         slot.conn.drain(&mut DropSink { pool });
