@@ -57,8 +57,13 @@ pub fn run(command: BenchCommand) -> Result<()> {
 }
 
 /// The lock the lab tests take (`/tmp/melange-lab-tests.lock`): a benchmark and a test
-/// never use the one lab at the same time. Released when dropped.
-pub fn lab_lock() -> Result<std::fs::File> {
+/// never use the one lab at the same time. Released when dropped. A process whose parent
+/// already holds it (a lab test running `melange demo`) says so with
+/// `MELANGE_LAB_LOCK_HELD=1` and gets `None`: taking it again would wait for ever.
+pub fn lab_lock() -> Result<Option<std::fs::File>> {
+    if std::env::var_os(LAB_LOCK_HELD_ENV).is_some() {
+        return Ok(None);
+    }
     let file = std::fs::File::options()
         .create(true)
         .truncate(false)
@@ -66,8 +71,11 @@ pub fn lab_lock() -> Result<std::fs::File> {
         .open("/tmp/melange-lab-tests.lock")
         .context("opening /tmp/melange-lab-tests.lock")?;
     file.lock().context("locking the lab")?;
-    Ok(file)
+    Ok(Some(file))
 }
+
+/// Set by a process that holds the lab lock for the processes it starts.
+pub const LAB_LOCK_HELD_ENV: &str = "MELANGE_LAB_LOCK_HELD";
 
 /// The arguments every echo benchmark takes: repetitions, timing, load and placement.
 #[derive(clap::Args, Debug, Clone)]
