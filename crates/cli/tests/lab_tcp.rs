@@ -153,6 +153,37 @@ fn echo_transfer(port: u16, bytes: usize, timeout: Duration) -> Duration {
     start.elapsed()
 }
 
+/// Melange's TCP load generator on af_xdp in mlg-a against 10.77.0.2:`port`, with
+/// `[connections, inflight, payload, duration, warmup, timeout]`.
+fn tcp_loadgen(
+    port: u16,
+    [connections, inflight, payload, duration, warmup, timeout]: [&str; 6],
+) -> (serde_json::Value, String) {
+    let target = format!("10.77.0.2:{port}");
+    loadgen(&[
+        "--protocol",
+        "tcp",
+        "--backend",
+        "af_xdp",
+        "--interface",
+        "mlg-va",
+        "--target",
+        &target,
+        "--connections",
+        connections,
+        "--inflight",
+        inflight,
+        "--payload",
+        payload,
+        "--duration",
+        duration,
+        "--warmup",
+        warmup,
+        "--timeout",
+        timeout,
+    ])
+}
+
 /// Drops `pct`% of TCP in both directions between the kernel in mlg-a and Melange in mlg-b.
 fn impair_tcp_both_ways(pct: u8) {
     let pct = pct.to_string();
@@ -262,28 +293,10 @@ fn melange_client_against_the_linux_tcp_echo_clean_and_under_loss() {
                     duration: &str,
                     warmup: &str,
                     timeout: &str| {
-        loadgen(&[
-            "--protocol",
-            "tcp",
-            "--backend",
-            "af_xdp",
-            "--interface",
-            "mlg-va",
-            "--target",
-            "10.77.0.2:9202",
-            "--connections",
-            connections,
-            "--inflight",
-            inflight,
-            "--payload",
-            payload,
-            "--duration",
-            duration,
-            "--warmup",
-            warmup,
-            "--timeout",
-            timeout,
-        ])
+        tcp_loadgen(
+            9202,
+            [connections, inflight, payload, duration, warmup, timeout],
+        )
     };
     let run = |connections: &str, payload: &str, duration: &str| {
         run_with(connections, "2", payload, duration, "0.2s", "10s")
@@ -1190,28 +1203,10 @@ fn ten_thousand_connections_against_the_linux_tcp_echo() {
                     duration: &str,
                     warmup: &str,
                     timeout: &str| {
-        loadgen(&[
-            "--protocol",
-            "tcp",
-            "--backend",
-            "af_xdp",
-            "--interface",
-            "mlg-va",
-            "--target",
-            "10.77.0.2:9204",
-            "--connections",
-            connections,
-            "--inflight",
-            inflight,
-            "--payload",
-            payload,
-            "--duration",
-            duration,
-            "--warmup",
-            warmup,
-            "--timeout",
-            timeout,
-        ])
+        tcp_loadgen(
+            9204,
+            [connections, inflight, payload, duration, warmup, timeout],
+        )
     };
     // 10,000 connections at once, each used. They open during a 5 s warm-up (256 handshakes
     // in flight at a time) and drain for up to 30 s: a handshake whose SYN-ACK was lost in a

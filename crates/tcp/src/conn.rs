@@ -2619,36 +2619,12 @@ mod tests {
             let mut idle = to_s.is_empty() && to_c.is_empty();
             now += step;
             for (repr, p) in to_s {
-                if std::env::var_os("TCP_TRACE").is_some() && n < 400 {
-                    eprintln!(
-                        "{now} {n} c->s {:?} seq={} ack={:?} win={} len={} sack={:?} {:?}",
-                        repr.flags,
-                        repr.seq,
-                        repr.ack,
-                        repr.window_len,
-                        repr.payload_len,
-                        repr.sack_ranges(),
-                        c.conn.state()
-                    );
-                }
                 n += 1;
                 if !drop(n) {
                     s.conn.handle_segment(now, &repr, p, &mut s.sink);
                 }
             }
             for (repr, p) in to_c {
-                if std::env::var_os("TCP_TRACE").is_some() && n < 400 {
-                    eprintln!(
-                        "{now} {n} s->c {:?} seq={} ack={:?} win={} len={} sack={:?} {:?}",
-                        repr.flags,
-                        repr.seq,
-                        repr.ack,
-                        repr.window_len,
-                        repr.payload_len,
-                        repr.sack_ranges(),
-                        s.conn.state()
-                    );
-                }
                 n += 1;
                 if !drop(n) {
                     c.conn.handle_segment(now, &repr, p, &mut c.sink);
