@@ -130,6 +130,8 @@ pub struct TcpLoadgenApp {
     send_failures: u64,
     connect_failures: u64,
     resets: u64,
+    /// Connections whose handshake completed (`Connected`) while the run was sending.
+    opened: u64,
     open: usize,
     /// Handshakes in flight.
     connecting: usize,
@@ -174,6 +176,7 @@ impl TcpLoadgenApp {
             send_failures: 0,
             connect_failures: 0,
             resets: 0,
+            opened: 0,
             open: 0,
             connecting: 0,
             next_connect: 0,
@@ -183,6 +186,12 @@ impl TcpLoadgenApp {
     /// Connections that could not be opened.
     pub fn connect_failures(&self) -> u64 {
         self.connect_failures
+    }
+
+    /// Connections whose handshake completed while the run was still sending (a connection
+    /// reported open only once the run stopped sending never carried a request).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened
     }
 
     /// Connections the server reset or that ended before the run did.
@@ -463,6 +472,9 @@ impl App for TcpLoadgenApp {
                         self.open_more(io);
                         self.conns[i].state = State::Open;
                         self.open += 1;
+                        if self.sending {
+                            self.opened += 1;
+                        }
                         self.fill(io, i);
                         self.maybe_close(io, i);
                     }

@@ -1262,7 +1262,11 @@ impl TcpEndpoint {
                 self.remove(pool, index);
                 continue;
             }
-            let has_events = slot.held.is_some() || slot.recv.len > 0;
+            // Events the app's queue had no room for this pass (a burst of handshakes that
+            // complete at once fills it) keep the connection ready, or a connection with
+            // nothing to send would never report them: an `Established` stuck here left a
+            // client's connection open on the wire and never opened for its app.
+            let has_events = slot.held.is_some() || slot.recv.len > 0 || slot.conn.has_event();
             if stalled || has_events || slot.conn.is_closed() {
                 slot.ready = true;
                 self.ready.push(index);

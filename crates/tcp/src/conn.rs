@@ -2302,6 +2302,16 @@ impl<B: Payload> Connection<B> {
         }
     }
 
+    /// Whether [`Connection::poll_event`] would return an event: a caller that could not take
+    /// every event yet (its queue was full) keeps the connection on its list while this holds.
+    pub fn has_event(&self) -> bool {
+        self.ev_established
+            || self.acked_unreported > 0
+            || self.report_room
+            || self.ev_peer_closed
+            || self.ev_closed.is_some()
+    }
+
     /// The next event for the app, if any.
     pub fn poll_event(&mut self) -> Option<ConnEvent> {
         if std::mem::take(&mut self.ev_established) {
