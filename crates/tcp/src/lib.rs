@@ -14,7 +14,7 @@
 //! - [`rtt`]: the retransmission timer's estimator (RFC 6298) with a configurable minimum.
 //! - [`sack`]: the sender's SACK scoreboard and loss recovery bookkeeping (RFC 2018, 6675).
 //! - [`cc`]: congestion control behind a trait: NewReno (RFC 5681, 6582) and CUBIC (RFC 9438)
-//!   (HyStart++, RFC 9406, not built yet).
+//!   with HyStart++ (RFC 9406) in its initial slow start.
 //! - [`isn`]: initial sequence numbers (RFC 6528) from a keyed hash of the 4-tuple.
 //! - [`cookie`]: SYN cookies (RFC 4987), encoding MSS in the sequence number and window
 //!   scale, SACK-permitted and ECN in the timestamp, as Linux does.

@@ -8,8 +8,10 @@
 //! per-ACK `SMSS * SMSS / cwnd`, was rejected: it under-grows with delayed ACKs and rounds to 0
 //! at large windows.
 //!
-//! HyStart++ is not used here (it is CUBIC's); NewReno leaves slow start on loss or when cwnd
-//! reaches ssthresh. Inflation during recovery is the connection's job (see the parent module).
+//! HyStart++ ([`super::hystart`]) is not used here: RFC 9406 allows it for any algorithm, but
+//! CUBIC is the default and the algorithm RFC 9438 pairs it with, so only CUBIC consults it;
+//! NewReno leaves slow start on loss or when cwnd reaches ssthresh. Inflation during recovery
+//! is the connection's job (see the parent module).
 
 use super::{
     check_smss, clamp_cwnd, initial_window_bytes, recovery_exit_window, restart_window,
