@@ -2,9 +2,10 @@
 //! window handling) and CUBIC (RFC 9438) with HyStart++ (RFC 9406) in its slow start.
 //!
 //! Status: NewReno and CUBIC are built, and CUBIC's initial slow start runs HyStart++
-//! ([`hystart`]; NewReno's does not). HyStart++ decides only on rounds with 8 RTT samples, and
-//! the connection times one segment per round trip today, so on a live connection it stays in
-//! standard slow start until the connection samples more often (see [`hystart`]).
+//! ([`hystart`]; NewReno's does not). HyStart++ decides on rounds with 8 RTT samples: the
+//! connection gives one on every ACK that advances `snd_una`, from its timed segment or from
+//! the ACK's timestamp echo (whole milliseconds, so on sub-millisecond paths most ACKs bring
+//! none; there the RFC's 4 ms threshold could not be reached anyway, see [`hystart`]).
 //!
 //! The connection owns sequence numbers, the SACK scoreboard, the retransmission timer and the
 //! decision of *when* a congestion event happened; a controller owns only the two numbers the
@@ -217,6 +218,14 @@ impl Congestion {
             CongestionKind::NewReno => Congestion::NewReno(NewReno::new(smss)?),
             CongestionKind::Cubic => Congestion::Cubic(Cubic::new(smss)?),
         })
+    }
+
+    /// Where HyStart++ is, for the controllers that run it (CUBIC); `None` for the others.
+    pub fn hystart_phase(&self) -> Option<hystart::HyStartPhase> {
+        match self {
+            Congestion::NewReno(_) => None,
+            Congestion::Cubic(cc) => Some(cc.hystart_phase()),
+        }
     }
 
     /// Which algorithm this is.

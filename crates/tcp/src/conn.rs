@@ -444,6 +444,10 @@ pub struct ConnCounters {
     pub keepalive_probes: u64,
     /// D-SACK blocks received (spurious retransmissions).
     pub dsacks_received: u64,
+    /// Times HyStart++ saw the RTT rise and entered Conservative Slow Start (RFC 9406).
+    pub hystart_css_entries: u64,
+    /// Initial slow starts HyStart++ ended before any loss (CSS ran its rounds).
+    pub hystart_exits: u64,
 }
 
 /// What an ACK-needing event asks for.
@@ -1426,7 +1430,7 @@ impl<B: Payload> Connection<B> {
         }
 
         if advanced {
-            self.handle_ack_advance(now_ns, ack, una_before);
+            self.handle_ack_advance(now_ns, ack, una_before, seg.timestamps.map(|t| t.1));
         } else if self.sack_enabled && new_sack && self.snd_max != self.snd_una {
             // Linux's way, and RFC 6675's loss detection: SACK information counts from any
             // ACK, even one carrying data (a duplicate ACK proper must carry none).
@@ -1456,7 +1460,13 @@ impl<B: Payload> Connection<B> {
 
 impl<B: Payload> Connection<B> {
     /// `snd_una` moved from `una_before` to `ack`.
-    fn handle_ack_advance(&mut self, now_ns: u64, ack: SeqNumber, una_before: SeqNumber) {
+    fn handle_ack_advance(
+        &mut self,
+        now_ns: u64,
+        ack: SeqNumber,
+        una_before: SeqNumber,
+        tsecr: Option<u32>,
+    ) {
         let data_start = if self.syn_unacked(una_before) {
             self.iss + 1u32
         } else {
@@ -1481,7 +1491,12 @@ impl<B: Payload> Connection<B> {
         if self.timeouts == 0 && self.persist_backoff > 0 && self.snd_wnd > 0 {
             self.persist_backoff = 0;
         }
-        let rtt_ns = self.sample_rtt_for_ack(now_ns, ack);
+        // The timed segment feeds the RTO estimator (RFC 6298); the congestion controller
+        // also gets, on the other ACKs, the RTT their timestamp echo measures (HyStart++
+        // needs several samples a round, RFC 9406 §4.2).
+        let rtt_ns = self
+            .sample_rtt_for_ack(now_ns, ack)
+            .or_else(|| self.timestamp_rtt(now_ns, tsecr));
         let flight = self.flight_bytes();
         if self.in_fast_recovery {
             if self.recover.is_none_or(|r| ack.ge(r)) {
@@ -1501,7 +1516,17 @@ impl<B: Payload> Connection<B> {
             }
         } else {
             let sample = self.ack_sample(now_ns, data_acked, rtt_ns, flight);
+            let phase = self.cc.hystart_phase();
             self.cc.handle_ack(&sample);
+            let after = self.cc.hystart_phase();
+            if phase != after {
+                use crate::cc::hystart::HyStartPhase;
+                match after {
+                    Some(HyStartPhase::Conservative) => self.counters.hystart_css_entries += 1,
+                    Some(HyStartPhase::Done) => self.counters.hystart_exits += 1,
+                    _ => {}
+                }
+            }
         }
         // RFC 6298 (5.2)/(5.3): stop the timer when all is acknowledged, otherwise restart it.
         self.rto_at = if self.snd_una == self.snd_max {
@@ -1534,6 +1559,22 @@ impl<B: Payload> Connection<B> {
             // limited by cwnd even though nothing waits unsent (IX's admission, RFC 7661).
             cwnd_limited: self.cwnd_limited || self.want_room,
         }
+    }
+
+    /// The RTT an ACK's timestamp echo measures (RFC 7323 §4.1: an ACK that advances
+    /// `snd_una` echoes the TSval of the segment that made it), in whole ticks of
+    /// [`TS_TICK_NS`]; `None` without timestamps, for an echo from the future or older than
+    /// a minute, and below one tick (too coarse to mean anything: the timed segment measures
+    /// those).
+    fn timestamp_rtt(&self, now_ns: u64, tsecr: Option<u32>) -> Option<u64> {
+        const TICKS_MAX: u32 = (60_000_000_000 / TS_TICK_NS) as u32;
+        let echo = tsecr.filter(|_| self.ts_enabled)?;
+        let ticks = ts_clock(now_ns)
+            .wrapping_add(self.ts_offset)
+            .wrapping_sub(echo);
+        (1..=TICKS_MAX)
+            .contains(&ticks)
+            .then(|| u64::from(ticks) * TS_TICK_NS)
     }
 
     /// Takes an RTT sample when `ack` covers the timed segment (Karn's rule: the probe is

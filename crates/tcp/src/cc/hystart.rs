@@ -39,11 +39,12 @@
 //! start can happen on any sample from the 8th on. A round with fewer samples decides
 //! nothing; its minimum still becomes the next round's `lastRoundMinRTT`.
 //!
-//! The connection (`conn.rs`) times one segment per round trip (RFC 6298's classic
-//! single timer, Karn's rule), so today a round brings one or two samples, not eight, and
-//! HyStart++ stays in standard slow start on a live connection. It takes effect once the
-//! connection supplies a sample on most ACKs (several timed segments in flight, or send times
-//! kept per segment). Until then slow start ends as it did before: on loss, or at ssthresh.
+//! The connection (`conn.rs`) gives a sample on each ACK that advances `snd_una`: the one
+//! timed segment of the round (RFC 6298's single timer under Karn's rule) or, on the other
+//! ACKs, the RTT the ACK's timestamp echo measures (RFC 7323 §4.1), in whole milliseconds
+//! of the timestamp clock. Echoes younger than one tick give no sample, so a path of well
+//! under a millisecond brings one or two samples a round and HyStart++ decides nothing there
+//! (it could not reach its 4 ms threshold either); on a WAN path most ACKs carry one.
 //!
 //! # Thresholds on data-centre paths
 //! `RttThresh = clamp(lastRoundMinRTT / 8, MIN_RTT_THRESH, MAX_RTT_THRESH)` (§4.2), with the
