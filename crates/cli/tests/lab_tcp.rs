@@ -249,7 +249,7 @@ fn tcp_counter(log: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn linux_client_echoes_100_mb_byte_exact_through_melange_tcp_clean_and_with_1_pct_loss() {
+fn linux_client_echoes_100_mb_byte_exact_through_melange_tcp_clean_and_with_1_and_5_pct_loss() {
     if !root_or_skip() {
         return;
     }
@@ -261,7 +261,12 @@ fn linux_client_echoes_100_mb_byte_exact_through_melange_tcp_clean_and_with_1_pc
     impair_tcp_both_ways(1);
     let lossy = echo_transfer(9201, 100_000_000, Duration::from_secs(60));
     melange(&["lab", "impair", "--clear"]);
-    println!("100 MB echoed: clean {clean:?}, 1% loss both ways {lossy:?}");
+    impair_tcp_both_ways(5);
+    let lossier = echo_transfer(9201, 100_000_000, Duration::from_secs(120));
+    melange(&["lab", "impair", "--clear"]);
+    println!(
+        "100 MB echoed: clean {clean:?}, 1% loss both ways {lossy:?}, 5% loss both ways {lossier:?}"
+    );
     let (status, log) = echo.stop();
     assert_clean_exit(status, &log, 2);
     assert!(

@@ -207,7 +207,9 @@ pub struct TcpCounters {
     pub cookies_sent: u64,
     /// Connections opened from a valid cookie.
     pub cookies_accepted: u64,
-    /// ACKs to a listener that carried no valid cookie (answered with RST).
+    /// ACKs to a listener, while it had cookies outstanding, that carried no valid cookie
+    /// (answered with RST). ACKs when no cookie was sent lately are stray segments, counted
+    /// only in `resets_sent`.
     pub cookies_rejected: u64,
     /// A segment could not be sent because the pool had no frame; retried next pass.
     pub tx_pool_empty: u64,
@@ -700,7 +702,11 @@ impl TcpEndpoint {
                         params,
                     ) {
                         Ok(conn) => conn,
-                        Err(_) => return,
+                        Err(_) => {
+                            // The cookie checked out but its parameters make no connection.
+                            self.counters.cookies_rejected += 1;
+                            return;
+                        }
                     };
                     // The cookie ACK may carry data: take it now (an empty payload here; the
                     // peer retransmits any data it carried).
@@ -734,7 +740,12 @@ impl TcpEndpoint {
                         }
                     }
                 }
-                Err(ListenError::NoCookiesOutstanding) | Err(_) => {
+                Err(ListenError::NoCookiesOutstanding) => {
+                    // No cookie was sent lately, so this is no cookie ACK but a segment for a
+                    // connection that is gone (or never was): RFC 9293's RST, counted there.
+                    self.send_reset(now_ns, pool, iface, tuple, repr);
+                }
+                Err(_) => {
                     self.counters.cookies_rejected += 1;
                     self.send_reset(now_ns, pool, iface, tuple, repr);
                 }

@@ -1182,7 +1182,9 @@ impl<B: Payload> Connection<B> {
             if let Some((tsval, _)) = seg.timestamps {
                 let stale = now_ns.saturating_sub(self.ts_recent_ns) > PAWS_IDLE_NS;
                 if !stale && (tsval.wrapping_sub(self.ts_recent) as i32) < 0 {
-                    self.ack_need = AckNeed::Now;
+                    // RFC 7323 §5.3 says acknowledge; a pure ACK is rate-limited (RFC 5961 §7),
+                    // as out of window below: it is what two confused ends can loop on.
+                    self.provoked_ack(now_ns, seg.payload_len > 0 || flags.contains(Flags::FIN));
                     sink.discard(payload);
                     return Verdict::Dropped(DropReason::Paws);
                 }
@@ -1313,7 +1315,8 @@ impl<B: Payload> Connection<B> {
         // RFC 5961 §5.2: acceptable ACKs lie in [SND.UNA - MAX.SND.WND, SND.NXT].
         let oldest = self.snd_una - self.snd_wnd_max.max(1);
         if ack.gt(self.snd_max) {
-            self.ack_need = AckNeed::Now;
+            // RFC 5961 §5.2: drop it and ACK, rate-limited for a pure ACK (§7).
+            self.provoked_ack(now_ns, seg.payload_len > 0 || flags.contains(Flags::FIN));
             sink.discard(payload);
             return Verdict::Dropped(DropReason::BadAck);
         }
@@ -1921,6 +1924,17 @@ impl<B: Payload> Connection<B> {
         self.syn_due = false;
         self.probe_due = false;
         self.pending_rexmit = None;
+    }
+
+    /// The ACK a refused segment asks for: at once if it carried data or a FIN (a peer that
+    /// retransmits must learn where we are, and Linux's out-of-window limit exempts those
+    /// too), else through [`Connection::challenge_ack`]'s rate limit.
+    fn provoked_ack(&mut self, now_ns: u64, carries_data: bool) {
+        if carries_data {
+            self.ack_need = AckNeed::Now;
+        } else {
+            self.challenge_ack(now_ns);
+        }
     }
 
     /// An ACK provoked by a segment the peer (or an attacker) controls: RFC 5961 §7's rate

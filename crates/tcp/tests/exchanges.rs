@@ -1275,6 +1275,22 @@ fn paws_drops_an_old_timestamp_with_an_ack() {
 }
 
 #[test]
+fn paws_failures_of_pure_acks_are_rate_limited_but_data_is_always_acked() {
+    let mut t = established_ts();
+    // RFC 5961 §7: a blind peer could make us answer every old-timestamp ACK; pure ACKs
+    // take the challenge ACK limit.
+    for _ in 0..CHALLENGE_ACKS_PER_SECOND + 3 {
+        send!(t, seg().seq(R).ack(L).ts(PEER_TS - 1, LOCAL) => Verdict::Dropped(DropReason::Paws));
+        t.collect();
+    }
+    assert_eq!(t.emitted().len(), CHALLENGE_ACKS_PER_SECOND as usize);
+    assert_eq!(t.conn.counters().challenge_acks_suppressed, 3);
+    // A data segment that fails PAWS is still answered: its sender retransmits until told.
+    send!(t, seg().seq(R).ack(L).ts(PEER_TS - 1, LOCAL).payload(b"abc") => Verdict::Dropped(DropReason::Paws));
+    recv!(t, [seg().seq(L).ack(R).ts(LOCAL, PEER_TS)]);
+}
+
+#[test]
 fn paws_spares_a_reset() {
     let mut t = established_ts();
     send!(t, seg().rst().seq(R).ts(PEER_TS - 100, 0));
@@ -2918,6 +2934,21 @@ fn ack_of_unsent_data_is_acked_and_dropped() {
     recv!(t, [seg().seq(L).ack(R)]);
     assert!(t.sink.received.is_empty());
     assert_eq!(t.conn.counters().challenge_acks, 0);
+}
+
+#[test]
+fn pure_acks_of_unsent_data_are_rate_limited() {
+    let mut t = established();
+    // RFC 5961 §5.2 asks for an ACK, §7 for a limit on ACKs a peer can provoke at will.
+    for _ in 0..CHALLENGE_ACKS_PER_SECOND + 2 {
+        send!(t, seg().seq(R).ack(L + 10) => Verdict::Dropped(DropReason::BadAck));
+        t.collect();
+    }
+    assert_eq!(t.emitted().len(), CHALLENGE_ACKS_PER_SECOND as usize);
+    assert_eq!(t.conn.counters().challenge_acks_suppressed, 2);
+    t.advance(SEC);
+    send!(t, seg().seq(R).ack(L + 10) => Verdict::Dropped(DropReason::BadAck));
+    recv!(t, [seg().seq(L).ack(R)]);
 }
 
 #[test]
