@@ -1233,13 +1233,22 @@ impl TcpEndpoint {
                     stalled = true;
                     break;
                 }
-                let Some(mut frame) = pool.alloc_for(FrameOwner::Stack) else {
+                // A segment the connection commits to is built at once, so a frame must be
+                // free before asking it (checked, not taken: most connections on the list
+                // have nothing more to send, and a frame taken and given back is work).
+                if pool.available() == 0 {
                     self.counters.tx_pool_empty += 1;
                     stalled = true;
                     break;
-                };
+                }
                 let Some(t) = slot.conn.poll_transmit(now_ns) else {
-                    pool.free(frame);
+                    break;
+                };
+                let Some(mut frame) = pool.alloc_for(FrameOwner::Stack) else {
+                    // Unreachable (one thread, a frame was free): the segment is lost and
+                    // retransmission recovers it.
+                    self.counters.tx_pool_empty += 1;
+                    stalled = true;
                     break;
                 };
                 let len = t.repr.payload_len;

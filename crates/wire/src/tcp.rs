@@ -734,6 +734,18 @@ impl Repr {
             timestamps: None,
             payload_len: packet.payload().len(),
         };
+        let options = packet.options();
+        // RFC 7323 Appendix A's layout, which Linux and we send on every segment once
+        // timestamps are in use: NOP, NOP, then the option. Read it in one go (Linux's
+        // `tcp_fast_parse_options` does the same); anything else takes the general loop.
+        if let [kind::NO_OPERATION, kind::NO_OPERATION, kind::TIMESTAMPS, 10, ts @ ..] = options {
+            if let Ok(ts) = <[u8; 8]>::try_from(ts) {
+                let tsval = u32::from_be_bytes([ts[0], ts[1], ts[2], ts[3]]);
+                let tsecr = u32::from_be_bytes([ts[4], ts[5], ts[6], ts[7]]);
+                repr.timestamps = Some((tsval, tsecr));
+                return Ok(repr);
+            }
+        }
         for option in packet.options_iter() {
             match option? {
                 TcpOption::EndOfList | TcpOption::NoOperation | TcpOption::Unknown { .. } => {}
@@ -1279,6 +1291,28 @@ mod tests {
             Repr::parse(&p, LO, LO, ChecksumPolicy::Strict),
             Err(Error::OptionLenTooShort { kind: 3, len: 0 })
         );
+    }
+
+    #[test]
+    fn timestamps_parse_the_same_in_the_usual_layout_and_in_any_other() {
+        let mut repr = base();
+        repr.timestamps = Some((0x0102_0304, 0xa0b0_c0d0));
+        let mut bytes = emit(&repr, &[]);
+        // The usual layout (NOP, NOP, timestamps) takes the fast path.
+        let p = Packet::new_checked(&bytes[..]).unwrap();
+        assert_eq!(&p.options()[..4], &[1, 1, 8, 10]);
+        assert_eq!(Repr::parse(&p, LO, LO, ChecksumPolicy::Strict), Ok(repr));
+        // Timestamps first, the NOPs after: the general loop, the same result.
+        let mut p = Packet::new_checked(&mut bytes[..]).unwrap();
+        p.options_mut().rotate_left(2);
+        assert_eq!(&p.options()[..2], &[8, 10]);
+        p.fill_checksum(LO, LO);
+        assert_eq!(Repr::parse(&p, LO, LO, ChecksumPolicy::Strict), Ok(repr));
+        // The usual start with a bad length is no timestamp option: the loop refuses it.
+        p.options_mut().rotate_right(2);
+        p.options_mut()[3] = 9;
+        p.fill_checksum(LO, LO);
+        assert!(Repr::parse(&p, LO, LO, ChecksumPolicy::Strict).is_err());
     }
 
     // A SACK segment as Linux would send it from the capture's server side, acknowledging
