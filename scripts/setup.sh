@@ -5,9 +5,9 @@ set -euo pipefail
 
 # iproute2: ip netns/link/addr for `melange lab`; nftables: `melange lab impair` (there is no netem);
 # iputils-ping and python3: the lab test pings and runs a UDP echo across the veth;
-# ethtool: `lab up` and `lab status` record offloads; tshark: the TCP lab tests check captures of
+# ethtool: `lab up` and `lab status` record offloads; procps: `lab up` sets a sysctl per namespace; tshark: the TCP lab tests check captures of
 # Melange's segments with a packet analyser nobody here wrote.
-packages=(sockperf iproute2 iputils-ping nftables ethtool python3 tshark)
+packages=(sockperf iproute2 iputils-ping nftables ethtool python3 tshark procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

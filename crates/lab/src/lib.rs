@@ -9,7 +9,10 @@
 //!
 //! The lab is deliberately minimal. Both ends get two RX and two TX queues because an AF_XDP socket
 //! binds to one (interface, queue) and the sender picks the receiver's queue, so one queue would hide
-//! every multi-queue bug. Everything else is left at the kernel's defaults, on purpose: ARP stays
+//! every multi-queue bug. One setting stands in for a NIC's RSS: `net.core.txrehash=0` in both
+//! namespaces, so Linux keeps a TCP flow on its transmit queue (the peer's receive queue) after a
+//! retransmission timeout instead of moving it to another engine's queue, where it would be reset.
+//! Everything else is left at the kernel's defaults, on purpose: ARP stays
 //! dynamic (the dataplane must pass ARP up or answer it, and the lab should catch it when it does
 //! not), and the client veth's TX checksum offload stays on (it delivers UDP with a partial checksum,
 //! which our stack must tolerate; `up` and `status` print the setting so a benchmark can record it).
@@ -939,6 +942,19 @@ fn up(tools: &Tools, args: &UpArgs) -> Result<()> {
         // Step 5: link up. Nothing else is configured: ARP stays dynamic and offloads stay at
         // their defaults (see the module docs); step 6 only records them.
         tools.ip(&["-n", end.ns, "link", "set", "dev", end.dev, "up"])?;
+
+        // Step 5b: keep each TCP flow on its transmit queue. On veth the peer's receive queue
+        // is the sender's transmit queue, which Linux picks from the socket's flow hash, and
+        // Linux draws a new hash after a retransmission timeout (`net.core.txrehash`, for path
+        // diversity). A flow would then move to the queue of another Melange engine, one that
+        // does not hold the connection and answers with a RST. A NIC's RSS hash of the
+        // 4-tuple never moves a flow, which is what the lab stands in for.
+        tools.exec_in(
+            end.ns,
+            Path::new("sysctl"),
+            &["-q", "-w", "net.core.txrehash=0"],
+            None,
+        )?;
 
         // Step 6: record the TX checksum offload setting, which decides whether UDP arrives at
         // the peer with a partial checksum.
