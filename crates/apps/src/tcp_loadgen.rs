@@ -189,6 +189,13 @@ pub struct TcpLoadgenApp {
     conns: Vec<Conn>,
     /// Connection index by handle index (grown to the transport's largest handle index).
     by_handle: Vec<u32>,
+    /// The connection a new one displaced from `by_handle`: a transport may hand out a
+    /// closed connection's handle index again (a new generation) before the app has seen
+    /// that connection's `Closed` (kernel sockets free the index when the socket closes and
+    /// report it in the next pass), and churn connects in between. At most one such
+    /// connection waits per index: its `Closed` comes in the pass after the index was freed,
+    /// before the new connection can end.
+    displaced: Vec<u32>,
     /// Slots waiting to connect, oldest first; never holds more than every slot once.
     queue: VecDeque<u32>,
     /// The retry timer is armed.
@@ -252,6 +259,7 @@ impl TcpLoadgenApp {
         Self {
             conns: (0..config.connections).map(|_| Conn::new()).collect(),
             by_handle: Vec::new(),
+            displaced: Vec::new(),
             queue: (0..config.connections as u32).collect(),
             retry_armed: false,
             block,
@@ -326,9 +334,30 @@ impl TcpLoadgenApp {
     }
 
     fn index_of(&self, conn: ConnId) -> Option<usize> {
-        let at = *self.by_handle.get(conn.index() as usize)?;
-        let index = at as usize;
-        (at != NO_CONN && self.conns[index].id == Some(conn)).then_some(index)
+        let handle = conn.index() as usize;
+        [self.by_handle.get(handle), self.displaced.get(handle)]
+            .into_iter()
+            .flatten()
+            .map(|&at| at as usize)
+            .find(|&at| at != NO_CONN as usize && self.conns[at].id == Some(conn))
+    }
+
+    /// Maps `conn`'s handle index to connection `i`, moving a connection still waiting for
+    /// its `Closed` under the same index aside.
+    fn map_handle(&mut self, conn: ConnId, i: usize) {
+        let index = conn.index() as usize;
+        if index >= self.by_handle.len() {
+            // Grows to the transport's largest handle index, bounded by its table.
+            self.by_handle.resize(index + 1, NO_CONN);
+            self.displaced.resize(index + 1, NO_CONN);
+        }
+        let before = self.by_handle[index];
+        if before != NO_CONN && self.conns[before as usize].id.is_some() {
+            // Were another still waiting here, its `Closed` would go unseen; the give-up at
+            // the end of the run ends such a connection all the same (`abort_all`).
+            self.displaced[index] = before;
+        }
+        self.by_handle[index] = i as u32;
     }
 
     /// Counts `bytes` of payload moved now.
@@ -534,8 +563,11 @@ impl TcpLoadgenApp {
             io.free_chain(pending);
         }
         if let Some(id) = conn.id.take() {
-            if let Some(slot) = self.by_handle.get_mut(id.index() as usize) {
-                *slot = NO_CONN;
+            let index = id.index() as usize;
+            for table in [&mut self.by_handle, &mut self.displaced] {
+                if let Some(slot) = table.get_mut(index).filter(|s| **s == i as u32) {
+                    *slot = NO_CONN;
+                }
             }
         }
         if self.config.mode == TcpLoadMode::Churn && self.sending {
@@ -565,16 +597,21 @@ impl TcpLoadgenApp {
     /// Aborts every connection not yet gone: the last resort once the drain time is over
     /// twice (a server that never closes must not hang the run).
     fn abort_all(&mut self, io: &mut IoContext<'_>) {
+        self.sending = false;
+        self.queue.clear();
         for i in 0..self.conns.len() {
             match (self.conns[i].state, self.conns[i].id) {
                 (State::Done, _) => {}
                 (_, Some(id)) => {
-                    let _ = io.submit(Command::Abort { conn: id });
+                    if io.submit(Command::Abort { conn: id }).is_err() {
+                        // The transport knows the handle no more (its `Closed` went unseen):
+                        // end it here, or the run would never end.
+                        self.ended(io, i, false);
+                    }
                 }
                 (_, None) => self.conns[i].state = State::Done,
             }
         }
-        self.queue.clear();
     }
 
     /// Opens connections until [`TCP_LOADGEN_CONNECTS_IN_FLIGHT_MAX`] handshakes are in flight
@@ -600,12 +637,7 @@ impl TcpLoadgenApp {
                 token: token_of(i, conn.attempt),
             }) {
                 Ok(Outcome::Conn(id)) => {
-                    let index = id.index() as usize;
-                    if index >= self.by_handle.len() {
-                        // Grows to the transport's largest handle index, bounded by its table.
-                        self.by_handle.resize(index + 1, NO_CONN);
-                    }
-                    self.by_handle[index] = i as u32;
+                    self.map_handle(id, i);
                     self.conns[i].id = Some(id);
                     self.conns[i].state = State::Connecting;
                     self.connecting += 1;
@@ -830,6 +862,7 @@ impl App for TcpLoadgenApp {
 mod tests {
     use super::*;
     use crate::test_tcp::TcpTestIo;
+    use melange_core::contract::CloseReason;
     use std::net::Ipv4Addr;
 
     const MS: u64 = 1_000_000;
@@ -933,6 +966,60 @@ mod tests {
         io.close_all_closing();
         app.run_io(&mut IoContext::new(&mut io));
         assert_eq!(io.connects.len(), 2, "the slot connects again");
+        io.finish(&mut app);
+    }
+
+    /// Kernel sockets free a closed connection's handle index before the app sees its
+    /// `Closed`; a connect in between may get the same index back. Both connections must
+    /// still be told apart (this once left a slot closing forever and the run never ended).
+    #[test]
+    fn churn_tells_apart_two_connections_under_one_handle_index() {
+        let mut io = TcpTestIo::new(64);
+        let mut app = TcpLoadgenApp::new(config(TcpLoadMode::Churn, 2, 10));
+        app.start(&mut IoContext::new(&mut io));
+        io.establish_all();
+        app.run_io(&mut IoContext::new(&mut io));
+        echo_pass(&mut app, &mut io);
+        assert_eq!(io.closing_conns(), 2);
+        let (a, b) = (io.connects[0], io.connects[1]);
+        // B's end comes first; its slot connects again and gets A's index; then A's end.
+        io.end(b, CloseReason::Closed);
+        io.end(a, CloseReason::Closed);
+        io.reuse_index = Some(a.index());
+        app.run_io(&mut IoContext::new(&mut io));
+        assert_eq!(io.connects.len(), 4, "both slots connected again");
+        assert_eq!(io.connects[2].index(), a.index());
+        assert_ne!(io.connects[2], a);
+        // The new connection under A's index works as any other.
+        io.establish_all();
+        app.run_io(&mut IoContext::new(&mut io));
+        echo_pass(&mut app, &mut io);
+        assert_eq!(app.report().received, 4);
+        assert_eq!(io.closing_conns(), 2);
+        io.fire_token(TOKEN_MEASURE_END);
+        io.close_all_closing();
+        app.run_io(&mut IoContext::new(&mut io));
+        assert!(app.is_done());
+        io.finish(&mut app);
+    }
+
+    /// A connection whose `Closed` never comes must not hold the run forever: the give-up
+    /// ends it even when the transport no longer knows its handle.
+    #[test]
+    fn the_give_up_ends_connections_the_transport_forgot() {
+        let mut io = TcpTestIo::new(64);
+        let mut app = TcpLoadgenApp::new(config(TcpLoadMode::Churn, 1, 10));
+        app.start(&mut IoContext::new(&mut io));
+        io.establish_all();
+        app.run_io(&mut IoContext::new(&mut io));
+        echo_pass(&mut app, &mut io);
+        // Forgotten: gone at the transport, no event.
+        io.conns[0].state = crate::test_tcp::FakeState::Gone;
+        for token in [TOKEN_MEASURE_END, TOKEN_DRAIN_END, TOKEN_GIVE_UP] {
+            io.fire_token(token);
+            app.run_io(&mut IoContext::new(&mut io));
+        }
+        assert!(app.is_done());
         io.finish(&mut app);
     }
 

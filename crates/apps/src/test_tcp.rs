@@ -55,6 +55,9 @@ pub struct TcpTestIo {
     pub send_room: usize,
     /// Flip a byte of the next echo.
     pub corrupt_next_echo: bool,
+    /// Give the next connection this handle index (a new generation), as a transport that
+    /// reuses a closed connection's index does.
+    pub reuse_index: Option<u32>,
 }
 
 impl TcpTestIo {
@@ -68,17 +71,21 @@ impl TcpTestIo {
             refuse_connects: false,
             send_room: usize::MAX,
             corrupt_next_echo: false,
+            reuse_index: None,
         }
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut FakeConn> {
         self.conns
-            .get_mut(id.index() as usize)
-            .filter(|c| c.id == id && c.state != FakeState::Gone)
+            .iter_mut()
+            .find(|c| c.id == id && c.state != FakeState::Gone)
     }
 
     fn new_conn(&mut self, state: FakeState, token: u64) -> ConnId {
-        let id = Handle::from_parts(self.conns.len() as u32, 1);
+        let id = match self.reuse_index.take() {
+            Some(index) => Handle::from_parts(index, 2 + self.conns.len() as u32),
+            None => Handle::from_parts(self.conns.len() as u32, 1),
+        };
         self.conns.push(FakeConn {
             id,
             state,
@@ -111,7 +118,11 @@ impl TcpTestIo {
 
     /// The peer refuses connection `id` (or, if it is gone already, repeats a stale answer).
     pub fn fail_connect(&mut self, id: ConnId) {
-        let conn = &mut self.conns[id.index() as usize];
+        let conn = self
+            .conns
+            .iter_mut()
+            .find(|c| c.id == id)
+            .expect("a connection the app opened");
         conn.state = FakeState::Gone;
         let token = conn.token;
         self.push(Event::ConnectFailed {
@@ -364,7 +375,7 @@ impl Io for TcpTestIo {
                 Ok(Outcome::Conn(conn))
             }
             Command::Send { conn, data } => {
-                let i = conn.index() as usize;
+                let i = self.conns.iter().position(|c| c.id == conn);
                 match self.conn_mut(conn).map(|c| c.state) {
                     Some(FakeState::Open) => {}
                     _ => {
@@ -377,6 +388,7 @@ impl Io for TcpTestIo {
                         })
                     }
                 }
+                let i = i.expect("found above");
                 let (bytes, rest) = self.take(i, data);
                 Ok(Outcome::Accepted { bytes, rest })
             }
