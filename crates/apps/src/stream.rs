@@ -13,7 +13,20 @@
 //! as fast as copying memory, reproducible anywhere from the seed alone (`SeededStream::fill`
 //! over any buffer boundaries gives the same bytes), and not a repeating pattern that a
 //! middlebox or a bug could match by accident. The test vector below pins it, so another
-//! implementation (a script beside a Linux peer) can be checked against this one.
+//! implementation (a script beside a Linux peer) can be checked against this one, e.g. in
+//! Python:
+//!
+//! ```text
+//! M = (1 << 64) - 1
+//! def stream(seed, n):
+//!     s, out = seed, bytearray()
+//!     while len(out) < n:
+//!         s = (s + 0x9E3779B97F4A7C15) & M
+//!         z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & M
+//!         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+//!         out += (z ^ (z >> 31)).to_bytes(8, "little")
+//!     return bytes(out[:n])    # hashlib.sha256(stream(seed, n)).hexdigest()
+//! ```
 
 use melange_core::rng::SplitMix64;
 use sha2::{Digest, Sha256};
