@@ -103,7 +103,7 @@ pub struct LatencySummary {
 }
 
 /// What a load generator measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct LoadgenReport {
     /// Requests sent (whole run).
     pub sent: u64,
@@ -122,12 +122,50 @@ pub struct LoadgenReport {
     pub send_failures: u64,
     /// Measurement window length.
     pub window_ns: u64,
-    /// `measured` per second of window.
+    /// `measured` per second of window. In TCP churn mode every cycle (connect, one request,
+    /// its reply, close) carries one request, so this is also connections per second.
     pub requests_per_s: f64,
-    /// Latency of measured replies.
+    /// Latency of measured replies (TCP churn: from the connect to the whole reply).
     pub latency: LatencySummary,
+    /// Payload bytes moved in the whole run: reply bytes received (UDP, TCP request/response
+    /// and churn), or bytes sent and reported back by the transport (TCP bulk: acknowledged
+    /// on Melange's TCP, taken by the kernel on kernel sockets).
+    pub bytes: u64,
+    /// The part of `bytes` moved inside the measurement window.
+    pub bytes_measured: u64,
+    /// `bytes_measured` per second of window: the goodput.
+    pub bytes_per_sec: f64,
+    /// TCP connections established (whole run); 0 for UDP.
+    pub connects: u64,
+    /// TCP connections that could not be opened (refused at once, refused by the peer, timed
+    /// out); 0 for UDP.
+    pub connect_failures: u64,
     #[serde(skip)]
     histogram: Histogram<u64>,
+}
+
+impl std::fmt::Debug for LoadgenReport {
+    /// Every field but the histogram (tens of thousands of buckets, which made a failing
+    /// test's message unreadable); the latency summary stands for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadgenReport")
+            .field("sent", &self.sent)
+            .field("received", &self.received)
+            .field("measured", &self.measured)
+            .field("timeouts", &self.timeouts)
+            .field("corrupt", &self.corrupt)
+            .field("unexpected", &self.unexpected)
+            .field("send_failures", &self.send_failures)
+            .field("window_ns", &self.window_ns)
+            .field("requests_per_s", &self.requests_per_s)
+            .field("latency", &self.latency)
+            .field("bytes", &self.bytes)
+            .field("bytes_measured", &self.bytes_measured)
+            .field("bytes_per_sec", &self.bytes_per_sec)
+            .field("connects", &self.connects)
+            .field("connect_failures", &self.connect_failures)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The counts of a [`LoadgenReport`], for load generators of other protocols.
@@ -149,6 +187,14 @@ pub struct ReportCounts {
     pub send_failures: u64,
     /// The measurement window.
     pub window_ns: u64,
+    /// Payload bytes moved (see [`LoadgenReport::bytes`]).
+    pub bytes: u64,
+    /// Payload bytes moved inside the window.
+    pub bytes_measured: u64,
+    /// Connections established.
+    pub connects: u64,
+    /// Connections that could not be opened.
+    pub connect_failures: u64,
 }
 
 impl LoadgenReport {
@@ -166,6 +212,11 @@ impl LoadgenReport {
             window_ns: counts.window_ns,
             requests_per_s: 0.0,
             latency: LatencySummary::default(),
+            bytes: counts.bytes,
+            bytes_measured: counts.bytes_measured,
+            bytes_per_sec: 0.0,
+            connects: counts.connects,
+            connect_failures: counts.connect_failures,
             histogram,
         };
         report.finish();
@@ -185,6 +236,10 @@ impl LoadgenReport {
             total.unexpected += r.unexpected;
             total.send_failures += r.send_failures;
             total.window_ns = total.window_ns.max(r.window_ns);
+            total.bytes += r.bytes;
+            total.bytes_measured += r.bytes_measured;
+            total.connects += r.connects;
+            total.connect_failures += r.connect_failures;
             total
                 .histogram
                 .add(&r.histogram)
@@ -195,11 +250,15 @@ impl LoadgenReport {
     }
     fn finish(&mut self) {
         let h = &self.histogram;
-        self.requests_per_s = if self.window_ns == 0 {
-            0.0
-        } else {
-            self.measured as f64 * 1e9 / self.window_ns as f64
+        let per_s = |count: u64| {
+            if self.window_ns == 0 {
+                0.0
+            } else {
+                count as f64 * 1e9 / self.window_ns as f64
+            }
         };
+        self.requests_per_s = per_s(self.measured);
+        self.bytes_per_sec = per_s(self.bytes_measured);
         self.latency = if h.is_empty() {
             LatencySummary::default()
         } else {
@@ -302,21 +361,25 @@ impl LoadgenApp {
 
     /// The report so far (final once [`App::is_done`]).
     pub fn report(&self) -> LoadgenReport {
-        let mut report = LoadgenReport {
-            sent: self.sent,
-            received: self.received,
-            measured: self.measured,
-            timeouts: self.timeouts,
-            corrupt: self.corrupt,
-            unexpected: self.unexpected,
-            send_failures: self.send_failures,
-            window_ns: self.config.duration_ns,
-            requests_per_s: 0.0,
-            latency: LatencySummary::default(),
-            histogram: self.histogram.clone(),
-        };
-        report.finish();
-        report
+        let payload = self.config.payload_len as u64;
+        LoadgenReport::from_counts(
+            ReportCounts {
+                sent: self.sent,
+                received: self.received,
+                measured: self.measured,
+                timeouts: self.timeouts,
+                corrupt: self.corrupt,
+                unexpected: self.unexpected,
+                send_failures: self.send_failures,
+                window_ns: self.config.duration_ns,
+                // Every matching reply is exactly one request's payload long.
+                bytes: self.received * payload,
+                bytes_measured: self.measured * payload,
+                connects: 0,
+                connect_failures: 0,
+            },
+            self.histogram.clone(),
+        )
     }
 
     fn sending(&self, now_ns: u64) -> bool {
@@ -862,5 +925,40 @@ mod tests {
         let merged = LoadgenReport::merge([a, b]).unwrap();
         assert_eq!(merged.sent, 0);
         assert_eq!(merged.requests_per_s, 0.0);
+        let counts = |bytes, connects| ReportCounts {
+            bytes,
+            bytes_measured: bytes / 2,
+            connects,
+            connect_failures: 1,
+            window_ns: 2_000_000_000,
+            ..ReportCounts::default()
+        };
+        let histogram = || Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let merged = LoadgenReport::merge([
+            LoadgenReport::from_counts(counts(4_000, 3), histogram()),
+            LoadgenReport::from_counts(counts(2_000, 5), histogram()),
+        ])
+        .unwrap();
+        assert_eq!((merged.bytes, merged.bytes_measured), (6_000, 3_000));
+        assert_eq!(
+            merged.bytes_per_sec, 1_500.0,
+            "bytes in the window per second"
+        );
+        assert_eq!((merged.connects, merged.connect_failures), (8, 2));
+        assert!(
+            !format!("{merged:?}").contains("counts"),
+            "no histogram dump"
+        );
+    }
+
+    #[test]
+    fn udp_reports_count_reply_bytes() {
+        let (mut app, mut io) = started(LoadgenConfig::closed_loop(target(), 100, 3, 1_000_000));
+        echo_all(&mut io);
+        io.now_ns = 10;
+        app.run_io(&mut IoContext::new(&mut io));
+        let report = app.report();
+        assert_eq!(report.bytes, 300);
+        io.take_sent();
     }
 }

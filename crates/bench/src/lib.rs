@@ -321,6 +321,7 @@ fn measure(
     let cpu_before = melange_sys::cpu::process_cpu_time_of(process.pid())?;
     let loadgen_args = LoadgenArgs {
         protocol: crate::loadgen::LoadProtocol::Udp,
+        mode: crate::loadgen::LoadMode::Rr,
         connections: 1,
         backend: Backend::Kernel,
         target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
@@ -337,6 +338,7 @@ fn measure(
         engines: 1,
         cpus: Some(vec![args.run.client_cpu]),
         idle: melange_runtime::IdlePolicy::Spin,
+        time_wait: None,
         json: false,
     };
     let report = loadgen::run(&loadgen_args)?;
@@ -485,6 +487,7 @@ fn memory(args: &MemoryArgs) -> Result<()> {
 fn loadgen_args_for(args: &MemoryArgs) -> LoadgenArgs {
     LoadgenArgs {
         protocol: crate::loadgen::LoadProtocol::Udp,
+        mode: crate::loadgen::LoadMode::Rr,
         connections: 1,
         backend: Backend::Kernel,
         target: SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port),
@@ -501,6 +504,7 @@ fn loadgen_args_for(args: &MemoryArgs) -> LoadgenArgs {
         engines: 1,
         cpus: Some(vec![1]),
         idle: melange_runtime::IdlePolicy::Spin,
+        time_wait: None,
         json: false,
     }
 }

@@ -1,20 +1,33 @@
 //! `melange loadgen`: a UDP or TCP load generator on Melange engines.
 //!
 //! UDP (the default): requests of `--payload` bytes, `--inflight` in flight in all, closed or
-//! open loop ([`LoadgenApp`]). TCP (`--protocol tcp`): `--connections` connections, each with
-//! `--inflight` requests of `--payload` bytes outstanding, closed loop ([`TcpLoadgenApp`]);
-//! on kernel sockets or, on af_xdp, over Melange's own TCP (one engine).
+//! open loop ([`LoadgenApp`]). TCP (`--protocol tcp`, [`TcpLoadgenApp`]) on kernel sockets or,
+//! on af_xdp, over Melange's own TCP (one engine), in one of three `--mode`s: `rr`,
+//! `--connections` connections each with `--inflight` requests of `--payload` bytes
+//! outstanding (closed loop); `churn`, `--connections` slots each looping connect, one
+//! request, its reply, close (connections per second, connect-to-reply latency); `bulk`,
+//! `--connections` connections streaming `--payload`-byte chunks one way to a sink (goodput).
+//!
+//! Churn's client closes first and so holds TIME-WAIT: on kernel sockets that is the kernel's
+//! business (on loopback Linux reuses such ports, `net.ipv4.tcp_tw_reuse`); on af_xdp each
+//! port in TIME-WAIT holds a port and a table slot of Melange's TCP, so churn there takes every
+//! port from `--local-port` up, a table to match, and `--time-wait` to shorten 2 MSL, and
+//! logs the rate that sustains.
 
 use crate::table::us;
 use anyhow::{anyhow, Context, Result};
 use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
 use melange_apps::tcp_loadgen::{
-    TCP_LOADGEN_CONNECTIONS_MAX, TCP_LOADGEN_INFLIGHT_MAX, TCP_LOADGEN_MESSAGE_MAX,
+    TCP_LOADGEN_CHUNK_MAX, TCP_LOADGEN_CONNECTIONS_MAX, TCP_LOADGEN_INFLIGHT_MAX,
+    TCP_LOADGEN_MESSAGE_MAX,
 };
-use melange_apps::{LoadgenApp, LoadgenConfig, LoadgenReport, TcpLoadgenApp, TcpLoadgenConfig};
+use melange_apps::{
+    LoadgenApp, LoadgenConfig, LoadgenReport, TcpLoadMode, TcpLoadgenApp, TcpLoadgenConfig,
+};
 use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
+use melange_control::setups::{tcp_client_setup, TcpClientPlan};
 use melange_core::{PacketPool, PoolConfig};
 use melange_engine::Transport;
 use melange_engine::{Engine, EngineConfig};
@@ -51,14 +64,20 @@ pub struct LoadgenArgs {
     /// The protocol: `udp` datagrams, or `tcp` connections carrying fixed-size requests.
     #[arg(long, value_enum, default_value_t = LoadProtocol::Udp)]
     pub protocol: LoadProtocol,
-    /// TCP: connections, in all (spread over the engines).
+    /// TCP: what each connection does: `rr` keeps `--inflight` requests outstanding; `churn`
+    /// loops connect, one request, its reply, close; `bulk` streams `--payload`-byte chunks
+    /// one way (to `melange sink`).
+    #[arg(long, value_enum, default_value_t = LoadMode::Rr)]
+    pub mode: LoadMode,
+    /// TCP: connections, in all (spread over the engines); churn: connections open at once.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Request payload bytes (UDP: at least 24, for the request header; TCP: at least 1).
+    /// Request payload bytes (UDP: at least 24, for the request header; TCP: at least 1; churn
+    /// and bulk: at most 65535, one buffer chain, bulk's chunk size).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// UDP: requests in flight, in all (closed loop), or the most allowed (open loop). TCP:
-    /// requests in flight on each connection.
+    /// UDP: requests in flight, in all (closed loop), or the most allowed (open loop). TCP rr:
+    /// requests in flight on each connection (churn and bulk: unused).
     #[arg(long, default_value_t = 32)]
     pub inflight: usize,
     /// Open loop: requests per second, in all. Without it the loop is closed.
@@ -82,6 +101,12 @@ pub struct LoadgenArgs {
     /// Idle policy of the load generator's engines.
     #[arg(long, default_value = "spin")]
     pub idle: IdlePolicy,
+    /// af_xdp TCP: how long a closed connection stays in TIME-WAIT, holding its port and
+    /// table slot (default 60 s, two maximum segment lifetimes). Churn's rate is at most the
+    /// local ports divided by this; on a lab link 1s is safe (timestamps reject old
+    /// duplicates).
+    #[arg(long, value_parser = parse_duration)]
+    pub time_wait: Option<Duration>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -96,11 +121,48 @@ pub enum LoadProtocol {
     Tcp,
 }
 
+/// What each TCP connection of `melange loadgen --protocol tcp` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// Closed-loop requests and replies.
+    Rr,
+    /// Connect, one request and its reply, close; again.
+    Churn,
+    /// One-way stream, client to server.
+    Bulk,
+}
+
+impl LoadMode {
+    /// The app's mode.
+    pub fn app_mode(self) -> TcpLoadMode {
+        match self {
+            LoadMode::Rr => TcpLoadMode::RequestResponse,
+            LoadMode::Churn => TcpLoadMode::Churn,
+            LoadMode::Bulk => TcpLoadMode::Bulk,
+        }
+    }
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadMode::Rr => "rr",
+            LoadMode::Churn => "churn",
+            LoadMode::Bulk => "bulk",
+        }
+    }
+}
+
+/// Longest `--time-wait`: four minutes, RFC 9293's 2 MSL with its suggested MSL of two.
+pub const TIME_WAIT_MAX: Duration = Duration::from_secs(240);
+
 /// The JSON form of a run.
 #[derive(Debug, Serialize)]
 pub struct LoadgenOutput<'a> {
     /// Target.
     pub target: String,
+    /// `udp`, or the TCP mode: `rr`, `churn` or `bulk`.
+    pub mode: &'static str,
+    /// TCP connections (churn: open at once).
+    pub connections: usize,
     /// Payload bytes.
     pub payload: usize,
     /// In flight.
@@ -118,6 +180,11 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
     if args.json {
         let output = LoadgenOutput {
             target: args.target.to_string(),
+            mode: match args.protocol {
+                LoadProtocol::Udp => "udp",
+                LoadProtocol::Tcp => args.mode.name(),
+            },
+            connections: args.connections,
             payload: args.payload,
             inflight: args.inflight,
             rate: args.rate,
@@ -126,6 +193,16 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
         print_report(&args, &report);
+    }
+    if args.protocol == LoadProtocol::Tcp && args.mode == LoadMode::Bulk {
+        if report.bytes == 0 {
+            return Err(anyhow!(
+                "no byte sent to {} was acknowledged ({} connections opened): is a sink listening there (`melange sink --protocol tcp`), and reading?",
+                args.target,
+                report.connects
+            ));
+        }
+        return Ok(());
     }
     if report.received == 0 {
         return Err(anyhow!(
@@ -141,6 +218,9 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
 
 /// Prints a report for people.
 pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
+    if args.protocol == LoadProtocol::Tcp && args.mode != LoadMode::Rr {
+        return print_tcp_mode_report(args, r);
+    }
     println!(
         "loadgen -> {} payload {} B, {} in flight{}, {:.1}s measured",
         args.target,
@@ -163,6 +243,47 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
     println!(
         "  sent {}  received {}  timeouts {}  corrupt {}  unexpected {}  send failures {}",
         r.sent, r.received, r.timeouts, r.corrupt, r.unexpected, r.send_failures
+    );
+}
+
+/// Prints a churn or bulk report for people.
+fn print_tcp_mode_report(args: &LoadgenArgs, r: &LoadgenReport) {
+    let window_s = r.window_ns as f64 / 1e9;
+    match args.mode {
+        LoadMode::Churn => {
+            println!(
+                "loadgen -> {} churn: {} connections at once, {} B request each, {window_s:.1}s measured",
+                args.target, args.connections, args.payload
+            );
+            println!("  connections/s  {:.0}", r.requests_per_s);
+            println!(
+                "  connect to reply us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+                us(r.latency.p50_ns),
+                us(r.latency.p90_ns),
+                us(r.latency.p99_ns),
+                us(r.latency.p999_ns),
+                us(r.latency.max_ns)
+            );
+        }
+        _ => {
+            println!(
+                "loadgen -> {} bulk: {} connections, {} B chunks, {window_s:.1}s measured",
+                args.target, args.connections, args.payload
+            );
+            println!(
+                "  goodput  {:.1} MB/s ({:.3} Gbit/s)",
+                r.bytes_per_sec / 1e6,
+                r.bytes_per_sec * 8.0 / 1e9
+            );
+            println!(
+                "  bytes    {} in the window, {} in all",
+                r.bytes_measured, r.bytes
+            );
+        }
+    }
+    println!(
+        "  connects {}  connect failures {}  sent {}  received {}  corrupt {}  unexpected {}  send failures {}",
+        r.connects, r.connect_failures, r.sent, r.received, r.corrupt, r.unexpected, r.send_failures
     );
 }
 
@@ -196,6 +317,17 @@ pub fn validate(args: &LoadgenArgs) -> Result<()> {
     if args.connections != 1 {
         return Err(anyhow!(
             "--connections is for --protocol tcp; UDP has no connections (use --inflight and --engines)"
+        ));
+    }
+    if args.mode != LoadMode::Rr {
+        return Err(anyhow!(
+            "--mode {} is for --protocol tcp; UDP runs request/response only",
+            args.mode.name()
+        ));
+    }
+    if args.time_wait.is_some() {
+        return Err(anyhow!(
+            "--time-wait is for --protocol tcp --backend af_xdp; UDP has no TIME-WAIT"
         ));
     }
     if args.target.port() == 0 {
@@ -287,14 +419,41 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
         1..=TCP_LOADGEN_INFLIGHT_MAX,
         "requests in flight on each TCP connection",
     )?;
-    check_range(
-        "payload",
-        args.payload,
-        1..=TCP_LOADGEN_MESSAGE_MAX,
-        "bytes per TCP request",
-    )?;
+    match args.mode {
+        LoadMode::Rr => check_range(
+            "payload",
+            args.payload,
+            1..=TCP_LOADGEN_MESSAGE_MAX,
+            "bytes per TCP request",
+        )?,
+        LoadMode::Churn => check_range(
+            "payload",
+            args.payload,
+            1..=TCP_LOADGEN_CHUNK_MAX,
+            "bytes of churn's one request per connection",
+        )?,
+        LoadMode::Bulk => check_range(
+            "payload",
+            args.payload,
+            1..=TCP_LOADGEN_CHUNK_MAX,
+            "bytes per bulk chunk (e.g. 65535)",
+        )?,
+    }
     if args.duration.is_zero() {
         return Err(anyhow!("--duration 0: give a measured time, e.g. 5s"));
+    }
+    if let Some(time_wait) = args.time_wait {
+        if args.backend != Backend::AfXdp {
+            return Err(anyhow!(
+                "--time-wait is for --backend af_xdp: on kernel sockets TIME-WAIT is the kernel's (net.ipv4.tcp_tw_reuse decides whether connects reuse such ports)"
+            ));
+        }
+        if time_wait < Duration::from_millis(1) || time_wait > TIME_WAIT_MAX {
+            return Err(anyhow!(
+                "--time-wait {time_wait:?} is out of range: TIME-WAIT must be between 1ms and {}s",
+                TIME_WAIT_MAX.as_secs()
+            ));
+        }
     }
     Ok(())
 }
@@ -357,6 +516,7 @@ fn tcp_engine_config(args: &LoadgenArgs, id: usize) -> TcpLoadgenConfig {
         warmup_ns: args.warmup.as_nanos() as u64,
         duration_ns: args.duration.as_nanos() as u64,
         drain_ns: args.timeout.as_nanos() as u64,
+        mode: args.mode.app_mode(),
     }
 }
 
@@ -371,7 +531,7 @@ fn join_tcp_reports<T: Transport>(
     args: &LoadgenArgs,
 ) -> Result<LoadgenReport> {
     let mut reports = Vec::new();
-    let (mut connect_failures, mut resets) = (0, 0);
+    let (mut connect_failures, mut connects, mut resets) = (0, 0, 0);
     for (id, handle) in handles.into_iter().enumerate() {
         let outcome = handle
             .join()
@@ -381,6 +541,7 @@ fn join_tcp_reports<T: Transport>(
                 anyhow!("load generator engine {id}: {e}")
             })?;
         connect_failures += outcome.app.connect_failures();
+        connects += outcome.app.connects();
         resets += outcome.app.resets();
         tracing::debug!(
             "load generator engine {id}: {:?}",
@@ -388,7 +549,7 @@ fn join_tcp_reports<T: Transport>(
         );
         reports.push(outcome.app.report());
     }
-    if connect_failures as usize == args.connections {
+    if connects == 0 && connect_failures > 0 {
         return Err(anyhow!(
             "no connection to {} could be opened: is a TCP server listening there (e.g. `melange echo --protocol tcp`)?",
             args.target
@@ -396,17 +557,54 @@ fn join_tcp_reports<T: Transport>(
     }
     if connect_failures > 0 || resets > 0 {
         tracing::warn!(
-            "{connect_failures} of {} connections could not be opened and {resets} ended before the run did",
-            args.connections
+            "{connect_failures} connection attempts failed ({connects} opened) and {resets} connections ended before the run did"
         );
     }
     LoadgenReport::merge(reports).ok_or_else(|| anyhow!("no load generator engine ran"))
 }
 
-/// Local ports each af_xdp TCP engine may use: twice its connections (room for ports still in
-/// TIME-WAIT at the server), at least 64.
+/// Local ports each af_xdp TCP engine may use. Request/response and bulk: twice its
+/// connections (room for ports still in TIME-WAIT at the server), at least 64. Churn: every
+/// port from `--local-port` up, since each finished cycle holds its port for a TIME-WAIT.
 fn tcp_ports_per_engine(args: &LoadgenArgs) -> usize {
-    (args.connections.div_ceil(args.engines) * 2).max(64)
+    match args.mode {
+        LoadMode::Churn => {
+            (usize::from(u16::MAX) + 1 - usize::from(args.local_port.max(1))) / args.engines
+        }
+        LoadMode::Rr | LoadMode::Bulk => (args.connections.div_ceil(args.engines) * 2).max(64),
+    }
+}
+
+/// The af_xdp TCP client's setup for `args`: ports, table and UMEM sized for the mode.
+fn tcp_client_plan(args: &LoadgenArgs, interface: String) -> TcpClientPlan {
+    let span = tcp_ports_per_engine(args);
+    let per_engine = args.connections.div_ceil(args.engines);
+    // A request or chunk waits in its own frames (1,792 payload bytes each, at least) until
+    // acknowledged.
+    let frames_per_message = args.payload.div_ceil(1792) + 1;
+    let held = match args.mode {
+        LoadMode::Rr => per_engine * args.inflight * frames_per_message,
+        LoadMode::Churn => per_engine * frames_per_message,
+        // The stack queues at most SEND_CHAINS_MAX chunks per connection.
+        LoadMode::Bulk => per_engine * melange_engine::tcp::SEND_CHAINS_MAX * frames_per_message,
+    };
+    TcpClientPlan {
+        interface,
+        bind: Some(args.bind),
+        target: *args.target.ip(),
+        engines: args.engines,
+        first_port: args.local_port,
+        ports_per_engine: span,
+        // Every port may hold a connection in TIME-WAIT besides the open ones (churn), or
+        // twice the connections (the others), and never fewer than 1,024.
+        connections_max: (span + per_engine + 16).max(1024),
+        // Beside the fill and transmit rings (2048 + 1024) and the receive batch.
+        umem_frames: (held + 2 * per_engine + 4096).clamp(4096, 1 << 18) as u32,
+        time_wait_ns: args.time_wait.map(|d| d.as_nanos() as u64),
+        cpus: args.cpus.clone(),
+        idle: args.idle,
+        mode: args.xdp_mode.into(),
+    }
 }
 
 fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
@@ -420,59 +618,20 @@ fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         .interface
         .clone()
         .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
-    let (bind, prefix) =
-        melange_control::engines::interface_address(&interface, Some(args.bind), "--bind")?;
-    melange_control::engines::check_on_link(&interface, bind, prefix, *args.target.ip())?;
-    let span = tcp_ports_per_engine(args);
-    let first = usize::from(args.local_port);
-    let last = first + span * args.engines - 1;
-    if last > usize::from(u16::MAX) {
-        return Err(anyhow!(
-            "--local-port {}: {} engine(s) with {} connections need local ports {first}..={last}, past 65535; give a lower --local-port",
-            args.local_port,
-            args.engines,
-            args.connections
-        ));
-    }
-    let server_mac = melange_control::engines::kernel_neighbor(*args.target.ip())?;
-    let queues = melange_sys::netdev::rx_queue_count(&interface)
-        .with_context(|| format!("queues of {interface}"))?;
-    if queues > 1 {
-        tracing::warn!(
-            "{interface} has {queues} receive queues and the TCP client runs one engine on queue 0: segments the server sends that arrive on another queue go to the kernel, which resets those connections. Make the server send on one queue (in the lab: `ip netns exec mlg-b ethtool -L mlg-vb tx 1`) or give {interface} one receive queue"
+    let plan = tcp_client_plan(args, interface);
+    let setup = tcp_client_setup(&plan)?;
+    if args.mode == LoadMode::Churn {
+        let time_wait_s = plan
+            .time_wait_ns
+            .unwrap_or(melange_tcp::conn::ConnConfig::default().time_wait_ns)
+            as f64
+            / 1e9;
+        tracing::info!(
+            "churn: {} local ports, each held for {time_wait_s} s in TIME-WAIT after its cycle: at most {:.0} connections/s are sustained (--time-wait shortens it)",
+            plan.ports_per_engine,
+            plan.ports_per_engine as f64 / time_wait_s
         );
     }
-    let mtu = melange_sys::netdev::mtu(&interface)
-        .with_context(|| format!("interface {interface} (does it exist? `ip link` lists them)"))?;
-    let conn = melange_tcp::conn::ConnConfig {
-        mss: mtu.saturating_sub(40).min(1460) as u16,
-        ..melange_tcp::conn::ConnConfig::default()
-    };
-    // Each engine's ephemeral ports are its own slice of the filtered range; the XDP filter
-    // steers the whole range (the kernel must not use these ports meanwhile: the lab's
-    // namespace runs nothing else).
-    let setup = melange_control::engines::XdpSetup {
-        interface,
-        addr: bind,
-        prefix_len: prefix,
-        queues: (0..args.engines as u32).collect(),
-        ports: melange_control::PortRange::new(first as u16, last as u16)?,
-        // Every connection's requests wait in their own frames until acknowledged, beside
-        // the fill and transmit rings (2048 + 1024) and the receive batch.
-        umem_frames: Some(
-            (args.connections * (args.inflight + 2) + 4096).clamp(4096, 1 << 18) as u32,
-        ),
-        tcp: Some(melange_control::engines::XdpTcp {
-            connections_max: (span + 16).max(1024),
-            conn,
-            ephemeral_ports: (first as u16, (first + span - 1) as u16),
-        }),
-        static_arp: vec![(*args.target.ip(), server_mac)],
-        batch: 64,
-        cpus: args.cpus.clone(),
-        idle: args.idle,
-        mode: args.xdp_mode.into(),
-    };
     let stop = StopSignal::new();
     let run = melange_control::engines::start(&setup, &stop, |id, _queue| {
         TcpLoadgenApp::new(tcp_engine_config(args, id))

@@ -212,6 +212,7 @@ fn one_tcp_run(args: &StackArgs) -> Result<f64> {
         warmup_ns: 0,
         duration_ns: u64::MAX / 4,
         drain_ns: 1_000_000_000,
+        mode: melange_apps::TcpLoadMode::RequestResponse,
     });
     let mut client =
         Engine::new(EngineConfig::new(1), transport, pool, load, 0).map_err(|e| anyhow!("{e}"))?;

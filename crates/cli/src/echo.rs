@@ -2,11 +2,11 @@
 
 use anyhow::{anyhow, Context, Result};
 use melange_apps::{EchoApp, EchoConfig, EchoProtocol, TcpEchoApp, TcpEchoConfig};
-use melange_control::engines::{self as xdp, XdpSetup};
+use melange_control::engines as xdp;
 use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
-use melange_control::PortRange;
+use melange_control::setups::{server_setup, ServerPlan};
 use melange_core::{App, IoContext, PacketPool, PoolConfig};
 use melange_engine::{Engine, EngineConfig, EngineDrop};
 use melange_engine::{Transport, TransportCounters};
@@ -231,34 +231,24 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
     })
 }
 
-/// UMEM frames of a TCP echo engine: room for the replies of tens of thousands of
-/// connections waiting for their acknowledgements (64 MiB).
-const TCP_UMEM_FRAMES: u32 = 32_768;
-
 fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<()> {
     let interface = args
         .interface
         .clone()
         .ok_or_else(|| anyhow!("--backend af_xdp needs --interface"))?;
-    let (addr, prefix_len) = xdp::interface_address(&interface, args.addr, "--addr")?;
-    let setup = XdpSetup {
+    let setup = server_setup(&ServerPlan {
         interface: interface.clone(),
-        addr,
-        prefix_len,
+        addr: args.addr,
+        flag: "--addr",
+        port: args.port,
+        tcp: args.protocol == Protocol::Tcp,
         queues: args.queues.clone(),
-        ports: PortRange::single(args.port),
-        umem_frames: (args.protocol == Protocol::Tcp).then_some(TCP_UMEM_FRAMES),
-        tcp: (args.protocol == Protocol::Tcp).then(|| xdp::XdpTcp {
-            connections_max: melange_engine::tcp::CONNECTIONS_DEFAULT,
-            conn: melange_tcp::conn::ConnConfig::default(),
-            ephemeral_ports: (args.port, args.port),
-        }),
-        static_arp: Vec::new(),
         batch: args.batch,
         cpus: args.cpus.clone(),
         idle: args.idle,
         mode: args.xdp_mode.into(),
-    };
+    })?;
+    let addr = setup.addr;
     let port = args.port;
     let protocol = args.protocol;
     let run = xdp::start(&setup, stop, |_, _| match protocol {

@@ -8,6 +8,7 @@
 
 mod demo;
 mod echo;
+mod transfer;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,8 +31,13 @@ struct Cli {
 enum Command {
     /// UDP echo server on Melange engines.
     Echo(echo::EchoArgs),
-    /// UDP load generator: closed loop (requests in flight) or open loop (a rate).
+    /// Load generator: UDP closed or open loop; TCP request/response, connection churn or
+    /// bulk (`--protocol tcp --mode rr|churn|bulk`).
     Loadgen(loadgen::LoadgenArgs),
+    /// TCP sink: reads every connection to its end and prints its bytes and SHA-256.
+    Sink(transfer::SinkArgs),
+    /// TCP source: sends N bytes of a seeded stream, closes, and prints their SHA-256.
+    Source(transfer::SourceArgs),
     /// Benchmarks that run Melange and its baseline side by side and report ratios.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -77,6 +83,8 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Echo(args) => echo::run(args),
         Command::Loadgen(args) => loadgen::main(args),
+        Command::Sink(args) => transfer::run_sink(args),
+        Command::Source(args) => transfer::run_source(args),
         Command::Bench(command) => bench::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Lab(command) => lab::run(command),

@@ -17,11 +17,13 @@
 //! | [`filters`] | [`XdpFilters`]: maps, program and link of one interface; Arrakis' `create_filter` |
 //! | [`engines`] | attach, open AF_XDP queues, install the app's filter, start one engine per queue |
 //! | [`options`] | operator settings: durations, backends, CPU lists, checked ranges |
+//! | [`setups`]  | the AF_XDP setup of each role: a server on one port, a TCP client |
 #![forbid(unsafe_code)]
 
 pub mod engines;
 pub mod filters;
 pub mod options;
+pub mod setups;
 
 pub use filters::{
     ControlError, Direction, FilterHandle, FilterOptions, FilterSpec, FilterStats, Interface,

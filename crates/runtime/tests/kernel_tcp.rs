@@ -606,6 +606,7 @@ fn tcp_loadgen_against_tcp_echo_measures_without_corruption() {
                     warmup_ns: 100_000_000,
                     duration_ns: 500_000_000,
                     drain_ns: 500_000_000,
+                    mode: melange_apps::TcpLoadMode::RequestResponse,
                 })
             },
         );

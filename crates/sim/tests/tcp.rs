@@ -125,6 +125,7 @@ fn load(
         warmup_ns: 0,
         duration_ns,
         drain_ns: 400 * MS,
+        mode: melange_apps::TcpLoadMode::RequestResponse,
     }
 }
 
