@@ -92,10 +92,47 @@ pub struct LabTcpArgs {
     /// Where each lab host's receive work runs (see `melange bench echo --napi`).
     #[arg(long, value_enum, default_value_t = melange_lab::NapiMode::Threaded)]
     pub napi: melange_lab::NapiMode,
+    /// What to measure: `rr` (request/response at `--loads`), `churn` (connect, one request,
+    /// close), `scale` (10 to 10,000 connections, saturating), `bulk` (one flow into a sink).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "rr")]
+    pub suites: Vec<Suite>,
+    /// churn: concurrent connect-request-close loops.
+    #[arg(long, default_value_t = 32)]
+    pub churn_connections: usize,
+    /// bulk: bytes per transfer.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub bulk_bytes: u64,
     /// Write the results here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+/// A part of `bench tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Suite {
+    /// Request/response at each of `--loads`.
+    Rr,
+    /// Connection churn: connect, one request, its reply, close; connections per second.
+    Churn,
+    /// 10, 100, 1,000 and 10,000 connections, each load saturating the server.
+    Scale,
+    /// One flow of `--bulk-bytes` from `melange source` into a sink: bytes per second.
+    Bulk,
+}
+
+/// The loads of the `scale` suite: the server saturated at every point (closed loop, at
+/// least 640 requests in flight), so each measures its capacity at that many connections.
+pub const SCALE_LOADS: [Load; 4] = [
+    Load { connections: 10, inflight: 64 },
+    Load { connections: 100, inflight: 8 },
+    Load { connections: 1_000, inflight: 1 },
+    Load { connections: 10_000, inflight: 1 },
+];
+
+/// TIME-WAIT of the churn client (Melange's TCP, which closes first and so holds it): long
+/// enough for the lab's 50 µs path, short enough that 25,536 ports allow 255,000
+/// connections per second, so the client's ports never bound what the servers do.
+pub const CHURN_TIME_WAIT: &str = "100ms";
 
 /// The servers of this benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -150,6 +187,8 @@ pub struct TcpRun {
     pub sent: u64,
     /// Replies received.
     pub received: u64,
+    /// The server's resident memory at the end of the measurement, bytes.
+    pub server_rss_bytes: u64,
 }
 
 fn server_command(server: TcpServer, port: u16, cpu: usize) -> Result<Command> {
@@ -210,8 +249,10 @@ fn loadgen(
     args: &LabTcpArgs,
     duration: Duration,
     warmup: Duration,
+    extra: &[&str],
 ) -> Result<serde_json::Value> {
     let mut command = lab_loadgen()?;
+    command.args(extra);
     command.args([
         "--log",
         "error",
@@ -268,6 +309,7 @@ fn probe(server: TcpServer, port: u16, args: &LabTcpArgs) -> Result<()> {
             args,
             Duration::from_millis(50),
             Duration::ZERO,
+            &[],
         ) {
             Ok(report) if report["received"].as_u64().unwrap_or(0) > 0 => return Ok(()),
             Ok(report) => last = report.to_string(),
@@ -311,7 +353,13 @@ fn busy_and_echoed(log: &str) -> Option<(f64, u64)> {
     found.then_some((busy, echoed))
 }
 
-fn measure(server: TcpServer, load: Load, args: &LabTcpArgs, port: u16) -> Result<TcpRun> {
+fn measure(
+    server: TcpServer,
+    load: Load,
+    args: &LabTcpArgs,
+    port: u16,
+    extra: &[&str],
+) -> Result<TcpRun> {
     let mut process = LabServer::spawn(server_command(server, port, args.server_cpu)?)?;
     if let Err(e) = probe(server, port, args) {
         let log = process.stop();
@@ -319,8 +367,9 @@ fn measure(server: TcpServer, load: Load, args: &LabTcpArgs, port: u16) -> Resul
     }
     let pid = process.child.id();
     let cpu_before = melange_sys::cpu::process_cpu_time_of(pid)?;
-    let report = loadgen(server, port, load, args, args.duration, args.warmup);
+    let report = loadgen(server, port, load, args, args.duration, args.warmup, extra);
     let cpu_after = melange_sys::cpu::process_cpu_time_of(pid)?;
+    let rss_bytes = rss_bytes_of(pid);
     let log = process.stop();
     let report = report.with_context(|| format!("server log:\n{log}"))?;
     let field = |path: &[&str]| -> f64 {
@@ -358,7 +407,21 @@ fn measure(server: TcpServer, load: Load, args: &LabTcpArgs, port: u16) -> Resul
         server_cpu_ns_per_request: cpu_ns,
         sent: field(&["sent"]) as u64,
         received: field(&["received"]) as u64,
+        server_rss_bytes: rss_bytes,
     })
+}
+
+/// The resident memory of process `pid` (`VmRSS`), 0 if unreadable. For a process started
+/// through `ip netns exec`, that is the server itself (ip execs it).
+fn rss_bytes_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// The ratios at one load, each the median over repetitions of the ratio within one.
@@ -376,6 +439,63 @@ pub struct TcpRatios {
     pub tcp_over_udp_rps: f64,
 }
 
+/// The connection-churn comparison: connect, one request, its reply, close.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnResult {
+    /// Concurrent loops.
+    pub connections: usize,
+    /// Median cycles per second of (t) and (l), and every run of each.
+    pub melange_per_s: f64,
+    /// See `melange_per_s`.
+    pub linux_per_s: f64,
+    /// Median of (t)/(l) within each repetition. Target: >= 3.
+    pub melange_over_linux: f64,
+    /// Every run, (t) then (l) per repetition.
+    pub runs: Vec<(TcpRun, TcpRun)>,
+}
+
+/// One point of the connection-count scaling suite.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalePoint {
+    /// The load.
+    pub load: Load,
+    /// Median requests/s of (t) and (l).
+    pub melange_rps: f64,
+    /// See `melange_rps`.
+    pub linux_rps: f64,
+    /// Median server RSS of (t), bytes.
+    pub melange_rss_bytes: u64,
+    /// (t) requests/s over (t)'s at the first point, median of the ratio per repetition.
+    /// Target at 10,000 connections: >= 0.8.
+    pub melange_over_first: f64,
+    /// The same for (l).
+    pub linux_over_first: f64,
+}
+
+/// One bulk transfer into a sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkRun {
+    /// MB/s (10^6 bytes) the source reported, end to end.
+    pub mb_per_s: f64,
+    /// Sink process CPU time per GB received, ms.
+    pub server_cpu_ms_per_gb: f64,
+}
+
+/// The single-flow bulk comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkResult {
+    /// Bytes per transfer.
+    pub bytes: u64,
+    /// Medians of (t) `melange sink` on af_xdp and (l) `melange sink` on kernel sockets.
+    pub melange: BulkRun,
+    /// See `melange`.
+    pub linux: BulkRun,
+    /// Median of (t)/(l) MB/s within each repetition (reported, no target).
+    pub melange_over_linux: f64,
+    /// Every run, (t) then (l) per repetition.
+    pub runs: Vec<(BulkRun, BulkRun)>,
+}
+
 /// The results of `bench tcp`.
 #[derive(Debug, Serialize)]
 pub struct LabTcpResults {
@@ -383,6 +503,24 @@ pub struct LabTcpResults {
     pub rows: Vec<(TcpServer, Load, TcpRun, Vec<TcpRun>)>,
     /// Ratios per load.
     pub ratios: Vec<TcpRatios>,
+    /// The churn suite, if run.
+    pub churn: Option<ChurnResult>,
+    /// The scaling suite, if run.
+    pub scale: Vec<ScalePoint>,
+    /// The bulk suite, if run.
+    pub bulk: Option<BulkResult>,
+}
+
+fn median_run(server_runs: &[TcpRun]) -> TcpRun {
+    TcpRun {
+        requests_per_s: median_of(server_runs, |r| r.requests_per_s),
+        p50_ns: median_of(server_runs, |r| r.p50_ns as f64) as u64,
+        p99_ns: median_of(server_runs, |r| r.p99_ns as f64) as u64,
+        server_cpu_ns_per_request: median_of(server_runs, |r| r.server_cpu_ns_per_request),
+        sent: median_of(server_runs, |r| r.sent as f64) as u64,
+        received: median_of(server_runs, |r| r.received as f64) as u64,
+        server_rss_bytes: median_of(server_runs, |r| r.server_rss_bytes as f64) as u64,
+    }
 }
 
 /// Runs the benchmark and prints its tables.
@@ -402,6 +540,42 @@ pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
     }
     let _single_queue = SingleQueue::new()?;
     let mut port = 23_000u16;
+    let mut results = LabTcpResults {
+        rows: Vec::new(),
+        ratios: Vec::new(),
+        churn: None,
+        scale: Vec::new(),
+        bulk: None,
+    };
+    for suite in &args.suites {
+        match suite {
+            Suite::Rr => rr_suite(args, &mut port, &mut results)?,
+            Suite::Churn => results.churn = Some(churn_suite(args, &mut port)?),
+            Suite::Scale => results.scale = scale_suite(args, &mut port)?,
+            Suite::Bulk => results.bulk = Some(bulk_suite(args, &mut port)?),
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(results)
+}
+
+fn log_run(server: TcpServer, load: Load, rep: usize, run: &TcpRun) {
+    eprintln!(
+        "  {:<28} {:>5}x{:<3} rep {rep}: {:>9.0} req/s p50 {} us cpu {:.0} ns/req rss {:.1} MiB",
+        server.label(),
+        load.connections,
+        load.inflight,
+        run.requests_per_s,
+        us(run.p50_ns),
+        run.server_cpu_ns_per_request,
+        run.server_rss_bytes as f64 / (1 << 20) as f64
+    );
+}
+
+fn rr_suite(args: &LabTcpArgs, port: &mut u16, results: &mut LabTcpResults) -> Result<()> {
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
     for &load in &args.loads {
@@ -409,8 +583,8 @@ pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
         for rep in 0..args.reps {
             for i in measurement_order(rep) {
                 let server = SERVERS[i];
-                port += 1;
-                let run = measure(server, load, args, port).with_context(|| {
+                *port += 1;
+                let run = measure(server, load, args, *port, &[]).with_context(|| {
                     format!(
                         "{} at {}x{}, repetition {rep}",
                         server.label(),
@@ -418,15 +592,7 @@ pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
                         load.inflight
                     )
                 })?;
-                eprintln!(
-                    "  {:<28} {:>5}x{:<3} rep {rep}: {:>9.0} req/s p50 {} us cpu {:.0} ns/req",
-                    server.label(),
-                    load.connections,
-                    load.inflight,
-                    run.requests_per_s,
-                    us(run.p50_ns),
-                    run.server_cpu_ns_per_request
-                );
+                log_run(server, load, rep, &run);
                 runs[i].push(run);
             }
         }
@@ -449,15 +615,7 @@ pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
             }),
         });
         for (i, server_runs) in runs.into_iter().enumerate() {
-            let median = TcpRun {
-                requests_per_s: median_of(&server_runs, |r| r.requests_per_s),
-                p50_ns: median_of(&server_runs, |r| r.p50_ns as f64) as u64,
-                p99_ns: median_of(&server_runs, |r| r.p99_ns as f64) as u64,
-                server_cpu_ns_per_request: median_of(&server_runs, |r| r.server_cpu_ns_per_request),
-                sent: median_of(&server_runs, |r| r.sent as f64) as u64,
-                received: median_of(&server_runs, |r| r.received as f64) as u64,
-            };
-            rows.push((SERVERS[i], load, median, server_runs));
+            rows.push((SERVERS[i], load, median_run(&server_runs), server_runs));
         }
     }
     print_table(
@@ -486,12 +644,239 @@ pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
             r.load.connections, r.load.inflight, r.melange_over_linux_rps, r.linux_over_melange_cpu, r.p50_melange_over_linux, r.tcp_over_udp_rps
         );
     }
-    let results = LabTcpResults { rows, ratios };
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    results.rows.extend(rows);
+    results.ratios.extend(ratios);
+    Ok(())
+}
+
+/// (t) and (l) in alternating order per repetition, each with the loadgen's `extra` flags.
+fn pair_runs(
+    args: &LabTcpArgs,
+    port: &mut u16,
+    load: Load,
+    extra: &[&str],
+) -> Result<Vec<(TcpRun, TcpRun)>> {
+    let mut runs = Vec::new();
+    for rep in 0..args.reps {
+        let order = if rep % 2 == 0 {
+            [TcpServer::MelangeTcp, TcpServer::LinuxEpoll]
+        } else {
+            [TcpServer::LinuxEpoll, TcpServer::MelangeTcp]
+        };
+        let mut got = Vec::new();
+        for server in order {
+            *port += 1;
+            let run = measure(server, load, args, *port, extra).with_context(|| {
+                format!(
+                    "{} at {}x{} {extra:?}, repetition {rep}",
+                    server.label(),
+                    load.connections,
+                    load.inflight
+                )
+            })?;
+            log_run(server, load, rep, &run);
+            got.push((server, run));
+        }
+        let take = |want: TcpServer| {
+            got.iter()
+                .find(|(s, _)| *s == want)
+                .map(|(_, r)| r.clone())
+                .expect("both servers ran")
+        };
+        runs.push((take(TcpServer::MelangeTcp), take(TcpServer::LinuxEpoll)));
     }
-    Ok(results)
+    Ok(runs)
+}
+
+fn churn_suite(args: &LabTcpArgs, port: &mut u16) -> Result<ChurnResult> {
+    let load = Load {
+        connections: args.churn_connections,
+        inflight: 1,
+    };
+    let runs = pair_runs(
+        args,
+        port,
+        load,
+        &["--mode", "churn", "--time-wait", CHURN_TIME_WAIT],
+    )?;
+    let result = ChurnResult {
+        connections: load.connections,
+        melange_per_s: median_of(&runs, |(t, _)| t.requests_per_s),
+        linux_per_s: median_of(&runs, |(_, l)| l.requests_per_s),
+        melange_over_linux: median_of(&runs, |(t, l)| {
+            t.requests_per_s / l.requests_per_s.max(1.0)
+        }),
+        runs,
+    };
+    println!(
+        "  churn ({} loops of connect, {} B request, reply, close): melange {:.0}/s, linux {:.0}/s, melange/linux x{:.2} (median of the ratio per repetition)",
+        result.connections, args.payload, result.melange_per_s, result.linux_per_s, result.melange_over_linux
+    );
+    Ok(result)
+}
+
+fn scale_suite(args: &LabTcpArgs, port: &mut u16) -> Result<Vec<ScalePoint>> {
+    let mut all = Vec::new();
+    for load in SCALE_LOADS {
+        all.push((load, pair_runs(args, port, load, &[])?));
+    }
+    let first = all[0].1.clone();
+    let points: Vec<ScalePoint> = all
+        .iter()
+        .map(|(load, runs)| {
+            let reps: Vec<usize> = (0..runs.len()).collect();
+            ScalePoint {
+                load: *load,
+                melange_rps: median_of(runs, |(t, _)| t.requests_per_s),
+                linux_rps: median_of(runs, |(_, l)| l.requests_per_s),
+                melange_rss_bytes: median_of(runs, |(t, _)| t.server_rss_bytes as f64) as u64,
+                melange_over_first: median_of(&reps, |&r| {
+                    runs[r].0.requests_per_s / first[r].0.requests_per_s.max(1.0)
+                }),
+                linux_over_first: median_of(&reps, |&r| {
+                    runs[r].1.requests_per_s / first[r].1.requests_per_s.max(1.0)
+                }),
+            }
+        })
+        .collect();
+    for p in &points {
+        println!(
+            "  scale at {}x{}: melange {:.0} req/s (x{:.2} of 10 connections, rss {:.1} MiB), linux {:.0} req/s (x{:.2})",
+            p.load.connections,
+            p.load.inflight,
+            p.melange_rps,
+            p.melange_over_first,
+            p.melange_rss_bytes as f64 / (1 << 20) as f64,
+            p.linux_rps,
+            p.linux_over_first
+        );
+    }
+    println!(
+        "  melange's TCP state is {} B per connection in a table sized at start-up (so RSS does not grow with connections); received data stays in the pool's frames",
+        melange_engine::tcp::connection_bytes()
+    );
+    Ok(points)
+}
+
+/// One bulk transfer: `melange source` on af_xdp in mlg-a into `sink` in mlg-b.
+fn bulk_once(args: &LabTcpArgs, port: u16, melange_sink: bool) -> Result<BulkRun> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", "mlg-b"]).arg(&exe).args([
+        "sink",
+        "--protocol",
+        "tcp",
+        "--addr",
+        SERVER_ADDR,
+        "--port",
+        &port.to_string(),
+        "--cpus",
+        &args.server_cpu.to_string(),
+        "--count",
+        "1",
+    ]);
+    if melange_sink {
+        command.args([
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-vb",
+            "--queues",
+            "0",
+            "--idle",
+            "sleep:1000",
+        ]);
+    } else {
+        command.args(["--backend", "kernel"]);
+    }
+    let mut process = LabServer::spawn(command)?;
+    // The sink listens once its engine is up; the source retries nothing, so wait for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = process.child.id();
+    let cpu_before = melange_sys::cpu::process_cpu_time_of(pid)?;
+    let output = Command::new("ip")
+        .args(["netns", "exec", "mlg-a"])
+        .arg(&exe)
+        .args([
+            "source",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-va",
+            "--target",
+            &format!("{SERVER_ADDR}:{port}"),
+            "--bytes",
+            &args.bulk_bytes.to_string(),
+            "--cpus",
+            &args.client_cpu.to_string(),
+            "--timeout",
+            "120s",
+            "--json",
+        ])
+        .output()?;
+    let cpu_after = melange_sys::cpu::process_cpu_time_of(pid).unwrap_or(cpu_before);
+    let log = process.stop();
+    if !output.status.success() {
+        bail!(
+            "source failed: {}\nsink log:\n{log}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("source JSON")?;
+    let gb = args.bulk_bytes as f64 / 1e9;
+    Ok(BulkRun {
+        mb_per_s: json["mb_per_s"].as_f64().unwrap_or(0.0),
+        server_cpu_ms_per_gb: (cpu_after - cpu_before) as f64 / 1e6 / gb.max(1e-9),
+    })
+}
+
+fn bulk_suite(args: &LabTcpArgs, port: &mut u16) -> Result<BulkResult> {
+    let mut runs = Vec::new();
+    for rep in 0..args.reps {
+        let order = if rep % 2 == 0 { [true, false] } else { [false, true] };
+        let mut got = [None, None];
+        for melange in order {
+            *port += 1;
+            let run = bulk_once(args, *port, melange)
+                .with_context(|| format!("bulk into the {} sink, repetition {rep}", if melange { "melange" } else { "linux" }))?;
+            eprintln!(
+                "  bulk into {} sink rep {rep}: {:.0} MB/s, sink cpu {:.0} ms/GB",
+                if melange { "melange af_xdp" } else { "linux kernel" },
+                run.mb_per_s,
+                run.server_cpu_ms_per_gb
+            );
+            got[usize::from(!melange)] = Some(run);
+        }
+        let [Some(t), Some(l)] = got else {
+            bail!("a bulk run is missing");
+        };
+        runs.push((t, l));
+    }
+    let med = |f: &dyn Fn(&(BulkRun, BulkRun)) -> f64| median_of(&runs, |r| f(r));
+    let result = BulkResult {
+        bytes: args.bulk_bytes,
+        melange: BulkRun {
+            mb_per_s: med(&|r| r.0.mb_per_s),
+            server_cpu_ms_per_gb: med(&|r| r.0.server_cpu_ms_per_gb),
+        },
+        linux: BulkRun {
+            mb_per_s: med(&|r| r.1.mb_per_s),
+            server_cpu_ms_per_gb: med(&|r| r.1.server_cpu_ms_per_gb),
+        },
+        melange_over_linux: med(&|r| r.0.mb_per_s / r.1.mb_per_s.max(1e-9)),
+        runs,
+    };
+    println!(
+        "  bulk ({} B, one flow, Melange's TCP sending): into melange sink {:.0} MB/s ({:.0} ms cpu/GB), into linux sink {:.0} MB/s ({:.0} ms cpu/GB), melange/linux x{:.2}",
+        result.bytes,
+        result.melange.mb_per_s,
+        result.melange.server_cpu_ms_per_gb,
+        result.linux.mb_per_s,
+        result.linux.server_cpu_ms_per_gb,
+        result.melange_over_linux
+    );
+    Ok(result)
 }
 
 #[cfg(test)]
