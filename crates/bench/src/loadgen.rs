@@ -500,7 +500,9 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
         .context("starting a load generator engine")?;
         handles.push(handle);
     }
-    join_tcp_reports(handles, &stop, args)
+    join_tcp_reports(handles, &stop, args, |t: &KernelTransport| {
+        format!("{:?}", t.tcp_counters())
+    })
 }
 
 /// The TCP load generator's settings for engine `id` of `args.engines`: connections split
@@ -529,6 +531,7 @@ fn join_tcp_reports<T: Transport>(
     >,
     stop: &StopSignal,
     args: &LoadgenArgs,
+    tcp_summary: impl Fn(&T) -> String,
 ) -> Result<LoadgenReport> {
     let mut reports = Vec::new();
     let (mut connect_failures, mut connects, mut resets) = (0, 0, 0);
@@ -546,6 +549,12 @@ fn join_tcp_reports<T: Transport>(
         tracing::debug!(
             "load generator engine {id}: {:?}",
             outcome.transport_counters
+        );
+        // Retransmissions, drops and segment counts say whether a slow run was the path,
+        // the server or this client.
+        tracing::info!(
+            "load generator engine {id}: tcp {}",
+            tcp_summary(&outcome.transport)
         );
         reports.push(outcome.app.report());
     }
@@ -636,7 +645,9 @@ fn run_af_xdp_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let run = melange_control::engines::start(&setup, &stop, |id, _queue| {
         TcpLoadgenApp::new(tcp_engine_config(args, id))
     })?;
-    let report = join_tcp_reports(run.handles, &stop, args);
+    let report = join_tcp_reports(run.handles, &stop, args, |t| {
+        format!("{:?}", t.tcp_counters())
+    });
     stop.stop();
     let _ = run.neighbors.join();
     report
