@@ -123,10 +123,22 @@ pub enum Suite {
 /// The loads of the `scale` suite: the server saturated at every point (closed loop, at
 /// least 640 requests in flight), so each measures its capacity at that many connections.
 pub const SCALE_LOADS: [Load; 4] = [
-    Load { connections: 10, inflight: 64 },
-    Load { connections: 100, inflight: 8 },
-    Load { connections: 1_000, inflight: 1 },
-    Load { connections: 10_000, inflight: 1 },
+    Load {
+        connections: 10,
+        inflight: 64,
+    },
+    Load {
+        connections: 100,
+        inflight: 8,
+    },
+    Load {
+        connections: 1_000,
+        inflight: 1,
+    },
+    Load {
+        connections: 10_000,
+        inflight: 1,
+    },
 ];
 
 /// TIME-WAIT of the churn client (Melange's TCP, which closes first and so holds it): long
@@ -703,9 +715,7 @@ fn churn_suite(args: &LabTcpArgs, port: &mut u16) -> Result<ChurnResult> {
         connections: load.connections,
         melange_per_s: median_of(&runs, |(t, _)| t.requests_per_s),
         linux_per_s: median_of(&runs, |(_, l)| l.requests_per_s),
-        melange_over_linux: median_of(&runs, |(t, l)| {
-            t.requests_per_s / l.requests_per_s.max(1.0)
-        }),
+        melange_over_linux: median_of(&runs, |(t, l)| t.requests_per_s / l.requests_per_s.max(1.0)),
         runs,
     };
     println!(
@@ -822,8 +832,7 @@ fn bulk_once(args: &LabTcpArgs, port: u16, melange_sink: bool) -> Result<BulkRun
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("source JSON")?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).context("source JSON")?;
     let gb = args.bulk_bytes as f64 / 1e9;
     Ok(BulkRun {
         mb_per_s: json["mb_per_s"].as_f64().unwrap_or(0.0),
@@ -834,15 +843,27 @@ fn bulk_once(args: &LabTcpArgs, port: u16, melange_sink: bool) -> Result<BulkRun
 fn bulk_suite(args: &LabTcpArgs, port: &mut u16) -> Result<BulkResult> {
     let mut runs = Vec::new();
     for rep in 0..args.reps {
-        let order = if rep % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if rep % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         let mut got = [None, None];
         for melange in order {
             *port += 1;
-            let run = bulk_once(args, *port, melange)
-                .with_context(|| format!("bulk into the {} sink, repetition {rep}", if melange { "melange" } else { "linux" }))?;
+            let run = bulk_once(args, *port, melange).with_context(|| {
+                format!(
+                    "bulk into the {} sink, repetition {rep}",
+                    if melange { "melange" } else { "linux" }
+                )
+            })?;
             eprintln!(
                 "  bulk into {} sink rep {rep}: {:.0} MB/s, sink cpu {:.0} ms/GB",
-                if melange { "melange af_xdp" } else { "linux kernel" },
+                if melange {
+                    "melange af_xdp"
+                } else {
+                    "linux kernel"
+                },
                 run.mb_per_s,
                 run.server_cpu_ms_per_gb
             );

@@ -54,7 +54,15 @@ fn engine<A: melange_core::App>(
     pool_frames: usize,
     app: A,
 ) -> Engine<StackTransport<SimNic>, A> {
-    engine_with_batch(id, nic, iface, tcp, pool_frames, app, EngineConfig::new(id).batch_max)
+    engine_with_batch(
+        id,
+        nic,
+        iface,
+        tcp,
+        pool_frames,
+        app,
+        EngineConfig::new(id).batch_max,
+    )
 }
 
 fn engine_with_batch<A: melange_core::App>(
