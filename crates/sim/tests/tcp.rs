@@ -4,48 +4,17 @@
 //! Every scenario runs over many seeds; a failure prints its seed, and
 //! `MELANGE_SIM_SEED=N cargo test -p melange-sim --test tcp` replays it exactly.
 
+mod common;
+use common::*;
+
 use melange_apps::{TcpEchoApp, TcpEchoConfig, TcpLoadgenApp, TcpLoadgenConfig};
-use melange_engine::tcp::{TcpConfig, TcpKeys};
-use melange_engine::{Engine, EngineConfig, StackTransport};
+use melange_engine::tcp::TcpConfig;
+use melange_engine::EngineConfig;
 use melange_net::InterfaceConfig;
-use melange_sim::{check_seeds, Impairments, Node, SimNic, SimRng, Simulation};
-use melange_wire::EthernetAddress;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use melange_sim::{check_seeds, Impairments, Node, SimNic, Simulation};
+use std::net::SocketAddrV4;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-const PORT: u16 = 7777;
-const MS: u64 = 1_000_000;
-
-/// Keys from the seed: deterministic per run, different across runs.
-fn keys(seed: u64, salt: u64) -> TcpKeys {
-    let mut rng = SimRng::new(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut bytes = [0u8; 80];
-    for chunk in bytes.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-    }
-    TcpKeys::from_bytes(bytes)
-}
-
-fn tcp_config(seed: u64, salt: u64) -> TcpConfig {
-    let mut config = TcpConfig::new(keys(seed, salt));
-    config.connections_max = 1024;
-    // Data-centre timers: the simulated RTT is tens of microseconds.
-    config.conn.rtt.rto_min_ns = 5 * MS;
-    config.conn.rtt.rto_initial_ns = 20 * MS;
-    config.conn.time_wait_ns = 10 * MS;
-    config
-}
-
-fn iface(mac: [u8; 6], ip: Ipv4Addr) -> InterfaceConfig {
-    let mut config = InterfaceConfig::new(EthernetAddress(mac), ip, 24);
-    config.arp.request_retry_ns = MS;
-    config.arp.request_retries_max = 20;
-    config
-}
-
+/// An engine with the default batch (see [`common::engine`]).
 fn engine<A: melange_core::App>(
     id: usize,
     nic: SimNic,
@@ -53,7 +22,7 @@ fn engine<A: melange_core::App>(
     tcp: TcpConfig,
     pool_frames: usize,
     app: A,
-) -> Engine<StackTransport<SimNic>, A> {
+) -> SimEngine<A> {
     engine_with_batch(
         id,
         nic,
@@ -73,21 +42,16 @@ fn engine_with_batch<A: melange_core::App>(
     pool_frames: usize,
     app: A,
     batch_max: usize,
-) -> Engine<StackTransport<SimNic>, A> {
+) -> SimEngine<A> {
     let config = EngineConfig {
         batch_max,
         ..EngineConfig::new(id)
     };
-    let mut pool = Simulation::pool(pool_frames);
-    let transport = StackTransport::new(nic, iface, &[], &mut pool, config.batch_max)
-        .expect("a valid interface configuration")
-        .with_tcp(tcp, 0)
-        .expect("a valid TCP configuration");
-    Engine::new(config, transport, pool, app, 0).expect("engine")
+    common::engine(config, nic, iface, tcp, pool_frames, app)
 }
 
-type Server = Engine<StackTransport<SimNic>, TcpEchoApp>;
-type Client = Engine<StackTransport<SimNic>, TcpLoadgenApp>;
+type Server = SimEngine<TcpEchoApp>;
+type Client = SimEngine<TcpLoadgenApp>;
 
 fn server(nic: SimNic, seed: u64) -> Server {
     let app = TcpEchoApp::new(
@@ -135,18 +99,6 @@ fn load(
         drain_ns: 400 * MS,
         mode: melange_apps::TcpLoadMode::RequestResponse,
     }
-}
-
-fn assert_no_leak<A: melange_core::App>(
-    engine: &mut Engine<StackTransport<SimNic>, A>,
-    name: &str,
-) {
-    engine.shutdown();
-    assert_eq!(
-        engine.pool().available(),
-        engine.pool().capacity(),
-        "{name} leaked pool frames"
-    );
 }
 
 #[test]

@@ -1,9 +1,8 @@
 //! The setup the engine-pair TCP simulations share: two hosts on one simulated switch, keys
 //! drawn from the seed, data-centre timers, and the end-of-test leak check.
 //!
-//! `tests/tcp.rs` has the same helpers in its own body, written before this module; it should
-//! move to these once the change in flight there (a batch-size variant of its `engine`) has
-//! landed, which is why [`engine`] here already takes an [`EngineConfig`].
+//! [`engine`] takes a whole [`EngineConfig`], so a test can shrink the batch (and with it the
+//! event queue) to provoke overflows.
 // Each test binary that includes this module uses a different part of it.
 #![allow(dead_code)]
 
