@@ -204,10 +204,32 @@ impl<N: NicQueue> Transport for StackTransport<N> {
         events: &mut EventQueue,
         budget: usize,
     ) -> usize {
-        // Each frame yields at most one event, so the room bounds the batch.
-        let max = budget.min(events.room()).min(self.batch_max);
+        // TCP's backlog first: events that found no room in the last pass (and those of
+        // timers and commands since) go out before anything new arrives, so a busy
+        // connection's events cannot be pushed back pass after pass by new segments.
+        let backlog = match self.tcp.as_mut() {
+            Some(tcp) => {
+                let before = events.len();
+                tcp.poll_events(pool, events);
+                events.len() - before
+            }
+            None => 0,
+        };
+        // The room bounds the batch: a UDP frame yields at most one event, a TCP segment two
+        // (its `Recv` and the `Sent` its ACK releases), and TCP leaves a reserve for the
+        // engine's timers. A batch larger than the room would defer events, and with them
+        // the replies that would carry the ACKs, until the delayed-ACK timers fire and send
+        // the ACKs alone (seen at 1,000 connections in the lab: a pure ACK for most requests).
+        let max = match self.tcp {
+            Some(_) => {
+                let reserve = crate::tcp::EVENTS_RESERVED_MAX.min(events.capacity() / 4);
+                events.room().saturating_sub(reserve) / 2
+            }
+            None => events.room(),
+        };
+        let max = budget.min(max).min(self.batch_max);
         if max == 0 {
-            return 0;
+            return backlog;
         }
         if let Err(error) = self.nic.recv_batch(pool, &mut self.rx, max) {
             self.counters.errors.record(error);
@@ -258,7 +280,7 @@ impl<N: NicQueue> Transport for StackTransport<N> {
             }
             None => 0,
         };
-        received + tcp_work
+        received + tcp_work + backlog
     }
 
     fn poll_at(&self) -> Option<u64> {

@@ -379,7 +379,9 @@ fn a_full_send_buffer_gives_the_rest_back_and_reports_room_later() {
             .unwrap();
         let mut got = vec![0u8; expect_len];
         client.read_exact(&mut got).unwrap();
-        got
+        // The client stays open until the room was seen: dropped here, its FIN could reach
+        // the transport first and `PeerClosed` would come before the `Sent` awaited.
+        (got, client)
     });
     rig.wait_for("room", |rig, e| match e {
         Event::Sent {
@@ -395,7 +397,7 @@ fn a_full_send_buffer_gives_the_rest_back_and_reports_room_later() {
         }
         other => panic!("unexpected {other:?}"),
     });
-    let got = reader.join().unwrap();
+    let (got, _client) = reader.join().unwrap();
     for (i, chunk) in got.chunks(pattern.len()).enumerate() {
         assert!(chunk == &pattern[..chunk.len()], "byte-exact in chunk {i}");
     }
