@@ -24,6 +24,13 @@
 //!
 //! The kernel's transmissions are steered to queue 0 with XPS for the run ([`SingleQueue`]),
 //! where the load generator's engine listens.
+//!
+//! `--suites` adds, beside this request/response comparison (`rr`): `churn` (connect, one
+//! request, its reply, close, against (t) and (l); the client shortens its TIME-WAIT to
+//! [`CHURN_TIME_WAIT`] so its ports never bound the run), `scale` ([`SCALE_LOADS`], 10 to
+//! 10,000 connections, each load saturating the server, with the server's RSS) and `bulk`
+//! (one flow of `--bulk-bytes` from `melange source` into `melange sink` on AF_XDP or on
+//! kernel sockets: MB/s and the sink's CPU per GB).
 
 use super::lab_echo::{lab_loadgen, LabServer, SingleQueue};
 use super::median_of;

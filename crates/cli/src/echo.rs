@@ -1,6 +1,6 @@
 //! `melange echo`: a UDP or TCP echo server on Melange engines.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use melange_apps::{EchoApp, EchoConfig, EchoProtocol, TcpEchoApp, TcpEchoConfig};
 use melange_control::engines as xdp;
 use melange_control::options::{
@@ -140,18 +140,7 @@ pub fn validate(args: &EchoArgs) -> Result<()> {
 /// Runs the echo server until stopped, then prints its counters.
 pub fn run(args: EchoArgs) -> Result<()> {
     validate(&args)?;
-    let stop = StopSignal::new();
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.stop()).context("installing the SIGINT/SIGTERM handler")?;
-    }
-    if let Some(duration) = args.duration {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(duration);
-            stop.stop();
-        });
-    }
+    let stop = crate::stop_signal(args.duration)?;
     let config = EchoConfig {
         ports: vec![args.port],
         work_ns: args.delay_us * 1_000,

@@ -95,3 +95,22 @@ fn run() -> Result<()> {
         }
     }
 }
+
+/// A stop signal raised by SIGINT or SIGTERM, and after `limit` if one is given: how every
+/// long-running subcommand (echo, sink, source) knows when to end.
+fn stop_signal(limit: Option<std::time::Duration>) -> anyhow::Result<melange_runtime::StopSignal> {
+    use anyhow::Context;
+    let stop = melange_runtime::StopSignal::new();
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.stop()).context("installing the SIGINT/SIGTERM handler")?;
+    }
+    if let Some(limit) = limit {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            stop.stop();
+        });
+    }
+    Ok(stop)
+}

@@ -291,18 +291,7 @@ fn sink_reporter(json: bool, reported: Arc<AtomicU64>) -> SinkReporter {
 /// Runs `melange sink` until stopped (or `--count` connections finished).
 pub fn run_sink(args: SinkArgs) -> Result<()> {
     validate_sink(&args)?;
-    let stop = StopSignal::new();
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.stop()).context("installing the SIGINT/SIGTERM handler")?;
-    }
-    if let Some(duration) = args.duration {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(duration);
-            stop.stop();
-        });
-    }
+    let stop = crate::stop_signal(args.duration)?;
     let reported = Arc::new(AtomicU64::new(0));
     match args.backend {
         Backend::Kernel => run_sink_kernel(&args, &stop, reported),
@@ -464,18 +453,7 @@ struct SourceOutput {
 /// Runs `melange source`: one transfer, then its line (or JSON); an error unless complete.
 pub fn run_source(args: SourceArgs) -> Result<()> {
     validate_source(&args)?;
-    let stop = StopSignal::new();
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.stop()).context("installing the SIGINT/SIGTERM handler")?;
-    }
-    if let Some(timeout) = args.timeout {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(timeout);
-            stop.stop();
-        });
-    }
+    let stop = crate::stop_signal(args.timeout)?;
     let config = TcpSourceConfig {
         target: args.target,
         bytes: args.bytes,
