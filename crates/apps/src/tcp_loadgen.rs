@@ -48,8 +48,9 @@ use std::net::SocketAddrV4;
 pub const TCP_LOADGEN_CONNECTIONS_MAX: usize = 10_000;
 /// Most requests in flight on one connection.
 pub const TCP_LOADGEN_INFLIGHT_MAX: usize = 64;
-/// Largest request of the request/response mode.
-pub const TCP_LOADGEN_MESSAGE_MAX: usize = 1 << 20;
+/// Largest request of the request/response mode: one buffer chain, as a request is built
+/// and sent in one (a larger one could never be built, and every send would fail).
+pub const TCP_LOADGEN_MESSAGE_MAX: usize = BufChain::LEN_MAX;
 /// Largest request (churn) or chunk (bulk) of the other modes: one buffer chain.
 pub const TCP_LOADGEN_CHUNK_MAX: usize = BufChain::LEN_MAX;
 /// Handshakes the load generator keeps in flight at once: opening 10,000 connections in one
