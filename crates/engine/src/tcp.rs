@@ -211,6 +211,8 @@ pub struct TcpCounters {
     /// (answered with RST). ACKs when no cookie was sent lately are stray segments, counted
     /// only in `resets_sent`.
     pub cookies_rejected: u64,
+    /// Active opens that took the 4-tuple of a connection idling in TIME-WAIT (RFC 6191).
+    pub time_wait_reused: u64,
     /// A segment could not be sent because the pool had no frame; retried next pass.
     pub tx_pool_empty: u64,
     /// A segment the interface refused (no route, queue full): lost, TCP retransmits it.
@@ -1027,7 +1029,9 @@ impl TcpEndpoint {
                     .map_err(|error| Refused::new(listen_error(port, error)))?;
                 Ok(Outcome::Listener(ListenerId::from_raw(index.to_raw())))
             }
-            Command::Connect { to, token } => self.connect(now_ns, to, token).map_err(Refused::new),
+            Command::Connect { to, token } => {
+                self.connect(now_ns, pool, to, token).map_err(Refused::new)
+            }
             Command::Send { conn, data } => self.send(now_ns, pool, conn, data),
             Command::RecvDone { conn, bytes } => {
                 let index = conn_index(conn);
@@ -1093,6 +1097,7 @@ impl TcpEndpoint {
     fn connect(
         &mut self,
         now_ns: u64,
+        pool: &mut PacketPool,
         to: SocketAddrV4,
         token: u64,
     ) -> Result<Outcome, CommandError> {
@@ -1105,15 +1110,34 @@ impl TcpEndpoint {
                 melange_core::contract::SendError::BadDestination,
             ));
         }
-        let tuple = self
+        // A free port, or one whose last connection idles in TIME-WAIT and may be reused
+        // (timestamps, a second of silence: `Connection::time_wait_reusable_by_connect`).
+        // Without reuse a client that closes first holds each port for 2 MSL, and churn stops
+        // at ports / TIME-WAIT connections per second.
+        let (tuple, reused) = self
             .ports
-            .choose(&self.table, self.local_ip, to)
+            .choose_reusing(&self.table, self.local_ip, to, |slot| {
+                slot.finished && slot.conn.time_wait_reusable_by_connect(now_ns).is_some()
+            })
             .map_err(|_| {
                 CommandError::Handle(HandleError::Full {
                     capacity: self.table.capacity(),
                 })
             })?;
-        let iss = self.isn.isn(now_ns, &tuple);
+        let mut iss = self.isn.isn(now_ns, &tuple);
+        if let Some(old) = reused {
+            // Above everything the old incarnation sent, as Linux does (snd_nxt + 65535 + 2),
+            // so the peer cannot take the new SYN's data for the old connection's.
+            if let Some(snd_nxt) = self
+                .table
+                .get(old)
+                .and_then(|slot| slot.conn.time_wait_reusable_by_connect(now_ns))
+            {
+                iss = (snd_nxt + 65_537u32).0;
+            }
+            self.remove(pool, old);
+            self.counters.time_wait_reused += 1;
+        }
         let conn =
             Connection::connect(self.config.conn, ports_of(&tuple), iss, now_ns).map_err(|_| {
                 CommandError::Unsupported {

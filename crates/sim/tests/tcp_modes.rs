@@ -158,6 +158,37 @@ fn churn_outlives_its_ephemeral_ports() {
     });
 }
 
+/// With a TIME-WAIT of a full minute, 32 ports would carry 32 cycles: the client must reuse
+/// the tuples of connections that idled a second in TIME-WAIT (RFC 6191, Linux's
+/// `tcp_tw_reuse`), every reply still byte-exact.
+#[test]
+fn churn_reuses_time_wait_tuples_after_a_second() {
+    check_seeds(0..2, |seed| {
+        let mut sim = Simulation::new(seed);
+        let clean = Impairments::delay(10_000);
+        let mut tcp = tcp_config(seed, 2);
+        tcp.ephemeral_ports = (40_000, 40_031);
+        tcp.conn.time_wait_ns = 60_000 * MS;
+        let duration_ms = 3_500;
+        let app = TcpLoadgenApp::new(load(TcpLoadMode::Churn, 8, 100, duration_ms));
+        let mut c = client(sim.add_port(CLIENT_MAC, clean, 1024), tcp, app);
+        let mut s = echo_server(sim.add_port(SERVER_MAC, clean, 1024), seed);
+        sim.run(&mut [&mut c, &mut s], 10_000 * MS);
+        let report = c.app().report();
+        assert_eq!(report.corrupt, 0, "{report:?}");
+        assert_eq!(report.received, report.sent, "{report:?}");
+        let reused = c.transport().tcp_counters().unwrap().time_wait_reused;
+        // Each port is reusable a second after its last cycle: about 3 rounds of 32 in 3.5 s.
+        assert!(
+            report.connects >= 3 * 32 && reused >= 2 * 32,
+            "{} connects, {reused} TIME-WAIT tuples reused: {report:?}",
+            report.connects
+        );
+        assert_no_leak(&mut c, "client");
+        assert_no_leak(&mut s, "server");
+    });
+}
+
 #[test]
 fn churn_survives_loss_reordering_duplication_and_corruption() {
     check_seeds(0..12, |seed| {

@@ -87,6 +87,9 @@ pub const CHALLENGE_ACKS_PER_SECOND: u32 = 10;
 /// Segments ACKed at once (quick ACK mode) at the start of a connection, as Linux does, so
 /// the peer's slow start is not slowed by our delayed ACKs.
 pub const QUICK_ACKS_INITIAL: u32 = 16;
+/// How long a TIME-WAIT connection must have heard nothing from its peer before a new active
+/// open may take its 4-tuple (see [`Connection::time_wait_reusable_by_connect`]): Linux's one second.
+pub const TIME_WAIT_REUSE_IDLE_NS: u64 = 1_000_000_000;
 
 /// Duplicate ACKs sent at most for the out-of-order segments of one batch: three make a
 /// non-SACK peer retransmit at once (RFC 5681 §3.2).
@@ -781,6 +784,20 @@ impl<B: Payload> Connection<B> {
     pub fn state(&self) -> State {
         self.state
     }
+    /// For a connect that would take this connection's 4-tuple: `Some(snd_nxt)` when this
+    /// connection is in TIME-WAIT, its app was told it closed, timestamps are in use and
+    /// nothing has been heard from the peer for [`TIME_WAIT_REUSE_IDLE_NS`]. Then the tuple
+    /// may be reused at once (RFC 6191's conditions, as Linux's `tcp_tw_reuse` applies them):
+    /// PAWS rejects the old incarnation's duplicates, and the new connection starts its
+    /// sequence numbers above `snd_nxt` (Linux adds 65,537). `None` otherwise.
+    pub fn time_wait_reusable_by_connect(&self, now_ns: u64) -> Option<SeqNumber> {
+        (self.state == State::TimeWait
+            && self.closed_reported
+            && self.ts_enabled
+            && now_ns.saturating_sub(self.ts_recent_ns) >= TIME_WAIT_REUSE_IDLE_NS)
+            .then_some(self.snd_nxt)
+    }
+
     /// Whether the connection is gone and may be dropped.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed && self.rst_due.is_none()
@@ -1205,6 +1222,12 @@ impl<B: Payload> Connection<B> {
         {
             self.ack_need = AckNeed::Now;
             self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
+            // It passed PAWS above: its TSval is the newest, and the peer was heard now
+            // (which `time_wait_reusable_by_connect` waits a second of silence after).
+            if let (true, Some((tsval, _))) = (self.ts_enabled, seg.timestamps) {
+                self.ts_recent = tsval;
+                self.ts_recent_ns = now_ns;
+            }
             sink.discard(payload);
             return Verdict::Accepted;
         }

@@ -591,6 +591,33 @@ impl EphemeralPorts {
         self.choose_with(table, local, remote, |_| true)
     }
 
+    /// Like [`EphemeralPorts::choose_with`], but a port whose tuple is taken by a connection
+    /// `reusable` accepts (a TIME-WAIT one that may be reused) is chosen too: the tuple comes
+    /// back with that connection's index, for the caller to remove first.
+    pub fn choose_reusing<V>(
+        &mut self,
+        table: &ConnTable<V>,
+        local: Ipv4Addr,
+        remote: SocketAddrV4,
+        mut reusable: impl FnMut(&V) -> bool,
+    ) -> Result<(FourTuple, Option<ConnIndex>), PortError> {
+        let mut reuse = None;
+        let tuple = self.choose_inner(
+            table,
+            local,
+            remote,
+            |_| true,
+            |index, value| {
+                let take = reusable(value);
+                if take {
+                    reuse = Some(index);
+                }
+                take
+            },
+        )?;
+        Ok((tuple, reuse))
+    }
+
     /// A tuple from `local` to `remote` whose local port is in the range, passes `accept`,
     /// and has no connection in `table`; [`PortError::Exhausted`] after `tries_max` ports
     /// without one. `accept` is called before the table lookup, so it should be the cheaper
@@ -600,7 +627,20 @@ impl EphemeralPorts {
         table: &ConnTable<V>,
         local: Ipv4Addr,
         remote: SocketAddrV4,
+        accept: impl FnMut(u16) -> bool,
+    ) -> Result<FourTuple, PortError> {
+        self.choose_inner(table, local, remote, accept, |_, _| false)
+    }
+
+    /// The search behind the `choose` functions: a tuple that passes `accept` and is free or
+    /// held by a connection `occupied_ok` accepts.
+    fn choose_inner<V>(
+        &mut self,
+        table: &ConnTable<V>,
+        local: Ipv4Addr,
+        remote: SocketAddrV4,
         mut accept: impl FnMut(u16) -> bool,
+        mut occupied_ok: impl FnMut(ConnIndex, &V) -> bool,
     ) -> Result<FourTuple, PortError> {
         let destination = FourTuple {
             local: SocketAddrV4::new(local, 0),
@@ -631,8 +671,13 @@ impl EphemeralPorts {
                 local: SocketAddrV4::new(local, port),
                 remote,
             };
-            if table.find(&tuple).is_none() {
-                return Ok(tuple);
+            match table.find(&tuple) {
+                None => return Ok(tuple),
+                Some(index) => {
+                    if table.get(index).is_some_and(|v| occupied_ok(index, v)) {
+                        return Ok(tuple);
+                    }
+                }
             }
         }
         Err(PortError::Exhausted {

@@ -2696,6 +2696,36 @@ fn time_wait_yields_to_a_syn_with_a_newer_timestamp() {
 }
 
 #[test]
+fn time_wait_tuple_is_reusable_by_a_connect_after_a_second_of_silence() {
+    let mut t = established_ts();
+    to_time_wait(&mut t, Some(PEER_TS));
+    t.collect();
+    // RFC 6191 as Linux's tcp_tw_reuse: timestamps, and a second without a word from the peer.
+    assert_eq!(t.conn.time_wait_reusable_by_connect(t.now), None);
+    t.advance(SEC / 2);
+    // A retransmitted FIN (with a newer timestamp) restarts the silence.
+    send!(t, seg().fin().seq(R).ack(L + 1).ts(PEER_TS + 1, LOCAL));
+    t.collect();
+    t.advance(SEC / 2 + 1);
+    assert_eq!(t.conn.time_wait_reusable_by_connect(t.now), None);
+    t.advance(SEC / 2);
+    let snd_nxt = t.conn.time_wait_reusable_by_connect(t.now);
+    assert_eq!(
+        snd_nxt.map(|s| s.0),
+        Some(L + 1),
+        "the new ISN goes above it"
+    );
+}
+
+#[test]
+fn time_wait_without_timestamps_is_never_reusable_by_a_connect() {
+    let mut t = established();
+    to_time_wait(&mut t, None);
+    t.advance(30 * SEC);
+    assert_eq!(t.conn.time_wait_reusable_by_connect(t.now), None);
+}
+
+#[test]
 fn time_wait_refuses_a_syn_with_an_older_timestamp() {
     let mut t = established_ts();
     to_time_wait(&mut t, Some(PEER_TS));
