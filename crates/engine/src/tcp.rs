@@ -56,6 +56,7 @@ use melange_tcp::listen::{ListenError, ListenerIndex, Listeners, SynAckLocal, Sy
 use melange_tcp::siphash::SipKey;
 use melange_tcp::table::{ConnIndex, ConnTable, EphemeralPorts, TableError};
 use melange_wire::tcp::{Flags, Repr};
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Most chains waiting in one connection's send queue.
@@ -213,6 +214,8 @@ pub struct TcpCounters {
     pub cookies_rejected: u64,
     /// Active opens that took the 4-tuple of a connection idling in TIME-WAIT (RFC 6191).
     pub time_wait_reused: u64,
+    /// TIME-WAIT connections ended early to make room in a full table for a new one.
+    pub time_wait_evicted: u64,
     /// A segment could not be sent because the pool had no frame; retried next pass.
     pub tx_pool_empty: u64,
     /// A segment the interface refused (no route, queue full): lost, TCP retransmits it.
@@ -469,6 +472,11 @@ pub struct TcpEndpoint {
     timers: TimerWheel<ConnIndex>,
     ready: Vec<ConnIndex>,
     ready_next: Vec<ConnIndex>,
+    /// Connections that entered TIME-WAIT, oldest first (entries go stale when one leaves it;
+    /// they are skipped): when the table is full, the oldest gives its slot to a new
+    /// connection, as Linux ends TIME-WAIT early beyond `tcp_max_tw_buckets`. Preallocated to
+    /// the table's size.
+    time_wait: VecDeque<ConnIndex>,
     counters: TcpCounters,
     copy: Box<[u8]>,
 }
@@ -538,6 +546,7 @@ impl TcpEndpoint {
             timers: TimerWheel::new(config.connections_max, TIMER_TICK_NS, now_ns),
             ready: Vec::with_capacity(config.connections_max),
             ready_next: Vec::with_capacity(config.connections_max),
+            time_wait: VecDeque::with_capacity(config.connections_max),
             counters: TcpCounters::default(),
             copy: vec![0u8; COPY_LEN_MAX].into_boxed_slice(),
             config,
@@ -726,6 +735,9 @@ impl TcpEndpoint {
                         debug_assert_eq!(queue.len, 0);
                     }
                     let slot = new_slot(conn, tuple.remote, Origin::Passive(listener));
+                    if self.table.len() >= self.table.capacity() {
+                        self.evict_time_wait(pool);
+                    }
                     match self.table.insert(tuple, slot) {
                         Ok(index) => {
                             let _ = self.listeners.cookie_established(listener);
@@ -766,7 +778,7 @@ impl TcpEndpoint {
         tuple: FourTuple,
         syn: &Repr,
     ) {
-        let table_full = self.table.len() >= self.table.capacity();
+        let table_full = self.table.len() >= self.table.capacity() && !self.evict_time_wait(pool);
         match self.listeners.handle_syn(listener, now_ns) {
             SynDecision::Stateful if !table_full => {
                 let iss = self.isn.isn(now_ns, &tuple);
@@ -963,6 +975,12 @@ impl TcpEndpoint {
                             }
                             ConnEvent::Closed(reason) => {
                                 slot.finished = true;
+                                if slot.conn.state() == State::TimeWait {
+                                    if self.time_wait.len() == self.time_wait.capacity() {
+                                        self.time_wait.pop_front();
+                                    }
+                                    self.time_wait.push_back(index);
+                                }
                                 self.counters.closed += 1;
                                 match reason {
                                     CloseReason::Reset => self.counters.reset_by_peer += 1,
@@ -1145,6 +1163,9 @@ impl TcpEndpoint {
                     transport: "melange stack (invalid TCP settings)",
                 }
             })?;
+        if self.table.len() >= self.table.capacity() {
+            self.evict_time_wait(pool);
+        }
         let index = self
             .table
             .insert(tuple, new_slot(conn, to, Origin::Active(token)))
@@ -1320,6 +1341,22 @@ impl TcpEndpoint {
         // Connections made ready meanwhile (none today) stay in `ready`.
         self.ready_next.clear();
         sent
+    }
+
+    /// Ends the oldest connection still in TIME-WAIT to free its slot; `false` if none is.
+    fn evict_time_wait(&mut self, pool: &mut PacketPool) -> bool {
+        while let Some(index) = self.time_wait.pop_front() {
+            let idle = self
+                .table
+                .get(index)
+                .is_some_and(|slot| slot.finished && slot.conn.state() == State::TimeWait);
+            if idle {
+                self.remove(pool, index);
+                self.counters.time_wait_evicted += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Removes a connection: its buffers go back to the pool, its timer is cancelled.

@@ -189,6 +189,36 @@ fn churn_reuses_time_wait_tuples_after_a_second() {
     });
 }
 
+/// A table of 16 slots, a minute of TIME-WAIT and plenty of ports: the table fills with
+/// TIME-WAIT connections after 16 cycles, and each new connect must end the oldest of them
+/// early (as Linux does beyond `tcp_max_tw_buckets`) rather than fail.
+#[test]
+fn a_table_full_of_time_wait_gives_the_oldest_slot_to_a_new_connection() {
+    check_seeds(0..2, |seed| {
+        let mut sim = Simulation::new(seed);
+        let clean = Impairments::delay(10_000);
+        let mut tcp = tcp_config(seed, 2);
+        tcp.connections_max = 16;
+        tcp.ephemeral_ports = (40_000, 41_999);
+        tcp.conn.time_wait_ns = 60_000 * MS;
+        let app = TcpLoadgenApp::new(load(TcpLoadMode::Churn, 4, 100, 200));
+        let mut c = client(sim.add_port(CLIENT_MAC, clean, 1024), tcp, app);
+        let mut s = echo_server(sim.add_port(SERVER_MAC, clean, 1024), seed);
+        sim.run(&mut [&mut c, &mut s], 5_000 * MS);
+        let report = c.app().report();
+        assert_eq!(report.corrupt, 0, "{report:?}");
+        assert_eq!(report.received, report.sent, "{report:?}");
+        let evicted = c.transport().tcp_counters().unwrap().time_wait_evicted;
+        assert!(
+            report.connects > 10 * 16 && evicted > 0,
+            "{} connects, {evicted} TIME-WAIT slots given up: {report:?}",
+            report.connects
+        );
+        assert_no_leak(&mut c, "client");
+        assert_no_leak(&mut s, "server");
+    });
+}
+
 #[test]
 fn churn_survives_loss_reordering_duplication_and_corruption() {
     check_seeds(0..12, |seed| {
