@@ -186,29 +186,27 @@ fn tcp_loadgen(
 
 /// Drops `pct`% of TCP in both directions between the kernel in mlg-a and Melange in mlg-b.
 fn impair_tcp_both_ways(pct: u8) {
+    impair_tcp_both_ways_in("mlg-a", pct);
+}
+
+/// Drops `pct`% of TCP in both directions at the kernel's veth end in `ns`: egress drops
+/// what that kernel sends, ingress what reaches it (that end has no XDP program).
+fn impair_tcp_both_ways_in(ns: &str, pct: u8) {
     let pct = pct.to_string();
-    melange(&[
-        "lab",
-        "impair",
-        "--loss",
-        &pct,
-        "--protocol",
-        "tcp",
-        "--ns",
-        "mlg-a",
-    ]);
-    melange(&[
-        "lab",
-        "impair",
-        "--loss",
-        &pct,
-        "--protocol",
-        "tcp",
-        "--ns",
-        "mlg-a",
-        "--direction",
-        "ingress",
-    ]);
+    for direction in ["egress", "ingress"] {
+        melange(&[
+            "lab",
+            "impair",
+            "--loss",
+            &pct,
+            "--protocol",
+            "tcp",
+            "--ns",
+            ns,
+            "--direction",
+            direction,
+        ]);
+    }
 }
 
 /// Makes one lab veth end transmit on one queue while alive. On veth the receive queue is the
@@ -313,29 +311,7 @@ fn melange_client_against_the_linux_tcp_echo_clean_and_under_loss() {
     assert_eq!(count(&json, "corrupt"), 0, "{text}");
     // 1% and 5% loss both ways: Melange's TCP recovers against Linux's, nothing corrupt.
     for pct in [1u8, 5] {
-        let p = pct.to_string();
-        melange(&[
-            "lab",
-            "impair",
-            "--loss",
-            &p,
-            "--protocol",
-            "tcp",
-            "--ns",
-            "mlg-b",
-        ]);
-        melange(&[
-            "lab",
-            "impair",
-            "--loss",
-            &p,
-            "--protocol",
-            "tcp",
-            "--ns",
-            "mlg-b",
-            "--direction",
-            "ingress",
-        ]);
+        impair_tcp_both_ways_in("mlg-b", pct);
         let (json, text) = run("8", "4000", "2s");
         println!(
             "{pct}% loss: {} replies of 4000 B",
@@ -411,21 +387,7 @@ fn melange_source_streams_100_mb_into_linux_byte_exact_clean_and_under_loss() {
         (5, 9208, 13, 10_000_000),
     ] {
         if pct > 0 {
-            let p = pct.to_string();
-            for direction in ["egress", "ingress"] {
-                melange(&[
-                    "lab",
-                    "impair",
-                    "--loss",
-                    &p,
-                    "--protocol",
-                    "tcp",
-                    "--ns",
-                    "mlg-b",
-                    "--direction",
-                    direction,
-                ]);
-            }
+            impair_tcp_both_ways_in("mlg-b", pct);
         }
         let sink = linux_sink(port);
         let target = format!("{SERVER}:{port}");
