@@ -430,9 +430,7 @@ impl EchoQueue {
 
 /// The [`XskError`] inside `error`, if there is one.
 fn xsk_error(error: &std::io::Error) -> Option<&XskError> {
-    error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<XskError>())
+    XskError::of(error)
 }
 
 /// Opens queue `queue`: [`FRAMES_DEFAULT`] frames, or [`FRAMES_FALLBACK`] if the UMEM hits the

@@ -55,8 +55,8 @@ use melange_engine::{NicCaps, NicError, NicErrorKind, NicQueue, TxOutcome};
 use melange_sys::frames::{FrameRegion, Lease};
 use melange_sys::mmap::{Region, RegionOptions};
 use melange_sys::xsk::{
-    BindMode, BoundMode, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters, XskSocket,
-    XskStatistics,
+    BindMode, BoundMode, SocketConfig, TxKick, Umem, UmemConfig, XdpDesc, XskCounters, XskError,
+    XskSocket, XskStatistics,
 };
 use std::os::fd::BorrowedFd;
 use thiserror::Error;
@@ -314,7 +314,7 @@ impl AfXdpQueue {
             bind: options.bind,
             need_wakeup: true,
         };
-        let socket = XskSocket::new(options.ifindex, options.queue, &umem, socket_config)
+        let socket = bind_waiting_for_release(options.ifindex, options.queue, &umem, socket_config)
             .map_err(socket_error)?;
         let pool_config = PoolConfig {
             frame_size: FRAME_SIZE as usize,
@@ -738,6 +738,36 @@ impl NicQueue for AfXdpQueue {
             }
         }
         self.tx_kick_pending = false;
+    }
+}
+
+/// Attempts at binding a queue that is busy, [`QUEUE_BUSY_RETRY_INTERVAL`] apart.
+pub const QUEUE_BUSY_RETRIES_MAX: u32 = 100;
+/// Pause between two binds of a busy queue. The kernel frees a queue a moment after the
+/// socket that held it closed (deferred work; `close_reclaiming`'s probe adds one more such
+/// release), so an engine restarted at once would otherwise fail; 100 × 2 ms bounds the wait
+/// for a queue that another program really holds to 0.2 s before the error is reported.
+pub const QUEUE_BUSY_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Binds an AF_XDP socket to `queue` of `ifindex`, retrying while the queue is busy.
+fn bind_waiting_for_release(
+    ifindex: u32,
+    queue: u32,
+    umem: &Umem,
+    config: SocketConfig,
+) -> std::io::Result<XskSocket> {
+    let mut attempt = 0;
+    loop {
+        match XskSocket::new(ifindex, queue, umem, config) {
+            Err(err)
+                if attempt < QUEUE_BUSY_RETRIES_MAX
+                    && matches!(XskError::of(&err), Some(XskError::QueueBusy { .. })) =>
+            {
+                attempt += 1;
+                std::thread::sleep(QUEUE_BUSY_RETRY_INTERVAL);
+            }
+            other => return other,
+        }
     }
 }
 

@@ -78,9 +78,10 @@
 //!   the caller) before touching a ring: otherwise the kernel would write into frames of the
 //!   registered region that its ledger says the caller holds.
 //! - At shutdown, frames still lent come back only through [`XskSocket::close_reclaiming`],
-//!   after the kernel has unbound the socket (see there for the argument and its one
-//!   assumption: the socket's descriptor was never duplicated). A socket that is simply dropped
-//!   leaves its frames lent for good, which is always sound.
+//!   and only once a probe socket bound to the same queue has shown that the kernel destroyed
+//!   the socket (a duplicated descriptor or a forked child keeps it alive, and then the frames
+//!   stay lent; see there for the argument). A socket that is simply dropped leaves its frames
+//!   lent for good, which is always sound.
 //! - Dropping the UMEM before the socket is sound too: registration pins the pages
 //!   (`pin_user_pages`) and the kernel reaches them through its own mapping (`vmap`), never
 //!   through our virtual addresses, so unmapping the region leaves the kernel writing to pages
@@ -277,6 +278,13 @@ pub enum XskError {
 }
 
 impl XskError {
+    /// The [`XskError`] inside an error this module returned, if it carries one.
+    pub fn of(error: &io::Error) -> Option<&XskError> {
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<XskError>())
+    }
+
     fn into_io(self) -> io::Error {
         let kind = match &self {
             Self::FrameSize { .. }
@@ -613,7 +621,8 @@ pub struct Reclaimed {
     /// Frames that were lent to the socket and are held by the caller again.
     pub frames: u32,
     /// Frames that stay lent because the kernel may still use them after the socket closed
-    /// (zero-copy mode: the driver gives its posted buffers back only in deferred work). They
+    /// (zero-copy mode: the driver gives its posted buffers back only in deferred work; or the
+    /// socket outlived the close, through a duplicated descriptor or a forked child). They
     /// never become usable again; drop the UMEM.
     pub still_lent: u32,
 }
@@ -1233,8 +1242,9 @@ impl XskSocket {
 
     /// The socket descriptor: insert it into an `XSKMAP`, or poll it for readability.
     ///
-    /// Do not duplicate it (`try_clone_to_owned`, `SCM_RIGHTS`): [`XskSocket::close_reclaiming`]
-    /// relies on this socket holding the only reference to it.
+    /// A duplicate (`try_clone_to_owned`, `SCM_RIGHTS`) keeps the socket alive after
+    /// [`XskSocket::close_reclaiming`], which then finds its queue busy and leaves every frame
+    /// lent: sound, but the frames are lost to the caller.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -1332,19 +1342,29 @@ impl XskSocket {
     }
 
     /// Closes the socket, then takes back every frame still lent to it and calls
-    /// `reclaimed(index)` for each, so the caller can return them to its own accounting.
+    /// `reclaimed(index)` for each, once the kernel has proven that it destroyed the socket, so
+    /// the caller can return them to its own accounting.
     ///
-    /// In copy mode every lent frame comes back. In zero-copy mode none does: the driver keeps
-    /// the buffers it took from the fill ring until the kernel's deferred release of the buffer
-    /// pool (`xp_release_deferred` → `xp_clear_dev`), which may run after this returns, so
-    /// those frames stay lent (reported in [`Reclaimed::still_lent`]) and the UMEM can only be
-    /// dropped.
+    /// The proof is a probe: a throwaway socket with its own one-page UMEM binds the same queue
+    /// of the same device. The kernel lets only one buffer pool own a queue
+    /// (`xsk_reg_pool_at_qid` answers `EBUSY`), and it takes the old pool off the queue only in
+    /// the deferred release that runs after the last reference to the socket is gone
+    /// (`xsk_destruct` → `xp_put_pool` → `xp_release_deferred` → `xp_clear_dev`). So a probe
+    /// that binds shows the socket is destroyed and can write nothing any more, whatever the
+    /// caller did: a duplicate made from [`XskSocket::fd`] (`try_clone_to_owned`,
+    /// `SCM_RIGHTS`), or a child forked by another thread that has not `exec`ed yet, keeps the
+    /// socket alive and the queue busy, and then no frame is reclaimed. The probe retries for
+    /// up to [`RELEASE_PROBE_ATTEMPTS`] × [`RELEASE_PROBE_INTERVAL`] while the deferred release
+    /// runs; any other probe error (the thread is in another network namespace, the memory
+    /// limit) proves nothing and also leaves the frames lent. The probe's own release is
+    /// deferred too: a socket bound to this queue right after this returns may find it busy
+    /// for a moment, as after any close.
     ///
-    /// The argument (see the code) rests on one assumption that the type system does not
-    /// enforce: this socket's descriptor is the only reference to its file. A duplicate made
-    /// from [`XskSocket::fd`] (`try_clone_to_owned`, `SCM_RIGHTS`), or a child process that
-    /// was forked but has not yet `exec`ed, keeps the socket bound after this returns, and the
-    /// kernel could then write into frames handed back here.
+    /// In zero-copy mode no frame comes back: the driver keeps the buffers it took from the
+    /// fill ring until that same deferred release, whose ordering against the queue being
+    /// freed is the driver's, so those frames stay lent (reported in
+    /// [`Reclaimed::still_lent`]) and the UMEM can only be dropped. Frames that stay lent are
+    /// always sound: they are never handed out again.
     ///
     /// # Panics
     ///
@@ -1357,28 +1377,31 @@ impl XskSocket {
         self.check_region(frames);
         let lender = self.lender;
         let bound_mode = self.bound_mode;
+        let (ifindex, queue_id) = (self.ifindex, self.queue_id);
         // Unmaps the four rings, then closes the descriptor (field order).
         drop(self);
-        if bound_mode == BoundMode::ZeroCopy {
-            return Reclaimed {
-                frames: 0,
-                still_lent: frames.lent_total(),
-            };
+        let still_lent = Reclaimed {
+            frames: 0,
+            still_lent: frames.lent_total(),
+        };
+        if bound_mode == BoundMode::ZeroCopy || frames.lent_total() == 0 {
+            return still_lent;
+        }
+        if !queue_released(ifindex, queue_id) {
+            return still_lent;
         }
         // SAFETY: the kernel no longer touches any frame lent to `lender`.
-        // - Dropping `self` unmapped the four rings and closed the descriptor, the socket's last
-        //   references to its file, on the assumption that the descriptor was never duplicated
-        //   (`fd()` says not to; it is `SOCK_CLOEXEC`, so a `fork` + `exec` drops its copy at
-        //   `exec`). An XSKMAP entry holds no reference: `xsk_map_update_elem` (net/xdp/xskmap.c)
-        //   drops the one `sockfd_lookup` took with `sockfd_put`. The last `fput` of a user task
-        //   queues `__fput` as task work that runs before the task returns to user space
-        //   (fs/file_table.c), so `xsk_release` has run by the time `close` returned to us.
-        // - `xsk_release` (net/xdp/xsk.c) removes the socket from every XSKMAP
-        //   (`xsk_delete_from_maps`), then `xsk_unbind_dev` sets the state to `XSK_UNBOUND`,
-        //   after which `xsk_rcv_check` refuses every packet with `ENXIO` and
-        //   `__xsk_generic_xmit` refuses to send, and calls `synchronize_net()`, which waits for
-        //   every receive already running. In copy mode those are the only places the kernel
-        //   writes into the UMEM, so nothing writes a frame of this region any more.
+        // - `queue_released` bound a probe to the queue this socket was bound to. The kernel
+        //   frees the queue only when the socket's buffer pool is released, which happens only
+        //   after the socket itself was destroyed (`xsk_destruct` drops the pool's last
+        //   reference; `xp_release_deferred` calls `xp_clear_dev`, which clears the queue's
+        //   pool and unregisters the UMEM). A socket kept alive by a duplicated descriptor or
+        //   a forked child keeps its pool on the queue, and the probe then fails, so we never
+        //   get here. Nothing else can hold the pool: each socket has its own UMEM (`new`
+        //   refuses a region already attached) and this module never shares one.
+        // - A destroyed socket is in no XSKMAP (`xsk_release` ran `xsk_delete_from_maps`) and
+        //   unbound, and in copy mode the only kernel writes into the UMEM are receives into
+        //   that socket (`__xsk_rcv`), so nothing writes a frame of this region any more.
         // - A frame lent for transmit can still be *read* by an skb built before the release on
         //   a device that sends straight from UMEM pages (`IFF_TX_SKB_NO_LINEAR`): at worst it
         //   sends bytes we have since rewritten, never a write into our memory.
@@ -1552,6 +1575,61 @@ fn register_umem(fd: BorrowedFd<'_>, umem: &Umem) -> io::Result<()> {
             .into_io(),
         }
     })
+}
+
+/// Probe binds [`XskSocket::close_reclaiming`] tries before it concludes that a closed
+/// socket may still be alive and leaves its frames lent.
+pub const RELEASE_PROBE_ATTEMPTS: u32 = 200;
+/// Pause between two probe binds: the kernel frees a queue in deferred work (the system
+/// workqueue), usually within a millisecond of the close; 200 × 1 ms bounds the wait at
+/// shutdown to 0.2 s.
+pub const RELEASE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether queue `queue_id` of `ifindex` has no buffer pool any more: a throwaway copy-mode
+/// socket with a one-page UMEM of its own binds to it (and is closed at once). `false` when
+/// the queue stays busy for [`RELEASE_PROBE_ATTEMPTS`] or the probe fails for any other
+/// reason (which proves nothing).
+fn queue_released(ifindex: u32, queue_id: u32) -> bool {
+    const PROBE_FRAME: u32 = 2048;
+    let Ok(region) = Region::new(
+        2 * PROBE_FRAME as usize,
+        crate::mmap::RegionOptions::default(),
+    ) else {
+        return false;
+    };
+    let config = UmemConfig {
+        frame_size: PROBE_FRAME,
+        frame_count: 2,
+        headroom: 0,
+        fill_ring_size: 2,
+        completion_ring_size: 2,
+    };
+    let Ok(umem) = Umem::new(region, config) else {
+        return false;
+    };
+    let socket = SocketConfig {
+        rx_ring_size: 2,
+        tx_ring_size: 2,
+        bind: BindMode::Copy,
+        need_wakeup: false,
+    };
+    for attempt in 0..RELEASE_PROBE_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(RELEASE_PROBE_INTERVAL);
+        }
+        match XskSocket::new(ifindex, queue_id, &umem, socket) {
+            // Dropped at once: it lent no frame (nothing was filled or sent).
+            Ok(_probe) => return true,
+            Err(err) if is_queue_busy(&err) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Whether `err` is [`XskError::QueueBusy`].
+fn is_queue_busy(err: &io::Error) -> bool {
+    matches!(XskError::of(err), Some(XskError::QueueBusy { .. }))
 }
 
 fn bind_once(fd: BorrowedFd<'_>, ifindex: u32, queue_id: u32, flags: u16) -> io::Result<()> {
@@ -2492,6 +2570,49 @@ mod tests {
         // after the close, in deferred work).
         let mut again = XskSocket::new(vb, 1, &umem, config).unwrap();
         assert_eq!(again.fill(umem.frames_mut(), &addrs[..4]), 4);
+    }
+
+    #[test]
+    fn a_duplicated_descriptor_keeps_every_frame_lent_after_close() {
+        if !privileged("a_duplicated_descriptor_keeps_every_frame_lent_after_close") {
+            return;
+        }
+        let ns = veth_netns();
+        let _inside = netdev::enter_netns(ns.name()).unwrap();
+        let vb = netdev::ifindex("vb").unwrap();
+        let mut umem = small_umem(64, 32);
+        let config = socket_config(32, BindMode::Copy);
+        let mut xsk = XskSocket::new(vb, 0, &umem, config).unwrap();
+        let addrs: Vec<u64> = (0..32).map(|i| u64::from(i * FRAME)).collect();
+        assert_eq!(xsk.fill(umem.frames_mut(), &addrs), 32);
+        // Safe code can duplicate the descriptor: the socket then outlives the close, with 32
+        // frames on its fill ring that the kernel may still receive into.
+        let dup = xsk.fd().try_clone_to_owned().unwrap();
+        let started = Instant::now();
+        let reclaimed = xsk.close_reclaiming(umem.frames_mut(), |_| {
+            panic!("no frame may come back while a duplicate keeps the socket alive")
+        });
+        assert_eq!(
+            reclaimed,
+            Reclaimed {
+                frames: 0,
+                still_lent: 32
+            }
+        );
+        assert_eq!(umem.frames().lent_total(), 32);
+        // The probe gave up after its bounded wait.
+        let waited = started.elapsed();
+        assert!(
+            waited >= RELEASE_PROBE_INTERVAL * (RELEASE_PROBE_ATTEMPTS - 1),
+            "{waited:?}"
+        );
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        // The lent frames stay refused; the others are the caller's.
+        for index in 0..32 {
+            assert!(umem.frames().get(index).is_none(), "frame {index}");
+        }
+        assert!(umem.frames().get(40).is_some());
+        drop(dup);
     }
 
     #[test]
