@@ -4,10 +4,12 @@
 #
 #   ./scripts/test.sh            # everything
 #   FUZZ_SECONDS=0 ./scripts/test.sh   # skip the libFuzzer run (property tests still run)
+#   MIRI=0 ./scripts/test.sh           # skip the Miri run over the unsafe crate's memory code
 #
 # Run it as root (sudo): the AF_XDP, bpf(2) and lab tests need it, and under CI (CI=true,
 # which .ci/run sets) a test that lacks a privilege fails instead of skipping.
-# Miri is a separate, slower command: ./scripts/miri.sh (about 8 minutes).
+# Miri runs here over the unsafe crate's shared-memory ring and frame region (a few minutes);
+# Miri over every pure crate as well is a separate, slower command: ./scripts/miri.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,26 @@ cargo test --workspace --release
 echo "== loom: the shared-memory ring's producer/consumer model-checked"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test -p melange-sys --release --lib ring::loom
+
+echo "== miri: the shared-memory ring and the UMEM frame region of melange-sys"
+# The two pieces of melange-sys whose unsafe code is pure memory (no system call Miri cannot
+# emulate): the ring a later service mode shares with app processes, and the ledger that
+# hands out UMEM frames. Miri checks their tests for out-of-bounds, misaligned and
+# use-after-free accesses, aliasing violations and data races. `uring::` matches `ring::`
+# and makes system calls, so it is skipped.
+if [ "${MIRI:-1}" != 0 ]; then
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly' &&
+    { cargo +nightly miri --version >/dev/null 2>&1 ||
+      rustup component add miri --toolchain nightly >/dev/null 2>&1; }; then
+    miri_started=$SECONDS
+    MIRIFLAGS=-Zmiri-disable-isolation PROPTEST_CASES=8 CARGO_TARGET_DIR=target/miri \
+      cargo +nightly miri test -p melange-sys --lib -- ring:: frames:: --skip uring::
+    echo "miri: passed in $((SECONDS - miri_started)) s"
+  else
+    echo "miri: no nightly toolchain with the miri component here (rustup component add miri" \
+      "--toolchain nightly), so no Miri run"
+  fi
+fi
 
 echo "== fuzz (bounded: ${fuzz_seconds}s per target)"
 # One libFuzzer run per target (fuzz/fuzz_targets, one per parser of outside input), each on

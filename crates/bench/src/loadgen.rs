@@ -30,11 +30,12 @@ use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
 use melange_control::setups::{tcp_client_setup, TcpClientPlan};
-use melange_core::{PacketPool, PoolConfig};
+use melange_core::PoolConfig;
+use melange_engine::EngineConfig;
 use melange_engine::Transport;
-use melange_engine::{Engine, EngineConfig};
 use melange_runtime::{
-    spawn_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, ShellError, StopSignal,
+    spawn_kernel_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, ShellError,
+    StopSignal,
 };
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -476,29 +477,23 @@ fn run_kernel_tcp(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let mut handles = Vec::new();
     for id in 0..args.engines {
         let config = tcp_engine_config(args, id);
-        let bind = args.bind;
         let shell = ShellConfig {
             name: format!("loadgen-tcp-{id}"),
             cpu: cpu_for(&args.cpus, id),
             idle: args.idle,
         };
-        let handle = spawn_engine(shell, stop.clone(), move |now| {
-            let options = KernelOptions {
-                reuse_port: false,
-                ..KernelOptions::new(bind)
-            };
-            let transport =
-                KernelTransport::new(options).map_err(|e| format!("kernel sockets: {e}"))?;
-            let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
-            Engine::new(
-                EngineConfig::new(id),
-                transport,
-                pool,
-                TcpLoadgenApp::new(config),
-                now,
-            )
-            .map_err(|e| e.to_string())
-        })
+        let options = KernelOptions {
+            reuse_port: false,
+            ..KernelOptions::new(args.bind)
+        };
+        let handle = spawn_kernel_engine(
+            shell,
+            stop.clone(),
+            options,
+            EngineConfig::new(id),
+            PoolConfig::default(),
+            TcpLoadgenApp::new(config),
+        )
         .context("starting a load generator engine")?;
         handles.push(handle);
     }
@@ -708,29 +703,23 @@ fn run_kernel(args: &LoadgenArgs) -> Result<LoadgenReport> {
     let mut handles = Vec::new();
     for id in 0..args.engines {
         let config = engine_config(args, id, 0);
-        let bind = SocketAddrV4::new(args.bind, 0);
         let shell = ShellConfig {
             name: format!("loadgen-{id}"),
             cpu: cpu_for(&args.cpus, id),
             idle: args.idle,
         };
-        let handle = spawn_engine(shell, stop.clone(), move |now| {
-            let options = KernelOptions {
-                reuse_port: false,
-                ..KernelOptions::new(*bind.ip())
-            };
-            let transport = KernelTransport::new(options)
-                .map_err(|e| format!("kernel sockets on {bind}: {e}"))?;
-            let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
-            Engine::new(
-                EngineConfig::new(id),
-                transport,
-                pool,
-                LoadgenApp::new(config),
-                now,
-            )
-            .map_err(|e| e.to_string())
-        })
+        let options = KernelOptions {
+            reuse_port: false,
+            ..KernelOptions::new(args.bind)
+        };
+        let handle = spawn_kernel_engine(
+            shell,
+            stop.clone(),
+            options,
+            EngineConfig::new(id),
+            PoolConfig::default(),
+            LoadgenApp::new(config),
+        )
         .context("starting a load generator engine")?;
         handles.push(handle);
     }

@@ -7,13 +7,13 @@ use melange_control::options::{
     check_batch, check_cpus, check_engines, check_range, cpu_for, parse_duration, Backend,
 };
 use melange_control::setups::{server_setup, ServerPlan};
-use melange_core::{App, IoContext, PacketPool, PoolConfig};
-use melange_engine::{Engine, EngineConfig, EngineDrop};
+use melange_core::{App, IoContext, PoolConfig};
+use melange_engine::{EngineConfig, EngineDrop};
 use melange_engine::{Transport, TransportCounters};
 use melange_net::DropReason;
 use melange_runtime::{
-    spawn_engine, spin_ns, EngineOutcome, IdlePolicy, KernelOptions, KernelTransport, ShellConfig,
-    ShellError, StopSignal,
+    spawn_kernel_engine, spin_ns, EngineOutcome, IdlePolicy, KernelOptions, KernelTransport,
+    ShellConfig, ShellError, StopSignal,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::thread::JoinHandle;
@@ -168,36 +168,29 @@ fn run_kernel(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
         };
         let config = config.clone();
         let protocol = args.protocol;
-        let handle = spawn_engine(shell, stop.clone(), move |now| {
-            let options = KernelOptions {
-                batch_max: args.batch,
-                ..KernelOptions::new(ip)
-            };
-            let transport = KernelTransport::new(options)
-                .map_err(|e| format!("kernel sockets on {addr}: {e}"))?;
-            let pool = PacketPool::new(PoolConfig {
-                frame_count: args.pool_frames,
-                ..PoolConfig::default()
-            })
-            .map_err(|e| e.to_string())?;
-            let engine_config = EngineConfig {
-                batch_max: args.batch,
-                ..EngineConfig::new(id)
-            };
-            let app = match protocol {
-                Protocol::Tcp => EchoServer::Tcp(TcpEchoApp::new(
-                    TcpEchoConfig {
-                        ports: config.ports,
-                        work_ns: config.work_ns,
-                    },
-                    spin_ns,
-                )),
-                Protocol::Plain | Protocol::Sockperf => {
-                    EchoServer::Udp(EchoApp::new(config, spin_ns))
-                }
-            };
-            Engine::new(engine_config, transport, pool, app, now).map_err(|e| e.to_string())
-        })?;
+        let options = KernelOptions {
+            batch_max: args.batch,
+            ..KernelOptions::new(ip)
+        };
+        let pool = PoolConfig {
+            frame_count: args.pool_frames,
+            ..PoolConfig::default()
+        };
+        let engine_config = EngineConfig {
+            batch_max: args.batch,
+            ..EngineConfig::new(id)
+        };
+        let app = match protocol {
+            Protocol::Tcp => EchoServer::Tcp(TcpEchoApp::new(
+                TcpEchoConfig {
+                    ports: config.ports,
+                    work_ns: config.work_ns,
+                },
+                spin_ns,
+            )),
+            Protocol::Plain | Protocol::Sockperf => EchoServer::Udp(EchoApp::new(config, spin_ns)),
+        };
+        let handle = spawn_kernel_engine(shell, stop.clone(), options, engine_config, pool, app)?;
         handles.push(handle);
     }
     tracing::info!(

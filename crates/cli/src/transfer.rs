@@ -24,11 +24,9 @@ use melange_apps::{
 use melange_control::engines as xdp;
 use melange_control::options::{check_cpus, cpu_for, parse_duration, Backend, XdpAttach};
 use melange_control::setups::{server_setup, tcp_client_setup, ServerPlan, TcpClientPlan};
-use melange_core::{PacketPool, PoolConfig};
-use melange_engine::{Engine, EngineConfig};
-use melange_runtime::{
-    spawn_engine, IdlePolicy, KernelOptions, KernelTransport, ShellConfig, StopSignal,
-};
+use melange_core::PoolConfig;
+use melange_engine::EngineConfig;
+use melange_runtime::{spawn_kernel_engine, IdlePolicy, KernelOptions, ShellConfig, StopSignal};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -312,13 +310,14 @@ fn run_sink_kernel(args: &SinkArgs, stop: &StopSignal, reported: Arc<AtomicU64>)
         cpu: cpu_for(&args.cpus, 0),
         idle: args.idle,
     };
-    let handle = spawn_engine(shell, stop.clone(), move |now| {
-        let transport = KernelTransport::new(KernelOptions::new(ip))
-            .map_err(|e| format!("kernel sockets on {ip}: {e}"))?;
-        let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
-        let app = TcpSinkApp::new(config, report);
-        Engine::new(EngineConfig::new(0), transport, pool, app, now).map_err(|e| e.to_string())
-    })?;
+    let handle = spawn_kernel_engine(
+        shell,
+        stop.clone(),
+        KernelOptions::new(ip),
+        EngineConfig::new(0),
+        PoolConfig::default(),
+        TcpSinkApp::new(config, report),
+    )?;
     tracing::info!(
         "sink on {ip}:{} (tcp, kernel backend, idle {:?})",
         args.port,
@@ -477,23 +476,18 @@ fn run_source_kernel(
         cpu: cpu_for(&args.cpus, 0),
         idle: args.idle,
     };
-    let handle = spawn_engine(shell, stop.clone(), move |now| {
-        let options = KernelOptions {
-            reuse_port: false,
-            ..KernelOptions::new(bind)
-        };
-        let transport =
-            KernelTransport::new(options).map_err(|e| format!("kernel sockets: {e}"))?;
-        let pool = PacketPool::new(PoolConfig::default()).map_err(|e| e.to_string())?;
-        Engine::new(
-            EngineConfig::new(0),
-            transport,
-            pool,
-            TcpSourceApp::new(config),
-            now,
-        )
-        .map_err(|e| e.to_string())
-    })?;
+    let options = KernelOptions {
+        reuse_port: false,
+        ..KernelOptions::new(bind)
+    };
+    let handle = spawn_kernel_engine(
+        shell,
+        stop.clone(),
+        options,
+        EngineConfig::new(0),
+        PoolConfig::default(),
+        TcpSourceApp::new(config),
+    )?;
     let outcome = handle
         .join()
         .map_err(|_| anyhow!("the source engine panicked"))?

@@ -24,7 +24,8 @@ pub use af_xdp::{umem_frames_for, AfXdpCounters, AfXdpError, AfXdpOptions, AfXdp
 pub use kernel::{KernelCounters, KernelOptions, KernelTransport, SocketIo, DATAGRAM_LEN_MAX};
 pub use kernel_tcp::{KernelTcp, KernelTcpCounters};
 pub use shell::{
-    control_channel, run_with_control, spawn_engine, spawn_engine_with_control, spin_ns,
-    ControlInbox, ControlMessage, ControlSendError, ControlSender, EngineOutcome, IdlePolicy,
-    ShellConfig, ShellError, StopSignal, CONTROL_INTERVAL_NS, CONTROL_QUEUE_MAX,
+    control_channel, run_with_control, spawn_engine, spawn_engine_with_control,
+    spawn_kernel_engine, spin_ns, ControlInbox, ControlMessage, ControlSendError, ControlSender,
+    EngineOutcome, IdlePolicy, ShellConfig, ShellError, StopSignal, CONTROL_INTERVAL_NS,
+    CONTROL_QUEUE_MAX,
 };

@@ -275,6 +275,29 @@ where
     spawn_engine_with_control(config, stop, None, build)
 }
 
+/// [`spawn_engine`] for the shape every kernel-backend tool shares: `app` on kernel sockets
+/// bound as `options` says, over a heap pool shaped by `pool`. The sockets and the pool are
+/// made on the engine's own thread, after pinning.
+pub fn spawn_kernel_engine<A>(
+    shell: ShellConfig,
+    stop: StopSignal,
+    options: crate::KernelOptions,
+    engine: melange_engine::EngineConfig,
+    pool: melange_core::PoolConfig,
+    app: A,
+) -> std::io::Result<JoinHandle<Result<EngineOutcome<A, crate::KernelTransport>, ShellError>>>
+where
+    A: App + Send + 'static,
+{
+    spawn_engine(shell, stop, move |now| {
+        let addr = options.addr;
+        let transport = crate::KernelTransport::new(options)
+            .map_err(|e| format!("kernel sockets on {addr}: {e}"))?;
+        let pool = melange_core::PacketPool::new(pool).map_err(|e| e.to_string())?;
+        Engine::new(engine, transport, pool, app, now).map_err(|e| e.to_string())
+    })
+}
+
 /// [`spawn_engine`], with a control inbox the engine reads while it runs.
 pub fn spawn_engine_with_control<T, A, F, E>(
     config: ShellConfig,

@@ -24,6 +24,16 @@ pub mod replay;
 
 /// The simulator's only source of randomness: SplitMix64 from `melange-core`.
 pub use melange_core::rng::SplitMix64 as SimRng;
+
+/// What every simulated NIC ([`SimNic`], [`PipeNic`], [`ReplayNic`]) offers: no offloads, one
+/// frame per packet, copies (the simulator moves bytes between pools), frames of 2 KiB like
+/// the AF_XDP UMEM's.
+pub const SIM_NIC_CAPS: melange_engine::NicCaps = melange_engine::NicCaps {
+    tx_checksum_offload: false,
+    multi_buffer: false,
+    zero_copy: false,
+    frame_len_max: 2048,
+};
 pub use network::{Impairments, Link, Network, NetworkStats, Node, PortStats, SimNic, Simulation};
 pub use pipe::PipeNic;
 pub use replay::ReplayNic;

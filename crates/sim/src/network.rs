@@ -302,12 +302,7 @@ impl SimNic {
 
 impl NicQueue for SimNic {
     fn caps(&self) -> NicCaps {
-        NicCaps {
-            tx_checksum_offload: false,
-            multi_buffer: false,
-            zero_copy: false,
-            frame_len_max: 2048,
-        }
+        crate::SIM_NIC_CAPS
     }
 
     fn recv_batch(

@@ -50,12 +50,7 @@ impl PipeNic {
 
 impl NicQueue for PipeNic {
     fn caps(&self) -> NicCaps {
-        NicCaps {
-            tx_checksum_offload: false,
-            multi_buffer: false,
-            zero_copy: false,
-            frame_len_max: 2048,
-        }
+        crate::SIM_NIC_CAPS
     }
 
     fn recv_batch(

@@ -47,12 +47,7 @@ impl ReplayNic {
 
 impl NicQueue for ReplayNic {
     fn caps(&self) -> NicCaps {
-        NicCaps {
-            tx_checksum_offload: false,
-            multi_buffer: false,
-            zero_copy: false,
-            frame_len_max: 2048,
-        }
+        crate::SIM_NIC_CAPS
     }
 
     fn recv_batch(
