@@ -417,6 +417,12 @@ impl Keyspace {
         &self.dbs[db]
     }
 
+    /// The keyspace's random source (seeded at creation), for commands that pick at random
+    /// (`SPOP`, `SRANDMEMBER`, `HRANDFIELD`, ...).
+    pub fn rng(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
+    }
+
     /// Bytes held by every database.
     pub fn used_bytes(&self) -> usize {
         self.dbs.iter().map(Db::bytes).sum()
