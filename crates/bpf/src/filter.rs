@@ -13,10 +13,11 @@
 //!
 //! 1. Ethernet: ARP goes to the kernel or to a fixed slot ([`FilterProgramSpec::arp`]); any
 //!    other ethertype but IPv4 (802.1Q tags, IPv6, ...) goes to the kernel.
-//! 2. IPv4: version 4 and IHL >= 5 or the frame is malformed; options are skipped using IHL;
-//!    fragments (MF set or non-zero offset) go to the kernel, which reassembles them (RFC 791
-//!    section 3.2). UDP and TCP continue; any other protocol (ICMP, ...) goes where
-//!    [`FilterProgramSpec::other_ipv4`] says.
+//! 2. IPv4: version 4 and IHL >= 5 or the frame is malformed; options are skipped using IHL.
+//!    A fragment (MF set or non-zero offset) goes to the slot the `fragments` map names for
+//!    its destination address and protocol, and without an entry to the kernel, which
+//!    reassembles it (RFC 791 section 3.2); see "Fragments" below. UDP and TCP continue; any
+//!    other protocol (ICMP, ...) goes where [`FilterProgramSpec::other_ipv4`] says.
 //! 3. Service lookup: the `services` ARRAY has [`SERVICES_LEN`] `u32` entries indexed by
 //!    [`service_index`]`(protocol, destination port)`. An entry ([`service_value`]) holds the
 //!    port's *any-peer* filter as `filter_id + 1` (0 for none) and the bit
@@ -45,6 +46,69 @@
 //!    socket of the filter's slot (application/socket group) on the queue the packet arrived
 //!    on, or, if no socket is registered there, to the kernel.
 //!
+//! # Fragments
+//!
+//! Only the first fragment of a datagram carries its UDP header, so the port table cannot
+//! steer the others. What every fragment repeats is its IPv4 header: source, destination,
+//! protocol and identification. So the program steers a fragment by (destination address,
+//! protocol): the `fragments` HASH, keyed by [`fragment_key`], holds the slot whose engines
+//! reassemble them. The control plane writes an entry when it starts a UDP service on an
+//! address (`melange_control::engines::start`, for the interface's address, which `echo
+//! --addr` may only repeat) and deletes it when the service goes. With an entry, a fragment
+//! goes to the slot's socket on its queue, counted as [`Counter::FragmentRedirected`] (or
+//! [`Counter::NoSocket`]); without one, to the kernel as before, counted as
+//! [`Counter::Fragment`]. It costs one hash lookup per fragment, and nothing for the
+//! unfragmented packets, which never reach that branch.
+//!
+//! What it means:
+//!
+//! - Every fragment of a datagram gets the same verdict, in whatever order they arrive,
+//!   because the verdict reads only fields they all carry. Reassembly needs exactly that: a
+//!   datagram split between the kernel and Melange would time out in both.
+//! - Fragments of traffic the kernel owns on the same address and protocol (a kernel UDP
+//!   socket on another port of that address) go to Melange too. Its stack reassembles them,
+//!   finds no bound port and drops the datagram, counted as `udp_no_listener`; it never
+//!   answers (Melange sends no ICMP errors, so no "port unreachable" for a port the kernel
+//!   may own). Their unfragmented datagrams still reach the kernel. A host whose kernel UDP
+//!   services receive datagrams larger than the MTU (a resolver taking large EDNS answers,
+//!   say) should therefore not share its address with a Melange UDP service: give one of them
+//!   another address. Large pings (ICMP fragments) and TCP fragments have their own protocol
+//!   in the key and stay with the kernel.
+//! - A fragment rule does not look at peers: if a port's filters are restricted to peers, its
+//!   reassembled datagrams from other sources still reach the stack, which delivers by port.
+//!   (Melange's engines install only any-peer filters today.)
+//! - TCP gets no rule. Melange's TCP sends with DF set and an MSS that fits the MTU, so do
+//!   its peers (Linux sets DF on every TCP segment), and the stack does not reassemble TCP (it
+//!   drops fragments as `tcp_fragment`): steering TCP fragments to it could only drop them,
+//!   while the kernel reassembles them for its own TCP sockets on the address. The key holds
+//!   the protocol so that TCP reassembly, if it ever comes, needs no new program.
+//!
+//! The alternative, steering the later fragments by the *first* fragment's port, was
+//! rejected. The program would remember the first fragment's verdict per (source,
+//! destination, protocol, identification) in an LRU hash written from XDP, and look the
+//! others up there. That is a map write per fragmented datagram on the data path, a table an
+//! attacker churns with first fragments to evict honest entries, and it still fails when a
+//! later fragment overtakes the first (a reordering path, or a stack that sends the last
+//! fragment first): the fragments that came before their first one find no
+//! verdict and go to the kernel, and the datagram is lost in both places. The address rule
+//! keeps no state and does not depend on order; its price is the kernel's large UDP on a
+//! shared address, above.
+//!
+//! Queues: a fragment is redirected to the socket of the queue it arrived on, like every
+//! packet, so all the fragments of a datagram must arrive on one queue to reach one engine's
+//! reassembly. On a NIC they do: RSS hashes an IPv4 fragment by its 2-tuple, since only the
+//! first one has ports, the same for every fragment of a datagram (possibly another queue
+//! than the flow's unfragmented datagrams, which are hashed by 4-tuple). On veth the receive
+//! queue is the sender's transmit queue, picked by the packet's hash: `ip_fragment` copies
+//! the datagram's hash into every fragment, and when it has none yet (an unconnected socket)
+//! each fragment's is computed from the same 2-tuple, since the flow dissector does not read
+//! the ports of fragments. Measured in the lab (`ethtool -S mlg-vb`, 16 client sockets on
+//! different ports): their 100-byte datagrams arrived on both queues (11 and 5), and all 96
+//! fragments of their 8,000-byte ones on queue 1. So all the fragmented traffic between two
+//! hosts lands on one queue and one engine, as under a NIC's RSS.
+//!
+//! # Counting
+//!
 //! Every path ends in one tail that adds 1 to a [`Counter`] in the `stats` PERCPU_ARRAY and
 //! returns. The counters tell apart outcomes that share an XDP action: "matched but no socket"
 //! and "no filter" are both `XDP_PASS`. Each CPU has its own copy of every counter, so the add
@@ -62,12 +126,14 @@
 //! A UDP/TCP packet to a filtered port thus costs two array lookups (`services`, `filters`),
 //! one trie lookup if its port has restricted filters, the `xsks` lookup inside
 //! `bpf_redirect_map` and the `stats` lookup: at most five map lookups, none in a loop, the
-//! same as when a port could have only one filter.
+//! same as when a port could have only one filter. A fragment costs three (`fragments`,
+//! `xsks`, `stats`).
 //!
 //! Register use: `r6` = context for the whole program; `r2`/`r3` = packet and packet end while
 //! parsing; then `r7` = the `services` value, then `filter_id + 1`, then the filter id, and
-//! `r9` = slot, across helper calls; in the tail, `r7` = counter and `r8` = the XDP action to
-//! return.
+//! `r9` = slot, across helper calls; from the redirect on, `r7` = counter (the one a
+//! successful redirect counts, set by whoever jumps there) and, in the tail, `r8` = the XDP
+//! action to return.
 //!
 //! Safety contract: none (pure code generation); the verifier is the judge.
 
@@ -93,6 +159,10 @@ pub const PEER_VALUE_SIZE: u32 = 4;
 pub const STAT_VALUE_SIZE: u32 = 8;
 /// Bytes of an `xsks` value (an AF_XDP socket descriptor).
 pub const XSK_VALUE_SIZE: u32 = 4;
+/// Bytes of a `fragments` key ([`fragment_key`]).
+pub const FRAGMENT_KEY_SIZE: u32 = 8;
+/// Bytes of a `fragments` value (`u32`: the slot that reassembles the fragments).
+pub const FRAGMENT_VALUE_SIZE: u32 = 4;
 /// `services` value bit: the port has filters restricted to peers, so the program looks the
 /// source up in the `peers` trie before falling back to the port's any-peer filter.
 pub const SERVICE_F_PEERS: u32 = 1 << 31;
@@ -199,10 +269,22 @@ pub fn peer_key(service: u32, addr: [u8; 4], prefix_len: u8) -> [u8; PEER_KEY_SI
     k
 }
 
+/// The `fragments` key of IPv4 fragments of `protocol` to `addr`: `{addr: [u8; 4] (network
+/// order, as in the header), protocol: u32 (host order, the IPv4 protocol number)}`. The
+/// program stores the header's destination word and its protocol byte zero-extended, so the
+/// key's last three bytes are zero.
+pub fn fragment_key(addr: [u8; 4], protocol: Protocol) -> [u8; FRAGMENT_KEY_SIZE as usize] {
+    let mut k = [0u8; FRAGMENT_KEY_SIZE as usize];
+    k[..4].copy_from_slice(&addr);
+    k[4..].copy_from_slice(&u32::from(protocol.ip_number()).to_ne_bytes());
+    k
+}
+
 /// The packet counters of the `stats` array, by index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Redirected to an AF_XDP socket.
+    /// Redirected to an AF_XDP socket by a filter or a steering rule (fragments are
+    /// [`Counter::FragmentRedirected`]).
     Redirected = 0,
     /// Matched a filter (or a steering rule) but no socket is registered for its slot and the
     /// packet's queue: passed to the kernel.
@@ -215,15 +297,20 @@ pub enum Counter {
     /// Not for the filters by policy (non-IPv4 ethertype, ARP or other IP protocols steered to
     /// the kernel): passed.
     Kernel = 4,
-    /// An IPv4 fragment: passed to the kernel for reassembly.
+    /// An IPv4 fragment whose destination address and protocol have no fragment rule: passed
+    /// to the kernel for reassembly.
     Fragment = 5,
     /// Truncated or invalid headers: passed to the kernel, which drops and counts them.
     Malformed = 6,
+    /// An IPv4 fragment redirected to the AF_XDP socket of its fragment rule's slot, for the
+    /// stack's reassembly. (A rule whose slot has no socket on the queue counts
+    /// [`Counter::NoSocket`].)
+    FragmentRedirected = 7,
 }
 
 impl Counter {
     /// All counters, in index order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Self::Redirected,
         Self::NoSocket,
         Self::NoFilter,
@@ -231,6 +318,7 @@ impl Counter {
         Self::Kernel,
         Self::Fragment,
         Self::Malformed,
+        Self::FragmentRedirected,
     ];
 
     /// The counter's index in the `stats` array.
@@ -288,6 +376,8 @@ pub struct FilterMapFds {
     pub xsks: i32,
     /// PERCPU_ARRAY, `u32` [`Counter`] index, `u64` value per CPU, [`STATS_LEN`] entries.
     pub stats: i32,
+    /// HASH, [`fragment_key`] key, `u32` slot value.
+    pub fragments: i32,
 }
 
 // Stack layout below r10.
@@ -301,6 +391,9 @@ const STACK_PEER_KEY_ADDR: i16 = -8;
 const STACK_FILTER_KEY: i16 = -20;
 /// `stats` key.
 const STACK_STATS_KEY: i16 = -24;
+/// `fragments` key: destination address at -32, protocol (a `u32`) at -28.
+const STACK_FRAGMENT_KEY: i16 = -32;
+const STACK_FRAGMENT_KEY_PROTO: i16 = -28;
 
 // Offsets in `struct xdp_md`.
 const MD_DATA: i16 = 0;
@@ -314,6 +407,7 @@ const IP_VER_IHL: i16 = 14;
 const IP_FRAG: i16 = 20;
 const IP_PROTO: i16 = 23;
 const IP_SRC: i16 = 26;
+const IP_DST: i16 = 30;
 const IP_MIN_END: i32 = ETH_HLEN + 20;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -408,6 +502,7 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         .alu64_imm(AluOp::And, R8, FILTER_F_ACTIVE as i32)
         .jmp_imm(Cond::Eq, R8, 0, "no_filter")
         .ldx(Size::W, R9, R0, 4)
+        .mov64_imm(R7, Counter::Redirected.index() as i32)
         .ja("redirect");
 
     // peers: longest prefix match on {64, service index (BE), source}, whose value is the
@@ -430,8 +525,25 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         .jmp_imm(Cond::Ne, R7, 0, "filter")
         .ja("peer_rejected");
 
+    // fragments[{destination, protocol}] = slot. Entered with r2 = packet, whose first
+    // IP_MIN_END bytes were checked, so the destination (bytes 30..34) may be read.
+    a.label("fragment")
+        .ldx(Size::W, R4, R2, IP_DST)
+        .stx(Size::W, R10, STACK_FRAGMENT_KEY, R4)
+        // The protocol byte, zero-extended: the key's last three bytes are zero.
+        .ldx(Size::B, R4, R2, IP_PROTO)
+        .stx(Size::W, R10, STACK_FRAGMENT_KEY_PROTO, R4)
+        .ld_map_fd(R1, maps.fragments)
+        .mov64(R2, R10)
+        .alu64_imm(AluOp::Add, R2, i32::from(STACK_FRAGMENT_KEY))
+        .call(Helper::MapLookupElem)
+        .jmp_imm(Cond::Eq, R0, 0, "fragment_kernel")
+        .ldx(Size::W, R9, R0, 0)
+        .mov64_imm(R7, Counter::FragmentRedirected.index() as i32)
+        .ja("redirect");
+
     // Redirect to xsks[slot * queues_max + rx_queue_index], falling back to XDP_PASS.
-    // Entered with r6 = ctx, r9 = slot.
+    // Entered with r6 = ctx, r9 = slot, r7 = the counter of a successful redirect.
     a.label("redirect")
         .ldx(Size::W, R2, R6, MD_RX_QUEUE_INDEX)
         .mov64(R1, R9)
@@ -441,7 +553,6 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         .mov64_imm(R3, XDP_PASS as i32)
         .call(Helper::RedirectMap)
         .mov64(R8, R0)
-        .mov64_imm(R7, Counter::Redirected.index() as i32)
         .jmp_imm(Cond::Eq, R0, XDP_REDIRECT as i32, "count")
         .mov64_imm(R7, Counter::NoSocket.index() as i32)
         .ja("count");
@@ -452,13 +563,15 @@ pub fn build(spec: &FilterProgramSpec, maps: &FilterMapFds) -> Result<Vec<u64>, 
         match steer {
             Steer::Kernel => pass(&mut a, Counter::Kernel),
             Steer::Slot(slot) => {
-                a.mov64_imm(R9, slot as i32).ja("redirect");
+                a.mov64_imm(R9, slot as i32)
+                    .mov64_imm(R7, Counter::Redirected.index() as i32)
+                    .ja("redirect");
             }
         }
     }
     for (label, counter) in [
         ("kernel", Counter::Kernel),
-        ("fragment", Counter::Fragment),
+        ("fragment_kernel", Counter::Fragment),
         ("malformed", Counter::Malformed),
         ("no_filter", Counter::NoFilter),
         ("peer_rejected", Counter::PeerRejected),
@@ -503,6 +616,7 @@ mod tests {
         peers: 12,
         xsks: 13,
         stats: 14,
+        fragments: 15,
     };
 
     #[test]
@@ -532,7 +646,7 @@ mod tests {
             .collect();
         fds.sort_unstable();
         fds.dedup();
-        assert_eq!(fds, vec![10, 11, 12, 13, 14]);
+        assert_eq!(fds, vec![10, 11, 12, 13, 14, 15]);
     }
 
     /// The counters are per CPU, so the program takes no lock: no atomic instruction, and the
@@ -583,5 +697,46 @@ mod tests {
         assert_eq!(e.to_bytes()[..4], 1u32.to_ne_bytes());
         assert_eq!(e.to_bytes()[4..], 2u32.to_ne_bytes());
         assert_eq!(wire16(0x0800), 0x0008);
+        // Address as in the header, then the protocol number as a host-order u32.
+        assert_eq!(
+            fragment_key([10, 77, 0, 2], Protocol::Udp),
+            [10, 77, 0, 2, 17, 0, 0, 0]
+        );
+        assert_eq!(
+            fragment_key([10, 77, 0, 2], Protocol::Tcp),
+            [10, 77, 0, 2, 6, 0, 0, 0]
+        );
+    }
+
+    /// Only fragments take the `fragments` lookup: the branch to it follows the check of the
+    /// flags and offset, and the unfragmented path never reaches the map.
+    #[test]
+    fn only_fragments_look_up_the_fragment_rules() {
+        let code: Vec<Insn> = build(&FilterProgramSpec::default(), &FDS)
+            .unwrap()
+            .into_iter()
+            .map(Insn::decode)
+            .collect();
+        let loads: Vec<usize> = (code.iter().enumerate())
+            .filter(|(_, i)| {
+                i.code == 0x18 && i.src == crate::asm::PSEUDO_MAP_FD && i.imm == FDS.fragments
+            })
+            .map(|(at, _)| at)
+            .collect();
+        assert_eq!(loads.len(), 1, "one lookup in the fragment rules");
+        // The block starts four slots before the map load (two loads, two stores); the one
+        // jump into it is the `flags & (MF | offset) != 0` test.
+        let block = loads[0] - 4;
+        let into: Vec<Insn> = (code.iter().enumerate())
+            .filter(|(at, i)| {
+                i.code & 0x07 == crate::asm::class::JMP
+                    && i.code != Insn::call(Helper::MapLookupElem).code
+                    && i.code != Insn::exit().code
+                    && *at as i64 + 1 + i64::from(i.off) == block as i64
+            })
+            .map(|(_, &i)| i)
+            .collect();
+        assert_eq!(into.len(), 1, "{into:?}");
+        assert_eq!(into[0], Insn::jmp_imm(Cond::Ne, R4, 0, into[0].off));
     }
 }

@@ -27,6 +27,6 @@ pub mod registry;
 pub use asm::{Asm, AsmError, Insn};
 pub use filter::{build, FilterMapFds, FilterProgramSpec, Protocol, Steer};
 pub use registry::{
-    Direction, FilterOptions, FilterSpec, Ipv4Prefix, MapOp, PortRange, Registry, RegistryError,
-    StagedFilter,
+    Direction, FilterOptions, FilterSpec, FragmentRule, Ipv4Prefix, MapOp, PortRange, Registry,
+    RegistryError, StagedFilter,
 };

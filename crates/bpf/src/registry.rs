@@ -53,6 +53,17 @@
 //! arriving a little later on those ports.) Every state in between thus steers each packet
 //! either as before the change or as after it; the tests check this after every operation.
 //!
+//! # Fragment rules
+//!
+//! A [`FragmentRule`] says "IPv4 fragments of this protocol to this address go to this slot"
+//! (see [`crate::filter`], "Fragments", for why fragments are steered by address). Several
+//! services of one slot on one address share a rule, counted by reference: the first to ask
+//! writes its `fragments` entry, the last to go deletes it. A rule for the same address and
+//! protocol but another slot is refused ([`RegistryError::FragmentRuleConflict`]): the
+//! fragments of one datagram must all reach one reassembly, and nothing in a later fragment
+//! says which service it belongs to. A rule is one map entry, written in one step, so no
+//! ordering is needed: a packet sees the entry or does not.
+//!
 //! Safety contract: none needed; the crate forbids `unsafe`.
 
 use std::collections::HashMap;
@@ -60,8 +71,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::filter::{
-    peer_key, service_index, service_value, FilterEntry, FilterProgramSpec, Protocol, Steer,
-    FILTER_F_ACTIVE, PEER_KEY_SIZE, SERVICE_FILTER_MASK,
+    fragment_key, peer_key, service_index, service_value, FilterEntry, FilterProgramSpec, Protocol,
+    Steer, FILTER_F_ACTIVE, FRAGMENT_KEY_SIZE, PEER_KEY_SIZE, SERVICE_FILTER_MASK,
 };
 
 /// The most slots times queues the `xsks` map may have.
@@ -160,6 +171,32 @@ pub enum RegistryError {
         first: u16,
         /// The last port.
         last: u16,
+    },
+    /// Fragments of this protocol to this address already go to another slot, and the
+    /// fragments of one datagram cannot be told apart by service. Serve both from one slot,
+    /// give the other service its own address, or drop the other rule's handle first.
+    #[error(
+        "{protocol:?} fragments to {addr} already go to slot {existing}, and an address's \
+         fragments can go to one slot only: use slot {existing}, another address, or drop \
+         that rule first"
+    )]
+    FragmentRuleConflict {
+        /// The protocol of both rules.
+        protocol: Protocol,
+        /// The address of both rules.
+        addr: Ipv4Addr,
+        /// The slot the fragments go to now.
+        existing: u32,
+    },
+    /// Every fragment rule entry is in use (one per address and protocol). Drop unused rules
+    /// or raise [`FilterOptions::fragment_rules_max`].
+    #[error(
+        "all {fragment_rules_max} fragment rules are in use: drop unused ones or raise \
+         fragment_rules_max"
+    )]
+    FragmentRulesExhausted {
+        /// The configured limit.
+        fragment_rules_max: u32,
     },
     /// The options are inconsistent; the message says which. Fix the options.
     #[error("invalid filter options: {0}")]
@@ -321,6 +358,9 @@ pub struct FilterOptions {
     /// Entries of the peer trie over all filters: a filter with P prefixes (not counting
     /// `0.0.0.0/0`) over R ports uses R × P.
     pub peers_max: u32,
+    /// Entries of the `fragments` map: one per (address, protocol) whose fragments go to a
+    /// slot ([`FragmentRule`]).
+    pub fragment_rules_max: u32,
 }
 
 impl Default for FilterOptions {
@@ -332,6 +372,7 @@ impl Default for FilterOptions {
             slots_max: 16,
             filters_max: 1024,
             peers_max: 4096,
+            fragment_rules_max: 64,
         }
     }
 }
@@ -452,6 +493,47 @@ pub enum MapOp {
         /// The value.
         value: u32,
     },
+    /// Create the `fragments` entry `key` with value `slot`. No other rule holds the key (the
+    /// registry checked), so write it create-only (`BPF_NOEXIST`).
+    InsertFragmentRule {
+        /// The [`fragment_key`] of (address, protocol).
+        key: [u8; FRAGMENT_KEY_SIZE as usize],
+        /// The slot.
+        slot: u32,
+    },
+    /// Delete the `fragments` entry `key`; an absent key is not an error (a failed insert
+    /// may never have written it).
+    RemoveFragmentRule {
+        /// The [`fragment_key`] of (address, protocol).
+        key: [u8; FRAGMENT_KEY_SIZE as usize],
+    },
+}
+
+/// Arrakis' filters name ports; fragments past the first carry none, so they are steered by
+/// address: "IPv4 fragments of `protocol` to `addr` go to `slot`" (see [`crate::filter`],
+/// "Fragments", for what that means for the kernel's traffic on the same address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragmentRule {
+    /// The protocol of the fragments (the IPv4 header's protocol field).
+    pub protocol: Protocol,
+    /// Their destination address.
+    pub addr: Ipv4Addr,
+    /// The slot whose socket on a fragment's queue receives it.
+    pub slot: u32,
+}
+
+impl FragmentRule {
+    /// The rule's `fragments` key.
+    pub fn key(&self) -> [u8; FRAGMENT_KEY_SIZE as usize] {
+        fragment_key(self.addr.octets(), self.protocol)
+    }
+}
+
+/// A held fragment rule: its slot and how many holders share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FragmentState {
+    slot: u32,
+    holders: u32,
 }
 
 /// What the registry remembers of one filter, to check conflicts and to remove it.
@@ -577,6 +659,10 @@ impl StagedFilter {
 ///   and [`Registry::release`].
 /// - Removing: [`Registry::remove`] forgets the filter; apply every [`Registry::clear_ops`]
 ///   in order (carrying on past errors), then [`Registry::release`] the id.
+/// - Adding a fragment rule: [`Registry::fragment_rule_op`] checks it and says which write,
+///   if any, it needs; apply it, and on success [`Registry::commit_fragment_rule`].
+/// - Removing one: [`Registry::remove_fragment_rule`] forgets one holder and returns the
+///   write to apply when it was the last.
 #[derive(Debug)]
 pub struct Registry {
     filters: HashMap<u32, FilterRecord>,
@@ -586,9 +672,12 @@ pub struct Registry {
     peers: HashMap<(u32, Ipv4Prefix), u32>,
     /// Free ids, popped from the end (lowest id first).
     free_ids: Vec<u32>,
+    /// The `fragments` map: (address, protocol) to its rule's slot and holders.
+    fragments: HashMap<(Ipv4Addr, Protocol), FragmentState>,
     slots_max: u32,
     filters_max: u32,
     peers_max: u32,
+    fragment_rules_max: u32,
 }
 
 impl Registry {
@@ -604,10 +693,93 @@ impl Registry {
             services: HashMap::new(),
             peers: HashMap::new(),
             free_ids: (0..options.filters_max).rev().collect(),
+            fragments: HashMap::new(),
             slots_max: options.slots_max,
             filters_max: options.filters_max,
             peers_max: options.peers_max,
+            fragment_rules_max: options.fragment_rules_max,
         })
+    }
+
+    /// The `fragments` entries the held rules use, of [`FilterOptions::fragment_rules_max`].
+    pub fn fragment_rules(&self) -> usize {
+        self.fragments.len()
+    }
+
+    /// The slot fragments of `protocol` to `addr` go to, if a rule holds them.
+    pub fn fragment_slot(&self, addr: Ipv4Addr, protocol: Protocol) -> Option<u32> {
+        self.fragments
+            .get(&(addr, protocol))
+            .map(|state| state.slot)
+    }
+
+    /// Checks `rule` against the options and the rules held, and returns the write that
+    /// installs it: `None` when the same rule is held already (the new holder shares its
+    /// entry). Nothing is recorded until [`Registry::commit_fragment_rule`].
+    ///
+    /// # Errors
+    ///
+    /// In the order checked: [`RegistryError::SlotOutOfRange`];
+    /// [`RegistryError::FragmentRuleConflict`] if the address and protocol go to another
+    /// slot; [`RegistryError::FragmentRulesExhausted`]. A refused rule changes nothing.
+    pub fn fragment_rule_op(&self, rule: &FragmentRule) -> Result<Option<MapOp>, RegistryError> {
+        if rule.slot >= self.slots_max {
+            return Err(RegistryError::SlotOutOfRange {
+                slot: rule.slot,
+                slots_max: self.slots_max,
+            });
+        }
+        match self.fragments.get(&(rule.addr, rule.protocol)) {
+            Some(state) if state.slot == rule.slot => Ok(None),
+            Some(state) => Err(RegistryError::FragmentRuleConflict {
+                protocol: rule.protocol,
+                addr: rule.addr,
+                existing: state.slot,
+            }),
+            None if self.fragments.len() >= self.fragment_rules_max as usize => {
+                Err(RegistryError::FragmentRulesExhausted {
+                    fragment_rules_max: self.fragment_rules_max,
+                })
+            }
+            None => Ok(Some(MapOp::InsertFragmentRule {
+                key: rule.key(),
+                slot: rule.slot,
+            })),
+        }
+    }
+
+    /// Records one more holder of `rule`, whose [`Registry::fragment_rule_op`] write (if any)
+    /// succeeded. Paired with [`Registry::remove_fragment_rule`].
+    ///
+    /// # Panics
+    ///
+    /// If the address and protocol are held for another slot (the check was skipped).
+    pub fn commit_fragment_rule(&mut self, rule: &FragmentRule) {
+        let state = self
+            .fragments
+            .entry((rule.addr, rule.protocol))
+            .or_insert(FragmentState {
+                slot: rule.slot,
+                holders: 0,
+            });
+        assert_eq!(state.slot, rule.slot, "fragment rule committed unchecked");
+        state.holders += 1;
+    }
+
+    /// Forgets one holder of `rule` and returns the write that deletes its entry when that
+    /// was the last; `None` if others still hold it, or if the rule is not held at all.
+    pub fn remove_fragment_rule(&mut self, rule: &FragmentRule) -> Option<MapOp> {
+        let key = (rule.addr, rule.protocol);
+        let state = self.fragments.get_mut(&key)?;
+        if state.slot != rule.slot {
+            return None;
+        }
+        state.holders -= 1;
+        if state.holders > 0 {
+            return None;
+        }
+        self.fragments.remove(&key);
+        Some(MapOp::RemoveFragmentRule { key: rule.key() })
     }
 
     /// The number of filters held.
@@ -875,6 +1047,8 @@ mod tests {
         /// Non-zero `filters` entries.
         filters: BTreeMap<u32, FilterEntry>,
         peers: BTreeMap<[u8; PEER_KEY_SIZE as usize], u32>,
+        /// The `fragments` hash.
+        fragments: BTreeMap<[u8; FRAGMENT_KEY_SIZE as usize], u32>,
     }
 
     impl Maps {
@@ -906,6 +1080,15 @@ mod tests {
                     } else {
                         self.services.insert(index, value);
                     }
+                }
+                MapOp::InsertFragmentRule { key, slot } => {
+                    if self.fragments.contains_key(&key) {
+                        return Err(format!("EEXIST for fragment key {key:?}"));
+                    }
+                    self.fragments.insert(key, slot);
+                }
+                MapOp::RemoveFragmentRule { key } => {
+                    self.fragments.remove(&key);
                 }
             }
             Ok(())
@@ -964,6 +1147,92 @@ mod tests {
                 _ => Err(Counter::NoFilter),
             }
         }
+    }
+
+    /// Adds one holder of `rule` the way the control plane does, applying its write.
+    fn add_fragment_rule(
+        registry: &mut Registry,
+        maps: &mut Maps,
+        rule: &FragmentRule,
+    ) -> Result<(), RegistryError> {
+        let op = registry.fragment_rule_op(rule)?;
+        maps.apply_all(op);
+        registry.commit_fragment_rule(rule);
+        Ok(())
+    }
+
+    #[test]
+    fn fragment_rules_are_shared_within_a_slot_and_refused_across_slots() {
+        let mut registry = Registry::new(&FilterOptions {
+            fragment_rules_max: 2,
+            ..FilterOptions::default()
+        })
+        .unwrap();
+        let mut maps = Maps::default();
+        let ours = Ipv4Addr::new(10, 77, 0, 2);
+        let udp = FragmentRule {
+            protocol: Protocol::Udp,
+            addr: ours,
+            slot: 1,
+        };
+        add_fragment_rule(&mut registry, &mut maps, &udp).unwrap();
+        assert_eq!(maps.fragments, BTreeMap::from([(udp.key(), 1)]));
+        assert_eq!(registry.fragment_slot(ours, Protocol::Udp), Some(1));
+        assert_eq!(registry.fragment_slot(ours, Protocol::Tcp), None);
+        // A second service of slot 1 on the address shares the entry: no write.
+        assert_eq!(registry.fragment_rule_op(&udp), Ok(None));
+        registry.commit_fragment_rule(&udp);
+        // Another slot cannot have the same address's UDP fragments.
+        let other_slot = FragmentRule { slot: 2, ..udp };
+        assert_eq!(
+            registry.fragment_rule_op(&other_slot),
+            Err(RegistryError::FragmentRuleConflict {
+                protocol: Protocol::Udp,
+                addr: ours,
+                existing: 1,
+            })
+        );
+        // ... but may have its TCP fragments, until the table is full.
+        let tcp = FragmentRule {
+            protocol: Protocol::Tcp,
+            ..other_slot
+        };
+        add_fragment_rule(&mut registry, &mut maps, &tcp).unwrap();
+        let elsewhere = FragmentRule {
+            addr: Ipv4Addr::new(10, 77, 0, 3),
+            ..udp
+        };
+        assert_eq!(
+            registry.fragment_rule_op(&elsewhere),
+            Err(RegistryError::FragmentRulesExhausted {
+                fragment_rules_max: 2
+            })
+        );
+        assert!(matches!(
+            registry.fragment_rule_op(&FragmentRule { slot: 16, ..udp }),
+            Err(RegistryError::SlotOutOfRange { slot: 16, .. })
+        ));
+        // The entry goes with its last holder, and only then.
+        assert_eq!(registry.remove_fragment_rule(&udp), None);
+        assert_eq!(maps.fragments.len(), 2);
+        let op = registry.remove_fragment_rule(&udp);
+        assert_eq!(op, Some(MapOp::RemoveFragmentRule { key: udp.key() }));
+        maps.apply_all(op);
+        assert_eq!(
+            registry.remove_fragment_rule(&udp),
+            None,
+            "not held any more"
+        );
+        // Removing a rule nobody holds for that slot changes nothing.
+        assert_eq!(
+            registry.remove_fragment_rule(&FragmentRule { slot: 3, ..tcp }),
+            None
+        );
+        maps.apply_all(registry.remove_fragment_rule(&tcp));
+        assert!(maps.fragments.is_empty());
+        assert_eq!(registry.fragment_rules(), 0);
+        // Filters and fragment rules are independent tables.
+        assert!(registry.is_empty());
     }
 
     #[test]

@@ -263,14 +263,18 @@ fn run_af_xdp(args: &EchoArgs, config: EchoConfig, stop: &StopSignal) -> Result<
             .tcp_counters()
             .map(|t| format!(" tcp {t:?}"))
             .unwrap_or_default();
+        // IPv4 fragments in (the XDP program's fragment rule sends them here) and out.
+        let net = transport.interface().counters();
         format!(
-            "filled {} received {} transmitted {} completed {} kicks {} kick retries {} tx ring full {} bad descriptors {} kernel {kernel}{tcp}",
-            c.filled, c.received, c.transmitted, c.completed, c.kicks, c.kick_retries, c.tx_ring_full_drops, c.bad_descriptors
+            "filled {} received {} transmitted {} completed {} kicks {} kick retries {} tx ring full {} bad descriptors {} frag received {} reassembled {} fragmented {} frag sent {} kernel {kernel}{tcp}",
+            c.filled, c.received, c.transmitted, c.completed, c.kicks, c.kick_retries, c.tx_ring_full_drops, c.bad_descriptors,
+            net.frag_received, net.reassembled, net.fragmented, net.frag_sent
         )
     });
     if let Ok(stats) = run.filters.stats() {
         tracing::info!("xdp filter verdicts: {stats:?}");
     }
+    drop(run.fragments);
     drop(run.filter);
     drop(run.filters);
     result

@@ -32,28 +32,31 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts `melange echo --backend af_xdp` on mlg-vb in mlg-b and waits until it answers.
 fn start_echo(port: u16, protocol: &str, client: &Client) -> Server {
+    start_echo_with(port, protocol, client, &[])
+}
+
+/// [`start_echo`] with more arguments (e.g. `--batch 8`).
+fn start_echo_with(port: u16, protocol: &str, client: &Client, extra: &[&str]) -> Server {
     let port_arg = port.to_string();
-    let mut server = Server::start(
-        "mlg-b",
-        &format!("echo-{port}-{protocol}"),
-        &[
-            "echo",
-            "--backend",
-            "af_xdp",
-            "--interface",
-            "mlg-vb",
-            "--addr",
-            "10.77.0.2",
-            "--port",
-            &port_arg,
-            "--queues",
-            "0,1",
-            "--idle",
-            "sleep:1000",
-            "--protocol",
-            protocol,
-        ],
-    );
+    let mut args = vec![
+        "echo",
+        "--backend",
+        "af_xdp",
+        "--interface",
+        "mlg-vb",
+        "--addr",
+        "10.77.0.2",
+        "--port",
+        &port_arg,
+        "--queues",
+        "0,1",
+        "--idle",
+        "sleep:1000",
+        "--protocol",
+        protocol,
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Server::start("mlg-b", &format!("echo-{port}-{protocol}"), &args);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         server.assert_running();
@@ -115,6 +118,38 @@ impl Client {
             match self.socket.recv_from(&mut buf) {
                 Ok((len, from)) if from == target.into() && matches(&buf[..len]) => return true,
                 Ok(_) => {} // A stale reply to an earlier request.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(e) => panic!("receiving a reply: {e}"),
+            }
+        }
+    }
+
+    /// Sends `payload` (up to 65,507 bytes: the kernel fragments what exceeds the MTU) to
+    /// SERVER_IP:`port` and waits up to `timeout` for the same bytes to come back from there;
+    /// other replies (stale ones, to earlier requests) are skipped.
+    fn echo_exact(&self, port: u16, payload: &[u8], timeout: Duration) -> bool {
+        let target = SocketAddrV4::new(SERVER_IP, port);
+        self.socket
+            .send_to(payload, target)
+            .expect("sending a request");
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.socket
+                .set_read_timeout(Some(left))
+                .expect("set_read_timeout");
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, from)) if from == target.into() && buf[..len] == *payload => return true,
+                Ok(_) => {}
                 Err(e)
                     if e.kind() == std::io::ErrorKind::WouldBlock
                         || e.kind() == std::io::ErrorKind::TimedOut =>
@@ -620,6 +655,9 @@ fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
         );
     }
     let sent_bad: u64 = sent_per_kind.iter().sum();
+    // The fragment kinds go to the engines' reassembly, which holds the lone last fragments
+    // until they time out: wait, so that every one is counted (as `reasm_timeout`).
+    std::thread::sleep(REASSEMBLY_TIMEOUT + Duration::from_millis(300));
     let (status, log) = echo.stop();
     let summary = format!(
         "bad frames sent: {sent_bad} ({} kinds x {ROUNDS} rounds); send errors: {} {:?}; \
@@ -636,8 +674,9 @@ fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
     );
 
     // Every bad frame is accounted for: passed to the kernel by the XDP program (with a reason)
-    // or redirected and dropped by an engine (with a reason). Only the good requests, a few
-    // probes and the kernel's own chatter (counted as `kernel`) add to the sum.
+    // or redirected and dropped by an engine (with a reason; the fragments, which the XDP
+    // program's fragment rule sends to the engines, by their reassembly). Only the good
+    // requests, a few probes and the kernel's own chatter (counted as `kernel`) add to the sum.
     let passed: u64 = [
         "no_socket",
         "no_filter",
@@ -672,8 +711,18 @@ fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
     let expectations: &[(&str, u64, u64)] = &[
         // (what, observed, at least)
         (
-            "fragments (xdp fragment)",
-            verdict(&log, "fragment"),
+            "fragments (xdp fragment_redirected)",
+            verdict(&log, "fragment_redirected"),
+            2 * rounds,
+        ),
+        (
+            "fragments: a first one of 47 bytes (reasm_malformed), a lone last one (timed out, \
+             refused by a full table, or a random identification seen before)",
+            drops("reasm_malformed")
+                + drops("reasm_timeout")
+                + drops("reasm_table_full")
+                + drops("reasm_duplicate")
+                + drops("reasm_stale"),
             2 * rounds,
         ),
         (
@@ -707,6 +756,357 @@ fn bad_frames_on_the_wire_are_counted_and_echo_keeps_answering() {
         failures.is_empty(),
         "bad frames not accounted for:\n  {}\n{summary}",
         failures.join("\n  ")
+    );
+    assert_eq!(
+        verdict(&log, "fragment"),
+        0,
+        "fragments to the echo's address went to the kernel:\n{summary}"
+    );
+}
+
+/// How long the stack waits for the rest of a datagram's fragments.
+const REASSEMBLY_TIMEOUT: Duration =
+    Duration::from_nanos(melange_net::reasm::REASSEMBLY_TIMEOUT_NS);
+
+/// IPv4 fragments the kernel makes of a UDP payload of `len` bytes at MTU 1500: 1,480 bytes of
+/// IPv4 payload (the 8-byte UDP header first) per fragment.
+fn fragments_of(len: usize) -> u64 {
+    (8 + len).div_ceil(1480) as u64
+}
+
+/// The kernel's IPv4 reassembly requests in namespace `ns` (`ReasmReqds`, /proc/net/snmp):
+/// one per fragment it received.
+fn kernel_reassembly_requests(ns: &str) -> u64 {
+    let out = netns_exec(ns, &["cat", "/proc/net/snmp"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut ip = text.lines().filter(|line| line.starts_with("Ip: "));
+    let (names, values) = (ip.next(), ip.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        panic!("no Ip lines in /proc/net/snmp:\n{text}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ReasmReqds")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no ReasmReqds in /proc/net/snmp:\n{text}"))
+}
+
+/// UDP datagrams larger than a frame (1,473 bytes, just past one at MTU 1500; 8,000; UDP's
+/// largest over IPv4, 65,507) from a Linux socket reach the af_xdp echo as fragments: the XDP
+/// program's fragment rule sends them to the engines, the stack reassembles them (not the
+/// kernel, whose reassembly counter does not move), and the echo's reply leaves fragmented;
+/// each comes back byte-exact. The price of steering fragments by address is checked too: a
+/// kernel socket on another port of the same address still gets its small datagrams, but its
+/// fragmented ones now go to Melange, which drops them as `udp_no_listener`.
+#[test]
+fn large_datagrams_are_reassembled_and_echoed_in_fragments() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9501;
+    let kernel_other_port = KernelEcho::start(PORT + 1);
+    let mut echo = start_echo(PORT, "plain", &client);
+    let kernel_reassembly_before = kernel_reassembly_requests("mlg-b");
+
+    const SIZES: [usize; 3] = [1473, 8000, 65_507];
+    const ROUNDS: usize = 5;
+    let mut rng = Rng::new(0x6672_6167_6d65_6e74);
+    let (mut datagrams, mut fragments) = (0u64, 0u64);
+    for size in SIZES {
+        for round in 0..ROUNDS {
+            let payload = random_bytes(&mut rng, size);
+            assert!(
+                client.echo_exact(PORT, &payload, Duration::from_secs(2)),
+                "round {round}: a {size}-byte datagram did not come back byte-exact:\n{}",
+                echo.log()
+            );
+            datagrams += 1;
+            fragments += fragments_of(size);
+        }
+        println!("{ROUNDS} datagrams of {size} bytes echoed byte-exact");
+    }
+    let kernel_reassembly = kernel_reassembly_requests("mlg-b") - kernel_reassembly_before;
+
+    // The kernel's socket on the next port: its unfragmented datagrams still reach it, its
+    // fragmented ones go to Melange (see melange_bpf::filter, "Fragments").
+    assert_eq!(
+        client.kernel_probe_retrying(PORT + 1, 3),
+        Some(1),
+        "the kernel echo on port {} stopped answering:\n{}",
+        PORT + 1,
+        echo.log()
+    );
+    let kernel_before = kernel_other_port.received();
+    const KERNEL_LARGE: usize = 3000;
+    client
+        .socket
+        .send_to(&[7; KERNEL_LARGE], SocketAddrV4::new(SERVER_IP, PORT + 1))
+        .expect("sending a large datagram to the kernel's port");
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel_large_received = kernel_other_port.received() - kernel_before;
+
+    let (status, log) = echo.stop();
+    assert_clean_exit(status, &log, 2);
+    let context = format!(
+        "{datagrams} datagrams in {fragments} fragments echoed; the kernel got \
+         {kernel_reassembly} fragments\n{log}"
+    );
+    assert_eq!(
+        kernel_reassembly, 0,
+        "fragments for the echo reached the kernel's reassembly:\n{context}"
+    );
+    // The XDP program sent every fragment to the engines, none to the kernel.
+    let large_fragments = fragments_of(KERNEL_LARGE);
+    assert_eq!(
+        verdict(&log, "fragment_redirected"),
+        fragments + large_fragments,
+        "{context}"
+    );
+    assert_eq!(verdict(&log, "fragment"), 0, "{context}");
+    // The stack reassembled each request and fragmented each reply.
+    assert_eq!(
+        sum_after(&log, "frag received "),
+        fragments + large_fragments,
+        "{context}"
+    );
+    assert_eq!(sum_after(&log, "reassembled "), datagrams, "{context}");
+    assert_eq!(sum_after(&log, "fragmented "), datagrams, "{context}");
+    assert_eq!(sum_after(&log, "frag sent "), fragments, "{context}");
+    assert!(
+        !log.contains("reasm_"),
+        "reassembly dropped something:\n{context}"
+    );
+    assert!(
+        sum_after(&log, "echoed ") >= datagrams,
+        "fewer echoed than came back:\n{context}"
+    );
+    // The kernel-owned port's large datagram: reassembled by Melange, dropped as no listener.
+    assert_eq!(
+        kernel_large_received,
+        0,
+        "the kernel socket on port {} received a fragmented datagram:\n{context}",
+        PORT + 1
+    );
+    assert_eq!(sum_after(&log, "udp_no_listener="), 1, "{context}");
+
+    // An engine batch smaller than a datagram's 45 fragments: the reply still leaves whole
+    // (the stack asks the AF_XDP queue for room for all its fragments at once, in several
+    // device batches).
+    drop(echo);
+    let mut echo = start_echo_with(PORT, "plain", &client, &["--batch", "8"]);
+    const SMALL_BATCH_ROUNDS: u64 = 5;
+    for round in 0..SMALL_BATCH_ROUNDS {
+        let payload = random_bytes(&mut rng, 65_507);
+        assert!(
+            client.echo_exact(PORT, &payload, Duration::from_secs(2)),
+            "--batch 8, round {round}: a 65,507-byte datagram did not come back:\n{}",
+            echo.log()
+        );
+    }
+    let (status, log) = echo.stop();
+    assert_clean_exit(status, &log, 2);
+    assert_eq!(sum_after(&log, "fragmented "), SMALL_BATCH_ROUNDS, "{log}");
+    assert_eq!(sum_after(&log, "tx no room "), 0, "{log}");
+}
+
+/// An nftables chain on mlg-va's egress (where the kernel's fragments leave the client, before
+/// mlg-vb's XDP program) that drops every IPv4 fragment to the server at one offset; removed
+/// when dropped.
+struct DropFragmentsAt;
+
+/// The nftables table of [`DropFragmentsAt`].
+const FRAGMENT_DROP_TABLE: &str = "melange_frag_test";
+
+impl DropFragmentsAt {
+    /// Drops the fragments whose offset is `offset_units` 8-byte units (185: the second
+    /// fragment of a datagram at MTU 1500, a middle one when it has three or more).
+    fn install(offset_units: u16) -> Self {
+        // Declaring the table first lets the script delete a stale one from a killed run.
+        let script = format!(
+            "table netdev {FRAGMENT_DROP_TABLE}\n\
+             delete table netdev {FRAGMENT_DROP_TABLE}\n\
+             table netdev {FRAGMENT_DROP_TABLE} {{\n\
+               chain egress {{\n\
+                 type filter hook egress device \"mlg-va\" priority 0; policy accept;\n\
+                 ip daddr {SERVER_IP} ip frag-off & 0x1fff == {offset_units} counter drop\n\
+               }}\n\
+             }}\n"
+        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", "mlg-a", "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft runs in mlg-a");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("nft's stdin")
+            .write_all(script.as_bytes())
+            .expect("writing the nft script");
+        let out = child.wait_with_output().expect("nft exits");
+        assert!(
+            out.status.success(),
+            "installing the fragment drop rule:\n{script}\n{}",
+            output_text(&out)
+        );
+        DropFragmentsAt
+    }
+
+    /// Fragments the rule dropped so far.
+    fn dropped(&self) -> u64 {
+        let out = netns_exec(
+            "mlg-a",
+            &[
+                "nft",
+                "list",
+                "chain",
+                "netdev",
+                FRAGMENT_DROP_TABLE,
+                "egress",
+            ],
+        );
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        number_after(&text, "counter packets ")
+            .unwrap_or_else(|| panic!("no counter in the fragment drop chain:\n{text}"))
+    }
+}
+
+impl Drop for DropFragmentsAt {
+    fn drop(&mut self) {
+        let out = netns_exec(
+            "mlg-a",
+            &["nft", "delete", "table", "netdev", FRAGMENT_DROP_TABLE],
+        );
+        if !out.status.success() {
+            eprintln!(
+                "removing the fragment drop rule failed:\n{}",
+                output_text(&out)
+            );
+        }
+    }
+}
+
+/// Cuts the IPv4 datagram of `frame` (an Ethernet/IPv4 frame without options, DF or not) into
+/// the fragments Linux would send at MTU 1500 (1,480 bytes of payload each), with
+/// identification `ident`, header checksums fixed.
+fn fragment_frame(frame: &[u8], ident: u16) -> Vec<Vec<u8>> {
+    let (header, payload) = (&frame[..ETH + 20], &frame[ETH + 20..]);
+    let chunks: Vec<&[u8]> = payload.chunks(1480).collect();
+    let last = chunks.len() - 1;
+    (chunks.iter().enumerate())
+        .map(|(i, chunk)| {
+            let mut f = header.to_vec();
+            f.extend_from_slice(chunk);
+            f[IP + 2..IP + 4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            f[IP + 4..IP + 6].copy_from_slice(&ident.to_be_bytes());
+            let more = if i < last { 0x2000 } else { 0 };
+            let field = more | (i * 1480 / 8) as u16;
+            f[IP + 6..IP + 8].copy_from_slice(&field.to_be_bytes());
+            fix_ip_checksum(&mut f);
+            f
+        })
+        .collect()
+}
+
+/// A datagram that loses a fragment is never delivered: the stack holds its other fragments
+/// until the reassembly timeout, then frees them and counts `reasm_timeout` once per
+/// datagram. Two kinds of loss: nftables on the client's egress dropping the second fragment
+/// of a Linux socket's datagrams (Linux then sends none of the later ones either: measured,
+/// only the first fragment of each reaches the server, since `ip_do_fragment` stops at the
+/// first fragment the device refuses), and datagrams injected with a packet socket with a hole
+/// in the middle (every fragment but the second arrives). Afterwards the table is free again
+/// (more datagrams than it has slots come back whole) and the engines' pools get every frame
+/// back.
+#[test]
+fn lost_fragments_time_out_in_reassembly_and_leak_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let client = Client::new();
+    const PORT: u16 = 9601;
+    const SIZE: usize = 8000;
+    let per = fragments_of(SIZE);
+    let mut echo = start_echo(PORT, "plain", &client);
+    let mut rng = Rng::new(0x6c6f_7374_6672_6167);
+
+    // A Linux socket's datagrams, their second fragment dropped on the way out.
+    const LOST_NFT: u64 = 10;
+    let rule = DropFragmentsAt::install(185);
+    for round in 0..LOST_NFT {
+        let payload = random_bytes(&mut rng, SIZE);
+        assert!(
+            !client.echo_exact(PORT, &payload, Duration::from_millis(200)),
+            "round {round}: a datagram that lost a fragment came back:\n{}",
+            echo.log()
+        );
+    }
+    let nft_dropped = rule.dropped();
+    drop(rule);
+    assert_eq!(nft_dropped, LOST_NFT, "one fragment dropped per datagram");
+
+    // Injected datagrams with a hole: every fragment but the second.
+    const LOST_RAW: u64 = 5;
+    let va_mac = in_netns("mlg-a", || netdev::mac_address("mlg-va")).expect("mlg-va's MAC address");
+    let vb_mac = in_netns("mlg-b", || netdev::mac_address("mlg-vb")).expect("mlg-vb's MAC address");
+    let raw = in_netns("mlg-a", || {
+        PacketSocket::bind(netdev::ifindex("mlg-va").expect("mlg-va's ifindex"))
+    })
+    .expect("a packet socket on mlg-va");
+    for round in 0..LOST_RAW {
+        let frame = frames::udp_frame(
+            va_mac,
+            vb_mac,
+            SocketAddrV4::new(CLIENT_IP, 40999),
+            SocketAddrV4::new(SERVER_IP, PORT),
+            &random_bytes(&mut rng, SIZE),
+        );
+        let fragments = fragment_frame(&frame, 0xf000 + round as u16);
+        assert_eq!(fragments.len() as u64, per);
+        for (i, fragment) in fragments.iter().enumerate() {
+            if i != 1 {
+                raw.send(fragment).expect("injecting a fragment");
+            }
+        }
+    }
+    std::thread::sleep(REASSEMBLY_TIMEOUT + Duration::from_millis(500));
+
+    // More datagrams than the table has slots (16): the timed-out entries are free again.
+    const AFTER: u64 = 20;
+    for round in 0..AFTER {
+        let payload = random_bytes(&mut rng, SIZE);
+        assert!(
+            client.echo_exact(PORT, &payload, Duration::from_secs(2)),
+            "round {round} after the loss: a datagram did not come back:\n{}",
+            echo.log()
+        );
+    }
+    let (status, log) = echo.stop();
+    // Every engine's pool is whole: the timed-out fragments' frames came back.
+    assert_clean_exit(status, &log, 2);
+    let arrived = LOST_NFT + LOST_RAW * (per - 1) + AFTER * per;
+    assert_eq!(
+        sum_after(&log, "reasm_timeout="),
+        LOST_NFT + LOST_RAW,
+        "{log}"
+    );
+    assert_eq!(sum_after(&log, "reassembled "), AFTER, "{log}");
+    assert_eq!(sum_after(&log, "frag received "), arrived, "{log}");
+    assert_eq!(verdict(&log, "fragment_redirected"), arrived, "{log}");
+    println!(
+        "{} datagrams lost a fragment and timed out ({LOST_NFT} from nftables, {LOST_RAW} \
+         injected with a hole); {AFTER} came back whole afterwards",
+        LOST_NFT + LOST_RAW
     );
 }
 

@@ -8,6 +8,14 @@
 //! and hands each (socket, pool) pair to an engine thread. ARP and ICMP stay with the kernel,
 //! which owns the same address: `ping` keeps working and the kernel answers ARP.
 //!
+//! A UDP setup also takes the IPv4 fragments of UDP to its address (a fragment rule): a
+//! datagram larger than the MTU arrives as fragments, only the first of which names the port,
+//! and the engines' stack reassembles them. Without the rule the kernel would reassemble them
+//! and, having no socket on the port, drop them. The price, documented in
+//! [`melange_bpf::filter`] ("Fragments"): the fragmented UDP of the kernel's own sockets on
+//! that address reaches the engines too, which drop it as `udp_no_listener`. TCP setups take
+//! no fragments: Melange's TCP never needs them.
+//!
 //! The engines never learn a neighbour from a datagram's source MAC (any host on the link
 //! could then redirect replies), and ARP frames go to the kernel, so the control plane is
 //! their ARP: a neighbour thread watches the kernel's neighbour table for the interface
@@ -23,7 +31,10 @@
 //! the kernel knows it before its first datagram arrives). A client resolves its server the
 //! same way, through [`kernel_neighbor`], before it starts.
 
-use crate::filters::{Direction, FilterHandle, FilterOptions, FilterSpec, PortRange, XdpFilters};
+use crate::filters::{
+    Direction, FilterHandle, FilterOptions, FilterSpec, FragmentHandle, FragmentRule, PortRange,
+    XdpFilters,
+};
 use crate::options::cpu_for;
 use anyhow::{anyhow, bail, Context, Result};
 use melange_bpf::Protocol;
@@ -128,6 +139,9 @@ pub struct XdpRun<A> {
     pub queues: Vec<u32>,
     /// The filter; dropping it gives the ports back to the kernel.
     pub filter: FilterHandle,
+    /// UDP: the rule that steers the address's UDP fragments to the engines (see the module
+    /// documentation); dropping it gives them back to the kernel. `None` for TCP.
+    pub fragments: Option<FragmentHandle>,
     /// The XDP program and its maps; dropping it detaches the program.
     pub filters: XdpFilters,
     /// The neighbour thread (see the module documentation); it ends with the stop signal.
@@ -218,6 +232,18 @@ where
             slot: 0,
         })
         .with_context(|| format!("installing the {protocol:?} filter"))?;
+    let fragments = match protocol {
+        Protocol::Udp => Some(
+            filters
+                .steer_fragments(FragmentRule {
+                    protocol,
+                    addr: setup.addr,
+                    slot: 0,
+                })
+                .with_context(|| format!("steering the UDP fragments to {}", setup.addr))?,
+        ),
+        Protocol::Tcp => None,
+    };
     let mut handles = Vec::new();
     let mut senders = Vec::new();
     for (index, (queue, nic, pool)) in opened.into_iter().enumerate() {
@@ -266,6 +292,7 @@ where
         handles,
         queues,
         filter,
+        fragments,
         filters,
         neighbors,
     })

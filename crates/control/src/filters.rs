@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! [`XdpFilters`] owns everything the kernel holds for one interface: the five maps of
+//! [`XdpFilters`] owns everything the kernel holds for one interface: the six maps of
 //! [`melange_bpf::filter`], the verified program and the [`XdpLink`] that attaches it. Filters are
 //! created with [`XdpFilters::create_filter`] and live as long as the returned
 //! [`FilterHandle`]: dropping the handle removes the filter's map entries, the way dropping a
@@ -17,6 +17,12 @@
 //! maps in the order given: stopping at the first failure of an install and rolling it back,
 //! carrying on past failures of a removal. The types a caller names ([`FilterSpec`],
 //! [`PortRange`], ...) are re-exported from there.
+//!
+//! Fragment rules ([`XdpFilters::steer_fragments`], "IPv4 fragments of UDP to this address go
+//! to this slot") follow the same pattern with their own [`FragmentHandle`]: fragments past
+//! the first carry no port, so a port's filter cannot take them (see
+//! [`melange_bpf::filter`], "Fragments", for the design and what it means for the kernel's
+//! own fragmented traffic on the address).
 //!
 //! The verdict counters live in a per-CPU array, which the program bumps without atomics;
 //! [`XdpFilters::stats`] sums every CPU's copy.
@@ -34,14 +40,15 @@ use melange_sys::bpf::{
 
 use melange_bpf::asm::AsmError;
 use melange_bpf::filter::{
-    self, Counter, FilterMapFds, FILTER_VALUE_SIZE, PEER_KEY_SIZE, PEER_VALUE_SIZE, SERVICES_LEN,
-    SERVICE_VALUE_SIZE, STATS_LEN, STAT_VALUE_SIZE, XSK_VALUE_SIZE,
+    self, Counter, FilterMapFds, FILTER_VALUE_SIZE, FRAGMENT_KEY_SIZE, FRAGMENT_VALUE_SIZE,
+    PEER_KEY_SIZE, PEER_VALUE_SIZE, SERVICES_LEN, SERVICE_VALUE_SIZE, STATS_LEN, STAT_VALUE_SIZE,
+    XSK_VALUE_SIZE,
 };
 use melange_bpf::registry::{MapOp, Registry, StagedFilter};
 
 pub use melange_bpf::registry::{
-    Direction, FilterOptions, FilterSpec, Ipv4Prefix, PortRange, RegistryError, FILTERS_MAX_LIMIT,
-    XSKS_LEN_MAX,
+    Direction, FilterOptions, FilterSpec, FragmentRule, Ipv4Prefix, PortRange, RegistryError,
+    FILTERS_MAX_LIMIT, XSKS_LEN_MAX,
 };
 
 /// Errors of the control API. Each variant says what the caller should do.
@@ -91,7 +98,7 @@ impl From<u32> for Interface {
 /// Packet counts of the filter program since its maps were created, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterStats {
-    /// Redirected to an AF_XDP socket.
+    /// Redirected to an AF_XDP socket by a filter or a steering rule.
     pub redirected: u64,
     /// Matched, but no socket registered for the slot and queue: passed to the kernel.
     pub no_socket: u64,
@@ -101,10 +108,12 @@ pub struct FilterStats {
     pub peer_rejected: u64,
     /// Passed by policy (non-IPv4, ARP or other protocols steered to the kernel).
     pub kernel: u64,
-    /// IPv4 fragments: passed.
+    /// IPv4 fragments to an address and protocol without a fragment rule: passed.
     pub fragment: u64,
     /// Truncated or invalid headers: passed.
     pub malformed: u64,
+    /// IPv4 fragments redirected to an AF_XDP socket by a fragment rule, for reassembly.
+    pub fragment_redirected: u64,
 }
 
 impl FilterStats {
@@ -117,12 +126,13 @@ impl FilterStats {
             Counter::Kernel => &mut self.kernel,
             Counter::Fragment => &mut self.fragment,
             Counter::Malformed => &mut self.malformed,
+            Counter::FragmentRedirected => &mut self.fragment_redirected,
         };
         *field = value;
     }
 }
 
-/// The five maps of the filter program.
+/// The six maps of the filter program.
 #[derive(Debug)]
 struct FilterMaps {
     services: Map,
@@ -130,6 +140,7 @@ struct FilterMaps {
     peers: Map,
     xsks: Map,
     stats: Map,
+    fragments: Map,
 }
 
 impl FilterMaps {
@@ -175,6 +186,14 @@ impl FilterMaps {
                 0,
                 "mlg_stats",
             )?,
+            fragments: Map::create_named(
+                MapKind::Hash,
+                FRAGMENT_KEY_SIZE,
+                FRAGMENT_VALUE_SIZE,
+                options.fragment_rules_max.max(1),
+                0,
+                "mlg_fragments",
+            )?,
         })
     }
 
@@ -185,6 +204,7 @@ impl FilterMaps {
             peers: self.peers.as_raw_fd(),
             xsks: self.xsks.as_raw_fd(),
             stats: self.stats.as_raw_fd(),
+            fragments: self.fragments.as_raw_fd(),
         }
     }
 
@@ -210,6 +230,11 @@ impl FilterMaps {
                 self.services
                     .update(&index.to_ne_bytes(), &value.to_ne_bytes(), UpdateMode::Any)
             }
+            MapOp::InsertFragmentRule { key, slot } => {
+                self.fragments
+                    .update(&key, &slot.to_ne_bytes(), UpdateMode::NoExist)
+            }
+            MapOp::RemoveFragmentRule { key } => self.fragments.delete(&key).map(|_| ()),
         }
     }
 
@@ -260,6 +285,14 @@ impl Shared {
         Ok(registry.commit(staged))
     }
 
+    /// Gives up one holder of `rule`, deleting its entry if that was the last. The lock is
+    /// held across the delete, so a new holder cannot insert the key before it is gone.
+    fn remove_fragment_rule(&self, rule: &FragmentRule) -> Result<(), BpfError> {
+        let mut registry = self.registry();
+        let op = registry.remove_fragment_rule(rule);
+        self.maps.apply_all(op.into_iter())
+    }
+
     fn remove(&self, id: u32) -> Result<(), BpfError> {
         let mut registry = self.registry();
         let Some(staged) = registry.remove(id) else {
@@ -305,6 +338,45 @@ impl Drop for FilterHandle {
         // Writes to our own maps with correctly sized keys fail only on ENOMEM; the entries
         // then stay until the maps are freed, which is when the last handle goes.
         let _ = self.shared.remove(self.id);
+    }
+}
+
+/// A live fragment rule. Dropping it removes the rule when it was the last holder of its
+/// address and protocol; the fragments then go to the kernel again.
+#[derive(Debug)]
+pub struct FragmentHandle {
+    shared: Arc<Shared>,
+    /// The rule; `None` once [`FragmentHandle::remove`] gave it up, so that `Drop` does not
+    /// give up a second holder, one this handle does not own.
+    rule: Option<FragmentRule>,
+}
+
+impl FragmentHandle {
+    /// The rule held.
+    pub fn rule(&self) -> FragmentRule {
+        self.rule
+            .expect("a handle holds its rule until remove, which consumes it")
+    }
+
+    /// Gives the rule up now and reports whether the map write (if the entry went) succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`BpfError`] from the map write; the holder is forgotten either way.
+    pub fn remove(mut self) -> Result<(), ControlError> {
+        let rule = self.rule.take();
+        rule.map_or(Ok(()), |rule| self.shared.remove_fragment_rule(&rule))
+            .map_err(ControlError::from)
+    }
+}
+
+impl Drop for FragmentHandle {
+    fn drop(&mut self) {
+        // As for `FilterHandle`: only ENOMEM can fail a delete, and the entry then goes with
+        // the maps.
+        if let Some(rule) = self.rule.take() {
+            let _ = self.shared.remove_fragment_rule(&rule);
+        }
     }
 }
 
@@ -463,6 +535,32 @@ impl XdpFilters {
         })
     }
 
+    /// Steers IPv4 fragments of `rule.protocol` to `rule.addr` to `rule.slot`'s sockets, until
+    /// the handle is dropped: the fragments of datagrams larger than the MTU then reach the
+    /// slot's engines, whose stack reassembles them, instead of the kernel. Fragments carry no
+    /// port past the first, so the rule takes *every* fragment of that protocol to the address,
+    /// the kernel's own sockets' included (see [`melange_bpf::filter`], "Fragments").
+    /// Services of one slot on one address share the rule.
+    ///
+    /// # Errors
+    ///
+    /// [`ControlError::Registry`], changing nothing, with [`RegistryError::SlotOutOfRange`],
+    /// [`RegistryError::FragmentRuleConflict`] (another slot has the address's fragments) or
+    /// [`RegistryError::FragmentRulesExhausted`]; [`ControlError::Bpf`] if the map write
+    /// fails (nothing is then held).
+    pub fn steer_fragments(&self, rule: FragmentRule) -> Result<FragmentHandle, ControlError> {
+        let shared = &self.shared;
+        let mut registry = shared.registry();
+        if let Some(op) = registry.fragment_rule_op(&rule)? {
+            shared.maps.apply(op)?;
+        }
+        registry.commit_fragment_rule(&rule);
+        Ok(FragmentHandle {
+            shared: Arc::clone(shared),
+            rule: Some(rule),
+        })
+    }
+
     /// Reads the packet counters, each the sum of every CPU's count.
     ///
     /// # Errors
@@ -591,7 +689,7 @@ mod tests {
         ipv4(1, PEER, &[8, 0, 0, 0, 0, 1, 0, 1])
     }
 
-    fn counts(s: FilterStats) -> [u64; 7] {
+    fn counts(s: FilterStats) -> [u64; 8] {
         [
             s.redirected,
             s.no_socket,
@@ -600,7 +698,37 @@ mod tests {
             s.kernel,
             s.fragment,
             s.malformed,
+            s.fragment_redirected,
         ]
+    }
+
+    /// An IPv4 fragment of `proto` from PEER to `dst` with flags/offset field `frag` (MF is
+    /// `0x2000`, the offset counts 8-byte units) carrying `payload`.
+    fn fragment_to(proto: u8, dst: [u8; 4], frag: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = ipv4_full(proto, PEER, frag, 0, payload);
+        f[14 + 16..14 + 20].copy_from_slice(&dst);
+        f
+    }
+
+    /// The three kinds of fragment of one UDP datagram to `dst`, `port`: the first (offset 0,
+    /// MF, with the UDP header), a middle one (MF, offset 1480) and the last (offset 2960, MF
+    /// clear). Only the first carries the port.
+    fn udp_fragments(dst: [u8; 4], port: u16) -> [(&'static str, Vec<u8>); 3] {
+        let mut first = udp(port);
+        first.resize(1480, 0xab);
+        [
+            ("first", fragment_to(17, dst, 0x2000, &first)),
+            ("middle", fragment_to(17, dst, 0x2000 | 185, &[0xcd; 1480])),
+            ("last", fragment_to(17, dst, 370, &[0xef; 100])),
+        ]
+    }
+
+    fn udp_fragment_rule(slot: u32) -> FragmentRule {
+        FragmentRule {
+            protocol: Protocol::Udp,
+            addr: Ipv4Addr::from(US),
+            slot,
+        }
     }
 
     /// Runs `frame` through the real program and returns its action and the one counter it
@@ -1583,7 +1711,7 @@ mod tests {
         assert_eq!(per_cpu(Counter::Kernel)[..2], [4, 0]);
         assert!(per_cpu(Counter::Redirected).iter().all(|&n| n == 0));
         // ... and the stats are their sums.
-        assert_eq!(counts(f.stats().unwrap()), [0, 5, 5, 0, 4, 0, 0]);
+        assert_eq!(counts(f.stats().unwrap()), [0, 5, 5, 0, 4, 0, 0, 0]);
     }
 
     #[test]
@@ -1819,7 +1947,8 @@ mod tests {
             verdict(&f, &ipv4_full(17, PEER, 0, 8, &udp(9))),
             (PASS, Counter::NoSocket)
         );
-        // More-fragments, and a non-zero offset.
+        // More-fragments, and a non-zero offset: without a fragment rule for the address,
+        // fragments go to the kernel even when the first one names a filtered port.
         assert_eq!(
             verdict(&f, &ipv4_full(17, PEER, 0x2000, 0, &udp(9))),
             (PASS, Counter::Fragment)
@@ -1827,6 +1956,11 @@ mod tests {
         assert_eq!(
             verdict(&f, &ipv4_full(17, PEER, 0x0010, 0, &udp(9))),
             (PASS, Counter::Fragment)
+        );
+        // DF alone is no fragment.
+        assert_eq!(
+            verdict(&f, &ipv4_full(17, PEER, 0x4000, 0, &udp(9))),
+            (PASS, Counter::NoSocket)
         );
         // Ethernet only; IPv4 header cut short; L4 header cut short (behind options).
         assert_eq!(verdict(&f, &eth(ETH_IPV4, &[])), (PASS, Counter::Malformed));
@@ -1860,6 +1994,97 @@ mod tests {
         );
         // The kernel refuses test input shorter than an Ethernet header.
         assert!(f.program().test_run(&full[..13], &mut [], 1).is_err());
+    }
+
+    /// A fragment rule takes every fragment of UDP to its address (first, middle and last,
+    /// whatever the first one's port) to its slot's socket on the queue, and nothing else:
+    /// not fragments to another address, not TCP or ICMP fragments to the same one, not
+    /// unfragmented datagrams. Holders of one slot share it; another slot is refused; the
+    /// last holder's drop gives the fragments back to the kernel and empties the map.
+    #[test]
+    fn fragment_rules_steer_fragments_by_address() {
+        let test = "fragment_rules_steer_fragments_by_address";
+        if !privileged(test) {
+            return;
+        }
+        let Some(xsk) = TestXsk::new(test) else {
+            return;
+        };
+        let f = XdpFilters::new(FilterOptions::default()).unwrap();
+        let other_addr = [10, 0, 0, 9];
+        let redirected = (filter::XDP_REDIRECT, Counter::FragmentRedirected);
+        let to_kernel = (PASS, Counter::Fragment);
+
+        // No rule: every fragment goes to the kernel, as it always did.
+        for (kind, frame) in udp_fragments(US, 7777) {
+            assert_eq!(verdict(&f, &frame), to_kernel, "{kind}");
+        }
+        let rule = f.steer_fragments(udp_fragment_rule(1)).unwrap();
+        assert_eq!(rule.rule(), udp_fragment_rule(1));
+        // The rule, but no socket at its slot on queue 0: counted as such, passed.
+        for (kind, frame) in udp_fragments(US, 7777) {
+            assert_eq!(verdict(&f, &frame), (PASS, Counter::NoSocket), "{kind}");
+        }
+        f.register_socket(1, 0, xsk.socket.fd()).unwrap();
+        // Every fragment to our address, to a port with a filter or without one (the first
+        // fragment's port is not looked at: the later ones have none).
+        for port in [7777, 53] {
+            for (kind, frame) in udp_fragments(US, port) {
+                assert_eq!(verdict(&f, &frame), redirected, "{kind} to port {port}");
+            }
+        }
+        // Not another address's fragments, nor other protocols' to ours.
+        for (kind, frame) in udp_fragments(other_addr, 7777) {
+            assert_eq!(verdict(&f, &frame), to_kernel, "{kind} to another address");
+        }
+        let mut syn = tcp_syn(7777);
+        syn.resize(24, 0);
+        assert_eq!(verdict(&f, &fragment_to(6, US, 0x2000, &syn)), to_kernel);
+        assert_eq!(verdict(&f, &fragment_to(6, US, 3, &[0; 40])), to_kernel);
+        assert_eq!(
+            verdict(&f, &fragment_to(1, US, 0x2000, &[8, 0, 0, 0, 0, 1, 0, 1])),
+            to_kernel,
+            "a large ping's first fragment"
+        );
+        // Unfragmented datagrams follow the port table alone.
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 7777)),
+            (PASS, Counter::NoFilter)
+        );
+        let h = udp_filter(&f, 1, 7777, vec![]);
+        assert_eq!(
+            verdict(&f, &udp_frame(PEER, 7777)),
+            (filter::XDP_REDIRECT, Counter::Redirected)
+        );
+        drop(h);
+
+        // A second service of slot 1 shares the rule; slot 2 cannot have it.
+        let shared = f.steer_fragments(udp_fragment_rule(1)).unwrap();
+        assert!(matches!(
+            f.steer_fragments(udp_fragment_rule(2)),
+            Err(ControlError::Registry(
+                RegistryError::FragmentRuleConflict { existing: 1, .. }
+            ))
+        ));
+        assert!(matches!(
+            f.steer_fragments(udp_fragment_rule(16)),
+            Err(ControlError::Registry(RegistryError::SlotOutOfRange { .. }))
+        ));
+        let (_, middle) = &udp_fragments(US, 7777)[1];
+        drop(rule);
+        assert_eq!(verdict(&f, middle), redirected, "the other holder keeps it");
+        shared.remove().unwrap();
+        assert_eq!(verdict(&f, middle), to_kernel);
+        let mut key = [0u8; FRAGMENT_KEY_SIZE as usize];
+        assert!(!f.shared.maps.fragments.next_key(None, &mut key).unwrap());
+        assert_eq!(f.shared.registry().fragment_rules(), 0);
+        // Slot 2 may have it now.
+        f.register_socket(2, 0, xsk.socket.fd()).unwrap();
+        let _two = f.steer_fragments(udp_fragment_rule(2)).unwrap();
+        assert_eq!(verdict(&f, middle), redirected);
+        f.unregister_socket(1, 0).unwrap();
+        f.unregister_socket(2, 0).unwrap();
+        assert_registry_empty(&f);
     }
 
     #[test]

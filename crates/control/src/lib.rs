@@ -26,7 +26,7 @@ pub mod options;
 pub mod setups;
 
 pub use filters::{
-    ControlError, Direction, FilterHandle, FilterOptions, FilterSpec, FilterStats, Interface,
-    Ipv4Prefix, PortRange, XdpFilters,
+    ControlError, Direction, FilterHandle, FilterOptions, FilterSpec, FilterStats, FragmentHandle,
+    FragmentRule, Interface, Ipv4Prefix, PortRange, XdpFilters,
 };
 pub use melange_bpf::RegistryError;

@@ -256,9 +256,10 @@ pub struct AfXdpQueue {
     fill_target: usize,
     /// Refill once this many frames are missing from the fill ring.
     refill_batch: usize,
-    /// The engine's batch: [`AfXdpQueue::tx_room`] reads the shared ring index only when the
-    /// cached one shows less room than this.
-    batch_max: usize,
+    /// [`AfXdpQueue::tx_room`] reads the shared ring index only when the cached one shows
+    /// less room than this: the engine's batch, or the fragments of one UDP datagram
+    /// ([`melange_net::TX_FRAGMENTS_MAX`]) if more, the most frames one send asks room for.
+    room_cached_min: usize,
     /// Frames were published on the TX ring and no kick has been seen to send them all yet.
     tx_kick_pending: bool,
     descs: Vec<XdpDesc>,
@@ -330,7 +331,7 @@ impl AfXdpQueue {
             frame_size: u64::from(FRAME_SIZE),
             fill_target: ring as usize,
             refill_batch: batch.clamp(1, ring as usize / 4),
-            batch_max: batch.max(1),
+            room_cached_min: batch.max(1).max(melange_net::TX_FRAGMENTS_MAX),
             tx_kick_pending: false,
             descs: vec![XdpDesc::default(); batch.max(ring as usize)],
             addrs: vec![0; batch.max(ring as usize)],
@@ -391,14 +392,18 @@ impl AfXdpQueue {
 
     /// Descriptors the TX ring can take right now: how many frames are worth building for
     /// this queue. Computed from the ring indices, with no system call: from the cached
-    /// consumer index when that already shows a full batch free, otherwise from one load of
-    /// the kernel's consumer index (a stale cache must not hide room forever). 0 once closed.
+    /// consumer index when that already shows room for a full batch and for a whole
+    /// fragmented datagram, otherwise from one load of the kernel's consumer index (a stale
+    /// cache must not hide room forever). The second bound matters when the batch is smaller
+    /// than a datagram's fragments: the stack asks for room for all of them at once (a 65,507
+    /// byte datagram is 45 frames), and a cache that shows a batch but not that much would
+    /// refuse the datagram while the ring is empty. 0 once closed.
     pub fn tx_room(&self) -> usize {
         let Some(socket) = &self.socket else {
             return 0;
         };
         let cached = socket.tx_free_cached();
-        if cached >= self.batch_max {
+        if cached >= self.room_cached_min {
             cached
         } else {
             socket.tx_free()
@@ -824,12 +829,16 @@ mod tests {
     }
 
     fn open(ns: &TestNetns, frames: u32) -> (AfXdpQueue, PacketPool) {
+        open_with_batch(ns, frames, 64)
+    }
+
+    fn open_with_batch(ns: &TestNetns, frames: u32, batch_max: usize) -> (AfXdpQueue, PacketPool) {
         let _inside = netdev::enter_netns(ns.name()).unwrap();
         let options = AfXdpOptions {
             ifindex: netdev::ifindex("vb").unwrap(),
             queue: 0,
             frames,
-            batch_max: 64,
+            batch_max,
             bind: BindMode::Copy,
             hugepages: false,
         };
@@ -948,6 +957,33 @@ mod tests {
             queue.kernel_statistics().is_ok(),
             "kept from before the close"
         );
+    }
+
+    /// With a batch smaller than a fragmented datagram, the room reported once the kernel has
+    /// drained the ring is the whole ring, not a stale cached count between the two: the
+    /// stack asks for a datagram's fragments at once and would refuse it otherwise.
+    #[test]
+    fn tx_room_is_fresh_below_a_datagrams_fragments() {
+        if !root_or_skip("tx_room_is_fresh_below_a_datagrams_fragments") {
+            return;
+        }
+        let ns = veth_netns();
+        let (mut queue, mut pool) = open_with_batch(&ns, 768, 8);
+        assert_eq!(queue.tx_room(), 256);
+        // Leave the cache showing 20 free: more than a batch, fewer than 45 fragments.
+        let mut tx = tx_batch(&mut pool, 236);
+        let outcome = queue.send_batch(&mut pool, &mut tx);
+        assert!(outcome.error.is_none());
+        let mut rx = Vec::with_capacity(64);
+        poll_until(&mut queue, &mut pool, &mut rx, |q, _, _| {
+            q.counters().completed == q.counters().transmitted
+        });
+        assert_eq!(queue.counters().transmitted, 236);
+        assert_eq!(queue.tx_room(), 256, "the ring is empty again");
+        for buf in rx.drain(..) {
+            pool.free(buf);
+        }
+        queue.release(&mut pool);
     }
 
     #[test]
