@@ -53,8 +53,12 @@ pub struct Entry {
     volatile_at: u32,
     /// Last access, Unix seconds (wrapping), for approximate LRU.
     accessed_s: u32,
-    /// Version stamp of the last change (for `WATCH`).
+    /// Version stamp of the last change: what `WATCH` compares, and the memcached protocol's
+    /// CAS unique (unique per change, never reused, as memcached requires).
     version: u64,
+    /// memcached's client flags (0 for values written through RESP, as memcached clients
+    /// expect of raw strings).
+    flags: u32,
     /// Bytes accounted for this entry.
     bytes: usize,
 }
@@ -79,6 +83,10 @@ impl Entry {
     /// The version stamp of the last change.
     pub fn version(&self) -> u64 {
         self.version
+    }
+    /// memcached's client flags.
+    pub fn flags(&self) -> u32 {
+        self.flags
     }
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expire_at_ms != 0 && self.expire_at_ms <= now_ms
@@ -188,6 +196,7 @@ impl Db {
             volatile_at: NOT_VOLATILE,
             accessed_s: unix_s(now_ms),
             version,
+            flags: 0,
             bytes: 0,
         };
         entry.bytes = ENTRY_OVERHEAD + entry.key.len() + entry.value.heap_bytes();
@@ -520,6 +529,7 @@ impl Keyspace {
                 let entry = d.entry_mut(slot);
                 entry.value = value;
                 entry.version = version;
+                entry.flags = 0;
                 entry.accessed_s = unix_s(now_ms);
                 if !keep_ttl {
                     d.set_expire(slot, 0);
@@ -551,6 +561,12 @@ impl Keyspace {
         let d = &mut self.dbs[db];
         d.set_expire(slot, at_ms);
         d.entry_mut(slot).version = version;
+    }
+
+    /// Sets memcached's client flags of the key in `slot` (after a [`Keyspace::store`], which
+    /// clears them).
+    pub fn set_flags(&mut self, db: usize, slot: Slot, flags: u32) {
+        self.dbs[db].entry_mut(slot).flags = flags;
     }
 
     /// Removes every key of `db`.
