@@ -1,0 +1,4 @@
+//! placeholder
+#![forbid(unsafe_code)]
+pub mod double;
+pub mod number;
