@@ -34,7 +34,14 @@ pub fn format_double(value: f64, buf: &mut [u8; DOUBLE_TEXT_LEN_MAX]) -> &[u8] {
         return copy_text(buf, if value < 0.0 { b"-inf" } else { b"inf" });
     }
     if value == 0.0 {
-        return copy_text(buf, if value.is_sign_negative() { b"-0" } else { b"0" });
+        return copy_text(
+            buf,
+            if value.is_sign_negative() {
+                b"-0"
+            } else {
+                b"0"
+            },
+        );
     }
     // `double2ll`: integers are printed as integers inside ±(LLONG_MAX / 2), where the cast
     // to i64 is exact; the bound is the double nearest to it (2^62), as in C.
@@ -50,6 +57,12 @@ pub fn format_double(value: f64, buf: &mut [u8; DOUBLE_TEXT_LEN_MAX]) -> &[u8] {
     }
     let len = fpconv_dtoa(value, buf);
     &buf[..len]
+}
+
+/// Reads a double's text as Redis writes it (`inf`, `-inf`, `nan`, or a decimal number); for
+/// the reply parser's RESP3 doubles and RESP2 bulk strings holding scores.
+pub fn parse_double(text: &[u8]) -> Option<f64> {
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 fn copy_text<'b>(buf: &'b mut [u8; DOUBLE_TEXT_LEN_MAX], text: &[u8]) -> &'b [u8] {
@@ -75,93 +88,354 @@ const EXPONENT_BIAS: i32 = 1023 + 52;
 /// (and checked again by `cached_powers_are_rounded_powers_of_ten` below); the same table as
 /// every Grisu implementation, fpconv's included.
 const CACHED_POWERS: [Fp; 87] = [
-    Fp { frac: 0xfa8fd5a0_081c0288, exp: -1220 }, // 10^-348
-    Fp { frac: 0xbaaee17f_a23ebf76, exp: -1193 }, // 10^-340
-    Fp { frac: 0x8b16fb20_3055ac76, exp: -1166 }, // 10^-332
-    Fp { frac: 0xcf42894a_5dce35ea, exp: -1140 }, // 10^-324
-    Fp { frac: 0x9a6bb0aa_55653b2d, exp: -1113 }, // 10^-316
-    Fp { frac: 0xe61acf03_3d1a45df, exp: -1087 }, // 10^-308
-    Fp { frac: 0xab70fe17_c79ac6ca, exp: -1060 }, // 10^-300
-    Fp { frac: 0xff77b1fc_bebcdc4f, exp: -1034 }, // 10^-292
-    Fp { frac: 0xbe5691ef_416bd60c, exp: -1007 }, // 10^-284
-    Fp { frac: 0x8dd01fad_907ffc3c, exp: -980 }, // 10^-276
-    Fp { frac: 0xd3515c28_31559a83, exp: -954 }, // 10^-268
-    Fp { frac: 0x9d71ac8f_ada6c9b5, exp: -927 }, // 10^-260
-    Fp { frac: 0xea9c2277_23ee8bcb, exp: -901 }, // 10^-252
-    Fp { frac: 0xaecc4991_4078536d, exp: -874 }, // 10^-244
-    Fp { frac: 0x823c1279_5db6ce57, exp: -847 }, // 10^-236
-    Fp { frac: 0xc2109436_4dfb5637, exp: -821 }, // 10^-228
-    Fp { frac: 0x9096ea6f_3848984f, exp: -794 }, // 10^-220
-    Fp { frac: 0xd77485cb_25823ac7, exp: -768 }, // 10^-212
-    Fp { frac: 0xa086cfcd_97bf97f4, exp: -741 }, // 10^-204
-    Fp { frac: 0xef340a98_172aace5, exp: -715 }, // 10^-196
-    Fp { frac: 0xb23867fb_2a35b28e, exp: -688 }, // 10^-188
-    Fp { frac: 0x84c8d4df_d2c63f3b, exp: -661 }, // 10^-180
-    Fp { frac: 0xc5dd4427_1ad3cdba, exp: -635 }, // 10^-172
-    Fp { frac: 0x936b9fce_bb25c996, exp: -608 }, // 10^-164
-    Fp { frac: 0xdbac6c24_7d62a584, exp: -582 }, // 10^-156
-    Fp { frac: 0xa3ab6658_0d5fdaf6, exp: -555 }, // 10^-148
-    Fp { frac: 0xf3e2f893_dec3f126, exp: -529 }, // 10^-140
-    Fp { frac: 0xb5b5ada8_aaff80b8, exp: -502 }, // 10^-132
-    Fp { frac: 0x87625f05_6c7c4a8b, exp: -475 }, // 10^-124
-    Fp { frac: 0xc9bcff60_34c13053, exp: -449 }, // 10^-116
-    Fp { frac: 0x964e858c_91ba2655, exp: -422 }, // 10^-108
-    Fp { frac: 0xdff97724_70297ebd, exp: -396 }, // 10^-100
-    Fp { frac: 0xa6dfbd9f_b8e5b88f, exp: -369 }, // 10^-92
-    Fp { frac: 0xf8a95fcf_88747d94, exp: -343 }, // 10^-84
-    Fp { frac: 0xb9447093_8fa89bcf, exp: -316 }, // 10^-76
-    Fp { frac: 0x8a08f0f8_bf0f156b, exp: -289 }, // 10^-68
-    Fp { frac: 0xcdb02555_653131b6, exp: -263 }, // 10^-60
-    Fp { frac: 0x993fe2c6_d07b7fac, exp: -236 }, // 10^-52
-    Fp { frac: 0xe45c10c4_2a2b3b06, exp: -210 }, // 10^-44
-    Fp { frac: 0xaa242499_697392d3, exp: -183 }, // 10^-36
-    Fp { frac: 0xfd87b5f2_8300ca0e, exp: -157 }, // 10^-28
-    Fp { frac: 0xbce50864_92111aeb, exp: -130 }, // 10^-20
-    Fp { frac: 0x8cbccc09_6f5088cc, exp: -103 }, // 10^-12
-    Fp { frac: 0xd1b71758_e219652c, exp: -77 }, // 10^-4
-    Fp { frac: 0x9c400000_00000000, exp: -50 }, // 10^4
-    Fp { frac: 0xe8d4a510_00000000, exp: -24 }, // 10^12
-    Fp { frac: 0xad78ebc5_ac620000, exp: 3 }, // 10^20
-    Fp { frac: 0x813f3978_f8940984, exp: 30 }, // 10^28
-    Fp { frac: 0xc097ce7b_c90715b3, exp: 56 }, // 10^36
-    Fp { frac: 0x8f7e32ce_7bea5c70, exp: 83 }, // 10^44
-    Fp { frac: 0xd5d238a4_abe98068, exp: 109 }, // 10^52
-    Fp { frac: 0x9f4f2726_179a2245, exp: 136 }, // 10^60
-    Fp { frac: 0xed63a231_d4c4fb27, exp: 162 }, // 10^68
-    Fp { frac: 0xb0de6538_8cc8ada8, exp: 189 }, // 10^76
-    Fp { frac: 0x83c7088e_1aab65db, exp: 216 }, // 10^84
-    Fp { frac: 0xc45d1df9_42711d9a, exp: 242 }, // 10^92
-    Fp { frac: 0x924d692c_a61be758, exp: 269 }, // 10^100
-    Fp { frac: 0xda01ee64_1a708dea, exp: 295 }, // 10^108
-    Fp { frac: 0xa26da399_9aef774a, exp: 322 }, // 10^116
-    Fp { frac: 0xf209787b_b47d6b85, exp: 348 }, // 10^124
-    Fp { frac: 0xb454e4a1_79dd1877, exp: 375 }, // 10^132
-    Fp { frac: 0x865b8692_5b9bc5c2, exp: 402 }, // 10^140
-    Fp { frac: 0xc83553c5_c8965d3d, exp: 428 }, // 10^148
-    Fp { frac: 0x952ab45c_fa97a0b3, exp: 455 }, // 10^156
-    Fp { frac: 0xde469fbd_99a05fe3, exp: 481 }, // 10^164
-    Fp { frac: 0xa59bc234_db398c25, exp: 508 }, // 10^172
-    Fp { frac: 0xf6c69a72_a3989f5c, exp: 534 }, // 10^180
-    Fp { frac: 0xb7dcbf53_54e9bece, exp: 561 }, // 10^188
-    Fp { frac: 0x88fcf317_f22241e2, exp: 588 }, // 10^196
-    Fp { frac: 0xcc20ce9b_d35c78a5, exp: 614 }, // 10^204
-    Fp { frac: 0x98165af3_7b2153df, exp: 641 }, // 10^212
-    Fp { frac: 0xe2a0b5dc_971f303a, exp: 667 }, // 10^220
-    Fp { frac: 0xa8d9d153_5ce3b396, exp: 694 }, // 10^228
-    Fp { frac: 0xfb9b7cd9_a4a7443c, exp: 720 }, // 10^236
-    Fp { frac: 0xbb764c4c_a7a44410, exp: 747 }, // 10^244
-    Fp { frac: 0x8bab8eef_b6409c1a, exp: 774 }, // 10^252
-    Fp { frac: 0xd01fef10_a657842c, exp: 800 }, // 10^260
-    Fp { frac: 0x9b10a4e5_e9913129, exp: 827 }, // 10^268
-    Fp { frac: 0xe7109bfb_a19c0c9d, exp: 853 }, // 10^276
-    Fp { frac: 0xac2820d9_623bf429, exp: 880 }, // 10^284
-    Fp { frac: 0x80444b5e_7aa7cf85, exp: 907 }, // 10^292
-    Fp { frac: 0xbf21e440_03acdd2d, exp: 933 }, // 10^300
-    Fp { frac: 0x8e679c2f_5e44ff8f, exp: 960 }, // 10^308
-    Fp { frac: 0xd433179d_9c8cb841, exp: 986 }, // 10^316
-    Fp { frac: 0x9e19db92_b4e31ba9, exp: 1013 }, // 10^324
-    Fp { frac: 0xeb96bf6e_badf77d9, exp: 1039 }, // 10^332
-    Fp { frac: 0xaf87023b_9bf0ee6b, exp: 1066 }, // 10^340
+    Fp {
+        frac: 0xfa8fd5a0_081c0288,
+        exp: -1220,
+    }, // 10^-348
+    Fp {
+        frac: 0xbaaee17f_a23ebf76,
+        exp: -1193,
+    }, // 10^-340
+    Fp {
+        frac: 0x8b16fb20_3055ac76,
+        exp: -1166,
+    }, // 10^-332
+    Fp {
+        frac: 0xcf42894a_5dce35ea,
+        exp: -1140,
+    }, // 10^-324
+    Fp {
+        frac: 0x9a6bb0aa_55653b2d,
+        exp: -1113,
+    }, // 10^-316
+    Fp {
+        frac: 0xe61acf03_3d1a45df,
+        exp: -1087,
+    }, // 10^-308
+    Fp {
+        frac: 0xab70fe17_c79ac6ca,
+        exp: -1060,
+    }, // 10^-300
+    Fp {
+        frac: 0xff77b1fc_bebcdc4f,
+        exp: -1034,
+    }, // 10^-292
+    Fp {
+        frac: 0xbe5691ef_416bd60c,
+        exp: -1007,
+    }, // 10^-284
+    Fp {
+        frac: 0x8dd01fad_907ffc3c,
+        exp: -980,
+    }, // 10^-276
+    Fp {
+        frac: 0xd3515c28_31559a83,
+        exp: -954,
+    }, // 10^-268
+    Fp {
+        frac: 0x9d71ac8f_ada6c9b5,
+        exp: -927,
+    }, // 10^-260
+    Fp {
+        frac: 0xea9c2277_23ee8bcb,
+        exp: -901,
+    }, // 10^-252
+    Fp {
+        frac: 0xaecc4991_4078536d,
+        exp: -874,
+    }, // 10^-244
+    Fp {
+        frac: 0x823c1279_5db6ce57,
+        exp: -847,
+    }, // 10^-236
+    Fp {
+        frac: 0xc2109436_4dfb5637,
+        exp: -821,
+    }, // 10^-228
+    Fp {
+        frac: 0x9096ea6f_3848984f,
+        exp: -794,
+    }, // 10^-220
+    Fp {
+        frac: 0xd77485cb_25823ac7,
+        exp: -768,
+    }, // 10^-212
+    Fp {
+        frac: 0xa086cfcd_97bf97f4,
+        exp: -741,
+    }, // 10^-204
+    Fp {
+        frac: 0xef340a98_172aace5,
+        exp: -715,
+    }, // 10^-196
+    Fp {
+        frac: 0xb23867fb_2a35b28e,
+        exp: -688,
+    }, // 10^-188
+    Fp {
+        frac: 0x84c8d4df_d2c63f3b,
+        exp: -661,
+    }, // 10^-180
+    Fp {
+        frac: 0xc5dd4427_1ad3cdba,
+        exp: -635,
+    }, // 10^-172
+    Fp {
+        frac: 0x936b9fce_bb25c996,
+        exp: -608,
+    }, // 10^-164
+    Fp {
+        frac: 0xdbac6c24_7d62a584,
+        exp: -582,
+    }, // 10^-156
+    Fp {
+        frac: 0xa3ab6658_0d5fdaf6,
+        exp: -555,
+    }, // 10^-148
+    Fp {
+        frac: 0xf3e2f893_dec3f126,
+        exp: -529,
+    }, // 10^-140
+    Fp {
+        frac: 0xb5b5ada8_aaff80b8,
+        exp: -502,
+    }, // 10^-132
+    Fp {
+        frac: 0x87625f05_6c7c4a8b,
+        exp: -475,
+    }, // 10^-124
+    Fp {
+        frac: 0xc9bcff60_34c13053,
+        exp: -449,
+    }, // 10^-116
+    Fp {
+        frac: 0x964e858c_91ba2655,
+        exp: -422,
+    }, // 10^-108
+    Fp {
+        frac: 0xdff97724_70297ebd,
+        exp: -396,
+    }, // 10^-100
+    Fp {
+        frac: 0xa6dfbd9f_b8e5b88f,
+        exp: -369,
+    }, // 10^-92
+    Fp {
+        frac: 0xf8a95fcf_88747d94,
+        exp: -343,
+    }, // 10^-84
+    Fp {
+        frac: 0xb9447093_8fa89bcf,
+        exp: -316,
+    }, // 10^-76
+    Fp {
+        frac: 0x8a08f0f8_bf0f156b,
+        exp: -289,
+    }, // 10^-68
+    Fp {
+        frac: 0xcdb02555_653131b6,
+        exp: -263,
+    }, // 10^-60
+    Fp {
+        frac: 0x993fe2c6_d07b7fac,
+        exp: -236,
+    }, // 10^-52
+    Fp {
+        frac: 0xe45c10c4_2a2b3b06,
+        exp: -210,
+    }, // 10^-44
+    Fp {
+        frac: 0xaa242499_697392d3,
+        exp: -183,
+    }, // 10^-36
+    Fp {
+        frac: 0xfd87b5f2_8300ca0e,
+        exp: -157,
+    }, // 10^-28
+    Fp {
+        frac: 0xbce50864_92111aeb,
+        exp: -130,
+    }, // 10^-20
+    Fp {
+        frac: 0x8cbccc09_6f5088cc,
+        exp: -103,
+    }, // 10^-12
+    Fp {
+        frac: 0xd1b71758_e219652c,
+        exp: -77,
+    }, // 10^-4
+    Fp {
+        frac: 0x9c400000_00000000,
+        exp: -50,
+    }, // 10^4
+    Fp {
+        frac: 0xe8d4a510_00000000,
+        exp: -24,
+    }, // 10^12
+    Fp {
+        frac: 0xad78ebc5_ac620000,
+        exp: 3,
+    }, // 10^20
+    Fp {
+        frac: 0x813f3978_f8940984,
+        exp: 30,
+    }, // 10^28
+    Fp {
+        frac: 0xc097ce7b_c90715b3,
+        exp: 56,
+    }, // 10^36
+    Fp {
+        frac: 0x8f7e32ce_7bea5c70,
+        exp: 83,
+    }, // 10^44
+    Fp {
+        frac: 0xd5d238a4_abe98068,
+        exp: 109,
+    }, // 10^52
+    Fp {
+        frac: 0x9f4f2726_179a2245,
+        exp: 136,
+    }, // 10^60
+    Fp {
+        frac: 0xed63a231_d4c4fb27,
+        exp: 162,
+    }, // 10^68
+    Fp {
+        frac: 0xb0de6538_8cc8ada8,
+        exp: 189,
+    }, // 10^76
+    Fp {
+        frac: 0x83c7088e_1aab65db,
+        exp: 216,
+    }, // 10^84
+    Fp {
+        frac: 0xc45d1df9_42711d9a,
+        exp: 242,
+    }, // 10^92
+    Fp {
+        frac: 0x924d692c_a61be758,
+        exp: 269,
+    }, // 10^100
+    Fp {
+        frac: 0xda01ee64_1a708dea,
+        exp: 295,
+    }, // 10^108
+    Fp {
+        frac: 0xa26da399_9aef774a,
+        exp: 322,
+    }, // 10^116
+    Fp {
+        frac: 0xf209787b_b47d6b85,
+        exp: 348,
+    }, // 10^124
+    Fp {
+        frac: 0xb454e4a1_79dd1877,
+        exp: 375,
+    }, // 10^132
+    Fp {
+        frac: 0x865b8692_5b9bc5c2,
+        exp: 402,
+    }, // 10^140
+    Fp {
+        frac: 0xc83553c5_c8965d3d,
+        exp: 428,
+    }, // 10^148
+    Fp {
+        frac: 0x952ab45c_fa97a0b3,
+        exp: 455,
+    }, // 10^156
+    Fp {
+        frac: 0xde469fbd_99a05fe3,
+        exp: 481,
+    }, // 10^164
+    Fp {
+        frac: 0xa59bc234_db398c25,
+        exp: 508,
+    }, // 10^172
+    Fp {
+        frac: 0xf6c69a72_a3989f5c,
+        exp: 534,
+    }, // 10^180
+    Fp {
+        frac: 0xb7dcbf53_54e9bece,
+        exp: 561,
+    }, // 10^188
+    Fp {
+        frac: 0x88fcf317_f22241e2,
+        exp: 588,
+    }, // 10^196
+    Fp {
+        frac: 0xcc20ce9b_d35c78a5,
+        exp: 614,
+    }, // 10^204
+    Fp {
+        frac: 0x98165af3_7b2153df,
+        exp: 641,
+    }, // 10^212
+    Fp {
+        frac: 0xe2a0b5dc_971f303a,
+        exp: 667,
+    }, // 10^220
+    Fp {
+        frac: 0xa8d9d153_5ce3b396,
+        exp: 694,
+    }, // 10^228
+    Fp {
+        frac: 0xfb9b7cd9_a4a7443c,
+        exp: 720,
+    }, // 10^236
+    Fp {
+        frac: 0xbb764c4c_a7a44410,
+        exp: 747,
+    }, // 10^244
+    Fp {
+        frac: 0x8bab8eef_b6409c1a,
+        exp: 774,
+    }, // 10^252
+    Fp {
+        frac: 0xd01fef10_a657842c,
+        exp: 800,
+    }, // 10^260
+    Fp {
+        frac: 0x9b10a4e5_e9913129,
+        exp: 827,
+    }, // 10^268
+    Fp {
+        frac: 0xe7109bfb_a19c0c9d,
+        exp: 853,
+    }, // 10^276
+    Fp {
+        frac: 0xac2820d9_623bf429,
+        exp: 880,
+    }, // 10^284
+    Fp {
+        frac: 0x80444b5e_7aa7cf85,
+        exp: 907,
+    }, // 10^292
+    Fp {
+        frac: 0xbf21e440_03acdd2d,
+        exp: 933,
+    }, // 10^300
+    Fp {
+        frac: 0x8e679c2f_5e44ff8f,
+        exp: 960,
+    }, // 10^308
+    Fp {
+        frac: 0xd433179d_9c8cb841,
+        exp: 986,
+    }, // 10^316
+    Fp {
+        frac: 0x9e19db92_b4e31ba9,
+        exp: 1013,
+    }, // 10^324
+    Fp {
+        frac: 0xeb96bf6e_badf77d9,
+        exp: 1039,
+    }, // 10^332
+    Fp {
+        frac: 0xaf87023b_9bf0ee6b,
+        exp: 1066,
+    }, // 10^340
 ];
 const CACHED_POWER_FIRST_K: i32 = -348;
 const CACHED_POWER_STEP_K: i32 = 8;
@@ -321,7 +595,13 @@ fn generate_digits(w: Fp, upper: Fp, lower: Fp, digits: &mut [u8; 18], k: &mut i
         let rest = (integral << shift) + fractional;
         if rest <= delta {
             *k += kappa;
-            round_digit(&mut digits[..count], delta, rest, divisor << shift, distance);
+            round_digit(
+                &mut digits[..count],
+                delta,
+                rest,
+                divisor << shift,
+                distance,
+            );
             return count;
         }
     }

@@ -186,7 +186,12 @@ mod tests {
             b"1-",
             b"?",
         ] {
-            assert_eq!(parse_i64(text), None, "{:?}", text.escape_ascii().to_string());
+            assert_eq!(
+                parse_i64(text),
+                None,
+                "{:?}",
+                text.escape_ascii().to_string()
+            );
         }
     }
 
