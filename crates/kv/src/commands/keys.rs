@@ -73,6 +73,7 @@ pub fn scan(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
     let mut pattern: Option<&[u8]> = None;
     let mut count = 10usize;
     let mut kind: Option<Kind> = None;
+    let mut unknown_type = false;
     let mut i = 2;
     while i < args.len() {
         let opt = args[i].to_ascii_uppercase();
@@ -92,14 +93,11 @@ pub fn scan(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
                 }
                 count = n.min(1 << 20) as usize;
             }
-            b"TYPE" => match Kind::from_name(args[i + 1]) {
-                Some(k) => kind = Some(k),
-                None => {
-                    // Redis 7.2 answers an unknown type with an empty scan, not an error.
-                    kind = None;
-                    pattern = Some(b"\x00\x01never");
-                }
-            },
+            b"TYPE" => {
+                kind = Kind::from_name(args[i + 1]);
+                // Redis 7.2 answers an unknown type with an empty scan, not an error.
+                unknown_type = kind.is_none();
+            }
             _ => {
                 ctx.syntax_error();
                 return;
@@ -113,7 +111,7 @@ pub fn scan(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         let live = e.expire_at_ms().is_none_or(|at| at > now);
         let typed = kind.is_none_or(|k| e.value().kind() == k);
         let matched = pattern.is_none_or(|p| glob::matches(p, e.key(), false));
-        if live && typed && matched {
+        if live && typed && matched && !unknown_type {
             found.push(e.key().to_vec());
         }
     });
