@@ -12,7 +12,7 @@
 //! `retain_from` (the run drops every piece that ends before it, as a server would, and must
 //! still read every argument); and the split does not change the outcome (the same requests or
 //! replies, the same error). For replies, each reply read is written again with the
-//! [`ReplyWriter`](crate::ReplyWriter) in RESP2 and RESP3 and must read back as the same value.
+//! [`crate::ReplyWriter`] in RESP2 and RESP3 and must read back as the same value.
 
 use crate::pieces::Piece;
 use crate::reply::{Protocol, ReplyWriter};

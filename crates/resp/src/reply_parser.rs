@@ -578,3 +578,364 @@ impl ReplyParser {
         Ok(self.value_done())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pieces::Piece;
+    use crate::reply::{Protocol, ReplyWriter};
+    use crate::value::Value;
+    use proptest::prelude::*;
+
+    /// Parses `input` as pieces and returns each reply's frames and value, and the error.
+    fn parse_with(
+        parts: &[&[u8]],
+        limits: ReplyLimits,
+    ) -> (Vec<(Vec<Frame>, Value)>, Option<ReplyError>) {
+        let mut held = Vec::new();
+        let mut offset = 0;
+        for part in parts {
+            held.push(Piece {
+                offset,
+                bytes: part,
+            });
+            offset += part.len() as u64;
+        }
+        let mut parser = ReplyParser::new(limits);
+        let mut replies = Vec::new();
+        for part in parts {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() {
+                match parser.advance(rest) {
+                    Err(error) => return (replies, Some(error)),
+                    Ok(step) => {
+                        rest = &rest[step.consumed..];
+                        if step.complete {
+                            let frames = parser.frames().unwrap().to_vec();
+                            let value = Value::from_frames(&frames, &held).unwrap();
+                            replies.push((frames, value));
+                        }
+                    }
+                }
+            }
+        }
+        (replies, None)
+    }
+
+    fn one(input: &[u8]) -> (Vec<Frame>, Value) {
+        let (mut replies, error) = parse_with(&[input], ReplyLimits::default());
+        assert_eq!(error, None, "{}", input.escape_ascii());
+        assert_eq!(replies.len(), 1, "{}", input.escape_ascii());
+        replies.pop().unwrap()
+    }
+
+    fn value(input: &[u8]) -> Value {
+        one(input).1
+    }
+
+    fn refuse(input: &[u8], error: ReplyError) {
+        refuse_with(input, ReplyLimits::default(), error);
+    }
+
+    fn refuse_with(input: &[u8], limits: ReplyLimits, error: ReplyError) {
+        let (_, found) = parse_with(&[input], limits);
+        assert_eq!(found, Some(error), "{}", input.escape_ascii());
+    }
+
+    fn span(offset: u64, len: u64) -> Span {
+        Span { offset, len }
+    }
+
+    #[test]
+    fn line_types() {
+        assert_eq!(one(b"+OK\r\n").0, vec![Frame::Simple(span(1, 2))]);
+        assert_eq!(value(b"+\r\n"), Value::Simple(b"".to_vec()));
+        assert_eq!(value(b"-ERR no\r\n"), Value::Error(b"ERR no".to_vec()));
+        assert_eq!(value(b":-42\r\n"), Value::Integer(-42));
+        assert_eq!(value(b":9223372036854775807\r\n"), Value::Integer(i64::MAX));
+        assert_eq!(value(b",1.5\r\n"), Value::Double(1.5));
+        assert_eq!(value(b",-inf\r\n"), Value::Double(f64::NEG_INFINITY));
+        assert_eq!(value(b",nan\r\n"), Value::Double(f64::NAN));
+        assert_eq!(value(b"#t\r\n"), Value::Boolean(true));
+        assert_eq!(value(b"#f\r\n"), Value::Boolean(false));
+        assert_eq!(value(b"_\r\n"), Value::Null);
+        assert_eq!(
+            value(b"(123456789012345678901234567890\r\n"),
+            Value::BigNumber(b"123456789012345678901234567890".to_vec())
+        );
+    }
+
+    #[test]
+    fn blob_types() {
+        assert_eq!(one(b"$5\r\nhello\r\n").0, vec![Frame::Bulk(span(4, 5))]);
+        assert_eq!(value(b"$0\r\n\r\n"), Value::Bulk(Vec::new()));
+        assert_eq!(value(b"$4\r\na\r\nb\r\n"), Value::Bulk(b"a\r\nb".to_vec()));
+        assert_eq!(one(b"$-1\r\n").0, vec![Frame::NullBulk]);
+        assert_eq!(
+            value(b"!9\r\nSYNTAX no\r\n"),
+            Value::BlobError(b"SYNTAX no".to_vec())
+        );
+        assert_eq!(value(b"!0\r\n\r\n"), Value::BlobError(Vec::new()));
+        assert_eq!(
+            value(b"=15\r\ntxt:Some string\r\n"),
+            Value::Verbatim {
+                format: *b"txt",
+                text: b"Some string".to_vec()
+            }
+        );
+        assert_eq!(
+            value(b"=4\r\nmkd:\r\n"),
+            Value::Verbatim {
+                format: *b"mkd",
+                text: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn aggregates_nest() {
+        let (frames, v) = one(b"*2\r\n*1\r\n:1\r\n$1\r\nx\r\n");
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Array(2),
+                Frame::Array(1),
+                Frame::Integer(1),
+                Frame::Bulk(span(16, 1))
+            ]
+        );
+        assert_eq!(
+            v,
+            Value::Array(vec![
+                Value::Array(vec![Value::Integer(1)]),
+                Value::Bulk(b"x".to_vec())
+            ])
+        );
+        assert_eq!(value(b"*0\r\n"), Value::Array(Vec::new()));
+        assert_eq!(one(b"*-1\r\n").0, vec![Frame::NullArray]);
+        assert_eq!(
+            value(b"%2\r\n+a\r\n:1\r\n+b\r\n_\r\n"),
+            Value::Map(vec![
+                (Value::Simple(b"a".to_vec()), Value::Integer(1)),
+                (Value::Simple(b"b".to_vec()), Value::Null),
+            ])
+        );
+        assert_eq!(
+            value(b"~2\r\n:1\r\n:2\r\n"),
+            Value::Set(vec![Value::Integer(1), Value::Integer(2)])
+        );
+        assert_eq!(
+            value(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+            Value::Push(vec![
+                Value::Bulk(b"message".to_vec()),
+                Value::Bulk(b"ch".to_vec()),
+                Value::Bulk(b"hi".to_vec()),
+            ])
+        );
+        assert_eq!(value(b"%0\r\n"), Value::Map(Vec::new()));
+    }
+
+    #[test]
+    fn attributes_describe_the_next_value_and_are_not_elements() {
+        let (frames, v) = one(b"|1\r\n+ttl\r\n:3600\r\n$1\r\nv\r\n");
+        assert_eq!(frames[0], Frame::Attribute(1));
+        assert_eq!(frames.len(), 4);
+        assert_eq!(v, Value::Bulk(b"v".to_vec()));
+        // Inside an array, the attributed value is the one element.
+        let v = value(b"*2\r\n:1\r\n|1\r\n+k\r\n+v\r\n:2\r\n");
+        assert_eq!(v, Value::Array(vec![Value::Integer(1), Value::Integer(2)]));
+        // An empty attribute still needs its value.
+        assert_eq!(value(b"|0\r\n:7\r\n"), Value::Integer(7));
+    }
+
+    #[test]
+    fn pipelined_replies_stop_after_each() {
+        let input = b"+OK\r\n:1\r\n$3\r\nabc\r\n";
+        let mut parser = ReplyParser::new(ReplyLimits::default());
+        assert_eq!(
+            parser.advance(input),
+            Ok(Step {
+                consumed: 5,
+                complete: true
+            })
+        );
+        assert_eq!(parser.frames(), Some(&[Frame::Simple(span(1, 2))][..]));
+        assert_eq!(parser.retain_from(), 0);
+        assert_eq!(
+            parser.advance(&input[5..]),
+            Ok(Step {
+                consumed: 4,
+                complete: true
+            })
+        );
+        assert_eq!(parser.frames(), Some(&[Frame::Integer(1)][..]));
+        assert_eq!(
+            parser.advance(&input[9..11]),
+            Ok(Step {
+                consumed: 2,
+                complete: false
+            })
+        );
+        assert_eq!(parser.frames(), None);
+        assert_eq!(parser.retain_from(), 9);
+        assert_eq!(
+            parser.advance(&input[11..]),
+            Ok(Step {
+                consumed: 7,
+                complete: true
+            })
+        );
+        assert_eq!(parser.frames(), Some(&[Frame::Bulk(span(13, 3))][..]));
+    }
+
+    #[test]
+    fn malformed_replies_are_refused() {
+        refuse(b"?\r\n", ReplyError::UnknownType(b'?'));
+        refuse(b"+a\nb\r\n", ReplyError::ExpectedCrlf);
+        refuse(b"+a\rb\r\n", ReplyError::ExpectedCrlf);
+        refuse(b"$1\r\nab\r\n", ReplyError::ExpectedCrlf);
+        refuse(b"$1\r\na\rx", ReplyError::ExpectedCrlf);
+        refuse(b":abc\r\n", ReplyError::InvalidInteger);
+        refuse(b":\r\n", ReplyError::InvalidInteger);
+        refuse(b"#x\r\n", ReplyError::InvalidBoolean);
+        refuse(b"#tt\r\n", ReplyError::InvalidBoolean);
+        refuse(b"_x\r\n", ReplyError::InvalidNull);
+        refuse(b"$-2\r\n", ReplyError::InvalidLength);
+        refuse(b"*-2\r\n", ReplyError::InvalidLength);
+        refuse(b"%-1\r\n", ReplyError::InvalidLength);
+        refuse(b"!-1\r\n", ReplyError::InvalidLength);
+        refuse(b"$?\r\n", ReplyError::InvalidLength);
+        refuse(b"*?\r\n", ReplyError::InvalidLength);
+        refuse(b"=3\r\ntxt\r\n", ReplyError::InvalidVerbatim);
+        refuse(b"=5\r\ntxtxa\r\n", ReplyError::InvalidVerbatim);
+    }
+
+    #[test]
+    fn limits_are_refused_before_anything_is_reserved() {
+        refuse(b"$536870913\r\n", ReplyError::BulkTooLong);
+        refuse(b"*2147483648\r\n", ReplyError::AggregateTooLong);
+        refuse(b"%2147483648\r\n", ReplyError::AggregateTooLong);
+        let small = ReplyLimits {
+            bulk_len_max: 4,
+            aggregate_len_max: 2,
+            depth_max: 2,
+            frames_max: 4,
+            line_len_max: 3,
+        };
+        refuse_with(b"$5\r\n", small, ReplyError::BulkTooLong);
+        refuse_with(b"*3\r\n", small, ReplyError::AggregateTooLong);
+        refuse_with(b"*1\r\n*1\r\n*1\r\n", small, ReplyError::TooDeep);
+        refuse_with(
+            b"*2\r\n*2\r\n:1\r\n:2\r\n:3\r\n",
+            small,
+            ReplyError::TooManyFrames,
+        );
+        refuse_with(b"+abcd", small, ReplyError::LineTooLong);
+        assert_eq!(parse_with(&[b"*1\r\n*1\r\n:1\r\n"], small).1, None);
+        let mut parser = ReplyParser::new(ReplyLimits::default());
+        assert_eq!(
+            parser.advance(b"*2147483647\r\n"),
+            Ok(Step {
+                consumed: 13,
+                complete: false
+            })
+        );
+        assert!(parser.frames.capacity() < 16);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_default_depth() {
+        let deep = b"*1\r\n".repeat(REPLY_DEPTH_MAX + 1);
+        refuse(&deep, ReplyError::TooDeep);
+        let mut ok = b"*1\r\n".repeat(REPLY_DEPTH_MAX);
+        ok.extend_from_slice(b":1\r\n");
+        assert_eq!(parse_with(&[&ok], ReplyLimits::default()).1, None);
+    }
+
+    #[test]
+    fn errors_are_final() {
+        let mut parser = ReplyParser::new(ReplyLimits::default());
+        assert_eq!(parser.advance(b"?"), Err(ReplyError::UnknownType(b'?')));
+        assert_eq!(
+            parser.advance(b"+OK\r\n"),
+            Err(ReplyError::UnknownType(b'?'))
+        );
+    }
+
+    #[test]
+    fn every_split_gives_the_same_replies() {
+        let input: &[u8] =
+            b"%1\r\n$1\r\nk\r\n*2\r\n,1.5\r\n=6\r\ntxt:ab\r\n|1\r\n+a\r\n+b\r\n:7\r\n$-1\r\n";
+        let (expected, error) = parse_with(&[input], ReplyLimits::default());
+        assert_eq!(error, None);
+        assert_eq!(expected.len(), 3);
+        for cut in 0..=input.len() {
+            for second in cut..=input.len() {
+                let parts = [&input[..cut], &input[cut..second], &input[second..]];
+                let (replies, error) = parse_with(&parts, ReplyLimits::default());
+                assert_eq!(error, None);
+                let values: Vec<&Value> = replies.iter().map(|(_, v)| v).collect();
+                let expected: Vec<&Value> = expected.iter().map(|(_, v)| v).collect();
+                assert_eq!(values, expected, "cut at {cut} and {second}");
+            }
+        }
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..24);
+        let leaf = prop_oneof![
+            bytes().prop_map(Value::Simple),
+            bytes().prop_map(Value::Error),
+            bytes().prop_map(Value::BlobError),
+            any::<i64>().prop_map(Value::Integer),
+            bytes().prop_map(Value::Bulk),
+            Just(Value::Null),
+            Just(Value::NullArray),
+            any::<u64>().prop_map(|bits| Value::Double(f64::from_bits(bits))),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+            "-?[1-9][0-9]{0,40}".prop_map(|d| Value::BigNumber(d.into_bytes())),
+            ("[a-z]{3}", bytes()).prop_map(|(f, text)| Value::Verbatim {
+                format: f.as_bytes().try_into().expect("three bytes"),
+                text,
+            }),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Set),
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Push),
+                proptest::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn written_replies_read_back_in_any_pieces(
+            values in proptest::collection::vec(arb_value(), 1..4),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            resp3 in any::<bool>(),
+        ) {
+            let protocol = if resp3 { Protocol::Resp3 } else { Protocol::Resp2 };
+            let mut out = Vec::new();
+            for v in &values {
+                v.write(&mut ReplyWriter::new(&mut out, protocol)).unwrap();
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (out.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parts = Vec::new();
+            let mut from = 0;
+            for point in points {
+                parts.push(&out[from..point]);
+                from = point;
+            }
+            parts.push(&out[from..]);
+            let (replies, error) = parse_with(&parts, ReplyLimits::default());
+            prop_assert_eq!(error, None);
+            let read: Vec<Value> = replies.into_iter().map(|(_, v)| v).collect();
+            let expected: Vec<Value> = values.iter().map(|v| v.as_read_back(protocol)).collect();
+            prop_assert_eq!(read, expected);
+        }
+    }
+}

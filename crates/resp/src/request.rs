@@ -57,6 +57,12 @@
 //! decides the same way for every split of the stream: a line longer than the limit is
 //! refused even if its end would have arrived in the same read, and a NUL byte does not
 //! hide the end of an inline line (Redis' `strchr` stops at it and waits for 64 KiB).
+//!
+//! The error words and these corner cases (every input in this module's tests that makes an
+//! error, the unchecked bytes, the skipped empty requests, the inline quoting rules, the
+//! unauthenticated limits) were sent to a real redis-server 7.0.15 over a socket, and its
+//! replies and closes matched, except the two choices above: Redis waits on `*1\r\n\x003\r\n`
+//! and on an inline line holding a NUL, where this parser answers at once.
 
 use crate::inline;
 use crate::number::NumberReader;
@@ -225,13 +231,15 @@ impl ProtocolError {
     }
 }
 
-/// What one call to [`RequestParser::advance`] did.
+/// What one call to [`RequestParser::advance`] (or [`ReplyParser::advance`]) did.
+///
+/// [`ReplyParser::advance`]: crate::ReplyParser::advance
 #[must_use]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
     /// Bytes of the piece consumed: all of them unless a request completed.
     pub consumed: usize,
-    /// A request completed at `consumed`; read it before the next `advance`.
+    /// A request (or reply) completed at `consumed`; read it before the next `advance`.
     pub complete: bool,
 }
 
