@@ -3,11 +3,13 @@
 //! options and raw bytes, from two clients, with the clock moving. Shared by the libFuzzer
 //! target `kv_commands` and this crate's property test.
 //!
-//! Checks, after every command: exactly one complete reply, and the byte count the keyspace
-//! reports equals a recount of every entry (so accounting never drifts).
+//! Checks, after every command: exactly one complete reply, the byte count the keyspace
+//! reports equals a recount of every entry (so accounting never drifts), and every hash and
+//! set's running byte count equals a recount of its elements.
 
 use crate::command::{table, Config};
 use crate::reply::Recorder;
+use crate::value::Value;
 use crate::Server;
 
 /// Arguments the fuzzer picks from, besides raw bytes of the input.
@@ -66,6 +68,18 @@ const WORDS: &[&[u8]] = &[
     b"SET",
     b"GETKEYS",
     b"COUNT",
+    // Hash and set commands: fields, members, counts (negative ones repeat), options.
+    b"f",
+    b"a",
+    b"3",
+    b"-3",
+    b"-1000",
+    b"WITHVALUES",
+    b"NOVALUES",
+    b"LIMIT",
+    b"hash",
+    b"set",
+    b"a*",
 ];
 
 /// Runs the command program in `data`; panics (the fuzzer's finding) if an invariant breaks.
@@ -121,5 +135,16 @@ pub fn commands(data: &[u8]) {
             })
             .sum();
         assert_eq!(recount, server.keyspace.used_bytes(), "after {refs:?}");
+        for db in 0..crate::keyspace::DATABASES {
+            for entry in server.keyspace.db(db).entries() {
+                let (reported, recounted) = match entry.value() {
+                    Value::Hash(h) => (h.map().bytes(), h.map().recount_bytes()),
+                    Value::Set(s) => (s.members().bytes(), s.members().recount_bytes()),
+                    _ => continue,
+                };
+                assert_eq!(reported, recounted, "{:?} after {refs:?}", entry.key());
+                assert!(!entry.value().is_empty_collection(), "after {refs:?}");
+            }
+        }
     }
 }

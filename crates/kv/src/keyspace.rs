@@ -496,6 +496,28 @@ impl Keyspace {
         }
     }
 
+    /// As [`Keyspace::get_typed`], for a command that writes the key (Redis'
+    /// `lookupKeyWrite`): a hit refreshes the access clock, but neither a hit nor a miss is
+    /// counted in the stats.
+    pub fn get_typed_for_write(
+        &mut self,
+        db: usize,
+        key: &[u8],
+        kind: Kind,
+        now_ms: u64,
+    ) -> Result<Option<Slot>, WrongType> {
+        let Some(slot) = self.lookup_quiet(db, key, now_ms) else {
+            return Ok(None);
+        };
+        let entry = self.dbs[db].entry_mut(slot);
+        entry.accessed_s = unix_s(now_ms);
+        if entry.value.kind() == kind {
+            Ok(Some(slot))
+        } else {
+            Err(WrongType)
+        }
+    }
+
     /// Changes the value in `slot` through `change`; re-accounts its bytes, stamps a new
     /// version, and deletes the key if the change left an empty collection.
     pub fn update<R>(&mut self, db: usize, slot: Slot, change: impl FnOnce(&mut Value) -> R) -> R {

@@ -12,6 +12,8 @@
 //!   active expiry, byte accounting in O(1) per write, approximate-LRU eviction under
 //!   `maxmemory`, version stamps for `WATCH`.
 //! - [`value`]: strings, hashes, lists, sets and sorted sets, each keeping its byte count.
+//! - [`slabmap`]: the map under hashes and sets: O(1) random elements and stable scan
+//!   cursors.
 //! - [`number`]: integers and floats in strings, parsed and printed exactly as Redis does.
 //! - [`glob`]: Redis' glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`).
 //! - [`reply`]: the reply trait and a recorder for tests.
@@ -26,6 +28,7 @@ pub mod glob;
 pub mod keyspace;
 pub mod number;
 pub mod reply;
+pub mod slabmap;
 pub mod value;
 
 pub use command::{Client, Server};

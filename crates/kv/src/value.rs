@@ -9,12 +9,17 @@
 //! element for the allocation header and the table slot), checked against a counting
 //! allocator by the crate's tests.
 //!
+//! Hashes and sets sit on [`SlabMap`], which also gives the random element (`SPOP`,
+//! `SRANDMEMBER`, `HRANDFIELD`) and the stable scan cursor (`HSCAN`, `SSCAN`) in O(1) per
+//! element, and keeps their byte count itself.
+//!
 //! Redis picks compact encodings for small values (listpack, intset, embstr) and reports
 //! them in `OBJECT ENCODING`; clients read that only for diagnostics. Here every type has one
 //! representation, and [`Value::encoding`] names the encoding Redis would report for a value
 //! of that size, so tools that look see the same words.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use crate::slabmap::SlabMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Bytes the allocator adds to every heap allocation, on average (glibc malloc: an 8-byte
 /// header and 16-byte alignment).
@@ -100,9 +105,9 @@ impl Value {
         match self {
             Value::Str(s) if s.capacity() == 0 => 0,
             Value::Str(s) => s.capacity() + ALLOCATION_OVERHEAD,
-            Value::Hash(h) => h.bytes,
+            Value::Hash(h) => h.map.bytes(),
             Value::List(l) => l.bytes,
-            Value::Set(s) => s.bytes,
+            Value::Set(s) => s.members.bytes(),
             Value::ZSet(z) => z.bytes,
         }
     }
@@ -131,7 +136,7 @@ impl Value {
                 }
             }
             Value::Hash(h) => {
-                if h.map.len() <= LISTPACK_ENTRIES_MAX && h.longest <= LISTPACK_VALUE_MAX {
+                if h.is_compact() {
                     "listpack"
                 } else {
                     "hashtable"
@@ -144,20 +149,7 @@ impl Value {
                     "quicklist"
                 }
             }
-            Value::Set(s) => {
-                let all_ints = s.members.len() <= INTSET_ENTRIES_MAX
-                    && s.members
-                        .iter()
-                        .all(|m| crate::number::parse_i64(m).is_some());
-                if all_ints {
-                    "intset"
-                } else if s.members.len() <= LISTPACK_ENTRIES_MAX && s.longest <= LISTPACK_VALUE_MAX
-                {
-                    "listpack"
-                } else {
-                    "hashtable"
-                }
-            }
+            Value::Set(s) => s.encoding(),
             Value::ZSet(z) => {
                 if z.scores.len() <= LISTPACK_ENTRIES_MAX && z.longest <= LISTPACK_VALUE_MAX {
                     "listpack"
@@ -173,11 +165,10 @@ fn element_bytes(len: usize) -> usize {
     len + ELEMENT_OVERHEAD
 }
 
-/// A hash: fields to values, with its byte count.
+/// A hash: fields to values, over a [`SlabMap`] (which keeps the byte count).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HashValue {
-    map: HashMap<Box<[u8]>, Box<[u8]>>,
-    bytes: usize,
+    map: SlabMap<Box<[u8]>>,
     /// The longest field or value ever stored (for [`Value::encoding`]; Redis never converts
     /// back either).
     longest: usize,
@@ -185,7 +176,7 @@ pub struct HashValue {
 
 impl HashValue {
     /// The fields and values.
-    pub fn map(&self) -> &HashMap<Box<[u8]>, Box<[u8]>> {
+    pub fn map(&self) -> &SlabMap<Box<[u8]>> {
         &self.map
     }
     /// Number of fields.
@@ -203,28 +194,16 @@ impl HashValue {
     /// Sets `field` to `value`; `true` if the field is new.
     pub fn insert(&mut self, field: &[u8], value: &[u8]) -> bool {
         self.longest = self.longest.max(field.len()).max(value.len());
-        match self.map.get_mut(field) {
-            Some(old) => {
-                self.bytes = self.bytes - old.len() + value.len();
-                *old = value.into();
-                false
-            }
-            None => {
-                self.bytes += element_bytes(field.len()) + element_bytes(value.len());
-                self.map.insert(field.into(), value.into());
-                true
-            }
-        }
+        self.map.insert(field, value.into()).is_none()
     }
     /// Removes `field`; `true` if it was there.
     pub fn remove(&mut self, field: &[u8]) -> bool {
-        match self.map.remove(field) {
-            Some(value) => {
-                self.bytes -= element_bytes(field.len()) + element_bytes(value.len());
-                true
-            }
-            None => false,
-        }
+        self.map.remove(field).is_some()
+    }
+    /// Whether no field or value was ever longer than Redis' listpack limit and there are
+    /// few enough fields: Redis would hold this hash as a listpack (and scan it in one call).
+    pub fn is_compact(&self) -> bool {
+        self.map.len() <= LISTPACK_ENTRIES_MAX && self.longest <= LISTPACK_VALUE_MAX
     }
 }
 
@@ -306,17 +285,19 @@ impl ListValue {
     }
 }
 
-/// A set, with its byte count.
+/// A set, over a [`SlabMap`] (which keeps the byte count).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SetValue {
-    members: HashSet<Box<[u8]>>,
-    bytes: usize,
+    members: SlabMap<()>,
     longest: usize,
+    /// Members that are integers as Redis reads them, so that [`Value::encoding`] can tell an
+    /// `intset` in O(1).
+    integers: usize,
 }
 
 impl SetValue {
     /// The members.
-    pub fn members(&self) -> &HashSet<Box<[u8]>> {
+    pub fn members(&self) -> &SlabMap<()> {
         &self.members
     }
     /// Number of members.
@@ -329,25 +310,49 @@ impl SetValue {
     }
     /// Whether `member` is in the set.
     pub fn contains(&self, member: &[u8]) -> bool {
-        self.members.contains(member)
+        self.members.contains_key(member)
     }
     /// Adds `member`; `true` if it is new.
     pub fn insert(&mut self, member: &[u8]) -> bool {
-        if self.members.contains(member) {
+        if self.members.contains_key(member) {
             return false;
         }
-        self.bytes += element_bytes(member.len());
         self.longest = self.longest.max(member.len());
-        self.members.insert(member.into());
+        self.integers += usize::from(crate::number::parse_i64(member).is_some());
+        self.members.insert(member, ());
         true
     }
     /// Removes `member`; `true` if it was there.
     pub fn remove(&mut self, member: &[u8]) -> bool {
-        if self.members.remove(member) {
-            self.bytes -= element_bytes(member.len());
-            true
+        if self.members.remove(member).is_none() {
+            return false;
+        }
+        self.forget(member);
+        true
+    }
+    /// Removes and returns a uniformly random member, O(1).
+    pub fn pop_random(&mut self, rng: &mut melange_core::rng::SplitMix64) -> Option<Box<[u8]>> {
+        let (member, ()) = self.members.pop_random(rng)?;
+        self.forget(&member);
+        Some(member)
+    }
+    fn forget(&mut self, member: &[u8]) {
+        self.integers -= usize::from(crate::number::parse_i64(member).is_some());
+    }
+    /// Whether Redis would hold this set as an intset or a listpack (and scan it in one
+    /// call).
+    pub fn is_compact(&self) -> bool {
+        self.encoding() != "hashtable"
+    }
+    /// The encoding Redis would report, O(1).
+    fn encoding(&self) -> &'static str {
+        let len = self.members.len();
+        if len <= INTSET_ENTRIES_MAX && self.integers == len {
+            "intset"
+        } else if len <= LISTPACK_ENTRIES_MAX && self.longest <= LISTPACK_VALUE_MAX {
+            "listpack"
         } else {
-            false
+            "hashtable"
         }
     }
 }
@@ -440,11 +445,11 @@ mod tests {
     fn byte_counts_follow_inserts_and_removes() {
         let mut h = HashValue::default();
         assert!(h.insert(b"f", b"v1"));
-        let one = h.bytes;
+        let one = h.map.bytes();
         assert!(!h.insert(b"f", b"value2"));
-        assert_eq!(h.bytes, one + 4);
+        assert_eq!(h.map.bytes(), one + 4);
         assert!(h.remove(b"f"));
-        assert_eq!(h.bytes, 0);
+        assert_eq!(h.map.bytes(), 0);
 
         let mut l = ListValue::default();
         l.push_back(b"a");
@@ -465,7 +470,7 @@ mod tests {
         assert!(s.insert(b"x"));
         assert!(!s.insert(b"x"));
         assert!(s.remove(b"x"));
-        assert_eq!(s.bytes, 0);
+        assert_eq!(s.members.bytes(), 0);
 
         let mut z = ZSetValue::default();
         assert!(z.insert(b"m", 1.0));

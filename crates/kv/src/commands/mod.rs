@@ -1,11 +1,16 @@
 //! The commands, one module per family, and the table that names them.
 
 mod connection;
+mod hashes;
 mod keys;
+mod sets;
 mod strings;
 
-use crate::command::{Spec, ADMIN, CONNECTION, DENYOOM, FAST, NO_AUTH, NO_MULTI, READONLY, WRITE};
-use crate::value::Value;
+use crate::command::{
+    Ctx, Spec, ADMIN, CONNECTION, DENYOOM, FAST, NO_AUTH, NO_MULTI, READONLY, WRITE,
+};
+use crate::keyspace::Slot;
+use crate::value::{Kind, Value};
 
 pub use connection::{parse_memory, REDIS_VERSION};
 
@@ -47,6 +52,130 @@ pub(crate) fn string_of(value: &Value) -> &[u8] {
         Value::Str(s) => s,
         _ => &[],
     }
+}
+
+/// Looks `key` up as a `kind` for a command that reads it (a hit or a miss is counted):
+/// `Err(())` after replying `WRONGTYPE`.
+pub(crate) fn read_slot(ctx: &mut Ctx<'_>, key: &[u8], kind: Kind) -> Result<Option<Slot>, ()> {
+    let (db, now) = (ctx.db(), ctx.now_ms);
+    ctx.ks()
+        .get_typed(db, key, kind, now)
+        .map_err(|_| ctx.wrong_type())
+}
+
+/// Looks `key` up as a `kind` for a command that writes it (not counted, as Redis'
+/// `lookupKeyWrite`): `Err(())` after replying `WRONGTYPE`.
+pub(crate) fn write_slot(ctx: &mut Ctx<'_>, key: &[u8], kind: Kind) -> Result<Option<Slot>, ()> {
+    let (db, now) = (ctx.db(), ctx.now_ms);
+    ctx.ks()
+        .get_typed_for_write(db, key, kind, now)
+        .map_err(|_| ctx.wrong_type())
+}
+
+/// Most elements a random pick with repeats (`SRANDMEMBER key -n`, `HRANDFIELD key -n`) may
+/// reply with. Redis has no bound but the client's output buffer limit, which it checks as
+/// the reply grows; here a reply is announced with its length and then written whole, so a
+/// count such as `-9223372036854775807` must be refused up front (with Redis' range error).
+pub(crate) const RANDOM_REPEATS_MAX: u64 = 1 << 20;
+
+/// The scan cursor in `arg` as Redis' `string2ull` reads it (a non-negative integer, or what
+/// `strtoull` takes: leading blanks, a sign, and a `-` that wraps): `None` where Redis says
+/// "invalid cursor".
+pub(crate) fn parse_cursor(arg: &[u8]) -> Option<u64> {
+    if let Some(n) = crate::number::parse_i64(arg) {
+        return u64::try_from(n).ok();
+    }
+    let text = arg.trim_ascii_start();
+    let (negative, digits) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let magnitude = digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
+    Some(if negative {
+        magnitude.wrapping_neg()
+    } else {
+        magnitude
+    })
+}
+
+/// The options of `HSCAN`/`SSCAN` after the cursor.
+pub(crate) struct ScanOptions<'a> {
+    /// `MATCH pattern`, unless the pattern is `*`.
+    pub pattern: Option<&'a [u8]>,
+    /// `COUNT n` (10 by default).
+    pub count: usize,
+    /// `NOVALUES` (HSCAN only).
+    pub no_values: bool,
+}
+
+/// Parses `args[3..]` as Redis' `scanGenericCommand` does for a key's collection of `kind`:
+/// `None` after replying the error.
+pub(crate) fn scan_options<'a>(
+    ctx: &mut Ctx<'_>,
+    args: &[&'a [u8]],
+    kind: Kind,
+) -> Option<ScanOptions<'a>> {
+    let mut o = ScanOptions {
+        pattern: None,
+        count: 10,
+        no_values: false,
+    };
+    let mut i = 3;
+    while i < args.len() {
+        let has_value = i + 1 < args.len();
+        let opt = args[i];
+        if opt.eq_ignore_ascii_case(b"COUNT") && has_value {
+            let n = ctx.int_arg(args[i + 1])?;
+            if n < 1 {
+                ctx.syntax_error();
+                return None;
+            }
+            o.count = usize::try_from(n).unwrap_or(usize::MAX);
+            i += 2;
+        } else if opt.eq_ignore_ascii_case(b"MATCH") && has_value {
+            o.pattern = Some(args[i + 1]).filter(|p| *p != b"*");
+            i += 2;
+        } else if opt.eq_ignore_ascii_case(b"NOVALUES") {
+            if kind != Kind::Hash {
+                ctx.out
+                    .error("ERR NOVALUES option can only be used in HSCAN");
+                return None;
+            }
+            o.no_values = true;
+            i += 1;
+        } else {
+            ctx.syntax_error();
+            return None;
+        }
+    }
+    Some(o)
+}
+
+/// Replies the empty scan, `["0", []]` (a missing key).
+pub(crate) fn reply_empty_scan(ctx: &mut Ctx<'_>) {
+    ctx.out.array(2);
+    ctx.out.bulk(b"0");
+    ctx.out.array(0);
+}
+
+/// Parses a random-pick count that may be negative (`SRANDMEMBER`, `HRANDFIELD`): Redis'
+/// range is `-LONG_MAX..=LONG_MAX`. `None` after replying the error.
+pub(crate) fn signed_count_arg(ctx: &mut Ctx<'_>, arg: &[u8]) -> Option<i64> {
+    let n = ctx.int_arg(arg)?;
+    if n == i64::MIN {
+        ctx.out.error(
+            "ERR value is out of range, value must between -9223372036854775807 and \
+             9223372036854775807",
+        );
+        return None;
+    }
+    Some(n)
 }
 
 const fn spec(
@@ -104,6 +233,7 @@ pub(crate) static TABLE: &[Spec] = &[
     spec("getex", -2, WRITE | FAST, ONE, strings::getex),
     spec("getrange", 4, READONLY, ONE, strings::getrange),
     spec("getset", 3, WRITE | DENYOOM | FAST, ONE, strings::getset),
+    spec("hdel", -3, WRITE | FAST, ONE, hashes::hdel),
     spec(
         "hello",
         -1,
@@ -111,6 +241,27 @@ pub(crate) static TABLE: &[Spec] = &[
         NONE,
         connection::hello,
     ),
+    spec("hexists", 3, READONLY | FAST, ONE, hashes::hexists),
+    spec("hget", 3, READONLY | FAST, ONE, hashes::hget),
+    spec("hgetall", 2, READONLY, ONE, hashes::hgetall),
+    spec("hincrby", 4, WRITE | DENYOOM | FAST, ONE, hashes::hincrby),
+    spec(
+        "hincrbyfloat",
+        4,
+        WRITE | DENYOOM | FAST,
+        ONE,
+        hashes::hincrbyfloat,
+    ),
+    spec("hkeys", 2, READONLY, ONE, hashes::hkeys),
+    spec("hlen", 2, READONLY | FAST, ONE, hashes::hlen),
+    spec("hmget", -3, READONLY | FAST, ONE, hashes::hmget),
+    spec("hmset", -4, WRITE | DENYOOM | FAST, ONE, hashes::hmset),
+    spec("hrandfield", -2, READONLY, ONE, hashes::hrandfield),
+    spec("hscan", -3, READONLY, ONE, hashes::hscan),
+    spec("hset", -4, WRITE | DENYOOM | FAST, ONE, hashes::hset),
+    spec("hsetnx", 4, WRITE | DENYOOM | FAST, ONE, hashes::hsetnx),
+    spec("hstrlen", 3, READONLY | FAST, ONE, hashes::hstrlen),
+    spec("hvals", 2, READONLY, ONE, hashes::hvals),
     spec("incr", 2, WRITE | DENYOOM | FAST, ONE, strings::incr),
     spec("incrby", 3, WRITE | DENYOOM | FAST, ONE, strings::incrby),
     spec(
@@ -153,13 +304,31 @@ pub(crate) static TABLE: &[Spec] = &[
         NONE,
         connection::reset,
     ),
+    spec("sadd", -3, WRITE | DENYOOM | FAST, ONE, sets::sadd),
     spec("scan", -2, READONLY, NONE, keys::scan),
+    spec("scard", 2, READONLY | FAST, ONE, sets::scard),
+    spec("sdiff", -2, READONLY, ALL, sets::sdiff),
+    spec("sdiffstore", -3, WRITE | DENYOOM, ALL, sets::sdiffstore),
     spec("select", 2, FAST | CONNECTION, NONE, connection::select),
     spec("set", -3, WRITE | DENYOOM, ONE, strings::set),
     spec("setex", 4, WRITE | DENYOOM, ONE, strings::setex),
     spec("setnx", 3, WRITE | DENYOOM | FAST, ONE, strings::setnx),
     spec("setrange", 4, WRITE | DENYOOM, ONE, strings::setrange),
+    spec("sinter", -2, READONLY, ALL, sets::sinter),
+    // Keys after a count: Redis' legacy key range is empty (movable keys).
+    spec("sintercard", -3, READONLY, NONE, sets::sintercard),
+    spec("sinterstore", -3, WRITE | DENYOOM, ALL, sets::sinterstore),
+    spec("sismember", 3, READONLY | FAST, ONE, sets::sismember),
+    spec("smembers", 2, READONLY, ONE, sets::smembers),
+    spec("smismember", -3, READONLY | FAST, ONE, sets::smismember),
+    spec("smove", 4, WRITE | FAST, PAIR, sets::smove),
+    spec("spop", -2, WRITE | FAST, ONE, sets::spop),
+    spec("srandmember", -2, READONLY, ONE, sets::srandmember),
+    spec("srem", -3, WRITE | FAST, ONE, sets::srem),
+    spec("sscan", -3, READONLY, ONE, sets::sscan),
     spec("strlen", 2, READONLY | FAST, ONE, strings::strlen),
+    spec("sunion", -2, READONLY, ALL, sets::sunion),
+    spec("sunionstore", -3, WRITE | DENYOOM, ALL, sets::sunionstore),
     spec("swapdb", 3, WRITE | FAST, NONE, keys::swapdb),
     spec("time", 1, FAST, NONE, connection::time),
     spec("touch", -2, READONLY | FAST, ALL, keys::touch),
