@@ -12,6 +12,8 @@
 //!   active expiry, byte accounting in O(1) per write, approximate-LRU eviction under
 //!   `maxmemory`, version stamps for `WATCH`.
 //! - [`value`]: strings, hashes, lists, sets and sorted sets, each keeping its byte count.
+//! - [`zset`]: the sorted set, an order-statistic treap with a member index and a stable
+//!   `ZSCAN` cursor.
 //! - [`number`]: integers and floats in strings, parsed and printed exactly as Redis does.
 //! - [`glob`]: Redis' glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`).
 //! - [`reply`]: the reply trait and a recorder for tests.
@@ -27,6 +29,7 @@ pub mod keyspace;
 pub mod number;
 pub mod reply;
 pub mod value;
+pub mod zset;
 
 pub use command::{Client, Server};
 pub use keyspace::Keyspace;
