@@ -3,11 +3,14 @@
 //! options and raw bytes, from two clients, with the clock moving. Shared by the libFuzzer
 //! target `kv_commands` and this crate's property test.
 //!
-//! Checks, after every command: exactly one complete reply, and the byte count the keyspace
-//! reports equals a recount of every entry (so accounting never drifts).
+//! Checks, after every command: exactly one complete reply, the byte count the keyspace
+//! reports equals a recount of every entry (so accounting never drifts), and every list and
+//! sorted set passes its own invariant check (element byte counts recounted from scratch,
+//! the sorted set's tree ordered, sized and indexed).
 
 use crate::command::{table, Config};
 use crate::reply::Recorder;
+use crate::value::Value;
 use crate::Server;
 
 /// Arguments the fuzzer picks from, besides raw bytes of the input.
@@ -66,6 +69,41 @@ const WORDS: &[&[u8]] = &[
     b"SET",
     b"GETKEYS",
     b"COUNT",
+    // Lists and sorted sets: members, ends, options and range syntax.
+    b"a",
+    b"b",
+    b"-2",
+    b"3",
+    b"0.5",
+    b"1e400",
+    b"LEFT",
+    b"RIGHT",
+    b"BEFORE",
+    b"AFTER",
+    b"RANK",
+    b"MAXLEN",
+    b"CH",
+    b"INCR",
+    b"MIN",
+    b"MAX",
+    b"(1",
+    b"(0",
+    b"[a",
+    b"(a",
+    b"[b",
+    b"-",
+    b"+",
+    b"+inf",
+    b"(-inf",
+    b"WITHSCORES",
+    b"WITHSCORE",
+    b"BYSCORE",
+    b"BYLEX",
+    b"REV",
+    b"LIMIT",
+    b"lpush",
+    b"zadd",
+    b"zrange",
 ];
 
 /// Runs the command program in `data`; panics (the fuzzer's finding) if an invariant breaks.
@@ -121,5 +159,15 @@ pub fn commands(data: &[u8]) {
             })
             .sum();
         assert_eq!(recount, server.keyspace.used_bytes(), "after {refs:?}");
+        for db in 0..crate::keyspace::DATABASES {
+            for entry in server.keyspace.db(db).entries() {
+                match entry.value() {
+                    Value::List(l) => l.check_invariants(),
+                    Value::ZSet(z) => z.check_invariants(),
+                    _ => {}
+                }
+                assert!(!entry.value().is_empty_collection(), "after {refs:?}");
+            }
+        }
     }
 }

@@ -230,14 +230,13 @@ impl HashValue {
     }
 }
 
-/// Bytes glibc malloc takes for a boxed element of `len` bytes: nothing when empty (an empty
-/// box does not allocate), else the length and the 8-byte chunk header rounded up to 16, at
-/// least the 32-byte smallest chunk.
+/// Bytes a boxed element of `len` bytes holds: nothing when empty (an empty box does not
+/// allocate), else its length and the allocator's [`ALLOCATION_OVERHEAD`], as strings count.
 pub(crate) fn boxed_bytes(len: usize) -> usize {
     if len == 0 {
         0
     } else {
-        (len + 8).div_ceil(16).max(2) * 16
+        len + ALLOCATION_OVERHEAD
     }
 }
 

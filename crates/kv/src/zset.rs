@@ -346,7 +346,12 @@ impl ZSetValue {
     /// Visits the members in slab slots `cursor..` until `count` were visited or ten times as
     /// many slots looked at; returns the next cursor, 0 when the walk is complete. Every member
     /// present for a whole walk from cursor 0 is visited (see the module documentation).
-    pub fn scan(&self, cursor: u64, count: usize, mut visit: impl FnMut(&[u8], f64)) -> u64 {
+    pub fn scan<'a>(
+        &'a self,
+        cursor: u64,
+        count: usize,
+        mut visit: impl FnMut(&'a [u8], f64),
+    ) -> u64 {
         let nodes = &self.0.nodes;
         let mut slot = usize::try_from(cursor).unwrap_or(usize::MAX);
         let count = count.max(1);
@@ -389,7 +394,8 @@ impl ZSetValue {
                 Some(slot as u32),
                 "a member is not indexed"
             );
-            assert!(!n.score.is_nan() && !(n.score == 0.0 && n.score.is_sign_negative()));
+            let negative_zero = n.score == 0.0 && n.score.is_sign_negative();
+            assert!(!n.score.is_nan() && !negative_zero, "a NaN or -0 score");
             member_bytes += boxed_bytes(n.member.len());
             let size = 1 + t.size(n.left) + t.size(n.right);
             assert_eq!(n.size, size, "a subtree size is wrong");
