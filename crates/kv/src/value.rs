@@ -7,7 +7,9 @@
 //! insert and remove methods maintain, and [`Value::heap_bytes`] only adds it up. The counts
 //! are estimates of what the allocator really holds (element lengths plus a fixed overhead per
 //! element for the allocation header and the table slot), checked against a counting
-//! allocator by the crate's tests.
+//! allocator by the crate's tests. Lists and sorted sets keep only the running sum of their
+//! elements' allocations and add their tables at current capacity when asked, which is just
+//! as cheap and follows the tables' growth exactly.
 //!
 //! Redis picks compact encodings for small values (listpack, intset, embstr) and reports
 //! them in `OBJECT ENCODING`; clients read that only for diagnostics. Here every type has one
