@@ -4,8 +4,10 @@
 //! target `kv_commands` and this crate's property test.
 //!
 //! Checks, after every command: exactly one complete reply, the byte count the keyspace
-//! reports equals a recount of every entry (so accounting never drifts), and every hash and
-//! set's running byte count equals a recount of its elements.
+//! reports equals a recount of every entry (so accounting never drifts), every hash and set's
+//! running byte count equals a recount of its elements, and every list and sorted set passes
+//! its own invariant check (element byte counts recounted from scratch, the sorted set's tree
+//! ordered, sized and indexed).
 
 use crate::command::{table, Config};
 use crate::reply::Recorder;
@@ -80,6 +82,41 @@ const WORDS: &[&[u8]] = &[
     b"hash",
     b"set",
     b"a*",
+    // Lists and sorted sets: members, ends, options and range syntax.
+    b"a",
+    b"b",
+    b"-2",
+    b"3",
+    b"0.5",
+    b"1e400",
+    b"LEFT",
+    b"RIGHT",
+    b"BEFORE",
+    b"AFTER",
+    b"RANK",
+    b"MAXLEN",
+    b"CH",
+    b"INCR",
+    b"MIN",
+    b"MAX",
+    b"(1",
+    b"(0",
+    b"[a",
+    b"(a",
+    b"[b",
+    b"-",
+    b"+",
+    b"+inf",
+    b"(-inf",
+    b"WITHSCORES",
+    b"WITHSCORE",
+    b"BYSCORE",
+    b"BYLEX",
+    b"REV",
+    b"LIMIT",
+    b"lpush",
+    b"zadd",
+    b"zrange",
 ];
 
 /// Runs the command program in `data`; panics (the fuzzer's finding) if an invariant breaks.
@@ -137,12 +174,25 @@ pub fn commands(data: &[u8]) {
         assert_eq!(recount, server.keyspace.used_bytes(), "after {refs:?}");
         for db in 0..crate::keyspace::DATABASES {
             for entry in server.keyspace.db(db).entries() {
-                let (reported, recounted) = match entry.value() {
-                    Value::Hash(h) => (h.map().bytes(), h.map().recount_bytes()),
-                    Value::Set(s) => (s.members().bytes(), s.members().recount_bytes()),
-                    _ => continue,
-                };
-                assert_eq!(reported, recounted, "{:?} after {refs:?}", entry.key());
+                match entry.value() {
+                    Value::Hash(h) => {
+                        assert_eq!(
+                            h.map().bytes(),
+                            h.map().recount_bytes(),
+                            "{:?} after {refs:?}",
+                            entry.key()
+                        )
+                    }
+                    Value::Set(s) => assert_eq!(
+                        s.members().bytes(),
+                        s.members().recount_bytes(),
+                        "{:?} after {refs:?}",
+                        entry.key()
+                    ),
+                    Value::List(l) => l.check_invariants(),
+                    Value::ZSet(z) => z.check_invariants(),
+                    Value::Str(_) => {}
+                }
                 assert!(!entry.value().is_empty_collection(), "after {refs:?}");
             }
         }

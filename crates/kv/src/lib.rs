@@ -14,6 +14,8 @@
 //! - [`value`]: strings, hashes, lists, sets and sorted sets, each keeping its byte count.
 //! - [`slabmap`]: the map under hashes and sets: O(1) random elements and stable scan
 //!   cursors.
+//! - [`zset`]: the sorted set, an order-statistic treap with a member index and a stable
+//!   `ZSCAN` cursor.
 //! - [`number`]: integers and floats in strings, parsed and printed exactly as Redis does.
 //! - [`glob`]: Redis' glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`).
 //! - [`reply`]: the reply trait and a recorder for tests.
@@ -30,6 +32,7 @@ pub mod number;
 pub mod reply;
 pub mod slabmap;
 pub mod value;
+pub mod zset;
 
 pub use command::{Client, Server};
 pub use keyspace::Keyspace;

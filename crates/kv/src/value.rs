@@ -7,7 +7,9 @@
 //! insert and remove methods maintain, and [`Value::heap_bytes`] only adds it up. The counts
 //! are estimates of what the allocator really holds (element lengths plus a fixed overhead per
 //! element for the allocation header and the table slot), checked against a counting
-//! allocator by the crate's tests.
+//! allocator by the crate's tests. Lists and sorted sets keep only the running sum of their
+//! elements' allocations and add their tables at current capacity when asked, which is just
+//! as cheap and follows the tables' growth exactly.
 //!
 //! Hashes and sets sit on [`SlabMap`], which also gives the random element (`SPOP`,
 //! `SRANDMEMBER`, `HRANDFIELD`) and the stable scan cursor (`HSCAN`, `SSCAN`) in O(1) per
@@ -19,7 +21,9 @@
 //! of that size, so tools that look see the same words.
 
 use crate::slabmap::SlabMap;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
+
+pub use crate::zset::ZSetValue;
 
 /// Bytes the allocator adds to every heap allocation, on average (glibc malloc: an 8-byte
 /// header and 16-byte alignment).
@@ -106,9 +110,9 @@ impl Value {
             Value::Str(s) if s.capacity() == 0 => 0,
             Value::Str(s) => s.capacity() + ALLOCATION_OVERHEAD,
             Value::Hash(h) => h.map.bytes(),
-            Value::List(l) => l.bytes,
+            Value::List(l) => l.bytes(),
             Value::Set(s) => s.members.bytes(),
-            Value::ZSet(z) => z.bytes,
+            Value::ZSet(z) => z.bytes(),
         }
     }
 
@@ -117,9 +121,9 @@ impl Value {
         match self {
             Value::Str(_) => false,
             Value::Hash(h) => h.map.is_empty(),
-            Value::List(l) => l.items.is_empty(),
+            Value::List(l) => l.is_empty(),
             Value::Set(s) => s.members.is_empty(),
-            Value::ZSet(z) => z.scores.is_empty(),
+            Value::ZSet(z) => z.is_empty(),
         }
     }
 
@@ -143,15 +147,15 @@ impl Value {
                 }
             }
             Value::List(l) => {
-                if l.items.len() <= LISTPACK_ENTRIES_MAX && l.longest <= LISTPACK_VALUE_MAX {
-                    "listpack"
-                } else {
+                if l.is_quicklist() {
                     "quicklist"
+                } else {
+                    "listpack"
                 }
             }
             Value::Set(s) => s.encoding(),
             Value::ZSet(z) => {
-                if z.scores.len() <= LISTPACK_ENTRIES_MAX && z.longest <= LISTPACK_VALUE_MAX {
+                if z.is_listpack() {
                     "listpack"
                 } else {
                     "skiplist"
@@ -159,10 +163,6 @@ impl Value {
             }
         }
     }
-}
-
-fn element_bytes(len: usize) -> usize {
-    len + ELEMENT_OVERHEAD
 }
 
 /// A hash: fields to values, over a [`SlabMap`] (which keeps the byte count).
@@ -207,13 +207,76 @@ impl HashValue {
     }
 }
 
-/// A list, with its byte count.
+/// Bytes a boxed element of `len` bytes holds: nothing when empty (an empty box does not
+/// allocate), else its length and the allocator's [`ALLOCATION_OVERHEAD`], as strings count.
+pub(crate) fn boxed_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len + ALLOCATION_OVERHEAD
+    }
+}
+
+/// Redis 7.2's `list-max-listpack-size -2`: a list is a single listpack while that listpack
+/// would hold at most 8 KiB; past it Redis converts it to a quicklist.
+pub const LIST_LISTPACK_BYTES_MAX: usize = 8192;
+/// A listpack's frame: the 4-byte total length, the 2-byte count and the end byte.
+const LISTPACK_FRAME_BYTES: usize = 7;
+
+/// Bytes one element takes in a Redis listpack (`lpEncodeGetType` and `lpEncodeBacklen`):
+/// integers in 1 to 9 bytes by magnitude, strings with a 1-, 2- or 5-byte header, then the
+/// back-length of the whole entry.
+pub(crate) fn listpack_entry_bytes(item: &[u8]) -> usize {
+    let encoded = match crate::number::parse_i64(item) {
+        Some(n) if (0..=127).contains(&n) => 1,
+        Some(n) if (-4096..=4095).contains(&n) => 2,
+        Some(n) if i16::try_from(n).is_ok() => 3,
+        Some(n) if (-(1 << 23)..1 << 23).contains(&n) => 4,
+        Some(n) if i32::try_from(n).is_ok() => 5,
+        Some(_) => 9,
+        None if item.len() < 64 => 1 + item.len(),
+        None if item.len() < 4096 => 2 + item.len(),
+        None => 5 + item.len(),
+    };
+    let backlen = if encoded <= 127 {
+        1
+    } else if encoded < 16_383 {
+        2
+    } else if encoded < 2_097_151 {
+        3
+    } else if encoded < 268_435_455 {
+        4
+    } else {
+        5
+    };
+    encoded + backlen
+}
+
+/// A list: elements head first, with its byte count and the encoding Redis would give it.
+///
+/// The byte count is the elements' own allocations plus the ring buffer's capacity, so it is
+/// exact in what it counts and O(1) to read; removals give capacity back once three quarters
+/// of it is unused.
+///
+/// Redis 7.2 keeps a list in one listpack until that would pass 8 KiB, then in a quicklist,
+/// and converts back when a removal leaves it under half that. The listpack's size is
+/// tracked here (`listpack_bytes`) so `OBJECT ENCODING` follows the same thresholds; the
+/// commands call [`ListValue::will_grow`] before adding and [`ListValue::shrunk`] after
+/// removing, where Redis checks. (Redis converts back only when the quicklist is down to one
+/// node, which depends on its node layout; here the total size alone decides.)
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListValue {
     items: VecDeque<Box<[u8]>>,
-    bytes: usize,
-    longest: usize,
+    /// The sum of [`boxed_bytes`] over the elements.
+    item_bytes: usize,
+    /// The sum of [`listpack_entry_bytes`] over the elements.
+    listpack_bytes: usize,
+    /// Whether Redis would hold this list as a quicklist now.
+    quicklist: bool,
 }
+
+/// Capacity under which a list's ring buffer is never shrunk.
+const LIST_CAPACITY_KEEP: usize = 64;
 
 impl ListValue {
     /// The elements, head first.
@@ -228,60 +291,149 @@ impl ListValue {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+    /// The element at `index` (0 is the head).
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        self.items.get(index).map(|i| &**i)
+    }
+    /// Bytes held on the heap, O(1).
+    pub fn bytes(&self) -> usize {
+        let ring = self.items.capacity() * std::mem::size_of::<Box<[u8]>>();
+        self.item_bytes + ring + if ring > 0 { ALLOCATION_OVERHEAD } else { 0 }
+    }
+    /// Whether Redis would report `quicklist` (else `listpack`).
+    pub fn is_quicklist(&self) -> bool {
+        self.quicklist
+    }
+    /// Redis' check before adding elements of `add_bytes` in all (`listTypeTryConversion
+    /// Append`): past [`LIST_LISTPACK_BYTES_MAX`] the list becomes a quicklist.
+    pub fn will_grow(&mut self, add_bytes: usize) {
+        let projected = LISTPACK_FRAME_BYTES + self.listpack_bytes + add_bytes;
+        if !self.quicklist && projected > LIST_LISTPACK_BYTES_MAX {
+            self.quicklist = true;
+        }
+    }
+    /// Redis' check after removing elements: a quicklist that fits in half the listpack limit
+    /// becomes a listpack again.
+    pub fn shrunk(&mut self) {
+        let size = LISTPACK_FRAME_BYTES + self.listpack_bytes;
+        if self.quicklist && size <= LIST_LISTPACK_BYTES_MAX / 2 {
+            self.quicklist = false;
+        }
+    }
     /// Pushes onto the head.
     pub fn push_front(&mut self, item: &[u8]) {
-        self.account_in(item.len());
+        self.account_in(item);
         self.items.push_front(item.into());
     }
     /// Pushes onto the tail.
     pub fn push_back(&mut self, item: &[u8]) {
-        self.account_in(item.len());
+        self.account_in(item);
         self.items.push_back(item.into());
     }
     /// Pops the head.
     pub fn pop_front(&mut self) -> Option<Box<[u8]>> {
         let item = self.items.pop_front()?;
-        self.bytes -= element_bytes(item.len());
+        self.account_out(&item);
+        self.give_back_capacity();
         Some(item)
     }
     /// Pops the tail.
     pub fn pop_back(&mut self) -> Option<Box<[u8]>> {
         let item = self.items.pop_back()?;
-        self.bytes -= element_bytes(item.len());
+        self.account_out(&item);
+        self.give_back_capacity();
         Some(item)
     }
-    /// Inserts at `index` (0 ..= len).
+    /// Inserts at `index` (0 ..= len; beyond the tail is the tail).
     pub fn insert(&mut self, index: usize, item: &[u8]) {
-        self.account_in(item.len());
-        self.items.insert(index, item.into());
-    }
-    /// Removes the element at `index`.
-    pub fn remove(&mut self, index: usize) -> Option<Box<[u8]>> {
-        let item = self.items.remove(index)?;
-        self.bytes -= element_bytes(item.len());
-        Some(item)
+        self.account_in(item);
+        self.items.insert(index.min(self.items.len()), item.into());
     }
     /// Replaces the element at `index`; `false` if out of range.
     pub fn set(&mut self, index: usize, item: &[u8]) -> bool {
         let Some(slot) = self.items.get_mut(index) else {
             return false;
         };
-        self.bytes = self.bytes - slot.len() + item.len();
-        self.longest = self.longest.max(item.len());
-        *slot = item.into();
+        let old = std::mem::replace(slot, item.into());
+        self.account_out(&old);
+        self.account_in(item);
         true
     }
-    /// Keeps only the elements `start..end`.
+    /// Keeps only the elements `start..end` (clamped to the list).
     pub fn retain_range(&mut self, start: usize, end: usize) {
         let end = end.min(self.items.len());
         let start = start.min(end);
+        let (mut item_bytes, mut listpack_bytes) = (0, 0);
+        for item in self.items.range(end..).chain(self.items.range(..start)) {
+            item_bytes += boxed_bytes(item.len());
+            listpack_bytes += listpack_entry_bytes(item);
+        }
         self.items.truncate(end);
         self.items.drain(..start);
-        self.bytes = self.items.iter().map(|i| element_bytes(i.len())).sum();
+        self.item_bytes -= item_bytes;
+        self.listpack_bytes -= listpack_bytes;
+        self.give_back_capacity();
     }
-    fn account_in(&mut self, len: usize) {
-        self.bytes += element_bytes(len);
-        self.longest = self.longest.max(len);
+    /// Removes up to `limit` elements equal to `element`, the first ones from the head (or
+    /// from the tail when `from_tail`); returns how many went.
+    pub fn remove_matching(&mut self, element: &[u8], limit: usize, from_tail: bool) -> usize {
+        // The matches to remove are those at or past `first` (from the tail) or before the
+        // limit-th one (from the head): one pass to find the boundary, one to remove.
+        let first = if from_tail {
+            let mut seen = 0;
+            let mut first = self.items.len();
+            for (i, item) in self.items.iter().enumerate().rev() {
+                if seen == limit {
+                    break;
+                }
+                if **item == *element {
+                    seen += 1;
+                    first = i;
+                }
+            }
+            first
+        } else {
+            0
+        };
+        let (mut removed, mut item_bytes, mut listpack_bytes) = (0, 0, 0);
+        let mut index = 0;
+        self.items.retain(|item| {
+            let remove = index >= first && removed < limit && **item == *element;
+            index += 1;
+            if remove {
+                removed += 1;
+                item_bytes += boxed_bytes(item.len());
+                listpack_bytes += listpack_entry_bytes(item);
+            }
+            !remove
+        });
+        self.item_bytes -= item_bytes;
+        self.listpack_bytes -= listpack_bytes;
+        self.give_back_capacity();
+        removed
+    }
+    /// Checks every invariant, recounting from scratch; panics on a broken one (for tests and
+    /// fuzzers).
+    pub fn check_invariants(&self) {
+        let item_bytes: usize = self.items.iter().map(|i| boxed_bytes(i.len())).sum();
+        let listpack_bytes: usize = self.items.iter().map(|i| listpack_entry_bytes(i)).sum();
+        assert_eq!(item_bytes, self.item_bytes, "list element bytes drifted");
+        assert_eq!(listpack_bytes, self.listpack_bytes, "listpack size drifted");
+    }
+    fn account_in(&mut self, item: &[u8]) {
+        self.item_bytes += boxed_bytes(item.len());
+        self.listpack_bytes += listpack_entry_bytes(item);
+    }
+    fn account_out(&mut self, item: &[u8]) {
+        self.item_bytes -= boxed_bytes(item.len());
+        self.listpack_bytes -= listpack_entry_bytes(item);
+    }
+    fn give_back_capacity(&mut self) {
+        let capacity = self.items.capacity();
+        if capacity > LIST_CAPACITY_KEEP && self.items.len() * 4 < capacity {
+            self.items
+                .shrink_to((self.items.len() * 2).max(LIST_CAPACITY_KEEP));
+        }
     }
 }
 
@@ -357,86 +509,6 @@ impl SetValue {
     }
 }
 
-/// A sorted-set score with a total order (scores are never NaN: every command refuses one).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Score(pub f64);
-
-impl Eq for Score {}
-impl PartialOrd for Score {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Score {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-/// A sorted set: members by score (ties by member bytes, as Redis), with its byte count.
-///
-/// Ranks (`ZRANK`, `ZRANGE` by index) walk the ordered set, O(rank); Redis' skiplist keeps
-/// spans for O(log n). Good enough until a benchmark says otherwise.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ZSetValue {
-    scores: HashMap<Box<[u8]>, f64>,
-    order: BTreeSet<(Score, Box<[u8]>)>,
-    bytes: usize,
-    longest: usize,
-}
-
-impl ZSetValue {
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.scores.len()
-    }
-    /// Whether there is no member.
-    pub fn is_empty(&self) -> bool {
-        self.scores.is_empty()
-    }
-    /// The score of `member`.
-    pub fn score(&self, member: &[u8]) -> Option<f64> {
-        self.scores.get(member).copied()
-    }
-    /// Members in order of (score, member).
-    pub fn ordered(&self) -> &BTreeSet<(Score, Box<[u8]>)> {
-        &self.order
-    }
-    /// Sets `member`'s score; `true` if the member is new. A NaN score is a bug in the caller.
-    pub fn insert(&mut self, member: &[u8], score: f64) -> bool {
-        debug_assert!(!score.is_nan(), "sorted-set scores are never NaN");
-        match self.scores.get_mut(member) {
-            Some(old) => {
-                if *old != score {
-                    self.order.remove(&(Score(*old), Box::from(member)));
-                    self.order.insert((Score(score), member.into()));
-                    *old = score;
-                }
-                false
-            }
-            None => {
-                // The member is held twice (table and order) plus a score.
-                self.bytes += 2 * element_bytes(member.len()) + 8;
-                self.longest = self.longest.max(member.len());
-                self.scores.insert(member.into(), score);
-                self.order.insert((Score(score), member.into()));
-                true
-            }
-        }
-    }
-    /// Removes `member`; `true` if it was there.
-    pub fn remove(&mut self, member: &[u8]) -> bool {
-        match self.scores.remove(member) {
-            Some(score) => {
-                self.order.remove(&(Score(score), Box::from(member)));
-                self.bytes -= 2 * element_bytes(member.len()) + 8;
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,24 +536,15 @@ mod tests {
         );
         l.pop_back();
         l.pop_front();
-        assert_eq!(l.bytes, 0);
+        l.check_invariants();
+        assert_eq!((l.item_bytes, l.listpack_bytes), (0, 0));
+        assert_eq!(l.remove_matching(b"x", 1, false), 0);
 
         let mut s = SetValue::default();
         assert!(s.insert(b"x"));
         assert!(!s.insert(b"x"));
         assert!(s.remove(b"x"));
         assert_eq!(s.members.bytes(), 0);
-
-        let mut z = ZSetValue::default();
-        assert!(z.insert(b"m", 1.0));
-        assert!(!z.insert(b"m", 2.0));
-        assert!(z.insert(b"a", 2.0));
-        let order: Vec<_> = z.ordered().iter().map(|(_, m)| &m[..]).collect();
-        assert_eq!(order, [b"a" as &[u8], b"m"], "ties order by member");
-        assert!(z.remove(b"m"));
-        assert!(z.remove(b"a"));
-        assert_eq!(z.bytes, 0);
-        assert!(z.ordered().is_empty());
     }
 
     #[test]
@@ -498,5 +561,18 @@ mod tests {
         let mut h = HashValue::default();
         h.insert(b"f", &[b'v'; 65]);
         assert_eq!(Value::Hash(h).encoding(), "hashtable");
+        // A list is a listpack up to 8 KiB, and one again under half that.
+        let mut l = ListValue::default();
+        for _ in 0..100 {
+            l.will_grow(100);
+            l.push_back(&[b'x'; 100]);
+        }
+        assert_eq!(Value::List(l.clone()).encoding(), "quicklist");
+        l.retain_range(0, 40);
+        l.shrunk();
+        assert_eq!(Value::List(l.clone()).encoding(), "quicklist");
+        l.retain_range(0, 30);
+        l.shrunk();
+        assert_eq!(Value::List(l).encoding(), "listpack");
     }
 }
