@@ -8,9 +8,11 @@
 //! UDP: the echo server and the load generator. TCP: the echo server, the load generator
 //! (request/response, connection churn and bulk modes), and the sink and source pair that
 //! moves a seeded byte stream and checks it end to end by its SHA-256 ([`stream`]).
+//! The key-value service ([`kv`]): Redis clients served from one shared keyspace.
 #![forbid(unsafe_code)]
 
 pub mod echo;
+pub mod kv;
 pub mod loadgen;
 pub mod stream;
 pub mod tcp_echo;
@@ -21,6 +23,7 @@ pub mod tcp_source;
 mod test_tcp;
 
 pub use echo::{EchoApp, EchoConfig, EchoProtocol};
+pub use kv::{KvApp, KvConfig, KvCounters, SharedServer};
 pub use loadgen::{LatencySummary, LoadgenApp, LoadgenConfig, LoadgenReport};
 pub use tcp_echo::{TcpEchoApp, TcpEchoConfig, TcpEchoCounters};
 pub use tcp_loadgen::{TcpLoadMode, TcpLoadgenApp, TcpLoadgenConfig};

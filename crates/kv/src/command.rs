@@ -104,6 +104,8 @@ pub struct Config {
     pub proto_max_bulk_len: u64,
     /// `timeout`: idle seconds before a client is closed (0: never).
     pub timeout_s: u64,
+    /// `maxclients`: connections the front end accepts at most.
+    pub maxclients: u64,
 }
 
 impl Default for Config {
@@ -112,6 +114,7 @@ impl Default for Config {
             requirepass: None,
             proto_max_bulk_len: 512 * 1024 * 1024,
             timeout_s: 0,
+            maxclients: 10_000,
         }
     }
 }
@@ -127,6 +130,10 @@ pub struct Server {
     pub commands_processed: u64,
     /// When the server started (Unix ms).
     pub started_ms: u64,
+    /// Connections open now, kept by the front end (`INFO clients`).
+    pub connected_clients: u64,
+    /// Connections accepted since start (`INFO stats` `total_connections_received`).
+    pub connections_received: u64,
     next_client_id: u64,
 }
 
@@ -168,6 +175,8 @@ impl Server {
             config,
             commands_processed: 0,
             started_ms: now_ms,
+            connected_clients: 0,
+            connections_received: 0,
             next_client_id: 1,
         }
     }

@@ -795,7 +795,11 @@ mod tests {
             ks.make_room(u64::from(i) * 1000).unwrap();
             // As Redis, room is made before a write: the limit holds then, and a write may
             // pass it by its own size until the next one.
-            assert!(ks.used_bytes() <= 100_000, "{} before write {i}", ks.used_bytes());
+            assert!(
+                ks.used_bytes() <= 100_000,
+                "{} before write {i}",
+                ks.used_bytes()
+            );
             ks.store(
                 0,
                 format!("key:{i}").as_bytes(),

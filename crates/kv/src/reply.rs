@@ -33,6 +33,11 @@ pub trait Reply {
     fn boolean(&mut self, value: bool);
     /// A verbatim string with its three-letter format (`txt`; RESP2: a bulk string).
     fn verbatim(&mut self, format: &str, text: &[u8]);
+    /// The connection switches protocol version (`HELLO 2|3`) before this reply: an encoder
+    /// writes this and every later reply in `resp` (Redis answers `HELLO 3` in RESP3).
+    fn set_protocol(&mut self, resp: u8) {
+        let _ = resp;
+    }
 }
 
 /// A recorded reply, for tests and for replies a front end must inspect.

@@ -132,6 +132,7 @@ pub fn hello(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
     ctx.client.resp = proto;
     let id = ctx.client.id as i64;
     let out = &mut *ctx.out;
+    out.set_protocol(proto);
     out.map(7);
     out.bulk(b"server");
     out.bulk(b"redis");
@@ -248,6 +249,7 @@ pub fn reset(ctx: &mut Ctx<'_>, _args: &[&[u8]]) {
     c.multi_failed = false;
     c.watched.clear();
     c.authenticated = ctx.server.config.requirepass.is_none();
+    ctx.out.set_protocol(2);
     ctx.out.simple("RESET");
 }
 
@@ -588,7 +590,11 @@ pub fn info(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         );
     }
     if wanted("clients") {
-        text.push_str("# Clients\r\nblocked_clients:0\r\n\r\n");
+        let _ = write!(
+            text,
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\r\n",
+            s.connected_clients, s.config.maxclients
+        );
     }
     if wanted("memory") {
         let used = s.keyspace.used_bytes();
@@ -610,9 +616,14 @@ pub fn info(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         let st = s.keyspace.stats;
         let _ = write!(
             text,
-            "# Stats\r\ntotal_commands_processed:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\
-             keyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
-            s.commands_processed, st.expired_keys, st.evicted_keys, st.hits, st.misses,
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n\
+             expired_keys:{}\r\nevicted_keys:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n\r\n",
+            s.connections_received,
+            s.commands_processed,
+            st.expired_keys,
+            st.evicted_keys,
+            st.hits,
+            st.misses,
         );
     }
     if wanted("replication") {
