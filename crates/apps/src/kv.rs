@@ -501,7 +501,7 @@ impl KvApp {
             self.counters.accepted += 1;
         }
         self.conns[index] = Some(c);
-        self.flush(io, conn);
+        self.flush(io, server, conn);
     }
 
     /// Parses and runs what `conn` sent, while its replies are not backed up.
@@ -591,11 +591,11 @@ impl KvApp {
             // Everything the peer sent is answered: close after the replies.
             c.closing = true;
         }
-        self.flush(io, conn);
+        self.flush(io, server, conn);
     }
 
     /// Moves `conn`'s replies into frames and offers them to the transport.
-    fn flush(&mut self, io: &mut IoContext<'_>, conn: ConnId) {
+    fn flush(&mut self, io: &mut IoContext<'_>, server: &mut Server, conn: ConnId) {
         let Some(c) = Self::conn_mut(&mut self.conns, conn) else {
             return;
         };
@@ -620,6 +620,7 @@ impl KvApp {
                         }
                         let _ = io.submit(Command::Abort { conn });
                         c.close_sent = true;
+                        uncount(c, server);
                         return;
                     }
                 }
@@ -634,6 +635,7 @@ impl KvApp {
                 if c.closing && !c.close_sent {
                     c.close_sent = true;
                     let _ = io.submit(Command::Close { conn });
+                    uncount(c, server);
                 }
                 return;
             }
@@ -705,6 +707,14 @@ impl KvApp {
     }
 }
 
+/// A connection the server closed no longer counts as a client (as in Redis, where the
+/// socket is gone at once), even while its FIN waits for the peer's.
+fn uncount(c: &mut Conn, server: &mut Server) {
+    if std::mem::take(&mut c.counted) {
+        server.connected_clients = server.connected_clients.saturating_sub(1);
+    }
+}
+
 fn protocol_error(c: &mut Conn, error: &ProtocolError, limit: usize) {
     let mut sink = LimitedSink {
         buf: &mut c.output.buf,
@@ -764,7 +774,7 @@ impl App for KvApp {
                     if let Some(data) = data {
                         io.free_chain(data);
                     }
-                    self.flush(io, conn);
+                    self.flush(io, &mut server, conn);
                     // Replies drained: serve what waited behind them.
                     self.serve(io, &mut server, conn, now_ms);
                 }
@@ -789,7 +799,7 @@ impl App for KvApp {
         if !self.starved.is_empty() {
             let starved = std::mem::take(&mut self.starved);
             for conn in starved {
-                self.flush(io, conn);
+                self.flush(io, &mut server, conn);
                 self.serve(io, &mut server, conn, now_ms);
             }
         }

@@ -8,6 +8,7 @@
 
 mod demo;
 mod echo;
+mod kv;
 mod transfer;
 
 use anyhow::Result;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// UDP echo server on Melange engines.
     Echo(echo::EchoArgs),
+    /// The key-value service for Redis clients (redis-cli, redis-benchmark, redis-py).
+    Kv(kv::KvArgs),
     /// Load generator: UDP closed or open loop; TCP request/response, connection churn or
     /// bulk (`--protocol tcp --mode rr|churn|bulk`).
     Loadgen(loadgen::LoadgenArgs),
@@ -82,6 +85,7 @@ fn run() -> Result<()> {
         .init();
     match cli.command {
         Command::Echo(args) => echo::run(args),
+        Command::Kv(args) => kv::run(args),
         Command::Loadgen(args) => loadgen::main(args),
         Command::Sink(args) => transfer::run_sink(args),
         Command::Source(args) => transfer::run_source(args),
