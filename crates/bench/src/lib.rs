@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod kv;
 pub mod lab_echo;
 pub mod lab_tcp;
 pub mod loadgen;
@@ -43,6 +44,8 @@ pub enum BenchCommand {
     Stack(stack::StackArgs),
     /// Resident memory of the echo server over a long run at full load.
     Memory(MemoryArgs),
+    /// `melange kv` against redis-server with redis-benchmark, kernel backend on 127.0.0.1.
+    Kv(kv::KvBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -53,6 +56,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::KernelEcho(args) => kernel_echo(&args).map(|_| ()),
         BenchCommand::Stack(args) => stack::run(&args),
         BenchCommand::Memory(args) => memory(&args),
+        BenchCommand::Kv(args) => kv::run(&args).map(|_| ()),
     }
 }
 
