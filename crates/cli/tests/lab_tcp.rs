@@ -425,10 +425,15 @@ fn melange_source_streams_100_mb_into_linux_byte_exact_clean_and_under_loss() {
             .unwrap_or_else(|e| panic!("{pct}% loss: the Linux sink: {e}\n{text}"));
         let expected = melange_apps::stream::hex(&melange_apps::stream::stream_sha256(seed, bytes));
         println!(
-            "{pct}% loss: {} MB from Melange to Linux in {:.2} s ({:.1} MB/s)",
+            "{pct}% loss: {} MB from Melange to Linux in {:.2} s ({:.1} MB/s): {} RTOs, {} retransmits, {} RACK losses ({} lost retransmissions), {} loss probes",
             bytes / 1_000_000,
             json["seconds"].as_f64().unwrap_or(0.0),
-            json["mb_per_s"].as_f64().unwrap_or(0.0)
+            json["mb_per_s"].as_f64().unwrap_or(0.0),
+            tcp_counter(&text, "rto_expirations"),
+            tcp_counter(&text, "retransmits"),
+            tcp_counter(&text, "rack_losses"),
+            tcp_counter(&text, "rack_lost_retransmits"),
+            tcp_counter(&text, "tlp_probes"),
         );
         assert_eq!(received, bytes, "{pct}% loss: {text}");
         assert_eq!(

@@ -231,6 +231,16 @@ pub struct TcpCounters {
     pub retransmits: u64,
     /// Retransmission timeouts, summed over closed connections.
     pub rto_expirations: u64,
+    /// Segments RACK marked lost (RFC 8985), summed over closed connections.
+    pub rack_losses: u64,
+    /// Lost retransmissions RACK found (each resent without a timeout), summed over closed
+    /// connections.
+    pub rack_lost_retransmits: u64,
+    /// Tail loss probes sent (RFC 8985 §7), summed over closed connections.
+    pub tlp_probes: u64,
+    /// Losses a tail loss probe repaired (answered with a window reduction), summed over
+    /// closed connections.
+    pub tlp_recoveries: u64,
     /// Challenge ACKs sent, summed over closed connections: the ACKs a segment the peer (or a
     /// blind attacker) controls provokes, an in-window RST that misses RCV.NXT (RFC 5961
     /// §3.2), a SYN (§4), an ACK too old (§5.2) or an out-of-window segment without data.
@@ -1370,6 +1380,10 @@ impl TcpEndpoint {
         let c = slot.conn.counters();
         self.counters.retransmits += c.retransmits;
         self.counters.rto_expirations += c.rto_expirations;
+        self.counters.rack_losses += c.rack_losses;
+        self.counters.rack_lost_retransmits += c.rack_lost_retransmits;
+        self.counters.tlp_probes += c.tlp_probes;
+        self.counters.tlp_recoveries += c.tlp_recoveries;
         self.counters.challenge_acks += c.challenge_acks;
         self.counters.challenge_acks_suppressed += c.challenge_acks_suppressed;
         slot.send.free_all(pool);

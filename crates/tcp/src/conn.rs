@@ -63,8 +63,11 @@
 
 use crate::cc::{AckSample, CcError, Congestion, CongestionControl, CongestionKind};
 use crate::cookie::CookieParams;
+use crate::rack::Rack;
 use crate::rtt::{RttConfig, RttError, RttEstimator};
-use crate::sack::{NextSeg, SackReceiver, Scoreboard, SeqRange, SACK_BLOCKS_MAX};
+use crate::sack::{
+    NextSeg, SackReceiver, Scoreboard, SeqRange, SeqRangeSet, RANGES_MAX, SACK_BLOCKS_MAX,
+};
 use crate::seq::{segment_acceptable, SeqNumber};
 use melange_core::contract::CloseReason;
 use melange_wire::tcp::{Flags, Repr};
@@ -143,6 +146,11 @@ pub struct ConnConfig {
     pub syn_retries: u32,
     /// Data retransmissions (timeouts in a row) before the connection fails.
     pub retries_max: u32,
+    /// RACK-TLP loss detection (RFC 8985, [`crate::rack`]) on connections that negotiated
+    /// SACK: losses by the clock, lost retransmissions found without a timeout, tail loss
+    /// probes. Off, SACK recovery infers loss from RFC 6675's DupThresh alone. Connections
+    /// without SACK always use NewReno recovery (RFC 6582).
+    pub rack_tlp: bool,
 }
 
 /// Keepalive settings (RFC 9293 §3.8.4; Linux's `tcp_keepalive_*` names).
@@ -185,6 +193,7 @@ impl Default for ConnConfig {
             keepalive: None,
             syn_retries: 6,
             retries_max: 15,
+            rack_tlp: true,
         }
     }
 }
@@ -451,6 +460,15 @@ pub struct ConnCounters {
     pub hystart_css_entries: u64,
     /// Initial slow starts HyStart++ ended before any loss (CSS ran its rounds).
     pub hystart_exits: u64,
+    /// Segments RACK marked lost (RFC 8985 §6.2), retransmissions among them included.
+    pub rack_losses: u64,
+    /// Retransmitted segments RACK found lost again, each repaired without a timeout.
+    pub rack_lost_retransmits: u64,
+    /// Tail loss probes sent (RFC 8985 §7.3).
+    pub tlp_probes: u64,
+    /// Losses a probe repaired, detected afterwards and answered with a window reduction
+    /// (RFC 8985 §7.4).
+    pub tlp_recoveries: u64,
 }
 
 /// What an ACK-needing event asks for.
@@ -539,6 +557,13 @@ pub struct Connection<B> {
     backoff_mark: Option<(SeqNumber, u32)>,
     cc: Congestion,
     scoreboard: Scoreboard,
+    /// RACK-TLP's send log and state (used while [`Connection::rack_active`]).
+    rack: Rack,
+    /// This recovery already answered a lost retransmission with a second reduction (RFC
+    /// 8985 §9.3: once per recovery).
+    rexmit_loss_reacted: bool,
+    /// A tail loss probe is due (RFC 8985 §7.3): the next `poll_transmit` sends it.
+    tlp_due: bool,
     dup_acks: u32,
     in_fast_recovery: bool,
     /// RFC 6582's `recover`: `snd_max` at the start of the last recovery or timeout.
@@ -554,6 +579,10 @@ pub struct Connection<B> {
 
     // Timers (absolute deadlines).
     rto_at: Option<u64>,
+    /// RACK's reordering timer (RFC 8985 §6.2 step 5).
+    rack_at: Option<u64>,
+    /// TLP's probe timeout (RFC 8985 §7.2).
+    tlp_at: Option<u64>,
     delack_at: Option<u64>,
     persist_at: Option<u64>,
     keepalive_at: Option<u64>,
@@ -655,6 +684,9 @@ impl<B: Payload> Connection<B> {
             backoff_mark: None,
             cc: Congestion::new(config.congestion, mss)?,
             scoreboard: Scoreboard::new(iss, mss),
+            rack: Rack::new(iss),
+            rexmit_loss_reacted: false,
+            tlp_due: false,
             dup_acks: 0,
             in_fast_recovery: false,
             recover: None,
@@ -663,6 +695,8 @@ impl<B: Payload> Connection<B> {
             last_data_sent_ns: now_ns,
             cwnd_limited: false,
             rto_at: None,
+            rack_at: None,
+            tlp_at: None,
             delack_at: None,
             persist_at: None,
             keepalive_at: None,
@@ -863,6 +897,31 @@ impl<B: Payload> Connection<B> {
     /// The controller's kind.
     pub fn congestion_kind(&self) -> CongestionKind {
         self.cc.kind()
+    }
+    /// Whether RACK-TLP detects losses on this connection: configured
+    /// ([`ConnConfig::rack_tlp`]) and SACK negotiated (RFC 8985 §4 requires SACK).
+    pub fn rack_active(&self) -> bool {
+        self.config.rack_tlp && self.sack_enabled
+    }
+    /// The reordering window RACK would apply now (RFC 8985 §6.2 step 4), while
+    /// [`Connection::rack_active`].
+    pub fn rack_reo_wnd_ns(&self) -> Option<u64> {
+        self.rack_active().then(|| self.reo_wnd_now())
+    }
+
+    fn reo_wnd_now(&self) -> u64 {
+        self.rack.reo_wnd_ns(
+            self.in_loss_recovery(),
+            self.scoreboard.sacked().bytes(),
+            self.smss(),
+            self.rtt.srtt_ns(),
+        )
+    }
+
+    /// A fast recovery, or the recovery after a timeout (until SND.UNA passes the SND.MAX of
+    /// the timeout), is under way.
+    fn in_loss_recovery(&self) -> bool {
+        self.in_fast_recovery || self.recover.is_some_and(|r| self.snd_una.lt(r))
     }
 
     /// Whether `snd_una` (now or before this ACK) still leaves our SYN unacknowledged.
@@ -1133,6 +1192,7 @@ impl<B: Payload> Connection<B> {
             self.cc = cc;
         }
         self.scoreboard = Scoreboard::new(self.snd_una, smss);
+        self.rack.reset(self.snd_una);
         self.last_data_sent_ns = now_ns;
         self.rearm_keepalive(now_ns);
     }
@@ -1438,15 +1498,51 @@ impl<B: Payload> Connection<B> {
         }
         let una_before = self.snd_una;
         let sacked_before = self.scoreboard.sacked().bytes();
-        let outcome = self
-            .scoreboard
-            .handle_ack(ack, self.snd_max, &blocks[..nblocks]);
+        let rack = self.rack_active();
+        let mut delivered = SeqRangeSet::<RANGES_MAX>::new();
+        let outcome = if rack {
+            self.scoreboard.handle_ack_delivered(
+                ack,
+                self.snd_max,
+                &blocks[..nblocks],
+                &mut delivered,
+            )
+        } else {
+            self.scoreboard
+                .handle_ack(ack, self.snd_max, &blocks[..nblocks])
+        };
         if outcome.dsack.is_some() {
             self.counters.dsacks_received += 1;
         }
         let new_sack = self.scoreboard.sacked().bytes() > sacked_before;
         let advanced = ack.gt(una_before);
         self.maybe_end_backoff(ack, &blocks[..nblocks], seg.timestamps.map(|t| t.1));
+        let mut probe_repaired = None;
+        if rack {
+            // RFC 8985 §6.2 steps 1-2 need the send times of what this ACK delivered; a
+            // retransmission's delivery counts only if the timestamp echo is not older than it
+            // (RFC 8985 §6.2 step 1, with RFC 7323's echo).
+            let echo = seg
+                .timestamps
+                .filter(|_| self.ts_enabled)
+                .map(|t| t.1.wrapping_sub(self.ts_offset));
+            let echo_predates =
+                |xmit_ns: u64| echo.is_some_and(|e| (ts_clock(xmit_ns).wrapping_sub(e) as i32) > 0);
+            let una = if advanced { ack } else { una_before };
+            self.rack.handle_ack(
+                now_ns,
+                una,
+                &delivered,
+                self.scoreboard.sacked(),
+                echo_predates,
+            );
+            self.rack
+                .handle_dsack_round(una, self.snd_max, outcome.dsack.is_some());
+            let dupack_without_sack = !advanced && nblocks == 0 && len == 0;
+            probe_repaired = self
+                .rack
+                .handle_probe_ack(ack, outcome.dsack, dupack_without_sack);
+        }
 
         // Window update (RFC 9293 §3.10.7.4): from a newer segment, or the same one with a
         // newer ACK.
@@ -1477,10 +1573,87 @@ impl<B: Payload> Connection<B> {
             self.counters.dup_acks += 1;
             self.maybe_enter_recovery(now_ns);
         }
+        if rack {
+            if let Some(flight) = probe_repaired {
+                // RFC 8985 §7.4: the probe repaired a loss the sender never saw; congestion
+                // control reacts to it as to any loss (unless a recovery already did), with
+                // the FlightSize of the probe's window.
+                self.counters.tlp_recoveries += 1;
+                if !self.in_loss_recovery() {
+                    self.cc
+                        .handle_recovery_start(now_ns, flight, self.snd_max.0);
+                    self.cc.handle_recovery_end(now_ns, flight);
+                }
+            }
+            // RFC 8985 §6.2 step 5 on every ACK.
+            self.rack_detect(now_ns);
+            // RFC 8985 §7.2: (re)start the PTO on an ACK of new data (in a fast recovery, on any
+            // ACK that delivers something); drop it once SACKs arrive outside recovery, since
+            // RACK's own timer watches those.
+            if advanced || (new_sack && self.in_fast_recovery) {
+                self.arm_pto(now_ns);
+            } else if !self.pto_armable() {
+                self.tlp_at = None;
+            }
+        }
         if self.want_room && self.send_room() > 0 {
             self.want_room = false;
             self.report_room = true;
         }
+    }
+
+    /// RFC 8985 §6.2 step 5, `RACK_detect_loss_and_arm_timer`: marks what the clock says is
+    /// lost, arms the reordering timer for what it waits for, and starts recovery on a loss.
+    fn rack_detect(&mut self, now_ns: u64) {
+        if self.snd_una == self.snd_max {
+            self.rack_at = None;
+            return;
+        }
+        let reo_wnd = self.reo_wnd_now();
+        let smss = self.smss();
+        let d = self
+            .rack
+            .detect_loss(now_ns, reo_wnd, self.scoreboard.sacked(), smss);
+        self.rack_at = d.timeout_ns.map(|t| now_ns.saturating_add(t));
+        if d.lost_segments == 0 {
+            return;
+        }
+        self.counters.rack_losses += u64::from(d.lost_segments);
+        self.counters.rack_lost_retransmits += u64::from(d.lost_retransmissions);
+        if d.lost_retransmissions > 0 && self.in_fast_recovery && !self.rexmit_loss_reacted {
+            // RFC 8985 §9.3: without PRR, a lost retransmission is a second congestion event
+            // (RFC 5681); once per recovery, as RFC 5681 reacts once per window.
+            self.rexmit_loss_reacted = true;
+            let flight = self.flight_bytes();
+            self.cc
+                .handle_recovery_start(now_ns, flight, self.snd_max.0);
+        }
+        self.maybe_enter_recovery(now_ns);
+    }
+
+    /// RFC 8985 §7.2's conditions for a PTO: RACK on, data outstanding, a probe allowed (none
+    /// in flight, an RTT sample since the last), and no recovery with nothing SACKed, or
+    /// else (beyond the RFC, see [`crate::rack`]'s module doc) a fast recovery.
+    fn pto_armable(&self) -> bool {
+        self.rack_active()
+            && self.state.sends_data()
+            && self.snd_una != self.snd_max
+            && self.rto_at.is_some()
+            && self.rack.probe_allowed()
+            && (self.in_fast_recovery
+                || (!self.in_loss_recovery() && self.scoreboard.sacked().is_empty()))
+    }
+
+    /// (Re)starts the PTO (RFC 8985 §7.2 `TLP_calc_PTO`), or stops it when not armable. It
+    /// never fires after the RTO would.
+    fn arm_pto(&mut self, now_ns: u64) {
+        self.tlp_at = if self.pto_armable() {
+            let one_segment = self.flight_bytes() <= self.smss();
+            let at = now_ns.saturating_add(Rack::pto_ns(self.rtt.srtt_ns(), one_segment));
+            Some(self.rto_at.map_or(at, |rto| at.min(rto)))
+        } else {
+            None
+        };
     }
 }
 
@@ -1505,6 +1678,8 @@ impl<B: Payload> Connection<B> {
         };
         let data_acked = data_end.checked_distance(data_start).unwrap_or(0);
         let fin_acked = self.fin_queued && ack.gt(self.snd_buf_end);
+        let rto_recovery_ends =
+            !self.in_fast_recovery && self.recover.is_some_and(|r| una_before.lt(r) && ack.ge(r));
         self.last_ack_advance = ack.wrapping_distance(una_before);
         self.snd_una = ack;
         if self.snd_nxt.lt(ack) {
@@ -1530,6 +1705,9 @@ impl<B: Payload> Connection<B> {
                 self.in_fast_recovery = false;
                 self.pending_rexmit = None;
                 self.cc.handle_recovery_end(now_ns, flight);
+                if self.rack_active() {
+                    self.rack.handle_recovery_end();
+                }
             } else if !self.sack_enabled {
                 // RFC 6582 §3.2 step 4: a partial ACK retransmits the next unacknowledged
                 // segment at once.
@@ -1541,6 +1719,9 @@ impl<B: Payload> Connection<B> {
                 self.cc.handle_ack(&sample);
             }
         } else {
+            if rto_recovery_ends && self.rack_active() {
+                self.rack.handle_recovery_end();
+            }
             let sample = self.ack_sample(now_ns, data_acked, rtt_ns, flight);
             let phase = self.cc.hystart_phase();
             self.cc.handle_ack(&sample);
@@ -1613,6 +1794,7 @@ impl<B: Payload> Connection<B> {
         self.rtt_probe = None;
         let rtt = now_ns.saturating_sub(sent_ns);
         self.rtt.handle_sample(rtt);
+        self.rack.handle_rtt_sample(rtt);
         self.backoff_mark = None;
         Some(rtt)
     }
@@ -1656,9 +1838,18 @@ impl<B: Payload> Connection<B> {
         if self.in_fast_recovery {
             return;
         }
-        let lost = self.sack_enabled && self.scoreboard.is_lost(self.snd_una);
-        if self.dup_acks < crate::sack::DUP_THRESH && !lost {
-            return;
+        let rack = self.rack_active();
+        if rack {
+            // RFC 8985 §6.2: RACK's marks alone start recovery (its reordering window is zero
+            // once DupThresh segments are SACKed, so it is never later than DupThresh).
+            if !self.rack.has_lost(self.scoreboard.sacked()) {
+                return;
+            }
+        } else {
+            let lost = self.sack_enabled && self.scoreboard.is_lost(self.snd_una);
+            if self.dup_acks < crate::sack::DUP_THRESH && !lost {
+                return;
+            }
         }
         // RFC 6582 §3.2 step 2: no second recovery for losses of the window that the last
         // recovery (or timeout) already handled, unless §4.2's ACK heuristic says these
@@ -1672,7 +1863,13 @@ impl<B: Payload> Connection<B> {
         if self.recover.is_some_and(|r| self.snd_una.lt(r)) && !new_loss {
             return;
         }
-        let flight = self.flight_bytes();
+        // RFC 5681's FlightSize, not less what RACK marked lost: the reduction is the same
+        // whichever detector found the loss.
+        let flight = if rack {
+            self.unsacked_outstanding()
+        } else {
+            self.flight_bytes()
+        };
         self.in_fast_recovery = true;
         self.recover = Some(self.snd_max);
         self.counters.fast_recoveries += 1;
@@ -1681,8 +1878,24 @@ impl<B: Payload> Connection<B> {
         if self.sack_enabled {
             self.scoreboard.enter_recovery(self.snd_max);
         }
-        // RFC 5681 §3.2 step 4 / RFC 6675 §5 (4.2): retransmit the first unacknowledged segment.
-        self.pending_rexmit = Some(self.first_unacked_segment());
+        self.pending_rexmit = if rack {
+            // RFC 6675 §5 (4.2)'s first retransmission, whatever the window: of what RACK
+            // found lost, the lowest.
+            self.rack
+                .first_lost(self.scoreboard.sacked(), self.smss())
+                .map(|range| PendingRetransmit { range })
+        } else {
+            // RFC 5681 §3.2 step 4 / RFC 6675 §5 (4.2): retransmit the first unacknowledged
+            // segment.
+            Some(self.first_unacked_segment())
+        };
+        if rack {
+            // RFC 8985 §7.1: a recovery ends the probe episode.
+            self.rack.end_probe_episode();
+            self.tlp_at = None;
+            self.tlp_due = false;
+            self.rexmit_loss_reacted = false;
+        }
         self.rtt_probe = None;
     }
 
@@ -1714,21 +1927,50 @@ impl<B: Payload> Connection<B> {
 
     /// Bytes in flight: RFC 6675's pipe in SACK recovery; otherwise the unSACKed bytes up to
     /// SND.NXT, less RFC 5681's inflation of one SMSS per duplicate ACK in NewReno recovery.
+    ///
+    /// With RACK, bytes marked lost are not in flight either (RFC 8985 §6: RACK's marks feed
+    /// the pipe as IsLost does RFC 6675's), in and out of recovery.
     fn flight_bytes(&self) -> u32 {
         if self.in_fast_recovery && self.sack_enabled {
-            return self.scoreboard.pipe(self.snd_max).min(u64::from(u32::MAX)) as u32;
+            return self.recovery_pipe();
         }
-        let out = self.snd_nxt.checked_distance(self.snd_una).unwrap_or(0);
-        let sacked = self
-            .scoreboard
-            .sacked()
-            .bytes_in(self.snd_una, self.snd_nxt);
-        let flight = u64::from(out).saturating_sub(sacked) as u32;
+        let flight = self.unsacked_outstanding();
+        if self.rack_active() {
+            let lost = self
+                .rack
+                .lost_bytes(self.scoreboard.sacked(), self.snd_una, self.snd_nxt);
+            return u64::from(flight).saturating_sub(lost) as u32;
+        }
         if self.in_fast_recovery {
             flight.saturating_sub(self.dup_acks.saturating_mul(self.smss()))
         } else {
             flight
         }
+    }
+
+    /// The bytes sent up to SND.NXT, neither acknowledged nor SACKed.
+    fn unsacked_outstanding(&self) -> u32 {
+        let out = self.snd_nxt.checked_distance(self.snd_una).unwrap_or(0);
+        let sacked = self
+            .scoreboard
+            .sacked()
+            .bytes_in(self.snd_una, self.snd_nxt);
+        u64::from(out).saturating_sub(sacked) as u32
+    }
+
+    /// The pipe of SACK recovery: RFC 6675 §4's SetPipe, or with RACK the bytes up to SND.MAX
+    /// neither SACKed nor marked lost (a lost byte's retransmission is in flight once, in its
+    /// own record).
+    fn recovery_pipe(&self) -> u32 {
+        if !self.rack_active() {
+            return self.scoreboard.pipe(self.snd_max).min(u64::from(u32::MAX)) as u32;
+        }
+        let out = self.snd_max.checked_distance(self.snd_una).unwrap_or(0);
+        let sacked = self.scoreboard.sacked();
+        let gone = sacked
+            .bytes_in(self.snd_una, self.snd_max)
+            .saturating_add(self.rack.lost_bytes(sacked, self.snd_una, self.snd_max));
+        u64::from(out).saturating_sub(gone) as u32
     }
 
     /// Seventh step: a payload for a state that receives data. `seq` is its first byte.
@@ -1925,6 +2167,9 @@ impl<B: Payload> Connection<B> {
         self.state = State::TimeWait;
         self.close_at = Some(now_ns.saturating_add(self.config.time_wait_ns));
         self.rto_at = None;
+        self.rack_at = None;
+        self.tlp_at = None;
+        self.tlp_due = false;
         self.persist_at = None;
         self.keepalive_at = None;
         self.pending_rexmit = None;
@@ -1939,6 +2184,9 @@ impl<B: Payload> Connection<B> {
             self.ev_closed = Some(reason);
         }
         self.rto_at = None;
+        self.rack_at = None;
+        self.tlp_at = None;
+        self.tlp_due = false;
         self.delack_at = None;
         self.persist_at = None;
         self.keepalive_at = None;
@@ -2205,12 +2453,22 @@ impl<B: Payload> Connection<B> {
                 if self.sack_enabled && self.in_fast_recovery {
                     self.scoreboard.handle_transmit(NextSeg::Retransmit(r));
                 }
-                return Some(self.emit_range(now_ns, r, true));
+                let t = self.emit_range(now_ns, r, true);
+                if self.in_fast_recovery && self.rack_active() {
+                    self.arm_pto(now_ns);
+                }
+                return Some(t);
             }
         }
+        if std::mem::take(&mut self.tlp_due) {
+            if let Some(t) = self.emit_probe(now_ns, payload_max, fin_end) {
+                return Some(t);
+            }
+        }
+        let rack = self.rack_active();
         if self.in_fast_recovery && self.sack_enabled {
             // RFC 6675 §5 (C): while cwnd - pipe >= 1 SMSS, send what NextSeg says.
-            let pipe = self.scoreboard.pipe(self.snd_max);
+            let pipe = u64::from(self.recovery_pipe());
             if u64::from(self.cc.cwnd_bytes()) < pipe + u64::from(self.smss()) {
                 self.cwnd_limited = true;
                 return None;
@@ -2221,7 +2479,18 @@ impl<B: Payload> Connection<B> {
             } else {
                 fin_end
             };
-            let next = self.scoreboard.next_seg(self.snd_max, data_end)?;
+            let next = if rack {
+                // RACK decides what is lost (RFC 8985 §9.2: not RFC 6675's IsLost): resend
+                // that first, lost retransmissions included; then new data or the rescue.
+                match self.rack.first_lost(self.scoreboard.sacked(), payload_max) {
+                    Some(r) => NextSeg::Retransmit(r),
+                    None => self
+                        .scoreboard
+                        .next_seg_new_or_rescue(self.snd_max, data_end)?,
+                }
+            } else {
+                self.scoreboard.next_seg(self.snd_max, data_end)?
+            };
             self.scoreboard.handle_transmit(next);
             let (r, rexmit) = match next {
                 NextSeg::Retransmit(r) | NextSeg::Rescue(r) => (r, true),
@@ -2231,7 +2500,27 @@ impl<B: Payload> Connection<B> {
             if r.is_empty() {
                 return None;
             }
-            return Some(self.emit_range(now_ns, r, rexmit));
+            let t = self.emit_range(now_ns, r, rexmit);
+            if rack {
+                // A fast recovery's probe timer restarts with each transmission.
+                self.arm_pto(now_ns);
+            }
+            return Some(t);
+        }
+        if rack {
+            // After a timeout go-back-N only moves forward; what RACK finds lost behind it (a
+            // lost retransmission) is resent first, as the window allows, rather than waiting
+            // for a second, backed-off timeout.
+            if let Some(r) = self.rack.first_lost(self.scoreboard.sacked(), payload_max) {
+                if r.start.lt(self.snd_nxt) {
+                    let room = self.cwnd_allowance().saturating_sub(self.flight_bytes());
+                    if room < r.len() {
+                        self.cwnd_limited = true;
+                        return None;
+                    }
+                    return Some(self.emit_range(now_ns, r, true));
+                }
+            }
         }
         // Go-back-N after a timeout skips what the peer SACKed.
         let mut start = self.snd_nxt.max(self.data_una_if_open());
@@ -2315,6 +2604,81 @@ impl<B: Payload> Connection<B> {
         if self.snd_nxt.lt(seg_end) {
             self.snd_nxt = seg_end;
         }
+        if !rexmit && rack {
+            // RFC 8985 §7.2: new data (not a probe) restarts the PTO.
+            self.arm_pto(now_ns);
+        }
+        Some(t)
+    }
+
+    /// RFC 8985 §7.3 `TLP_send_probe`: one segment of new data if there is some and the peer's
+    /// window takes it (cwnd may be exceeded by this one segment), else the last segment sent
+    /// again. The RTO restarts from the probe.
+    fn emit_probe(
+        &mut self,
+        now_ns: u64,
+        payload_max: u32,
+        fin_end: SeqNumber,
+    ) -> Option<Transmit> {
+        if self.snd_una == self.snd_max || !self.rack.probe_allowed() {
+            return None;
+        }
+        let wnd_edge = self.snd_una + self.snd_wnd;
+        let data_end = self.snd_buf_end.min(wnd_edge);
+        let fin_unsent = self.fin_queued && self.snd_max.le(self.snd_buf_end);
+        let new_end = if self.snd_nxt == self.snd_max && data_end.gt(self.snd_max) {
+            let end = data_end.min(self.snd_max + payload_max);
+            // The FIN rides along when the probe takes the last data.
+            if end == self.snd_buf_end && self.fin_queued {
+                fin_end
+            } else {
+                end
+            }
+        } else if self.snd_nxt == self.snd_max && fin_unsent && self.snd_max == self.snd_buf_end {
+            fin_end
+        } else {
+            self.snd_max
+        };
+        let (r, retransmission) = if new_end.gt(self.snd_max) {
+            (SeqRange::new(self.snd_max, new_end), false)
+        } else {
+            // The last segment not SACKed (outside recovery nothing is: the last segment
+            // sent): up to one payload of data, and the FIN if it is that segment's end;
+            // never below SND.UNA.
+            let sacked = self.scoreboard.sacked();
+            let mut end = self.snd_max;
+            while let Some(r) = sacked.find(end - 1u32).filter(|_| end.gt(self.snd_una)) {
+                end = r.start;
+            }
+            let fin_sent = self.fin_queued && end.gt(self.snd_buf_end);
+            let data_top = if fin_sent { end - 1u32 } else { end };
+            let mut start = (data_top - payload_max).max(self.data_una());
+            if let Some(below) = sacked.as_slice().iter().rev().find(|r| r.end.le(end)) {
+                start = start.max(below.end);
+            }
+            (SeqRange::new(start, end), true)
+        };
+        if r.is_empty() {
+            return None;
+        }
+        let flight = self.unsacked_outstanding();
+        let in_recovery = self.in_fast_recovery;
+        if in_recovery && retransmission {
+            self.scoreboard.handle_transmit(NextSeg::Retransmit(r));
+        }
+        let t = self.emit_range(now_ns, r, retransmission);
+        if self.snd_nxt.lt(r.end) {
+            self.snd_nxt = r.end;
+        }
+        self.rack.handle_probe(
+            r.start,
+            self.snd_max,
+            retransmission && !in_recovery,
+            flight,
+        );
+        self.counters.tlp_probes += 1;
+        // RFC 8985 §7.3: after the probe, the RTO (not the PTO) is armed again.
+        self.rto_at = Some(now_ns.saturating_add(self.rtt.rto_ns()));
         Some(t)
     }
 
@@ -2351,6 +2715,16 @@ impl<B: Payload> Connection<B> {
         let offset =
             self.snd_una_offset + u64::from(r.start.checked_distance(self.data_una()).unwrap_or(0));
         let end = r.start + payload + u32::from(fin);
+        if self.rack_active() && end.gt(r.start) {
+            // RFC 8985 §6.2 `RACK_transmit_*`: the send log learns the time of every data
+            // segment, a retransmission's included.
+            self.rack.handle_transmit(
+                now_ns,
+                SeqRange::new(r.start, end),
+                rexmit,
+                self.scoreboard.sacked(),
+            );
+        }
         if rexmit {
             self.counters.retransmits += 1;
             // Karn: a timed segment that is resent gives no sample.
@@ -2419,6 +2793,8 @@ impl<B: Payload> Connection<B> {
         };
         [
             self.rto_at,
+            self.rack_at,
+            self.tlp_at,
             delack,
             self.persist_at,
             self.keepalive_at,
@@ -2445,6 +2821,23 @@ impl<B: Payload> Connection<B> {
             self.delack_at = None;
             if self.ack_need == AckNeed::Delayed {
                 self.ack_need = AckNeed::Now;
+            }
+        }
+        if due(self.rack_at) {
+            // RFC 8985 §6.2 step 5: the reordering window of a segment ran out.
+            self.rack_at = None;
+            if self.rack_active() && self.state.sends_data() {
+                self.rack_detect(now_ns);
+            }
+        }
+        if due(self.tlp_at) {
+            // RFC 8985 §7.3: the probe timer fired; the probe goes with the next
+            // `poll_transmit`, and the RTO restarts from it (checked first, so a PTO capped at
+            // the RTO's deadline replaces that timeout).
+            self.tlp_at = None;
+            if self.pto_armable() {
+                self.tlp_due = true;
+                self.rto_at = Some(now_ns.saturating_add(self.rtt.rto_ns()));
             }
         }
         if due(self.rto_at) {
@@ -2534,6 +2927,12 @@ impl<B: Payload> Connection<B> {
                     self.scoreboard = Scoreboard::new(self.snd_una, self.smss());
                 }
                 self.scoreboard.handle_rto(self.snd_max);
+                // RFC 8985 §6.3: after a timeout everything outstanding is resent, so the send
+                // log counts it all lost until it is; the probe episode ends (§7.1).
+                self.rack.handle_rto();
+                self.rack_at = None;
+                self.tlp_at = None;
+                self.tlp_due = false;
                 self.in_fast_recovery = false;
                 self.dup_acks = 0;
                 self.recover = Some(self.snd_max);

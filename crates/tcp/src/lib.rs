@@ -34,6 +34,7 @@ pub mod cookie;
 pub mod fuzz;
 pub mod isn;
 pub mod listen;
+pub mod rack;
 pub mod rtt;
 pub mod sack;
 pub mod seq;

@@ -146,6 +146,30 @@ impl<const N: usize> SeqRangeSet<N> {
             .sum()
     }
 
+    /// Calls `f` with each part of `r` the set does not cover, lowest first.
+    pub fn for_each_gap(&self, r: SeqRange, mut f: impl FnMut(SeqRange)) {
+        let mut at = r.start;
+        for x in self.as_slice() {
+            if x.end.le(at) {
+                continue;
+            }
+            if x.start.ge(r.end) {
+                break;
+            }
+            if x.start.gt(at) {
+                f(SeqRange::new(at, x.start));
+            }
+            at = x.end;
+            if at.ge(r.end) {
+                return;
+            }
+        }
+        let rest = SeqRange::new(at, r.end);
+        if !rest.is_empty() {
+            f(rest);
+        }
+    }
+
     /// Adds `r`, merging it with the ranges it overlaps or touches. Returns the number of
     /// bytes of `r` not covered before (not counting any dropped range); when the set is full, the highest range is dropped to make room,
     /// or `r` itself is refused if it would be the highest (module doc). An empty `r` is a
@@ -395,8 +419,38 @@ impl Scoreboard {
         snd_nxt: SeqNumber,
         blocks: &[SeqRange],
     ) -> AckOutcome {
+        self.ack_inner(ack, snd_nxt, blocks, None)
+    }
+
+    /// [`Scoreboard::handle_ack`], also adding to `delivered` every range this ACK newly
+    /// acknowledges, cumulatively or selectively (what RACK needs to know was delivered, RFC
+    /// 8985 §6.2 step 1). Should `delivered` fill up, its highest ranges are dropped, as
+    /// [`SeqRangeSet::insert`] does.
+    pub fn handle_ack_delivered(
+        &mut self,
+        ack: SeqNumber,
+        snd_nxt: SeqNumber,
+        blocks: &[SeqRange],
+        delivered: &mut SeqRangeSet<RANGES_MAX>,
+    ) -> AckOutcome {
+        self.ack_inner(ack, snd_nxt, blocks, Some(delivered))
+    }
+
+    fn ack_inner(
+        &mut self,
+        ack: SeqNumber,
+        snd_nxt: SeqNumber,
+        blocks: &[SeqRange],
+        mut delivered: Option<&mut SeqRangeSet<RANGES_MAX>>,
+    ) -> AckOutcome {
         let mut out = AckOutcome::default();
         if ack.in_range(self.snd_una, snd_nxt + 1u32) {
+            if let Some(d) = delivered.as_deref_mut() {
+                self.sacked
+                    .for_each_gap(SeqRange::new(self.snd_una, ack), |g| {
+                        d.insert(g);
+                    });
+            }
             out.acked_bytes = ack.wrapping_distance(self.snd_una);
             self.snd_una = ack;
             self.sacked.remove_below(ack);
@@ -426,6 +480,11 @@ impl Scoreboard {
             if !valid {
                 out.invalid_blocks += 1;
                 continue;
+            }
+            if let Some(d) = delivered.as_deref_mut() {
+                self.sacked.for_each_gap(*b, |g| {
+                    d.insert(g);
+                });
             }
             out.sacked_bytes += self.sacked.insert(*b);
         }
@@ -510,8 +569,31 @@ impl Scoreboard {
                 return Some(NextSeg::Retransmit(clip(h)));
             }
         }
-        // RFC 6675 §4 rescue: in recovery, once, if HighACK > RescueRxt (or undefined), send
-        // the highest outstanding unSACKed data, at most SMSS.
+        self.rescue(snd_nxt)
+    }
+
+    /// NextSeg when RACK (RFC 8985) decides what is lost and the caller retransmits that
+    /// first: rule 2 (new data), then the rescue retransmission. Rules 1 and 3 are RFC 6675's
+    /// DupThresh inference, which RFC 8985 §9.2 says not to combine with RACK.
+    #[must_use]
+    pub fn next_seg_new_or_rescue(
+        &self,
+        snd_nxt: SeqNumber,
+        data_end: SeqNumber,
+    ) -> Option<NextSeg> {
+        let new = SeqRange::new(snd_nxt, data_end);
+        if !new.is_empty() {
+            return Some(NextSeg::NewData(SeqRange::new(
+                new.start,
+                new.end.min(new.start + self.smss),
+            )));
+        }
+        self.rescue(snd_nxt)
+    }
+
+    /// RFC 6675 §4 rescue: in recovery, once, if HighACK > RescueRxt (or undefined), send the
+    /// highest outstanding unSACKed data, at most SMSS.
+    fn rescue(&self, snd_nxt: SeqNumber) -> Option<NextSeg> {
         let rp = self.recovery_point?;
         if self.rescue_rxt.is_some_and(|r| self.snd_una.le(r)) {
             return None;
@@ -611,6 +693,52 @@ mod tests {
         assert_eq!(n, NextSeg::Rescue(seg(10)));
         sb.handle_transmit(n);
         assert_eq!(sb.next_seg(nxt, nxt), None);
+    }
+
+    /// What an ACK newly delivered: the cumulative part and the SACK blocks, less what was
+    /// SACKed before; D-SACK and invalid blocks deliver nothing.
+    #[test]
+    fn ack_reports_exactly_the_newly_delivered_ranges() {
+        let base = SeqNumber(u32::MAX - 1500);
+        let at = |n: u32| base + n;
+        let nxt = at(10_000);
+        let mut sb = Scoreboard::new(base, 1000);
+        let mut d = SeqRangeSet::new();
+        sb.handle_ack_delivered(base, nxt, &[SeqRange::new(at(2000), at(4000))], &mut d);
+        assert_eq!(d.as_slice(), &[SeqRange::new(at(2000), at(4000))]);
+        let mut d = SeqRangeSet::new();
+        // The cumulative ACK to 3000 delivers 0-2000 (2000-3000 was SACKed); the block
+        // 3500-6000 delivers 4000-6000; the D-SACK below the ACK nothing.
+        sb.handle_ack_delivered(
+            at(3000),
+            nxt,
+            &[
+                SeqRange::new(at(100), at(200)),
+                SeqRange::new(at(3500), at(6000)),
+            ],
+            &mut d,
+        );
+        assert_eq!(
+            d.as_slice(),
+            &[
+                SeqRange::new(at(0), at(2000)),
+                SeqRange::new(at(4000), at(6000))
+            ]
+        );
+        let mut gaps = Vec::new();
+        sb.sacked()
+            .for_each_gap(SeqRange::new(at(3000), at(7000)), |g| gaps.push(g));
+        assert_eq!(gaps, [SeqRange::new(at(6000), at(7000))]);
+        // With RACK deciding what is lost, NextSeg offers new data, then the rescue only.
+        sb.enter_recovery(nxt);
+        assert_eq!(
+            sb.next_seg_new_or_rescue(nxt, nxt + 5000u32),
+            Some(NextSeg::NewData(SeqRange::new(nxt, nxt + 1000u32)))
+        );
+        assert_eq!(
+            sb.next_seg_new_or_rescue(nxt, nxt),
+            Some(NextSeg::Rescue(SeqRange::new(at(9000), nxt)))
+        );
     }
 
     /// Segments 1..=10 of 1000 bytes starting at `base`, 2 and 5 lost.

@@ -254,19 +254,24 @@ impl SimConfig {
     ///   or CUBIC, MSS 536, 1200 or 1460, receive and send buffers 2 MSS-256 KiB (often just
     ///   a few MSS), TIME-WAIT 10-60 s;
     /// - a slow reader (1-50 ms per read) in a tenth of the seeds; random initial sequence
-    ///   numbers (so wrap-around is exercised).
+    ///   numbers (so wrap-around is exercised);
+    /// - RACK-TLP on or off per connection (on in three quarters), drawn from a generator of
+    ///   its own so that the draws above stay what they were before it existed.
     ///
     /// The generator is append-only: regression tests name seeds, so a change must not move
     /// what an existing seed draws. A new parameter is drawn after all the others (or from
     /// its own generator), and a range is widened only by a new draw that decides to use it.
     pub fn random(seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed ^ 0x5eed_c0f1_9000_0001);
-        let client = random_conn(&mut rng);
-        let server = if rng.chance(0.5) {
+        let mut client = random_conn(&mut rng);
+        let mut server = if rng.chance(0.5) {
             client
         } else {
             random_conn(&mut rng)
         };
+        let mut later = SplitMix64::new(seed ^ 0x7ac7_1e55_0000_0002);
+        client.rack_tlp = later.chance(0.75);
+        server.rack_tlp = later.chance(0.75);
         let to_server = random_link(&mut rng);
         let to_client = random_link(&mut rng);
         let workload = if rng.chance(0.85) {

@@ -90,6 +90,14 @@ fn newreno() -> ConnConfig {
     }
 }
 
+/// [`newreno`] without RACK-TLP: SACK recovery by RFC 6675's DupThresh alone.
+fn rfc6675() -> ConnConfig {
+    ConnConfig {
+        rack_tlp: false,
+        ..newreno()
+    }
+}
+
 fn ports() -> Ports {
     Ports {
         local: LOCAL_PORT,
@@ -2160,9 +2168,14 @@ fn rto_restarts_on_each_ack_and_stops_when_all_is_acked() {
 
 // ===== Fast retransmit and NewReno recovery (RFC 5681 §3.2, RFC 6582) =====
 
-/// ESTABLISHED with NewReno and no SACK, ten full segments in flight.
+/// ESTABLISHED with NewReno from `syn` (SACK if it offers it), ten full segments in flight.
 fn ten_in_flight(syn: Seg) -> TestConn {
-    let mut t = established_with(newreno(), syn);
+    ten_in_flight_with(newreno(), syn)
+}
+
+/// [`ten_in_flight`] with `config`.
+fn ten_in_flight_with(config: ConnConfig, syn: Seg) -> TestConn {
+    let mut t = established_with(config, syn);
     assert_eq!(t.app_send_n(10 * MSS), 10 * MSS);
     assert_eq!(t.emitted().len(), 10);
     t
@@ -2267,7 +2280,8 @@ fn partial_acks_retransmit_the_last_segment_then_the_fin() {
 
 #[test]
 fn sack_recovery_retransmits_the_holes_in_order_as_the_pipe_allows() {
-    let mut t = ten_in_flight(peer_syn().sack_perm());
+    // RFC 6675's own inference (DupThresh, IsLost); RACK's is tested below.
+    let mut t = ten_in_flight_with(rfc6675(), peer_syn().sack_perm());
     let seg_at = |k: u32| L + (k - 1) * MSS;
     // Segments 1 and 3 are lost; each ACK SACKs one more arrival.
     let two = (seg_at(2), seg_at(3));
@@ -2319,6 +2333,314 @@ fn dsack_from_the_peer_is_counted() {
     assert_eq!(t.conn.counters().dsacks_received, 1);
     assert_eq!(t.conn.counters().dup_acks, 0);
     recv_nothing!(t);
+}
+
+// ===== RACK-TLP (RFC 8985) =====
+
+/// ESTABLISHED with SACK and `config` after a 10 ms handshake (SRTT and RACK's min_RTT 10 ms,
+/// so RACK's reordering window is 2.5 ms; the RTO is its 200 ms floor), at t = 10 ms.
+fn rack_established(config: ConnConfig) -> TestConn {
+    let t = established_rtt(config, peer_syn().sack_perm(), 10 * MS);
+    assert_eq!(t.now, 10 * MS);
+    assert_eq!(t.conn.rack_active(), config.rack_tlp);
+    t
+}
+
+/// Segment `k` (from 1) of the flight that starts at `L + from * MSS`.
+fn nth(from: u32, k: u32) -> u32 {
+    L + (from + k - 1) * MSS
+}
+
+/// The data segment carrying stream segment `k` (from 1) of full segments.
+fn data_seg(k: u32) -> Seg {
+    seg()
+        .seq(L + (k - 1) * MSS)
+        .ack(R)
+        .data(u64::from((k - 1) * MSS), MSS as usize)
+}
+
+#[test]
+fn rack_finds_a_lost_retransmission_without_a_timeout() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(10 * MSS);
+    assert_eq!(t.emitted().len(), 10);
+    t.advance(10 * MS);
+    // Segment 1 is lost; 2-4 arrive. With DupThresh segments SACKed and no reordering seen,
+    // RACK's window is zero: segment 1, sent before them, is lost at once.
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 5))]));
+    recv!(t, [data_seg(1)]);
+    assert_eq!(t.conn.counters().rack_losses, 1);
+    assert_eq!(t.conn.counters().fast_recoveries, 1);
+    // (10 - 3 SACKed) segments / 2.
+    assert_eq!(t.conn.cwnd(), 5110);
+    // 20 ms: 5-9 arrive (sent before the retransmission: they say nothing about it); the
+    // pipe (the retransmission and segment 10) lets one new segment go.
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 10))]));
+    assert_eq!(t.app_send_n(2 * MSS), 2190);
+    recv!(t, [data_seg(11)]);
+    // 30 ms: segment 11, sent after the retransmission, arrives; the retransmission does not.
+    // It is lost: resent now, not after the RTO (200 ms after the first send).
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 12))]));
+    recv!(
+        t,
+        [
+            data_seg(1),
+            seg()
+                .seq(nth(0, 12))
+                .ack(R)
+                .data(u64::from(11 * MSS), 730)
+                .psh()
+        ]
+    );
+    let c = *t.conn.counters();
+    assert_eq!((c.rack_lost_retransmits, c.rack_losses), (1, 2));
+    assert_eq!((c.retransmits, c.rto_expirations), (2, 0));
+    // RFC 8985 §9.3: the lost retransmission is a second congestion event; the window halves
+    // from the pipe (nothing left in flight but what just went: 2 SMSS at least).
+    assert_eq!(t.conn.cwnd(), 2 * MSS);
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 11 * MSS + 730));
+    events!(
+        t,
+        [ConnEvent::Sent {
+            bytes: 11 * MSS + 730
+        }]
+    );
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn a_tail_loss_is_repaired_by_a_probe_two_round_trips_after_the_last_ack() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(4 * MSS);
+    assert_eq!(t.emitted().len(), 4);
+    // 20 ms: 1 and 2 are ACKed; 3 and 4 are lost. RFC 8985 §7.2: PTO = 2 * SRTT = 20 ms from
+    // the ACK, well before the RTO at 220 ms.
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    assert_eq!(t.poll_at(), Some(40 * MS));
+    t.advance(20 * MS);
+    // No new data: the probe resends the last segment, and the RTO restarts from it.
+    recv!(t, [data_seg(4).psh()]);
+    assert_eq!(t.conn.counters().tlp_probes, 1);
+    assert_eq!(t.poll_at(), Some(240 * MS));
+    // 50 ms: the probe's SACK shows segment 3, sent before it, overdue: recovery resends it.
+    t.advance(10 * MS);
+    send!(
+        t,
+        seg()
+            .seq(R)
+            .ack(L + 2 * MSS)
+            .sack(&[(nth(0, 4), nth(0, 5))])
+    );
+    recv!(t, [data_seg(3)]);
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 4 * MSS));
+    let c = *t.conn.counters();
+    assert_eq!(
+        (c.rto_expirations, c.retransmits, c.fast_recoveries),
+        (0, 2, 1)
+    );
+    assert_eq!(t.poll_at(), None);
+}
+
+#[test]
+fn the_probe_of_a_single_segment_waits_for_a_delayed_ack_and_never_beyond_the_rto() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(3 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    // One segment left in flight: 2 * SRTT + 200 ms (the peer may delay its ACK), capped at
+    // the RTO's deadline (20 + 200 ms).
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    assert_eq!(t.poll_at(), Some(220 * MS));
+    t.advance(200 * MS);
+    // The probe replaces that timeout.
+    recv!(t, [data_seg(3).psh()]);
+    let c = *t.conn.counters();
+    assert_eq!((c.tlp_probes, c.rto_expirations), (1, 0));
+}
+
+#[test]
+fn a_probe_sends_new_data_when_there_is_some() {
+    // Nagle holds a small last segment while data is in flight (IX's admission keeps the app
+    // from queueing beyond cwnd, so held data is what a probe finds unsent).
+    let mut t = rack_established(ConnConfig {
+        nodelay: false,
+        ..newreno()
+    });
+    t.app_send_n(3 * MSS + 100);
+    assert_eq!(t.emitted().len(), 3);
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + MSS));
+    recv_nothing!(t);
+    assert_eq!(t.poll_at(), Some(40 * MS));
+    t.advance(20 * MS);
+    // RFC 8985 §7.3: the probe is the unsent segment, not a retransmission.
+    recv!(
+        t,
+        [seg()
+            .seq(L + 3 * MSS)
+            .ack(R)
+            .data(u64::from(3 * MSS), 100)
+            .psh()]
+    );
+    let c = *t.conn.counters();
+    assert_eq!((c.tlp_probes, c.retransmits), (1, 0));
+}
+
+#[test]
+fn reordering_within_the_window_draws_no_retransmission() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    // 20 ms: 2 arrives before 1. Segment 1 becomes lost only when RACK's window (min_RTT / 4
+    // = 2.5 ms) has passed after the round trip that brought 2.
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 3))]));
+    recv_nothing!(t);
+    assert_eq!(t.poll_at(), Some(22_500_000));
+    // 21 ms: 1 arrives after all: reordering seen.
+    t.advance(MS);
+    send!(t, seg().seq(R).ack(L + 4 * MSS));
+    recv_nothing!(t);
+    // Again, now with three segments SACKed above the hole: RFC 6675 would call it lost
+    // (DupThresh), RACK waits its window since it has seen reordering.
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(
+        t,
+        seg()
+            .seq(R)
+            .ack(L + 4 * MSS)
+            .sack(&[(nth(4, 2), nth(4, 5))])
+    );
+    recv_nothing!(t);
+    assert_eq!(t.conn.rack_reo_wnd_ns(), Some(2_500_000));
+    t.advance(MS);
+    send!(t, seg().seq(R).ack(L + 8 * MSS));
+    t.advance(SEC);
+    recv_nothing!(t);
+    let c = *t.conn.counters();
+    assert_eq!((c.retransmits, c.fast_recoveries, c.rack_losses), (0, 0, 0));
+}
+
+#[test]
+fn reordering_past_dupthresh_is_a_loss_without_rack() {
+    // The same second reordering as above, RACK off: DupThresh resends at once.
+    let mut t = rack_established(rfc6675());
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 5))]));
+    recv!(t, [data_seg(1)]);
+}
+
+#[test]
+fn a_dsack_grows_the_reordering_window() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L).sack(&[(nth(0, 2), nth(0, 3))]));
+    t.advance(MS);
+    send!(t, seg().seq(R).ack(L + 4 * MSS));
+    assert_eq!(t.conn.rack_reo_wnd_ns(), Some(2_500_000));
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    // The peer reports segment 1 twice (RFC 2883): RFC 8985 §6.2 step 4 adds min_RTT / 4.
+    send!(t, seg().seq(R).ack(L + 4 * MSS).sack(&[(L, L + MSS)]));
+    assert_eq!(t.conn.counters().dsacks_received, 1);
+    assert_eq!(t.conn.rack_reo_wnd_ns(), Some(5_000_000));
+    // A second D-SACK in the same round (before what was sent by the first is ACKed) adds
+    // nothing.
+    send!(t, seg().seq(R).ack(L + 4 * MSS).sack(&[(L, L + MSS)]));
+    assert_eq!(t.conn.rack_reo_wnd_ns(), Some(5_000_000));
+    // The reordering timer of this flight now waits 5 ms.
+    t.advance(10 * MS);
+    send!(
+        t,
+        seg()
+            .seq(R)
+            .ack(L + 4 * MSS)
+            .sack(&[(nth(4, 2), nth(4, 3))])
+    );
+    assert_eq!(t.poll_at(), Some(t.now + 5 * MS));
+    t.advance(5 * MS);
+    recv!(t, [data_seg(5)]);
+}
+
+#[test]
+fn a_loss_a_probe_repaired_reduces_cwnd() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(10 * MSS);
+    t.emitted();
+    // 20 ms: 1 and 2 are ACKed, then the ACKs stop (lost); segment 10 is lost too.
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    let cwnd = t.conn.cwnd();
+    t.advance(20 * MS);
+    recv!(t, [data_seg(10).psh()]);
+    // 50 ms: everything is ACKed, with no D-SACK: the probe may have been the only copy of
+    // segment 10 to arrive. An ACK beyond it settles that (RFC 8985 §7.4).
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 10 * MSS));
+    assert_eq!(t.conn.counters().tlp_recoveries, 0);
+    assert!(t.conn.cwnd() >= cwnd);
+    t.app_send_n(2 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 12 * MSS));
+    assert_eq!(t.conn.counters().tlp_recoveries, 1);
+    // ssthresh = cwnd = FlightSize / 2, the flight when the probe went: eight segments.
+    assert_eq!(t.conn.cwnd(), 4 * MSS);
+    assert_eq!(t.conn.counters().fast_recoveries, 0);
+}
+
+#[test]
+fn a_probe_the_peer_reports_as_a_duplicate_reduces_nothing() {
+    let mut t = rack_established(newreno());
+    t.app_send_n(10 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    t.advance(20 * MS);
+    recv!(t, [data_seg(10).psh()]);
+    // The original arrived; the probe comes back as a D-SACK: no loss happened.
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 10 * MSS));
+    send!(
+        t,
+        seg()
+            .seq(R)
+            .ack(L + 10 * MSS)
+            .sack(&[(nth(0, 10), nth(0, 11))])
+    );
+    let cwnd = t.conn.cwnd();
+    t.app_send_n(2 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 12 * MSS));
+    assert_eq!(t.conn.counters().tlp_recoveries, 0);
+    assert!(t.conn.cwnd() >= cwnd);
+}
+
+#[test]
+fn rack_off_leaves_a_tail_loss_to_the_rto() {
+    let mut t = rack_established(rfc6675());
+    t.app_send_n(4 * MSS);
+    t.emitted();
+    t.advance(10 * MS);
+    send!(t, seg().seq(R).ack(L + 2 * MSS));
+    // No probe: the RTO, restarted by the ACK, is the only timer.
+    assert_eq!(t.poll_at(), Some(220 * MS));
+    assert_eq!(t.fire(), 220 * MS);
+    recv!(t, [data_seg(3)]);
+    let c = *t.conn.counters();
+    assert_eq!((c.tlp_probes, c.rto_expirations, c.rack_losses), (0, 1, 0));
 }
 
 // ===== Zero-window probes (RFC 9293 §3.8.6.1) =====
