@@ -51,15 +51,31 @@
 //! Karn's rule and backoff (RFC 6298; samples come from one timed segment per round trip, at
 //! nanosecond precision, since the timestamp clock ticks in milliseconds); fast retransmit and
 //! recovery, SACK-based (RFC 6675) or NewReno (RFC 6582, with Limited Transmit, RFC 3042,
-//! and §4.2's ACK heuristic after timeouts); congestion control behind
-//! [`crate::cc`]; delayed ACKs with quick ACKs at start and on out-of-order data; Nagle (off by
-//! default); sender and receiver silly-window avoidance; zero-window probes; keepalive; orderly
-//! close in every state pair, TIME-WAIT with a configurable 2 MSL and timestamp-based reuse;
-//! abortive close; RFC 5961's RST, SYN and ACK checks with rate-limited challenge ACKs.
+//! and §4.2's ACK heuristic after timeouts); on SACK connections, RACK-TLP loss detection
+//! (RFC 8985, [`crate::rack`]; [`ConnConfig::rack_tlp`] turns it off); congestion control
+//! behind [`crate::cc`]; delayed ACKs with quick ACKs at start and on out-of-order data; Nagle
+//! (off by default); sender and receiver silly-window avoidance; zero-window probes;
+//! keepalive; orderly close in every state pair, TIME-WAIT with a configurable 2 MSL and
+//! timestamp-based reuse; abortive close; RFC 5961's RST, SYN and ACK checks with
+//! rate-limited challenge ACKs.
+//!
+//! # Loss recovery with RACK-TLP
+//!
+//! With SACK and RACK on, RACK alone says what is lost (RFC 8985 §9.2 rules out mixing in RFC
+//! 6675's DupThresh): its marks start a fast recovery, the recovery resends them lowest first
+//! (lost retransmissions included, which RFC 6675 leaves to the timer), and the pipe counts
+//! neither SACKed nor lost bytes. The recovery otherwise stays RFC 6675's: its recovery
+//! point, new data by NextSeg's rule 2, the rescue retransmission, and one window reduction,
+//! plus a second when a retransmission is lost (RFC 8985 §9.3, there being no PRR). After a
+//! timeout go-back-N resends from SND.UNA as before, and what RACK finds lost behind it goes
+//! first. Two more timers join the others in [`Connection::poll_at`], so the engine still
+//! keeps one deadline per connection: RACK's reordering timer and TLP's probe timeout (also
+//! armed in a fast recovery, beyond the RFC: see [`crate::rack`]). The RTO stays the backstop
+//! behind both. Connections without SACK keep NewReno recovery unchanged.
 //!
 //! Not implemented: urgent data (the URG flag and pointer are ignored, RFC 6093 recommends
-//! against its use), ECN negotiation, RACK-TLP, TCP Fast Open, and the optional rule 4 of
-//! RFC 6675's NextSeg.
+//! against its use), ECN negotiation, TCP Fast Open, Proportional Rate Reduction (RFC 6937),
+//! and the optional rule 4 of RFC 6675's NextSeg.
 
 use crate::cc::{AckSample, CcError, Congestion, CongestionControl, CongestionKind};
 use crate::cookie::CookieParams;

@@ -13,6 +13,8 @@
 //! - [`seq`]: 32-bit sequence-space arithmetic (RFC 9293 §3.4, comparisons modulo 2^32).
 //! - [`rtt`]: the retransmission timer's estimator (RFC 6298) with a configurable minimum.
 //! - [`sack`]: the sender's SACK scoreboard and loss recovery bookkeeping (RFC 2018, 6675).
+//! - [`rack`]: RACK-TLP loss detection (RFC 8985): a bounded log of when each outstanding
+//!   range was sent, losses by the clock, the reordering window and the tail loss probe.
 //! - [`cc`]: congestion control behind a trait: NewReno (RFC 5681, 6582) and CUBIC (RFC 9438)
 //!   with HyStart++ (RFC 9406) in its initial slow start.
 //! - [`isn`]: initial sequence numbers (RFC 6528) from a keyed hash of the 4-tuple.

@@ -95,6 +95,11 @@ const REO_WND_MULT_MAX: u8 = 64;
 /// with an original): only when no two neighbours of one kind are left.
 const MERGE_COST_MIXED: u64 = 1 << 62;
 
+/// A record is 24 bytes and the whole of RACK-TLP's state under 900 (of a connection's fixed
+/// size, which ARCHITECTURE.md quotes): checked here so that a new field is a conscious cost.
+const _: () = assert!(core::mem::size_of::<Sent>() == 24);
+const _: () = assert!(core::mem::size_of::<Rack>() <= 896);
+
 /// One record of the [`SentLog`]: a range of sequence space and when its bytes were last sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Sent {
