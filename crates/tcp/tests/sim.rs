@@ -422,9 +422,12 @@ fn hystart_leaves_slow_start_before_a_bloated_queue_overflows() {
 
 /// RACK-TLP against RFC 6675's DupThresh alone, with everything else equal: 1 MiB each way at
 /// 5% loss both ways (5 ms each way, 100 MB/s), NewReno and CUBIC, over many seeds. Every
-/// run is byte-exact (the testkit checks it); RACK must need less than half the
+/// run is byte-exact (the testkit checks it); RACK must need under a fifth of the
 /// retransmission timeouts in aggregate, since it finds lost retransmissions and, with its
-/// probe, tail losses without them (on 2026-12-04, 40 seeds: NewReno 20 against 468, CUBIC 26 against 509).
+/// probe, tail losses without them, and must finish sooner on average. On 2026-12-04, 40
+/// seeds: NewReno 8 RTOs against 468 (mean 1966 ms against 3290 ms), CUBIC 15 against 509
+/// (2311 ms against 3771 ms); the timeouts left follow a lost probe (RFC 8985 §7.3 sends one
+/// and then leaves the tail to the RTO).
 #[test]
 fn rack_tlp_needs_far_fewer_timeouts_at_5_pct_loss() {
     let seeds = env_u64("MELANGE_TCP_SIM_RACK_SEEDS").unwrap_or(RACK_SEEDS_DEFAULT);
@@ -463,9 +466,14 @@ fn rack_tlp_needs_far_fewer_timeouts_at_5_pct_loss() {
             on_ms / seeds as f64,
             off_ms / seeds as f64,
         );
-        if seeds >= 10 && on_rtos * 2 >= off_rtos {
+        if seeds >= 10 && on_rtos * 5 >= off_rtos {
             failures.push(format!(
-                "{congestion:?}: RACK-TLP {on_rtos} RTOs, not under half of {off_rtos}"
+                "{congestion:?}: RACK-TLP {on_rtos} RTOs, not under a fifth of {off_rtos}"
+            ));
+        }
+        if seeds >= 10 && on_ms >= off_ms {
+            failures.push(format!(
+                "{congestion:?}: RACK-TLP took {on_ms:.0} ms over {seeds} seeds, DupThresh alone {off_ms:.0} ms"
             ));
         }
     }
