@@ -231,6 +231,9 @@ pub struct TcpCounters {
     pub retransmits: u64,
     /// Retransmission timeouts, summed over closed connections.
     pub rto_expirations: u64,
+    /// Fast recoveries entered (RFC 6675, or RFC 6582 without SACK), summed over closed
+    /// connections.
+    pub fast_recoveries: u64,
     /// Segments RACK marked lost (RFC 8985), summed over closed connections.
     pub rack_losses: u64,
     /// Lost retransmissions RACK found (each resent without a timeout), summed over closed
@@ -1380,6 +1383,7 @@ impl TcpEndpoint {
         let c = slot.conn.counters();
         self.counters.retransmits += c.retransmits;
         self.counters.rto_expirations += c.rto_expirations;
+        self.counters.fast_recoveries += c.fast_recoveries;
         self.counters.rack_losses += c.rack_losses;
         self.counters.rack_lost_retransmits += c.rack_lost_retransmits;
         self.counters.tlp_probes += c.tlp_probes;
