@@ -44,13 +44,6 @@ impl Server {
         }
     }
 
-    /// A new connection to the same keyspace.
-    fn reconnect(&mut self) {
-        self.session = Session::new(&self.stats.config).unwrap();
-        self.held.clear();
-        self.closed = false;
-    }
-
     /// Feeds `piece`; returns what was written.
     fn feed_piece(&mut self, piece: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -731,4 +724,624 @@ fn meta_debug_and_noop() {
              ME mm exp=-100 la=0 cas={mm} fetch=yes cls=1 size=66\r\nMN\r\n"
         ),
     );
+}
+
+// The differential run against the real memcached.
+
+/// A memcached child process, killed when dropped (also when a test panics).
+struct Memcached {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `memcached -p <free port> -U 0 -l 127.0.0.1`, or `None` (after saying so) when it
+/// is not installed; with `CI=true` a missing memcached fails the test.
+fn start_memcached() -> Option<Memcached> {
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("memcached").is_file())
+    });
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "memcached not installed (run scripts/setup.sh)"
+        );
+        println!("SKIPPED: memcached not installed (run scripts/setup.sh)");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut command = Command::new("memcached");
+    command.args(["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1"]);
+    // The segmented LRU bumps fetched items asynchronously, holding a reference until its
+    // thread gets to them, and memcached's `incr` rewrites in place only when it holds the
+    // one reference: so on the segmented LRU the padding of an `incr`ed value (and whether a
+    // new item lost its fetched bit) depends on thread timing. Without the LRU maintainer
+    // (the flat LRU) a fetch bumps at once.
+    command.args(["-o", "no_lru_maintainer"]);
+    // memcached refuses to run as root unless told which user to be.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if root {
+        command.args(["-u", "root"]);
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("memcached starts");
+    let server = Memcached { child, port };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "memcached did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(server)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+const LRU_MAINTAINER_STATS: &[&str] = &[
+    "lru_maintainer_juggles",
+    "evicted_active",
+    "moves_to_cold",
+    "moves_to_warm",
+    "moves_within_lru",
+    "direct_reclaims",
+    "lru_bumps_dropped",
+];
+
+/// One side's reply stream, parsed and normalised: CAS uniques become the order of their
+/// first appearance (so equalities are compared, not counters), `stats` values, the version,
+/// the last-access seconds and the slab class are dropped, and TTLs keep only their sign
+/// (memcached's clock ticks once a second).
+struct Replies {
+    parser: ReplyParser,
+    norm: Norm,
+    rendered: Vec<String>,
+}
+
+/// The received stream and the CAS uniques seen in it.
+struct Norm {
+    stream: Vec<u8>,
+    cas_ids: HashMap<u64, usize>,
+    cas_seen: Vec<u64>,
+}
+
+impl Replies {
+    fn new() -> Self {
+        Self {
+            parser: ReplyParser::new(ReplyLimits {
+                line_len_max: 1 << 16,
+                value_len_max: 4 << 20,
+            }),
+            norm: Norm {
+                stream: Vec::new(),
+                cas_ids: HashMap::new(),
+                cas_seen: Vec::new(),
+            },
+            rendered: Vec::new(),
+        }
+    }
+
+    /// The CAS unique last seen (`$CAS`) and the one before it (`$OLD`).
+    fn last_cas(&self, back: usize) -> u64 {
+        self.norm
+            .cas_seen
+            .iter()
+            .rev()
+            .nth(back)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Takes in received bytes; true once a reply to `mn` was parsed.
+    fn absorb(&mut self, bytes: &[u8]) -> bool {
+        let start = self.norm.stream.len();
+        self.norm.stream.extend_from_slice(bytes);
+        let mut at = start;
+        let mut saw_mn = false;
+        loop {
+            let step = self
+                .parser
+                .advance(&self.norm.stream[at..])
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "malformed reply stream: {e}: {:?}",
+                        show(&self.norm.stream[start..])
+                    )
+                });
+            at += step.consumed;
+            if step.complete {
+                let reply = self.parser.reply().expect("a completed reply");
+                let line = self.norm.render(reply);
+                saw_mn |= line == "MN";
+                // The LRU maintainer's counters: memcached prints them only with the
+                // maintainer, which the differential run turns off (see start_memcached).
+                // With it, memcached's list matches ours name for name.
+                if !LRU_MAINTAINER_STATS
+                    .iter()
+                    .any(|n| line == format!("STAT {n}"))
+                {
+                    self.rendered.push(line);
+                }
+            }
+            if at == self.norm.stream.len() && !step.complete {
+                break;
+            }
+        }
+        saw_mn
+    }
+}
+
+impl Norm {
+    fn cas(&mut self, cas: u64) -> String {
+        if cas == 0 {
+            return "0".into();
+        }
+        let next = self.cas_ids.len();
+        let id = *self.cas_ids.entry(cas).or_insert_with(|| {
+            self.cas_seen.push(cas);
+            next
+        });
+        format!("#{id}")
+    }
+
+    fn text(&self, span: Span) -> String {
+        let at = span.offset as usize;
+        String::from_utf8_lossy(&self.stream[at..at + span.len as usize])
+            .escape_debug()
+            .to_string()
+    }
+
+    fn render(&mut self, reply: Reply<'_>) -> String {
+        match reply {
+            Reply::Value {
+                key,
+                flags,
+                cas,
+                data,
+            } => {
+                let cas = cas.map(|c| self.cas(c)).unwrap_or_default();
+                format!("VALUE {} {flags} {cas} {}", self.text(key), self.text(data))
+            }
+            Reply::Status(s) => format!("{s:?}"),
+            Reply::Error { message } => format!("ERROR {}", self.text(message)),
+            Reply::ClientError { message } => format!("CLIENT_ERROR {}", self.text(message)),
+            Reply::ServerError { message } => format!("SERVER_ERROR {}", self.text(message)),
+            Reply::Version { .. } => "VERSION".into(),
+            Reply::Stat { name, .. } => format!("STAT {}", self.text(name)),
+            Reply::Number(n) => n.to_string(),
+            Reply::Meta { code, data, flags } => {
+                let mut line = String::from_utf8_lossy(code.as_bytes()).into_owned();
+                if code == MetaCode::Va {
+                    line += &format!(" {}", data.map_or(0, |d| d.len));
+                }
+                for flag in flags.iter() {
+                    let value = self.text(flag.value);
+                    let shown = match flag.flag {
+                        b'c' => self.cas(value.parse().unwrap_or(u64::MAX)),
+                        b't' if value != "-1" => {
+                            if value == "0" {
+                                "0".into()
+                            } else {
+                                "+".into()
+                            }
+                        }
+                        b'l' => String::new(),
+                        _ => value,
+                    };
+                    line += &format!(" {}{shown}", flag.flag as char);
+                }
+                if let Some(d) = data {
+                    line += &format!(" {}", self.text(d));
+                }
+                line
+            }
+            Reply::MetaDebug { key, info } => {
+                let mut line = format!("ME {}", self.text(key));
+                for field in self.text(info).split(' ') {
+                    let (name, value) = field.split_once('=').unwrap_or((field, ""));
+                    let shown = match name {
+                        "cas" => self.cas(value.parse().unwrap_or(u64::MAX)),
+                        "exp" if value != "-1" => {
+                            if value.starts_with('-') {
+                                "-".into()
+                            } else {
+                                value.into()
+                            }
+                        }
+                        "la" | "cls" => String::new(),
+                        _ => value.to_string(),
+                    };
+                    line += &format!(" {name}={shown}");
+                }
+                line
+            }
+            Reply::Other { line } => self.text(line),
+        }
+    }
+}
+
+/// One client talking to memcached and to our server at once.
+struct Pair {
+    _memcached: Memcached,
+    conn: TcpStream,
+    theirs: Replies,
+    ours: Replies,
+    server: Server,
+    cut: SplitMix64,
+    compared: usize,
+    /// The last exchanges, for the failure message.
+    recent: std::collections::VecDeque<String>,
+}
+
+impl Pair {
+    fn new(seed: u64) -> Option<Self> {
+        let memcached = start_memcached()?;
+        let conn = TcpStream::connect(("127.0.0.1", memcached.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut server = Server::new();
+        server.stats = Stats::new(Config::default(), 1, unix_ms());
+        Some(Self {
+            _memcached: memcached,
+            conn,
+            theirs: Replies::new(),
+            ours: Replies::new(),
+            server,
+            cut: SplitMix64::new(seed),
+            compared: 0,
+            recent: std::collections::VecDeque::new(),
+        })
+    }
+
+    /// Sends `template` (with `$CAS`, `$OLD` and `$BAD` filled in per side) and `mn`, and
+    /// compares the normalised replies up to `MN`.
+    fn exchange(&mut self, template: &[u8]) {
+        let fill = |replies: &Replies| -> Vec<u8> {
+            let mut text = show(template)
+                .replace("$CAS", &replies.last_cas(0).to_string())
+                .replace("$OLD", &replies.last_cas(1).to_string())
+                .replace("$BAD", "987654321987");
+            text.push_str("mn\r\n");
+            text.into_bytes()
+        };
+        let theirs_in = fill(&self.theirs);
+        let ours_in = fill(&self.ours);
+        self.server.now = unix_ms();
+        let piece = 1 + self.cut.below(200) as usize;
+        let out = self.server.send_cut(&ours_in, piece);
+        let ours_from = self.ours.rendered.len();
+        assert!(
+            self.ours.absorb(&out),
+            "no MN from us for {:?}",
+            show(&ours_in)
+        );
+        let mns = |r: &[String]| r.iter().filter(|l| *l == "MN").count();
+        let want = mns(&self.ours.rendered[ours_from..]);
+        self.conn.write_all(&theirs_in).expect("send to memcached");
+        let from = self.theirs.rendered.len();
+        let mut buf = vec![0u8; 1 << 16];
+        while mns(&self.theirs.rendered[from..]) < want {
+            let n = self
+                .conn
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("memcached did not answer {:?}: {e}", show(&theirs_in)));
+            assert!(n > 0, "memcached closed on {:?}", show(&theirs_in));
+            self.theirs.absorb(&buf[..n]);
+        }
+        let theirs = &self.theirs.rendered[from..];
+        let ours = &self.ours.rendered[ours_from..];
+        if self.recent.len() == 40 {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(format!("{:?} -> {theirs:?}", show(&theirs_in)));
+        assert_eq!(
+            ours,
+            theirs,
+            "replies differ for {:?}; before it:\n{}",
+            show(&ours_in),
+            self.recent.iter().cloned().collect::<Vec<_>>().join("\n")
+        );
+        self.compared += 1;
+    }
+
+    /// Sends `input`, after which both sides must close the connection.
+    fn closes(mut self, input: &[u8]) {
+        self.conn.write_all(input).unwrap();
+        let mut rest = Vec::new();
+        self.conn.read_to_end(&mut rest).expect("memcached closes");
+        self.server.now = unix_ms();
+        let ours = self.server.send(input);
+        assert!(self.server.closed, "we did not close on {:?}", show(input));
+        assert_eq!(
+            show(&ours),
+            show(&rest),
+            "before closing on {:?}",
+            show(input)
+        );
+    }
+}
+
+/// Hand-written scripts: every command family, its errors and its silences.
+const SCRIPTS: &[&str] = &[
+    "set a 0 0 1\r\n1\r\n",
+    "get a\r\n",
+    "get a b c a\r\n",
+    "gets a\r\n",
+    "cas a 0 0 1 $CAS\r\n2\r\n",
+    "cas a 0 0 1 $CAS\r\n3\r\n",
+    "cas a 0 0 1 $BAD\r\n3\r\n",
+    "gets a\r\ncas a 0 0 1 $CAS noreply\r\n4\r\nget a\r\n",
+    "cas nope 0 0 1 5\r\nx\r\n",
+    "cas a 0 0 1 0\r\nx\r\n",
+    "add a 0 0 1\r\nx\r\nadd b 3 0 1\r\ny\r\nget b\r\n",
+    "replace c 0 0 1\r\nx\r\nreplace b 9 0 2\r\nzz\r\ngets b\r\n",
+    "append b 0 0 2\r\n!!\r\nprepend b 0 0 2\r\n<<\r\nget b\r\nappend zz 0 0 1\r\nx\r\n",
+    "set n 0 0 3\r\n100\r\ndecr n 91\r\nget n\r\nincr n 5\r\nget n\r\nincr n 9999\r\nget n\r\n",
+    "decr n 100000\r\nincr nope 1\r\nincr b 1\r\ndecr b 1\r\n",
+    "set m 0 0 20\r\n18446744073709551615\r\nincr m 1\r\nset m 0 0 3\r\n 12\r\nincr m 1\r\nset m 0 0 5\r\n7 abc\r\nincr m 1\r\nget m\r\n",
+    "set m 0 0 2\r\n-1\r\nincr m 1\r\nset m 0 0 2\r\n-0\r\nincr m 1\r\nset m 0 0 2\r\n+4\r\nincr m 1\r\nset m 0 0 0\r\n\r\nincr m 1\r\n",
+    "incr n x\r\nincr n -1\r\nincr n\r\nincr n 1 noreply\r\nget n\r\n",
+    "touch a 100\r\ntouch nope 1\r\ntouch a x\r\ntouch a 10 noreply\r\ngets a\r\n",
+    "gat 100 a b nope\r\ngats 100 a\r\ngat x a\r\ngat 10\r\ngats\r\n",
+    "set e 0 -1 1\r\nx\r\nget e\r\nset e 0 2592001 1\r\nx\r\nget e\r\nadd e 0 0 1\r\ny\r\nget e\r\n",
+    "set e 0 0 1\r\nx\r\ngat -1 e\r\nget e\r\nset e 0 0 1\r\nx\r\ntouch e -1\r\nget e\r\n",
+    "delete a\r\ndelete a\r\ndelete b 0\r\ndelete c noreply\r\ndelete c 0 noreply\r\ndelete c 1\r\ndelete c 0 x\r\n",
+    "set a 1 0 1 noreply\r\nx\r\nadd a 0 0 1 noreply\r\ny\r\nget a\r\n",
+    "set a 0 0 1\r\nxyz\r\nget a\r\n",
+    "set a 0 0 1 noreply\r\nxyz\r\nget a\r\n",
+    "set a 0 0 3\r\nab\r\n\r\nget a\r\n",
+    "set a x 0 1\r\nset a 0 x 1\r\nset a 0 0 x\r\nset a 0 0 -1\r\nset a 0 0\r\nset a 0 0 1 2 3\r\n",
+    "cas a 0 0 1\r\nx\r\n",
+    "bogus\r\nGET a\r\nx\r\n\r\n  get   a  \r\nget\r\n",
+    "version\r\nverbosity 1\r\nverbosity 1 noreply\r\nverbosity\r\nverbosity x\r\n",
+    "flush_all\r\nget a b n\r\nflush_all noreply\r\nflush_all 0\r\nflush_all x\r\nflush_all 1 2 3\r\n",
+    "stats\r\nstats bogus\r\nstats detail\r\nstats reset\r\n",
+    "cache_memlimit 4\r\ncache_memlimit 2000000000\r\ncache_memlimit x\r\n",
+    // Keys at the limits.
+    "set kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk 0 0 1\r\nx\r\n",
+    "get kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\r\n",
+    "set kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk 0 0 1\r\nx\r\n",
+    // Meta get.
+    "mg a\r\nmg a v\r\nmg a v q\r\nmg a k O123 q\r\nmg a k O123\r\n",
+    "ms a 2 T100 F5\r\nhi\r\nmg a v c t f s k O1 h l\r\nmg a h\r\nmg a q\r\nmg a u h\r\n",
+    "mg a t T30\r\nmg a t\r\nmg a T0 t\r\nmg a t\r\n",
+    "mg new N30 t s c v\r\nmg new v c\r\nmg new\r\n",
+    "ms r 1 T100\r\nr\r\nmg r R30\r\nmg r R200 c\r\nmg r R200\r\nmg r N10 R200 v\r\n",
+    "ms r 1\r\nr\r\nmg r R200\r\n",
+    "mg a v v\r\nmg a Y\r\nmg a Tx\r\nmg a T\r\nmg a Fx\r\nmg a E5\r\nmg a x\r\nmg\r\n",
+    "mg a c f h k l q s t u v I P L O1 T1 N1 R1\r\nmg a c f h k l q s t u v I P L O1 T1 N1 R1 F1\r\n",
+    "mg a O123456789012345678901234567890\r\nmg a O1234567890123456789012345678901\r\n",
+    // Meta set.
+    "ms b 2\r\nhi\r\nms b 2 c k O9\r\nho\r\nmg b v c\r\nms b 2 q\r\nhu\r\nmn\r\n",
+    "ms b 2 ME c\r\nxx\r\nms nb 2 ME c\r\nxx\r\nms b 1 MA\r\n!\r\nms b 1 MP\r\n<\r\nmg b v\r\n",
+    "ms nope 1 MR\r\nx\r\nms nope 1 MA\r\nx\r\nms nope 1 MA N30\r\nx\r\nms nope 1 MP\r\nx\r\nms nope 1 MS\r\nx\r\n",
+    "mg b c\r\nms b 1 C$CAS c\r\nx\r\nms b 1 C$CAS c\r\ny\r\nms b 1 C$BAD c\r\nz\r\nms b 1 MR C$BAD\r\nz\r\nms nope 1 C5\r\nx\r\n",
+    "mg b c\r\nms b 1 MA C$BAD\r\nz\r\nms b 1 MA C$CAS\r\nz\r\nms b 1 ME C5\r\nz\r\nmg b v\r\n",
+    "ms b 2 MX\r\nhi\r\nms b 2 Y\r\nhi\r\nms b 2 MXX\r\nhi\r\nms b 2 Fx\r\nhi\r\nms b 2 E5\r\nhi\r\nms b 2 x\r\nhi\r\n",
+    "ms b\r\nms b x\r\nms b -1\r\nms\r\nms b 2 q\r\nhix\r\n",
+    "ms b 2 T-1\r\nhi\r\nmg b v\r\nms b 0\r\n\r\nmg b v s\r\n",
+    "ms b 2 O12345678901234567890123456789012345\r\nhi\r\nmg b v\r\n",
+    // Meta delete.
+    "md b\r\nmd b\r\nmd b q\r\nms b 1\r\nx\r\nmd b q\r\nmd b q k O5\r\nmd b k O5\r\n",
+    "ms b 1\r\nx\r\nmg b c\r\nmd b C$BAD\r\nmd b C$CAS q\r\nmg b\r\n",
+    "ms s 1 T100\r\nx\r\nmg s c\r\nmd s I T30\r\nmg s v c t\r\nmg s v c\r\nms s 1 I C$OLD\r\ny\r\nmg s v t\r\n",
+    "ms s 1\r\nx\r\nmd s I\r\nmg s c\r\nms s 1 I C$CAS\r\nz\r\nmg s v\r\nms s 1 I C$BAD\r\nz\r\nmg s v\r\n",
+    "md b x\r\nmd b v v\r\nmd b Tx\r\nmd\r\n",
+    // Meta arithmetic.
+    "ma n\r\nma n q\r\nma n N0 J13 v\r\nma n v\r\nma n MD D20 v t\r\nma n q\r\nmg n v\r\n",
+    "ma n N0 q v\r\nma nn N0 q v\r\nma nn N50 t v T20\r\nmg nn t\r\nma nn MI D5 v c k O1\r\n",
+    "mg n c\r\nma n C$BAD c\r\nma n C$CAS c v\r\nma n M+ D18446744073709551615 v\r\nma n M- D1 v\r\n",
+    "ms x 1\r\nx\r\nma x\r\nma n MX\r\nma n Dx\r\nma n Jx\r\nma n MII\r\n",
+    "set big 0 0 3\r\n999\r\nma big v\r\nma big MD D995 v\r\nmg big v\r\n",
+    // Meta debug and noop.
+    "set m 0 0 1\r\n1\r\nme m\r\nms mm 1 T100 F3\r\nx\r\nme mm\r\nme zz\r\nmg mm h l\r\nme mm\r\nme\r\n",
+    "mn\r\nmn extra tokens\r\n",
+    // Binary keys.
+    "ms Zm9v 1 b\r\nx\r\nmg Zm9v b k v\r\nmg foo k v\r\nget foo\r\nms Zm9v 1 b k c\r\ny\r\nmd Zm9v b k q\r\nmd Zm9v b k\r\n",
+    "ma YmFy b N0 k v\r\nmg bar k v\r\nme YmFy b\r\nmg Zg= b\r\nmg !!!! b\r\n",
+];
+
+#[test]
+fn differential_scripts_against_memcached() {
+    let Some(mut pair) = Pair::new(1) else { return };
+    for script in SCRIPTS {
+        pair.exchange(script.as_bytes());
+    }
+    // Values across the item size limit, and large ones in pieces.
+    let fits = (1 << 20) - 48 - 2 - 2 - 8;
+    for (len, flags) in [
+        (fits, 0),
+        (fits + 1, 0),
+        (fits - 4, 1),
+        (fits - 3, 1),
+        (200_000, 7),
+    ] {
+        let value: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut set = format!("set big {flags} 0 {len}\r\n").into_bytes();
+        set.extend_from_slice(&value);
+        set.extend_from_slice(b"\r\nmg big s f\r\n");
+        pair.exchange(&set);
+        let mut ms = format!("ms big {len} F{flags}\r\n").into_bytes();
+        ms.extend_from_slice(&value);
+        ms.extend_from_slice(b"\r\nmg big s f\r\nget big\r\n");
+        pair.exchange(&ms);
+    }
+    // Far over the limit, refused and skipped (silently under noreply).
+    for noreply in ["", " noreply"] {
+        let mut huge = format!("set big 0 0 2000000{noreply}\r\n").into_bytes();
+        huge.extend(std::iter::repeat_n(b'z', 2_000_000));
+        huge.extend_from_slice(b"\r\nget big\r\n");
+        pair.exchange(&huge);
+    }
+    println!("compared {} exchanges", pair.compared);
+    Pair::new(2).map(|p| p.closes(b"set q 0 0 1\r\nx\r\nquit\r\nget q\r\n"));
+}
+
+/// A fixed-seed stream of commands over a small key set: every command family, with values
+/// that are sometimes numbers, flags at the edges, exptimes that expire at once or not, and
+/// `noreply`.
+fn random_command(rng: &mut SplitMix64, now_s: u64) -> String {
+    const KEYS: &[&str] = &["a", "b", "c", "num", "Zm9v", "YWJj"];
+    const FLAGS: &[u32] = &[0, 0, 1, 42, 4_294_967_295];
+    let pick = |rng: &mut SplitMix64, n: usize| rng.below(n as u64) as usize;
+    let key = KEYS[pick(rng, KEYS.len())];
+    let noreply = if rng.below(5) == 0 { " noreply" } else { "" };
+    let value = match rng.below(8) {
+        0 => String::new(),
+        1 => "18446744073709551615".into(),
+        2 => " 5".into(),
+        3 | 4 => rng.below(1_000_000).to_string(),
+        _ => (0..rng.below(12))
+            .map(|_| (b'a' + rng.below(26) as u8) as char)
+            .collect(),
+    };
+    let flags = FLAGS[pick(rng, FLAGS.len())];
+    let exptime = match rng.below(8) {
+        0 => "100".to_string(),
+        1 => "-1".into(),
+        2 => "2592001".into(),
+        3 => (now_s + 1000).to_string(),
+        _ => "0".into(),
+    };
+    let cas = ["$CAS", "$CAS", "$OLD", "$BAD", "0"][pick(rng, 5)];
+    let keys = |rng: &mut SplitMix64| {
+        (0..1 + rng.below(3))
+            .map(|_| KEYS[rng.below(KEYS.len() as u64) as usize])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let meta_flags = |rng: &mut SplitMix64, choices: &[&str], binary_ok: bool| {
+        let mut out = String::new();
+        for flag in choices {
+            if rng.below(3) == 0 {
+                out.push(' ');
+                out.push_str(&flag.replace("$CAS", cas));
+            }
+        }
+        if binary_ok && key.len() == 4 && rng.below(3) == 0 {
+            out.push_str(" b");
+        }
+        out
+    };
+    let mode = |rng: &mut SplitMix64, modes: &[&str]| {
+        if rng.below(2) == 0 {
+            String::new()
+        } else {
+            format!(" M{}", modes[rng.below(modes.len() as u64) as usize])
+        }
+    };
+    let len = value.len();
+    match rng.below(20) {
+        0..=2 => {
+            let cmd = ["set", "add", "replace", "append", "prepend"][pick(rng, 5)];
+            format!("{cmd} {key} {flags} {exptime} {len}{noreply}\r\n{value}\r\n")
+        }
+        3 => format!("cas {key} {flags} {exptime} {len} {cas}{noreply}\r\n{value}\r\n"),
+        4 => format!("{} {}\r\n", ["get", "gets"][pick(rng, 2)], keys(rng)),
+        5 => format!(
+            "{} {exptime} {}\r\n",
+            ["gat", "gats"][pick(rng, 2)],
+            keys(rng)
+        ),
+        6 => format!("touch {key} {exptime}{noreply}\r\n"),
+        7 => {
+            let delta = ["0", "1", "5", "1000", "18446744073709551615"][pick(rng, 5)];
+            format!(
+                "{} {key} {delta}{noreply}\r\n",
+                ["incr", "decr"][pick(rng, 2)]
+            )
+        }
+        8 => format!("delete {key}{noreply}\r\n"),
+        9 | 10 => {
+            let f = meta_flags(
+                rng,
+                &[
+                    "v", "c", "t", "f", "s", "k", "h", "l", "O12", "q", "T100", "N100", "R200", "u",
+                ],
+                true,
+            );
+            format!("mg {key}{f}\r\n")
+        }
+        11 | 12 => {
+            let f = meta_flags(
+                rng,
+                &["c", "k", "O7", "q", "T100", "F3", "I", "C$CAS"],
+                true,
+            );
+            let m = mode(rng, &["S", "E", "A", "P", "R"]);
+            format!("ms {key} {len}{f}{m}\r\n{value}\r\n")
+        }
+        13 => {
+            let f = meta_flags(rng, &["q", "k", "O5", "I", "T30", "C$CAS"], true);
+            format!("md {key}{f}\r\n")
+        }
+        14 | 15 => {
+            let f = meta_flags(
+                rng,
+                &[
+                    "N0", "J7", "D3", "v", "t", "c", "q", "k", "O3", "T100", "C$CAS",
+                ],
+                true,
+            );
+            let m = mode(rng, &["I", "+", "D", "-"]);
+            format!("ma {key}{f}{m}\r\n")
+        }
+        16 => format!("me {key}\r\n"),
+        17 => ["mn\r\n", "version\r\n", "verbosity 0\r\n", "bogus\r\n"][pick(rng, 4)].into(),
+        18 => {
+            if rng.below(20) == 0 {
+                format!("flush_all{noreply}\r\n")
+            } else {
+                format!("get {key}\r\n")
+            }
+        }
+        _ => {
+            if rng.below(20) == 0 {
+                "stats\r\n".into()
+            } else {
+                format!("mg {key} s v f\r\n")
+            }
+        }
+    }
+}
+
+#[test]
+fn differential_random_commands_against_memcached() {
+    let mut total = 0;
+    for seed in 0..4u64 {
+        let Some(mut pair) = Pair::new(10 + seed) else {
+            return;
+        };
+        let mut rng = SplitMix64::new(0x6d65_6d63_6163_6865 ^ seed);
+        let now_s = unix_ms() / 1000;
+        for _ in 0..3000 {
+            let command = random_command(&mut rng, now_s);
+            pair.exchange(command.as_bytes());
+        }
+        total += pair.compared;
+    }
+    println!("compared {total} random commands");
 }
