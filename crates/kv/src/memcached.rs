@@ -596,7 +596,7 @@ impl Session {
 
 /// The outcome of a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stored {
+enum StoreOutcome {
     Stored,
     NotStored,
     Exists,
@@ -944,10 +944,10 @@ impl<S: Sink> Exec<'_, '_, S> {
         let at = expire_at(exptime, self.now);
         let (stored, _) = self.store_item(key, false, comm, flags, at, cas, false, data)?;
         let status = match stored {
-            Stored::Stored => Status::Stored,
-            Stored::NotStored => Status::NotStored,
-            Stored::Exists => Status::Exists,
-            Stored::NotFound => Status::NotFound,
+            StoreOutcome::Stored => Status::Stored,
+            StoreOutcome::NotStored => Status::NotStored,
+            StoreOutcome::Exists => Status::Exists,
+            StoreOutcome::NotFound => Status::NotFound,
         };
         self.status(status, noreply)
     }
@@ -965,7 +965,7 @@ impl<S: Sink> Exec<'_, '_, S> {
         cas_in: u64,
         set_stale: bool,
         data: Span,
-    ) -> Result<(Stored, u64), Fail> {
+    ) -> Result<(StoreOutcome, u64), Fail> {
         #[derive(PartialEq)]
         enum Cas {
             None,
@@ -984,13 +984,13 @@ impl<S: Sink> Exec<'_, '_, S> {
                 Comm::Add | Comm::Set => {
                     let value = new_value(self.pieces)?;
                     let cas = self.put(key, value, flags, Some(at_ms), binary_bit);
-                    Ok((Stored::Stored, cas))
+                    Ok((StoreOutcome::Stored, cas))
                 }
                 Comm::Cas => {
                     self.st.cas_misses += 1;
-                    Ok((Stored::NotFound, 0))
+                    Ok((StoreOutcome::NotFound, 0))
                 }
-                Comm::Replace | Comm::Append | Comm::Prepend => Ok((Stored::NotStored, 0)),
+                Comm::Replace | Comm::Append | Comm::Prepend => Ok((StoreOutcome::NotStored, 0)),
             };
         };
         let entry = self.ks.entry(DB, slot);
@@ -1007,13 +1007,13 @@ impl<S: Sink> Exec<'_, '_, S> {
             Cas::BadVal
         };
         match comm {
-            Comm::Add => Ok((Stored::NotStored, 0)),
+            Comm::Add => Ok((StoreOutcome::NotStored, 0)),
             Comm::Cas => match cas {
                 Cas::Match => {
                     self.st.cas_hits += 1;
                     let value = new_value(self.pieces)?;
                     let cas = self.put(key, value, flags, Some(at_ms), binary_bit);
-                    Ok((Stored::Stored, cas))
+                    Ok((StoreOutcome::Stored, cas))
                 }
                 Cas::Stale => {
                     // Stored, keeping the old TTL, marked stale, the token state kept.
@@ -1021,19 +1021,19 @@ impl<S: Sink> Exec<'_, '_, S> {
                     let value = new_value(self.pieces)?;
                     let bits = binary_bit | STALE | (old_bits & TOKEN_SENT);
                     let cas = self.put(key, value, flags, None, bits);
-                    Ok((Stored::Stored, cas))
+                    Ok((StoreOutcome::Stored, cas))
                 }
                 Cas::None | Cas::BadVal => {
                     self.st.cas_badval += 1;
-                    Ok((Stored::Exists, 0))
+                    Ok((StoreOutcome::Exists, 0))
                 }
             },
             Comm::Append | Comm::Prepend => {
                 if cas != Cas::None && cas != Cas::Match {
-                    return Ok((Stored::Exists, 0));
+                    return Ok((StoreOutcome::Exists, 0));
                 }
                 if !is_str {
-                    return Ok((Stored::NotStored, 0));
+                    return Ok((StoreOutcome::NotStored, 0));
                 }
                 let pieces = self.pieces;
                 let append = comm == Comm::Append;
@@ -1056,12 +1056,12 @@ impl<S: Sink> Exec<'_, '_, S> {
                 })?;
                 self.ks.set_memcached_bits(DB, slot, 0);
                 self.st.total_items += 1;
-                Ok((Stored::Stored, self.ks.entry(DB, slot).version()))
+                Ok((StoreOutcome::Stored, self.ks.entry(DB, slot).version()))
             }
             Comm::Set | Comm::Replace => {
                 let value = new_value(self.pieces)?;
                 let cas = self.put(key, value, flags, Some(at_ms), binary_bit);
-                Ok((Stored::Stored, cas))
+                Ok((StoreOutcome::Stored, cas))
             }
         }
     }
@@ -1214,12 +1214,10 @@ impl<S: Sink> Exec<'_, '_, S> {
                     let at = expire_at(f.ttl().unwrap_or(0), self.now);
                     self.ks.touch_expire(DB, slot, at);
                 }
-                b'N' => {
-                    if created {
-                        let at = expire_at(f.vivify_ttl().unwrap_or(0), self.now);
-                        self.ks.touch_expire(DB, slot, at);
-                        won = true;
-                    }
+                b'N' if created => {
+                    let at = expire_at(f.vivify_ttl().unwrap_or(0), self.now);
+                    self.ks.touch_expire(DB, slot, at);
+                    won = true;
                 }
                 b'R' => {
                     let r = f.recache_ttl().unwrap_or(0);
@@ -1335,11 +1333,11 @@ impl<S: Sink> Exec<'_, '_, S> {
         let (stored, cas) =
             self.store_item(key, binary, comm, client_flags, at, cas_in, set_stale, data)?;
         let code = match stored {
-            Stored::Stored if f.quiet() => return Ok(()),
-            Stored::Stored => MetaCode::Hd,
-            Stored::Exists => MetaCode::Ex,
-            Stored::NotFound => MetaCode::Nf,
-            Stored::NotStored => MetaCode::Ns,
+            StoreOutcome::Stored if f.quiet() => return Ok(()),
+            StoreOutcome::Stored => MetaCode::Hd,
+            StoreOutcome::Exists => MetaCode::Ex,
+            StoreOutcome::NotFound => MetaCode::Nf,
+            StoreOutcome::NotStored => MetaCode::Ns,
         };
         let mut line = MetaReply::new(code);
         for &flag in f.order() {
@@ -1498,11 +1496,9 @@ impl<S: Sink> Exec<'_, '_, S> {
                     let at = expire_at(f.ttl().unwrap_or(0), self.now);
                     self.ks.touch_expire(DB, slot, at);
                 }
-                b'N' => {
-                    if created {
-                        let at = expire_at(f.vivify_ttl().unwrap_or(0), self.now);
-                        self.ks.touch_expire(DB, slot, at);
-                    }
+                b'N' if created => {
+                    let at = expire_at(f.vivify_ttl().unwrap_or(0), self.now);
+                    self.ks.touch_expire(DB, slot, at);
                 }
                 b'O' => {
                     line.opaque(f.opaque().unwrap_or_default());

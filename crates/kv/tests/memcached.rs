@@ -1197,7 +1197,9 @@ fn differential_scripts_against_memcached() {
         pair.exchange(&huge);
     }
     println!("compared {} exchanges", pair.compared);
-    Pair::new(2).map(|p| p.closes(b"set q 0 0 1\r\nx\r\nquit\r\nget q\r\n"));
+    if let Some(pair) = Pair::new(2) {
+        pair.closes(b"set q 0 0 1\r\nx\r\nquit\r\nget q\r\n");
+    }
 }
 
 /// A fixed-seed stream of commands over a small key set: every command family, with values
@@ -1344,4 +1346,32 @@ fn differential_random_commands_against_memcached() {
         total += pair.compared;
     }
     println!("compared {total} random commands");
+}
+
+// The fuzz body, run by `cargo test` too.
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+    #[test]
+    fn any_byte_stream_keeps_the_memcached_session_sound(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)
+    ) {
+        melange_kv::fuzz::memcached(&data);
+    }
+}
+
+#[test]
+fn the_fuzz_body_over_generated_command_streams_and_its_seeds() {
+    for seed in 0..64u64 {
+        let mut rng = SplitMix64::new(seed);
+        let mut data = vec![seed as u8];
+        for _ in 0..200 {
+            data.extend_from_slice(random_command(&mut rng, T0 / 1000).as_bytes());
+        }
+        melange_kv::fuzz::memcached(&data);
+    }
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/kv_memcached");
+    for entry in std::fs::read_dir(seeds).expect("the seeds") {
+        melange_kv::fuzz::memcached(&std::fs::read(entry.unwrap().path()).unwrap());
+    }
 }
