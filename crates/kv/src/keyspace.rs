@@ -59,6 +59,9 @@ pub struct Entry {
     /// memcached's client flags (0 for values written through RESP, as memcached clients
     /// expect of raw strings).
     flags: u32,
+    /// memcached's per-item bits (fetched, win token sent, stale, binary key): see
+    /// [`Entry::memcached_bits`]. Cleared by every store.
+    mc_bits: u8,
     /// Bytes accounted for this entry.
     bytes: usize,
 }
@@ -87,6 +90,12 @@ impl Entry {
     /// memcached's client flags.
     pub fn flags(&self) -> u32 {
         self.flags
+    }
+    /// memcached's per-item bits, owned by the memcached front end (`crate::memcached`): what
+    /// its items carry besides flags and CAS (fetched since stored, win token sent, stale,
+    /// stored under a binary key). 0 after every [`Keyspace::store`].
+    pub fn memcached_bits(&self) -> u8 {
+        self.mc_bits
     }
     fn is_expired(&self, now_ms: u64) -> bool {
         self.expire_at_ms != 0 && self.expire_at_ms <= now_ms
@@ -197,6 +206,7 @@ impl Db {
             accessed_s: unix_s(now_ms),
             version,
             flags: 0,
+            mc_bits: 0,
             bytes: 0,
         };
         entry.bytes = ENTRY_OVERHEAD + entry.key.len() + entry.value.heap_bytes();
@@ -552,6 +562,7 @@ impl Keyspace {
                 entry.value = value;
                 entry.version = version;
                 entry.flags = 0;
+                entry.mc_bits = 0;
                 entry.accessed_s = unix_s(now_ms);
                 if !keep_ttl {
                     d.set_expire(slot, 0);
@@ -589,6 +600,31 @@ impl Keyspace {
     /// clears them).
     pub fn set_flags(&mut self, db: usize, slot: Slot, flags: u32) {
         self.dbs[db].entry_mut(slot).flags = flags;
+    }
+
+    /// Sets memcached's per-item bits of the key in `slot` (see [`Entry::memcached_bits`]).
+    pub fn set_memcached_bits(&mut self, db: usize, slot: Slot, bits: u8) {
+        self.dbs[db].entry_mut(slot).mc_bits = bits;
+    }
+
+    /// Sets (or with 0 clears) the expiry of the key in `slot` without stamping a new
+    /// version: memcached's `touch`, which keeps the item's CAS unique (a client may `gets`,
+    /// `touch`, then `cas`). A Redis `WATCH` therefore does not see a memcached touch.
+    pub fn touch_expire(&mut self, db: usize, slot: Slot, at_ms: u64) {
+        self.dbs[db].set_expire(slot, at_ms);
+    }
+
+    /// Refreshes the access clock of the key in `slot` (a fetch's LRU bump), without an
+    /// expiry check: the slot stays valid for the rest of the command.
+    pub fn mark_accessed(&mut self, db: usize, slot: Slot, now_ms: u64) {
+        self.dbs[db].entry_mut(slot).accessed_s = unix_s(now_ms);
+    }
+
+    /// Stamps a new version on the key in `slot` without changing it (memcached's `md ... I`,
+    /// which marks an item stale and gives it a new CAS unique).
+    pub fn bump_version(&mut self, db: usize, slot: Slot) {
+        let version = self.next_version();
+        self.dbs[db].entry_mut(slot).version = version;
     }
 
     /// Removes every key of `db`.

@@ -20,6 +20,8 @@
 //! - [`glob`]: Redis' glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`).
 //! - [`reply`]: the reply trait and a recorder for tests.
 //! - [`command`]: the command table, arity and error words, transactions, and dispatch.
+//! - [`memcached`]: memcached's text and meta commands over the same keyspace (database 0),
+//!   driven per connection by a [`memcached::Session`] over `melange-memcache`'s parser.
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -28,6 +30,7 @@ pub use commands::{parse_memory, REDIS_VERSION};
 pub mod fuzz;
 pub mod glob;
 pub mod keyspace;
+pub mod memcached;
 pub mod number;
 pub mod reply;
 pub mod slabmap;
