@@ -124,12 +124,8 @@ fn start(server: KvServer, port: u16, cpu: usize) -> Result<Process> {
         KvServer::Melange => {
             let exe = std::env::current_exe().context("locating the melange binary")?;
             let mut c = Command::new(exe);
-            c.args(["kv", "--backend", "kernel", "--log", "warn"]).args([
-                "--resp-port",
-                &port.to_string(),
-                "--cpus",
-                &cpu.to_string(),
-            ]);
+            c.args(["kv", "--backend", "kernel", "--log", "warn"])
+                .args(["--resp-port", &port.to_string(), "--cpus", &cpu.to_string()]);
             c
         }
     };
@@ -156,12 +152,7 @@ fn start(server: KvServer, port: u16, cpu: usize) -> Result<Process> {
 }
 
 /// The pid doing the work: taskset execs redis-server, so the child's pid is the server's.
-fn run_one(
-    args: &KvBenchArgs,
-    server: KvServer,
-    port: u16,
-    pipeline: u32,
-) -> Result<Vec<KvRun>> {
+fn run_one(args: &KvBenchArgs, server: KvServer, port: u16, pipeline: u32) -> Result<Vec<KvRun>> {
     let process = start(server, port, args.server_cpu)?;
     let pid = process.0.id();
     let before = melange_sys::cpu::process_cpu_time_of(pid)?;
@@ -291,7 +282,10 @@ pub fn run(args: &KvBenchArgs) -> Result<Vec<KvRow>> {
         let pick = |rep: usize, server: KvServer| {
             all.iter()
                 .find(|(r, run)| {
-                    *r == rep && run.server == server && run.test == test && run.pipeline == pipeline
+                    *r == rep
+                        && run.server == server
+                        && run.test == test
+                        && run.pipeline == pipeline
                 })
                 .map(|(_, run)| run.clone())
         };
@@ -300,14 +294,14 @@ pub fn run(args: &KvBenchArgs) -> Result<Vec<KvRow>> {
         let (mut rr, mut mr, mut rc, mut mc, mut rp, mut mp) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for rep in 0..args.reps {
-            let (Some(redis), Some(melange)) = (pick(rep, KvServer::Redis), pick(rep, KvServer::Melange))
+            let (Some(redis), Some(melange)) =
+                (pick(rep, KvServer::Redis), pick(rep, KvServer::Melange))
             else {
                 continue;
             };
             rps_ratios.push(melange.requests_per_s / redis.requests_per_s.max(1.0));
-            cpu_ratios.push(
-                redis.server_cpu_ns_per_request / melange.server_cpu_ns_per_request.max(1.0),
-            );
+            cpu_ratios
+                .push(redis.server_cpu_ns_per_request / melange.server_cpu_ns_per_request.max(1.0));
             rr.push(redis.requests_per_s);
             mr.push(melange.requests_per_s);
             rc.push(redis.server_cpu_ns_per_request / 1e3);
