@@ -8,12 +8,18 @@
 //! pieces and reports arguments as stream spans, so a request is parsed where it lies and an
 //! argument is borrowed from its frame (copied only when it straddles two). Frames are given
 //! back (`RecvDone`, which reopens the window) as soon as the parser's `retain_from` passes
-//! them. One case needs more: a request larger than the connection's receive budget (a
-//! 100 MB `SET`) can never complete while its first frames are held, since the window closes.
-//! So once a connection holds more than [`KV_HELD_BYTES_MAX`], the held frames are copied
-//! into its query buffer (Redis' `querybuf`) and given back; the parser reads that buffer as
-//! one more piece. Small requests never take that path; the parser's
-//! `client-query-buffer-limit` bounds it.
+//! them. Frames are a pool shared by every connection, and a frame is held whole however few
+//! bytes it carries: a slowloris client trickling one byte per segment would hold one frame
+//! per byte, and a hundred such clients would drain the pool for everyone. So a connection
+//! keeps at most [`KV_HELD_FRAMES_MAX`] frames between batches; past that, the held frames
+//! are copied into its query buffer (Redis' `querybuf`) and freed, and what it holds is
+//! counted in bytes again. A request that spans frames (a 100 MB `SET`, or one sent a byte
+//! at a time) thus completes in the query buffer, bounded by the parser's
+//! `client-query-buffer-limit`; the common request that arrives within one frame is never
+//! copied. Received bytes are reported (`RecvDone`, which opens the window) once they left
+//! the frames, except while the connection is paused for its replies (below): then only the
+//! bytes its commands consumed are, so the window closes and the query buffer stays within
+//! the transport's per-connection receive budget.
 //!
 //! **Replies are written once into a per-connection output buffer, then copied into frames.**
 //! A command writes through [`melange_kv::reply::Reply`]; here that is a RESP encoder into the
@@ -59,9 +65,11 @@ use std::sync::{Arc, Mutex};
 pub const KV_CONNECTIONS_MAX: usize = 65_536;
 /// Listen backlog asked for (Redis' `tcp-backlog` is 511; the stack bounds it too).
 pub const KV_BACKLOG: u32 = 4096;
-/// Received bytes a connection holds in their frames before they are copied into its query
-/// buffer and given back (see the module documentation).
-pub const KV_HELD_BYTES_MAX: usize = 64 * 1024;
+/// Frames a connection may hold between batches; past it the held bytes are copied into its
+/// query buffer and the frames freed (see the module documentation). With one frame per
+/// client, `maxclients` (10,000) idle or trickling clients hold fewer frames than the default
+/// pool (16,384 frames), and the rest serve replies.
+pub const KV_HELD_FRAMES_MAX: usize = 1;
 /// Reply bytes waiting on a connection above which its next requests wait.
 pub const KV_OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
 /// Default output limit: a connection whose pending replies pass this is closed. Larger than
@@ -133,8 +141,10 @@ struct Input {
     held: VecDeque<PacketBuf>,
     held_start: u64,
     held_bytes: usize,
-    /// Bytes released (given back or copied) and not yet reported with `RecvDone`.
+    /// Bytes released and not yet reported with `RecvDone`.
     owed: u64,
+    /// Stream offset up to which bytes were released (reported or `owed`).
+    released_to: u64,
 }
 
 impl Input {
@@ -200,9 +210,11 @@ impl Input {
         bytes
     }
 
-    /// Releases everything before `keep_from`; when the frames held still pass
-    /// [`KV_HELD_BYTES_MAX`], copies them into the query buffer. Returns bytes copied.
-    fn release(&mut self, io: &mut IoContext<'_>, keep_from: u64) -> u64 {
+    /// Frees everything before `keep_from`; when more than [`KV_HELD_FRAMES_MAX`] frames are
+    /// still held, copies them into the query buffer and frees them. Bytes that left the
+    /// frames become `owed` (to be reported with `RecvDone`), except, while `paused`, those
+    /// from `keep_from` on, which wait until the commands consume them. Returns bytes copied.
+    fn release(&mut self, io: &mut IoContext<'_>, keep_from: u64, paused: bool) -> u64 {
         // The query buffer's bytes before `keep_from`.
         let spill_end = self.spill_start + self.spill.len() as u64;
         if keep_from >= spill_end {
@@ -226,26 +238,34 @@ impl Input {
             io.free(buf);
             self.held_start += len as u64;
             self.held_bytes -= len;
-            self.owed += len as u64;
             if self.spill.is_empty() {
                 self.spill_start = self.held_start;
             }
         }
-        if self.held_bytes <= KV_HELD_BYTES_MAX {
-            return 0;
+        let mut copied = 0;
+        if self.held.len() > KV_HELD_FRAMES_MAX {
+            // Copy the held frames out and give them back to the pool.
+            copied = self.held_bytes as u64;
+            if self.spill.is_empty() {
+                self.spill_start = self.held_start;
+            }
+            while let Some(buf) = self.held.pop_front() {
+                self.spill.extend_from_slice(io.payload(&buf));
+                io.free(buf);
+            }
+            self.held_start += copied;
+            self.held_bytes = 0;
         }
-        // A request larger than the frames may hold: copy them out and give them back.
-        let copied = self.held_bytes as u64;
-        if self.spill.is_empty() {
-            self.spill_start = self.held_start;
+        // Everything before `held_start` is out of the frames: freed or in the query buffer.
+        let releasable = if paused {
+            self.held_start.min(keep_from)
+        } else {
+            self.held_start
+        };
+        if releasable > self.released_to {
+            self.owed += releasable - self.released_to;
+            self.released_to = releasable;
         }
-        while let Some(buf) = self.held.pop_front() {
-            self.spill.extend_from_slice(io.payload(&buf));
-            io.free(buf);
-        }
-        self.held_start += copied;
-        self.held_bytes = 0;
-        self.owed += copied;
         copied
     }
 
@@ -273,6 +293,23 @@ struct Output {
 impl Output {
     fn pending(&self) -> usize {
         self.buf.len() - self.copied + self.unsent_bytes
+    }
+
+    /// Drops the bytes already copied into frames, so that the buffer holds only what is
+    /// still to be sent. Without it a client that reads slowly but steadily (the frames
+    /// never all taken when the next request runs) would grow the buffer by every reply it
+    /// was ever sent, up to the output limit.
+    fn compact(&mut self) {
+        if self.copied == self.buf.len() {
+            self.buf.clear();
+            if self.buf.capacity() > KV_BUFFER_KEPT_BYTES {
+                self.buf = Vec::new();
+            }
+        } else if self.copied > 0 {
+            // Moves at most the pause threshold plus one reply, only after as much was sent.
+            self.buf.drain(..self.copied);
+        }
+        self.copied = 0;
     }
 }
 
@@ -535,6 +572,7 @@ impl KvApp {
             if !step.complete {
                 continue;
             }
+            c.output.compact();
             // Run the request that just completed.
             let mut pieces = recycle_pieces(std::mem::take(&mut self.pieces));
             c.input.pieces(io, &mut pieces);
@@ -575,7 +613,8 @@ impl KvApp {
             c.parser.set_auth_required(!c.client.authenticated);
         }
         let keep_from = c.parser.retain_from();
-        self.counters.spilled_bytes += c.input.release(io, keep_from);
+        let paused = c.closing || c.output.pending() >= KV_OUTPUT_PAUSE_BYTES;
+        self.counters.spilled_bytes += c.input.release(io, keep_from, paused);
         if c.input.owed > 0 {
             let owed = std::mem::take(&mut c.input.owed);
             // `owed` is at most the bytes received since the last report, which the
@@ -948,6 +987,83 @@ mod tests {
         settle(&mut io, &mut app);
         assert_eq!(app.counters().commands, 2_001);
         assert_eq!(io.conns[0].stream.len(), 2_000 * (value.len() + 10));
+        io.finish(&mut app);
+    }
+
+    #[test]
+    fn a_client_that_reads_slowly_but_steadily_keeps_only_its_unsent_replies() {
+        let mut io = TcpTestIo::new(4096);
+        let mut app = KvApp::new(
+            KvConfig {
+                resp_ports: vec![6379],
+                output_limit: 4 << 20,
+                cron: false,
+                wall_clock_ms: wall,
+            },
+            Arc::new(Mutex::new(Server::new(
+                melange_kv::command::Config::default(),
+                wall(),
+                7,
+            ))),
+        );
+        app.start(&mut IoContext::new(&mut io));
+        let conn = io.accept(PEER);
+        let value = vec![b'v'; 100_000];
+        io.deliver(conn, &cmd(&[b"SET", b"k", &value]), 1448);
+        settle(&mut io, &mut app);
+        io.conns[0].stream.clear();
+        // 500 GETs of 100 kB (50 MB of replies, past the 4 MiB output limit) through a
+        // window of 30 kB that the peer acknowledges after every batch: the frames are
+        // never all taken when the next GET runs.
+        io.send_room = 30_000;
+        let mut gets = Vec::new();
+        for _ in 0..500 {
+            gets.extend(cmd(&[b"GET", b"k"]));
+        }
+        io.deliver(conn, &gets, 1448);
+        for _ in 0..100_000 {
+            io.now_ns += 1_000;
+            app.run_io(&mut IoContext::new(&mut io));
+            io.ack_all();
+            if io.conns[0].stream.len() == 500 * (value.len() + 11) {
+                break;
+            }
+        }
+        assert_eq!(app.counters().output_overflows, 0, "{:?}", app.counters());
+        assert_eq!(io.conns[0].stream.len(), 500 * (value.len() + 11));
+        io.finish(&mut app);
+    }
+
+    #[test]
+    fn clients_trickling_a_byte_at_a_time_hold_one_frame_each() {
+        // 300 frames for 100 slowloris clients sending 200 bytes each, one per segment.
+        let (mut io, mut app, _) = started(300);
+        let slow: Vec<ConnId> = (0..100).map(|_| io.accept(PEER)).collect();
+        settle(&mut io, &mut app);
+        let request = cmd(&[b"SET", b"slow", &[b'x'; 1000]]);
+        for byte in &request[..200] {
+            for &conn in &slow {
+                io.deliver(conn, std::slice::from_ref(byte), 1);
+            }
+            app.run_io(&mut IoContext::new(&mut io));
+            assert!(
+                io.inner.pool.available() >= 300 - 100 - 1,
+                "{} frames free",
+                io.inner.pool.available()
+            );
+        }
+        // Another client is still served, and the partial requests are kept.
+        let good = io.accept(PEER);
+        settle(&mut io, &mut app);
+        io.deliver(good, &cmd(&[b"PING"]), 1448);
+        settle(&mut io, &mut app);
+        let good_stream = &io.conns.iter().find(|c| c.id == good).unwrap().stream;
+        assert_eq!(good_stream, b"+PONG\r\n");
+        for &conn in &slow {
+            io.deliver(conn, &request[200..], 1448);
+        }
+        settle(&mut io, &mut app);
+        assert_eq!(app.counters().commands, 101, "{:?}", app.counters());
         io.finish(&mut app);
     }
 

@@ -322,6 +322,34 @@ fn wall_clock_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Descriptors kept beside the clients' on the kernel backend (listeners, epoll, eventfds,
+/// logs), as redis-server's `CONFIG_MIN_RESERVED_FDS`.
+pub const KV_RESERVED_FDS: u64 = 64;
+
+/// On the kernel backend every client holds a descriptor: raises the open-files limit to fit
+/// `maxclients`, and, where the hard limit does not allow it, lowers `maxclients` to what fits
+/// with a warning that says how to raise it (redis-server does the same).
+fn fit_open_files(maxclients: u64) -> u64 {
+    let wanted = maxclients.saturating_add(KV_RESERVED_FDS);
+    let now = match melange_sys::process::raise_open_files_limit(wanted) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!("could not raise the open-files limit for {maxclients} clients: {e}");
+            return maxclients;
+        }
+    };
+    if now >= wanted {
+        return maxclients;
+    }
+    let fits = now.saturating_sub(KV_RESERVED_FDS).max(1);
+    tracing::warn!(
+        "maxclients {maxclients} needs {wanted} open files but this process may open only {now}; \
+         serving at most {fits} clients. Raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) \
+         to serve more"
+    );
+    fits
+}
+
 /// The server every engine shares, set up from `settings`.
 pub fn shared_server(settings: &Settings) -> SharedServer {
     let config = melange_kv::command::Config {
@@ -342,7 +370,10 @@ pub fn shared_server(settings: &Settings) -> SharedServer {
 /// Runs the service until stopped.
 pub fn run(args: KvArgs) -> Result<()> {
     validate(&args)?;
-    let settings = settings(&args)?;
+    let mut settings = settings(&args)?;
+    if args.backend == Backend::Kernel {
+        settings.maxclients = fit_open_files(settings.maxclients);
+    }
     let stop = crate::stop_signal(args.duration)?;
     let server = shared_server(&settings);
     let app = |engine: usize| {

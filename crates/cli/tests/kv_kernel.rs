@@ -7,132 +7,13 @@
 //! The tools come from `scripts/setup.sh` (redis-tools, python3-redis). In CI (`CI=true`) a
 //! missing tool fails the test; elsewhere the test says what it skipped. No root is needed.
 
+mod common;
+
+use common::kv::*;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const MELANGE: &str = env!("CARGO_BIN_EXE_melange");
-/// The distribution's Python, which python3-redis installs into (a pyenv `python3` on the
-/// PATH would not see it).
-const PYTHON: &str = "/usr/bin/python3";
-
-struct Kv {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Kv {
-    fn start(extra: &[&str]) -> Self {
-        let port = free_port();
-        let child = Command::new(MELANGE)
-            .args([
-                "kv",
-                "--backend",
-                "kernel",
-                "--resp-port",
-                &port.to_string(),
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting melange kv");
-        let mut kv = Kv { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = kv.child.try_wait().unwrap() {
-                let mut log = String::new();
-                kv.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut log)
-                    .unwrap();
-                panic!("melange kv exited at start ({status}):\n{log}");
-            }
-            if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                s.write_all(b"PING\r\n").unwrap();
-                let mut reply = [0u8; 7];
-                // A server with a password answers `-NOAUTH Authentication required.`.
-                if s.read_exact(&mut reply).is_ok()
-                    && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
-                {
-                    return kv;
-                }
-            }
-            assert!(Instant::now() < deadline, "melange kv never answered PING");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    }
-
-    /// SIGTERM, then the exit status and the log.
-    fn stop(mut self) -> Output {
-        melange_sys::process::terminate(self.child.id()).unwrap();
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        std::mem::forget(self);
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Drop for Kv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("running redis-cli");
-    assert!(out.status.success(), "redis-cli {args:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-}
-
-/// Reads from `s` until `expected.len()` bytes arrived, and checks them.
-fn expect_reply(s: &mut TcpStream, expected: &[u8]) {
-    let mut got = vec![0u8; expected.len()];
-    s.read_exact(&mut got)
-        .unwrap_or_else(|e| panic!("waiting for {:?}: {e}", String::from_utf8_lossy(expected)));
-    assert_eq!(
-        String::from_utf8_lossy(&got),
-        String::from_utf8_lossy(expected)
-    );
-}
-
-/// Reads until the peer closes; returns what arrived.
-fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)
-        .expect("the server closes the connection");
-    all
-}
 
 #[test]
 fn redis_benchmark_runs_every_default_test_and_redis_cli_reads_back() {

@@ -5,6 +5,7 @@
 //! Every test binary compiles this module on its own and uses a subset of it.
 #![allow(dead_code)]
 
+pub mod kv;
 pub mod lab;
 
 use std::fs::File;
