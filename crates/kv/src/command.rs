@@ -227,6 +227,13 @@ impl Server {
             ));
             return;
         }
+        if let Err(error) = check_subcommand(spec, args) {
+            if client.multi.is_some() {
+                client.multi_failed = true;
+            }
+            out.error(&error);
+            return;
+        }
         if !client.authenticated && spec.flags & NO_AUTH == 0 {
             if client.multi.is_some() {
                 client.multi_failed = true;
@@ -368,6 +375,105 @@ fn unknown_command(args: &[&[u8]]) -> String {
     let name = String::from_utf8_lossy(&args[0][..args[0].len().min(128)]).into_owned();
     format!("ERR unknown command '{name}', with args beginning with: {rest}")
         .replace(['\r', '\n'], " ")
+}
+
+/// The subcommands of Redis 7.2's container commands, with their arities: Redis looks a
+/// subcommand up like a command, so an unknown one or a wrong count is refused before the
+/// command runs (and inside `MULTI`, before it is queued), in words of its own.
+const SUBCOMMANDS: &[(&str, &[(&str, i32)])] = &[
+    (
+        "client",
+        &[
+            ("caching", 3),
+            ("getname", 2),
+            ("getredir", 2),
+            ("help", 2),
+            ("id", 2),
+            ("info", 2),
+            ("kill", -3),
+            ("list", -2),
+            ("no-evict", 3),
+            ("no-touch", 3),
+            ("pause", -3),
+            ("reply", 3),
+            ("setinfo", 4),
+            ("setname", 3),
+            ("tracking", -3),
+            ("trackinginfo", 2),
+            ("unblock", -3),
+            ("unpause", 2),
+        ],
+    ),
+    (
+        "command",
+        &[
+            ("count", 2),
+            ("docs", -2),
+            ("getkeys", -3),
+            ("getkeysandflags", -3),
+            ("help", 2),
+            ("info", -2),
+            ("list", -2),
+        ],
+    ),
+    (
+        "config",
+        &[
+            ("get", -3),
+            ("help", 2),
+            ("resetstat", 2),
+            ("rewrite", 2),
+            ("set", -4),
+        ],
+    ),
+    (
+        "object",
+        &[
+            ("encoding", 3),
+            ("freq", 3),
+            ("help", 2),
+            ("idletime", 3),
+            ("refcount", 3),
+        ],
+    ),
+];
+
+/// For a container command (`OBJECT`, `CLIENT`, `CONFIG`, `COMMAND`), Redis' error for an
+/// unknown subcommand or a wrong number of arguments to a known one.
+fn check_subcommand(spec: &Spec, args: &[&[u8]]) -> Result<(), String> {
+    let Some((_, subs)) = SUBCOMMANDS.iter().find(|(name, _)| *name == spec.name) else {
+        return Ok(());
+    };
+    // `COMMAND` alone is a command of its own (arity -1); the others need a subcommand,
+    // which their arity (-2) has checked.
+    let Some(&sub) = args.get(1) else {
+        return Ok(());
+    };
+    let Some(&(sub_name, arity)) = subs
+        .iter()
+        .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(sub))
+    else {
+        return Err(format!(
+            "ERR unknown subcommand '{}'. Try {} HELP.",
+            String::from_utf8_lossy(&sub[..sub.len().min(128)]),
+            String::from_utf8_lossy(args[0]).to_uppercase()
+        ));
+    };
+    let argc = args.len() as i64;
+    let arity = i64::from(arity);
+    let fits = if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "ERR wrong number of arguments for '{}|{sub_name}' command",
+            spec.name
+        ))
+    }
 }
 
 /// The command named `name` (any case).

@@ -521,7 +521,7 @@ fn connection_and_server_commands() {
     assert_eq!(s.run("CLIENT SETINFO lib-name redis-py"), ok());
     assert_eq!(
         s.run("CLIENT NOPE"),
-        err("ERR unknown subcommand or wrong number of arguments for 'NOPE'. Try CLIENT HELP.")
+        err("ERR unknown subcommand 'NOPE'. Try CLIENT HELP.")
     );
     assert_eq!(s.run("CONFIG SET maxmemory 10mb"), ok());
     assert_eq!(
@@ -577,4 +577,68 @@ proptest::proptest! {
     fn any_command_sequence_keeps_the_keyspace_consistent(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
         melange_kv::fuzz::commands(&data);
     }
+}
+
+/// Found by the differential test against redis-server (scripts/kv_differential.py): Redis
+/// looks subcommands up like commands, so an unknown one or a wrong count has its own words
+/// and is refused before a transaction queues it.
+#[test]
+fn subcommands_are_checked_before_the_command_runs() {
+    let mut s = Session::new();
+    assert_eq!(
+        s.run("object BOGUS k"),
+        err("ERR unknown subcommand 'BOGUS'. Try OBJECT HELP.")
+    );
+    assert_eq!(
+        s.run("OBJECT encoding"),
+        err("ERR wrong number of arguments for 'object|encoding' command")
+    );
+    assert_eq!(
+        s.run("CONFIG GET"),
+        err("ERR wrong number of arguments for 'config|get' command")
+    );
+    assert_eq!(s.run("MULTI"), ok());
+    assert_eq!(
+        s.run("OBJECT BOGUS k"),
+        err("ERR unknown subcommand 'BOGUS'. Try OBJECT HELP.")
+    );
+    assert_eq!(
+        s.run("EXEC"),
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+}
+
+/// Found by the differential test: EXPIRE checks its flags before its time, and GETEX looks
+/// the key up before it reads the time, as Redis does.
+#[test]
+fn expire_flags_and_getex_key_come_before_the_time() {
+    let mut s = Session::new();
+    assert_eq!(
+        s.run("EXPIRE k x NX XX"),
+        err("ERR NX and XX, GT or LT options at the same time are not compatible")
+    );
+    assert_eq!(s.run("EXPIRE k x BAD"), err("ERR Unsupported option BAD"));
+    assert_eq!(
+        s.run("EXPIRE k x"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(s.run("GETEX k EX x"), R::Null);
+    assert_eq!(s.run("GETEX k EX 0"), R::Null);
+    assert_eq!(s.run("GETEX k PERSIST EX 1"), err("ERR syntax error"));
+    assert_eq!(s.run("LPUSH l a"), int(1));
+    assert_eq!(
+        s.run("GETEX l EX x"),
+        err("WRONGTYPE Operation against a key holding the wrong kind of value")
+    );
+    assert_eq!(s.run("SET k v"), ok());
+    assert_eq!(
+        s.run("GETEX k EX x"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(
+        s.run("GETEX k EX 0"),
+        err("ERR invalid expire time in 'getex' command")
+    );
+    assert_eq!(s.run("GETEX k EX 100"), bulk("v"));
+    assert_eq!(s.run("TTL k"), int(100));
 }

@@ -313,9 +313,8 @@ pub fn swapdb(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
 
 /// The EXPIRE family: `unit` says how `args[2]` is read.
 fn expire_generic(ctx: &mut Ctx<'_>, args: &[&[u8]], unit: ExpireArg, name: &str) {
-    let Some(n) = ctx.int_arg(args[2]) else {
-        return;
-    };
+    // Redis' `expireGenericCommand` checks the flags before the time: `EXPIRE k x NX XX`
+    // answers the incompatibility, not "not an integer".
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in &args[3..] {
         match &opt.to_ascii_uppercase()[..] {
@@ -342,6 +341,9 @@ fn expire_generic(ctx: &mut Ctx<'_>, args: &[&[u8]], unit: ExpireArg, name: &str
             .error("ERR GT and LT options at the same time are not compatible");
         return;
     }
+    let Some(n) = ctx.int_arg(args[2]) else {
+        return;
+    };
     // Past times are allowed here (they delete the key); only overflow is refused.
     let Some(at) = expire_at_any(unit, n, ctx.now_ms) else {
         ctx.out

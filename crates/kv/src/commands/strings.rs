@@ -193,14 +193,17 @@ pub fn getset(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
 
 /// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`.
 pub fn getex(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
-    // Parse every option first: a bad one means no reply but the error.
-    let mut new_expire: Option<u64> = None; // Some(0) = persist
+    // As Redis' `getexCommand`: the options' syntax first, then the key (a missing key
+    // answers nil and a wrong type WRONGTYPE, whatever the time says), then the time.
+    let mut persist = false;
+    let mut expire: Option<(ExpireArg, &[u8])> = None;
     let mut i = 2;
     while i < args.len() {
         let opt = args[i].to_ascii_uppercase();
+        let unset = !persist && expire.is_none();
         match &opt[..] {
-            b"PERSIST" if new_expire.is_none() => new_expire = Some(0),
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" if new_expire.is_none() && i + 1 < args.len() => {
+            b"PERSIST" if unset => persist = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if unset && i + 1 < args.len() => {
                 let kind = match &opt[..] {
                     b"EX" => ExpireArg::Seconds,
                     b"PX" => ExpireArg::Millis,
@@ -208,16 +211,7 @@ pub fn getex(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
                     _ => ExpireArg::UnixMillis,
                 };
                 i += 1;
-                let Some(n) = ctx.int_arg(args[i]) else {
-                    return;
-                };
-                match expire_at(kind, n, ctx.now_ms) {
-                    Some(at) => new_expire = Some(at),
-                    None => {
-                        ctx.out.error("ERR invalid expire time in 'getex' command");
-                        return;
-                    }
-                }
+                expire = Some((kind, args[i]));
             }
             _ => {
                 ctx.syntax_error();
@@ -229,8 +223,25 @@ pub fn getex(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
     let Ok(slot) = string_slot(ctx, args[1]) else {
         return;
     };
-    reply_string_or_null(ctx, slot);
-    if let (Some(slot), Some(at)) = (slot, new_expire) {
+    let Some(slot) = slot else {
+        ctx.out.null();
+        return;
+    };
+    let mut new_expire = persist.then_some(0); // Some(0) = persist
+    if let Some((kind, arg)) = expire {
+        let Some(n) = ctx.int_arg(arg) else {
+            return;
+        };
+        match expire_at(kind, n, ctx.now_ms) {
+            Some(at) => new_expire = Some(at),
+            None => {
+                ctx.out.error("ERR invalid expire time in 'getex' command");
+                return;
+            }
+        }
+    }
+    reply_string_or_null(ctx, Some(slot));
+    if let Some(at) = new_expire {
         let db = ctx.db();
         ctx.ks().set_expire(db, slot, at);
     }
