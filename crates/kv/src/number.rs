@@ -66,12 +66,45 @@ pub fn parse_f64(bytes: &[u8]) -> Option<f64> {
         });
     }
     // Rust's parser accepts "nan" and "inf" spellings handled above, and a trailing or
-    // leading '.' like strtod; it refuses hex floats, which strtold would take (rare).
+    // leading '.' like strtod; it refuses hex floats, which strtold takes (`INCRBYFLOAT` on
+    // "0x10" answers 17 in Redis; the differential test found it).
+    if let Some(hex) = unsigned.strip_prefix("0x") {
+        let value = parse_hex_float(hex)?;
+        return Some(if lower.starts_with('-') {
+            -value
+        } else {
+            value
+        });
+    }
     if unsigned.starts_with(|c: char| c.is_ascii_alphabetic()) {
         return None;
     }
     let value: f64 = text.parse().ok()?;
     (!value.is_nan()).then_some(value)
+}
+
+/// The digits of a C99 hex float after `0x`: `hexdigits[.hexdigits][p[+-]decimal]`, at least
+/// one hex digit; `None` for anything else.
+fn parse_hex_float(text: &str) -> Option<f64> {
+    let (mantissa, exponent) = match text.find('p') {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.len() + frac_part.len() == 0 {
+        return None;
+    }
+    let mut value = 0.0f64;
+    for c in int_part.chars() {
+        value = value * 16.0 + f64::from(c.to_digit(16)?);
+    }
+    let mut scale = 1.0 / 16.0;
+    for c in frac_part.chars() {
+        value += f64::from(c.to_digit(16)?) * scale;
+        scale /= 16.0;
+    }
+    let value = value * 2f64.powi(exponent);
+    value.is_finite().then_some(value)
 }
 
 /// Parses `bytes` as Redis' `string2d` does (`getDoubleFromObject`: sorted-set scores and

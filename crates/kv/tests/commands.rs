@@ -642,3 +642,20 @@ fn expire_flags_and_getex_key_come_before_the_time() {
     assert_eq!(s.run("GETEX k EX 100"), bulk("v"));
     assert_eq!(s.run("TTL k"), int(100));
 }
+
+/// Found by the differential test: strtold takes hex floats, and a large integral result is
+/// printed with all its digits.
+#[test]
+fn incrbyfloat_takes_hex_and_prints_exact_integers() {
+    let mut s = Session::new();
+    assert_eq!(s.run("SET k 0x10"), ok());
+    assert_eq!(s.run("INCRBYFLOAT k -0.0001"), bulk("15.9999"));
+    assert_eq!(s.run("INCRBYFLOAT n 0x1p4"), bulk("16"));
+    assert_eq!(s.run("SET big 9223372036854775807"), ok());
+    assert_eq!(s.run("INCRBYFLOAT big 1.5"), bulk("9223372036854775808"));
+    assert_eq!(s.run("HINCRBYFLOAT h f 0x1.8"), bulk("1.5"));
+    assert_eq!(
+        s.run("INCRBYFLOAT k 0x"),
+        err("ERR value is not a valid float")
+    );
+}

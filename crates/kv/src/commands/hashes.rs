@@ -279,9 +279,9 @@ pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         return;
     }
     // Redis' "human" long-double form: fixed notation without trailing zeros, as INCRBYFLOAT.
-    let text = format!("{new}");
-    change_hash(ctx, args[1], slot, |h| h.insert(args[2], text.as_bytes()));
-    ctx.out.bulk(text.as_bytes());
+    let text = super::strings::incrbyfloat_text(new);
+    change_hash(ctx, args[1], slot, |h| h.insert(args[2], &text));
+    ctx.out.bulk(&text);
 }
 
 /// `HSCAN key cursor [MATCH pattern] [COUNT count] [NOVALUES]`.

@@ -358,6 +358,17 @@ pub fn decrby(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
     }
 }
 
+/// Redis prints an `INCRBYFLOAT` result in its "human" form (`%.17Lf`, trailing zeros cut):
+/// fixed notation with the exact decimal value, so a large integral result is all its digits
+/// (`9223372036854775808`, where shortest-digit printing would give `...776000`).
+pub(crate) fn incrbyfloat_text(value: f64) -> Vec<u8> {
+    if value.abs() >= 1e15 && value.fract() == 0.0 {
+        format!("{value:.0}").into_bytes()
+    } else {
+        format!("{value}").into_bytes()
+    }
+}
+
 /// `INCRBYFLOAT key increment`.
 pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
     let Some(by) = ctx.float_arg(args[2]) else {
@@ -384,8 +395,7 @@ pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         ctx.out.error("ERR increment would produce NaN or Infinity");
         return;
     }
-    // Redis prints the result in its "human" form: fixed notation, no trailing zeros.
-    let text = format!("{new}").into_bytes();
+    let text = incrbyfloat_text(new);
     ctx.out.bulk(&text);
     let now = ctx.now_ms;
     match slot {
