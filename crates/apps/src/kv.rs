@@ -54,11 +54,14 @@
 //! A timer every [`KV_CRON_INTERVAL_NS`] runs Redis' active expiry (`hz 10`).
 
 use melange_core::contract::{Command, Outcome};
-use melange_core::{App, BufChain, ConnId, Event, IoContext, ListenerId, PacketBuf};
+use melange_core::{App, BufChain, ConnId, Event, IoContext, ListenerId, PacketBuf, SocketId};
+use melange_kv::memcached::{self, After, Session};
 use melange_kv::reply::Reply;
 use melange_kv::{Client, Server};
+use melange_memcache::udp;
 use melange_resp::{Piece, Protocol, ProtocolError, ReplyWriter, RequestParser, Sink};
 use std::collections::VecDeque;
+use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 
 /// Connection slots the app tracks (a connection's handle index selects its slot).
@@ -80,19 +83,53 @@ pub const KV_OUTPUT_LIMIT_DEFAULT: usize = 1 << 30;
 pub const KV_BUFFER_KEPT_BYTES: usize = 64 * 1024;
 /// Bytes of replies copied into one chain of frames per send.
 pub const KV_SEND_CHAIN_BYTES: usize = BufChain::LEN_MAX;
+/// Most reply bytes one memcached UDP datagram's requests may produce (about 3,000
+/// datagrams); requests past it are not answered, the client sees a short reply.
+pub const KV_UDP_REPLY_BYTES_MAX: usize = 4 << 20;
 /// Period of the maintenance timer (active expiry), as Redis' `hz 10`.
 pub const KV_CRON_INTERVAL_NS: u64 = 100_000_000;
 /// The maintenance timer's token.
 const CRON_TOKEN: u64 = u64::MAX;
 
-/// The keyspace and server state every engine serves.
-pub type SharedServer = Arc<Mutex<Server>>;
+/// What every engine serves: the keyspace with Redis' server state, and memcached's
+/// counters and settings over the same keyspace.
+#[derive(Debug)]
+pub struct KvState {
+    /// The keyspace and Redis' server state.
+    pub server: Server,
+    /// memcached's counters, settings and pending `flush_all`.
+    pub memcached: memcached::Stats,
+}
+
+impl KvState {
+    /// The state of a server: `server` and memcached's counters with `memcache`'s
+    /// settings, reporting process id `pid`.
+    pub fn new(server: Server, memcache: memcached::Config, pid: u32) -> Self {
+        let started_ms = server.started_ms;
+        Self {
+            server,
+            memcached: memcached::Stats::new(memcache, pid, started_ms),
+        }
+    }
+}
+
+/// The state every engine serves, behind the lock taken once per batch.
+pub type SharedServer = Arc<Mutex<KvState>>;
+
+/// memcached's reply to a connection past the connection limit, as memcached words it.
+const MEMCACHED_TOO_MANY: &[u8] = b"ERROR Too many open connections\r\n";
 
 /// Configuration of one engine's KV app.
 #[derive(Debug, Clone)]
 pub struct KvConfig {
-    /// Ports speaking RESP.
+    /// TCP ports speaking RESP.
     pub resp_ports: Vec<u16>,
+    /// TCP ports speaking memcached's text and meta protocols.
+    pub memcache_ports: Vec<u16>,
+    /// UDP ports speaking memcached's protocols behind its UDP frame header.
+    pub memcache_udp_ports: Vec<u16>,
+    /// memcached's settings (the item size limit); checked by [`memcached::Config::check`].
+    pub memcache: memcached::Config,
     /// A connection whose waiting replies pass this many bytes is closed.
     pub output_limit: usize,
     /// Run the maintenance timer (active expiry) on this engine; one engine is enough.
@@ -128,6 +165,14 @@ pub struct KvCounters {
     pub send_errors: u64,
     /// Listen failures at start.
     pub listen_errors: u64,
+    /// memcached UDP datagrams received.
+    pub udp_requests: u64,
+    /// memcached UDP datagrams dropped unanswered: no command after the header, or a
+    /// reply that could not be framed.
+    pub udp_dropped: u64,
+    /// memcached UDP reply datagrams not sent (no frame in the pool, or the transport
+    /// refused them); the client times out and retries, as with any lost datagram.
+    pub udp_reply_drops: u64,
 }
 
 /// The received bytes of one connection not yet released: the query buffer (copied bytes),
@@ -171,18 +216,15 @@ impl Input {
         None
     }
 
-    /// Every piece from the query buffer on, in stream order.
-    fn pieces<'a>(&'a self, io: &'a IoContext<'_>, out: &mut Vec<Piece<'a>>) {
+    /// Every piece from the query buffer on, in stream order, as (stream offset, bytes).
+    fn for_each_piece<'a>(&'a self, io: &'a IoContext<'_>, mut f: impl FnMut(u64, &'a [u8])) {
         if !self.spill.is_empty() {
-            out.push(Piece {
-                offset: self.spill_start,
-                bytes: &self.spill,
-            });
+            f(self.spill_start, &self.spill);
         }
         let mut offset = self.held_start;
         for buf in &self.held {
             let bytes = io.payload(buf);
-            out.push(Piece { offset, bytes });
+            f(offset, bytes);
             offset += bytes.len() as u64;
         }
     }
@@ -402,11 +444,31 @@ fn protocol_of(resp: u8) -> Protocol {
     }
 }
 
+/// The protocol a connection speaks and its per-connection state.
+enum Wire {
+    /// Redis' RESP: the client's state and the request parser.
+    Resp {
+        client: Client,
+        parser: RequestParser,
+    },
+    /// memcached's text and meta protocols.
+    Memcache(Session),
+}
+
+impl Wire {
+    /// Stream offset of the next byte to parse.
+    fn position(&self) -> u64 {
+        match self {
+            Wire::Resp { parser, .. } => parser.position(),
+            Wire::Memcache(session) => session.offset(),
+        }
+    }
+}
+
 /// One client connection.
 struct Conn {
     id: ConnId,
-    client: Client,
-    parser: RequestParser,
+    wire: Wire,
     input: Input,
     output: Output,
     /// Close once the output is out (QUIT, a protocol error, the peer closed).
@@ -420,17 +482,25 @@ struct Conn {
     counted: bool,
 }
 
-/// Reuses a vector's allocation for borrows of another lifetime: it is emptied first, and an
-/// empty vector holds no borrow.
-fn recycle_pieces<'b>(mut v: Vec<Piece<'_>>) -> Vec<Piece<'b>> {
+/// Reuses a vector's allocation for elements of another type (here: the same borrow of
+/// another lifetime): it is emptied first, and an empty vector holds no element, so the
+/// standard library reuses the allocation in place.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
     v.clear();
     v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
-/// As [`recycle_pieces`], for argument lists.
-fn recycle_args<'b>(mut v: Vec<&'_ [u8]>) -> Vec<&'b [u8]> {
-    v.clear();
-    v.into_iter().map(|_| unreachable!("empty")).collect()
+/// Vectors reused by every request, so that serving allocates nothing in the steady state.
+#[derive(Default)]
+struct Buffers {
+    /// The pieces of a RESP connection's held input.
+    pieces: Vec<Piece<'static>>,
+    /// A RESP request's arguments.
+    args: Vec<&'static [u8]>,
+    /// Arguments that straddle frames, copied.
+    scratch: Vec<u8>,
+    /// The pieces of a memcached connection's held input.
+    memcache_pieces: Vec<melange_memcache::Piece<'static>>,
 }
 
 /// The KV app of one engine.
@@ -438,6 +508,14 @@ pub struct KvApp {
     config: KvConfig,
     server: SharedServer,
     listeners: Vec<ListenerId>,
+    /// The listeners of `memcache_ports` (the others speak RESP).
+    memcache_listeners: Vec<ListenerId>,
+    /// The sockets of `memcache_udp_ports`.
+    udp_sockets: Vec<SocketId>,
+    /// The session every datagram is parsed with, reset before each (made at start).
+    udp_session: Option<Session>,
+    /// A datagram's replies, before they are cut into datagrams.
+    udp_out: Vec<u8>,
     listen_error: Option<melange_core::CommandError>,
     conns: Vec<Option<Box<Conn>>>,
     /// Connections whose replies wait for frames from the pool.
@@ -445,9 +523,7 @@ pub struct KvApp {
     /// Unix ms minus engine ms, fixed at start.
     wall_offset_ms: u64,
     counters: KvCounters,
-    pieces: Vec<Piece<'static>>,
-    args: Vec<&'static [u8]>,
-    scratch: Vec<u8>,
+    buffers: Buffers,
 }
 
 impl std::fmt::Debug for KvApp {
@@ -466,14 +542,16 @@ impl KvApp {
             config,
             server,
             listeners: Vec::new(),
+            memcache_listeners: Vec::new(),
+            udp_sockets: Vec::new(),
+            udp_session: None,
+            udp_out: Vec::new(),
             listen_error: None,
             conns: Vec::new(),
             starved: Vec::new(),
             wall_offset_ms: 0,
             counters: KvCounters::default(),
-            pieces: Vec::new(),
-            args: Vec::new(),
-            scratch: Vec::new(),
+            buffers: Buffers::default(),
         }
     }
 
@@ -498,7 +576,13 @@ impl KvApp {
         }
     }
 
-    fn accept(&mut self, io: &mut IoContext<'_>, server: &mut Server, conn: ConnId) {
+    fn accept(
+        &mut self,
+        io: &mut IoContext<'_>,
+        state: &mut KvState,
+        listener: ListenerId,
+        conn: ConnId,
+    ) {
         let index = conn.index() as usize;
         if index >= KV_CONNECTIONS_MAX {
             let _ = io.submit(Command::Abort { conn });
@@ -507,16 +591,29 @@ impl KvApp {
         if index >= self.conns.len() {
             self.conns.resize_with(index + 1, || None);
         }
-        let mut parser = RequestParser::new(melange_resp::Limits {
-            bulk_len_max: server.config.proto_max_bulk_len,
-            ..melange_resp::Limits::default()
-        });
-        let client = server.new_client();
-        parser.set_auth_required(!client.authenticated);
+        let memcache = self.memcache_listeners.contains(&listener);
+        let wire = if memcache {
+            match Session::new(&self.config.memcache) {
+                Ok(session) => Wire::Memcache(session),
+                Err(_) => {
+                    // The settings were checked at start (`KvApp::start`); never reached.
+                    let _ = io.submit(Command::Abort { conn });
+                    return;
+                }
+            }
+        } else {
+            let server = &mut state.server;
+            let mut parser = RequestParser::new(melange_resp::Limits {
+                bulk_len_max: server.config.proto_max_bulk_len,
+                ..melange_resp::Limits::default()
+            });
+            let client = server.new_client();
+            parser.set_auth_required(!client.authenticated);
+            Wire::Resp { client, parser }
+        };
         let mut c = Box::new(Conn {
             id: conn,
-            client,
-            parser,
+            wire,
             input: Input::default(),
             output: Output::default(),
             closing: false,
@@ -524,95 +621,62 @@ impl KvApp {
             close_sent: false,
             counted: false,
         });
-        server.connections_received += 1;
-        if server.connected_clients >= server.config.maxclients {
-            // As Redis: say why, then close.
+        // One limit for both protocols: every client holds the same resources.
+        let open = state.server.connected_clients + state.memcached.curr_connections;
+        if memcache {
+            state.memcached.total_connections += 1;
+        } else {
+            state.server.connections_received += 1;
+        }
+        if open >= state.server.config.maxclients {
+            // As Redis and memcached: say why, then close.
             self.counters.refused_maxclients += 1;
-            c.output
-                .buf
-                .extend_from_slice(b"-ERR max number of clients reached\r\n");
+            let why: &[u8] = if memcache {
+                MEMCACHED_TOO_MANY
+            } else {
+                b"-ERR max number of clients reached\r\n"
+            };
+            c.output.buf.extend_from_slice(why);
             c.closing = true;
         } else {
-            server.connected_clients += 1;
+            if memcache {
+                state.memcached.curr_connections += 1;
+            } else {
+                state.server.connected_clients += 1;
+            }
             c.counted = true;
             self.counters.accepted += 1;
         }
         self.conns[index] = Some(c);
-        self.flush(io, server, conn);
+        self.flush(io, state, conn);
     }
 
     /// Parses and runs what `conn` sent, while its replies are not backed up.
-    fn serve(&mut self, io: &mut IoContext<'_>, server: &mut Server, conn: ConnId, now_ms: u64) {
+    fn serve(&mut self, io: &mut IoContext<'_>, state: &mut KvState, conn: ConnId, now_ms: u64) {
         let limit = self.config.output_limit;
         let Some(c) = Self::conn_mut(&mut self.conns, conn) else {
             return;
         };
-        loop {
-            if c.closing || c.output.pending() >= KV_OUTPUT_PAUSE_BYTES {
-                break;
-            }
-            let at = c.parser.position();
-            let Some(segment) = c.input.segment_at(io, at) else {
-                if c.parser.request().is_some() {
-                    // Every byte is parsed and the last request has run: step past it, so
-                    // that its frames are released (an empty piece moves the parser to the
-                    // next request without consuming anything).
-                    let _ = c.parser.advance(&[]);
-                }
-                break;
-            };
-            let step = match c.parser.advance(segment) {
-                Ok(step) => step,
-                Err(error) => {
-                    protocol_error(c, &error, limit);
-                    self.counters.protocol_errors += 1;
-                    break;
-                }
-            };
-            if !step.complete {
-                continue;
-            }
-            c.output.compact();
-            // Run the request that just completed.
-            let mut pieces = recycle_pieces(std::mem::take(&mut self.pieces));
-            c.input.pieces(io, &mut pieces);
-            let mut argv = recycle_args(std::mem::take(&mut self.args));
-            let mut reply = RespReply {
-                sink: LimitedSink {
-                    buf: &mut c.output.buf,
-                    limit,
-                },
-                protocol: protocol_of(c.client.resp),
-                overflow: false,
-            };
-            match c.parser.args(&pieces, &mut self.scratch) {
-                Ok(args) => {
-                    argv.extend(args.iter());
-                    if !argv.is_empty() {
-                        self.counters.commands += 1;
-                        server.execute(&mut c.client, &argv, now_ms, &mut reply);
-                    }
-                }
-                Err(error) => {
-                    // The pieces are kept from `retain_from` on, so this is a bug here;
-                    // close the connection rather than answer wrongly.
-                    debug_assert!(false, "{error}");
-                    c.closing = true;
-                }
-            }
-            let overflow = reply.overflow;
-            self.args = recycle_args(argv);
-            self.pieces = recycle_pieces(pieces);
-            if overflow {
-                self.counters.output_overflows += 1;
-                c.closing = true;
-            }
-            if c.client.close_after_reply {
-                c.closing = true;
-            }
-            c.parser.set_auth_required(!c.client.authenticated);
-        }
-        let keep_from = c.parser.retain_from();
+        let keep_from = match c.wire {
+            Wire::Resp { .. } => serve_resp(
+                c,
+                io,
+                &mut state.server,
+                now_ms,
+                limit,
+                &mut self.buffers,
+                &mut self.counters,
+            ),
+            Wire::Memcache(_) => serve_memcache(
+                c,
+                io,
+                state,
+                now_ms,
+                limit,
+                &mut self.buffers,
+                &mut self.counters,
+            ),
+        };
         let paused = c.closing || c.output.pending() >= KV_OUTPUT_PAUSE_BYTES;
         self.counters.spilled_bytes += c.input.release(io, keep_from, paused);
         if c.input.owed > 0 {
@@ -626,15 +690,15 @@ impl KvApp {
                 left -= u64::from(bytes);
             }
         }
-        if c.peer_closed && !c.closing && c.input.end() == c.parser.position() {
+        if c.peer_closed && !c.closing && c.input.end() == c.wire.position() {
             // Everything the peer sent is answered: close after the replies.
             c.closing = true;
         }
-        self.flush(io, server, conn);
+        self.flush(io, state, conn);
     }
 
     /// Moves `conn`'s replies into frames and offers them to the transport.
-    fn flush(&mut self, io: &mut IoContext<'_>, server: &mut Server, conn: ConnId) {
+    fn flush(&mut self, io: &mut IoContext<'_>, state: &mut KvState, conn: ConnId) {
         let Some(c) = Self::conn_mut(&mut self.conns, conn) else {
             return;
         };
@@ -659,7 +723,7 @@ impl KvApp {
                         }
                         let _ = io.submit(Command::Abort { conn });
                         c.close_sent = true;
-                        uncount(c, server);
+                        uncount(c, state);
                         return;
                     }
                 }
@@ -674,7 +738,7 @@ impl KvApp {
                 if c.closing && !c.close_sent {
                     c.close_sent = true;
                     let _ = io.submit(Command::Close { conn });
-                    uncount(c, server);
+                    uncount(c, state);
                 }
                 return;
             }
@@ -727,7 +791,7 @@ impl KvApp {
         }
     }
 
-    fn closed(&mut self, io: &mut IoContext<'_>, server: &mut Server, conn: ConnId) {
+    fn closed(&mut self, io: &mut IoContext<'_>, state: &mut KvState, conn: ConnId) {
         let index = conn.index() as usize;
         let Some(slot) = self.conns.get_mut(index) else {
             return;
@@ -739,44 +803,388 @@ impl KvApp {
         if let Some(data) = c.output.unsent.take() {
             io.free_chain(data);
         }
-        if c.counted {
-            server.connected_clients = server.connected_clients.saturating_sub(1);
-        }
+        uncount(&mut c, state);
         self.counters.closed += 1;
     }
 }
 
-/// A connection the server closed no longer counts as a client (as in Redis, where the
-/// socket is gone at once), even while its FIN waits for the peer's.
-fn uncount(c: &mut Conn, server: &mut Server) {
-    if std::mem::take(&mut c.counted) {
-        server.connected_clients = server.connected_clients.saturating_sub(1);
+/// Runs the RESP requests `c` sent while its replies are not backed up; returns the stream
+/// offset from which its input must be kept.
+fn serve_resp(
+    c: &mut Conn,
+    io: &mut IoContext<'_>,
+    server: &mut Server,
+    now_ms: u64,
+    limit: usize,
+    buffers: &mut Buffers,
+    counters: &mut KvCounters,
+) -> u64 {
+    let Wire::Resp { client, parser } = &mut c.wire else {
+        unreachable!("serve_resp on a memcached connection");
+    };
+    loop {
+        if c.closing || c.output.pending() >= KV_OUTPUT_PAUSE_BYTES {
+            break;
+        }
+        let at = parser.position();
+        let Some(segment) = c.input.segment_at(io, at) else {
+            if parser.request().is_some() {
+                // Every byte is parsed and the last request has run: step past it, so
+                // that its frames are released (an empty piece moves the parser to the
+                // next request without consuming anything).
+                let _ = parser.advance(&[]);
+            }
+            break;
+        };
+        let step = match parser.advance(segment) {
+            Ok(step) => step,
+            Err(error) => {
+                protocol_error(&mut c.output, client.resp, &error, limit);
+                c.closing = true;
+                counters.protocol_errors += 1;
+                break;
+            }
+        };
+        if !step.complete {
+            continue;
+        }
+        c.output.compact();
+        // Run the request that just completed.
+        let mut pieces = recycle(std::mem::take(&mut buffers.pieces));
+        c.input
+            .for_each_piece(io, |offset, bytes| pieces.push(Piece { offset, bytes }));
+        let mut argv = recycle(std::mem::take(&mut buffers.args));
+        let mut reply = RespReply {
+            sink: LimitedSink {
+                buf: &mut c.output.buf,
+                limit,
+            },
+            protocol: protocol_of(client.resp),
+            overflow: false,
+        };
+        match parser.args(&pieces, &mut buffers.scratch) {
+            Ok(args) => {
+                argv.extend(args.iter());
+                if !argv.is_empty() {
+                    counters.commands += 1;
+                    server.execute(client, &argv, now_ms, &mut reply);
+                }
+            }
+            Err(error) => {
+                // The pieces are kept from `retain_from` on, so this is a bug here;
+                // close the connection rather than answer wrongly.
+                debug_assert!(false, "{error}");
+                c.closing = true;
+            }
+        }
+        let overflow = reply.overflow;
+        buffers.args = recycle(argv);
+        buffers.pieces = recycle(pieces);
+        if overflow {
+            counters.output_overflows += 1;
+            c.closing = true;
+        }
+        if client.close_after_reply {
+            c.closing = true;
+        }
+        parser.set_auth_required(!client.authenticated);
+    }
+    parser.retain_from()
+}
+
+/// The output buffer as memcached's reply sink, bounded by the output limit: a reply that
+/// does not fit is refused whole and the connection closed after what fitted.
+struct MemcacheSink<'a> {
+    buf: &'a mut Vec<u8>,
+    limit: usize,
+    overflow: bool,
+}
+
+impl melange_memcache::Sink for MemcacheSink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), melange_memcache::Full> {
+        self.reserve(bytes.len())?;
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn reserve(&mut self, len: usize) -> Result<(), melange_memcache::Full> {
+        if self.buf.len().saturating_add(len) > self.limit {
+            self.overflow = true;
+            return Err(melange_memcache::Full);
+        }
+        Ok(())
     }
 }
 
-fn protocol_error(c: &mut Conn, error: &ProtocolError, limit: usize) {
+/// Runs the memcached requests `c` sent while its replies are not backed up; returns the
+/// stream offset from which its input must be kept.
+fn serve_memcache(
+    c: &mut Conn,
+    io: &mut IoContext<'_>,
+    state: &mut KvState,
+    now_ms: u64,
+    limit: usize,
+    buffers: &mut Buffers,
+    counters: &mut KvCounters,
+) -> u64 {
+    let Wire::Memcache(session) = &mut c.wire else {
+        unreachable!("serve_memcache on a RESP connection");
+    };
+    loop {
+        if c.closing || c.output.pending() >= KV_OUTPUT_PAUSE_BYTES {
+            break;
+        }
+        let Some(segment) = c.input.segment_at(io, session.offset()) else {
+            break;
+        };
+        if !session.feed(segment).ready {
+            continue;
+        }
+        c.output.compact();
+        let mut pieces = recycle(std::mem::take(&mut buffers.memcache_pieces));
+        c.input.for_each_piece(io, |offset, bytes| {
+            pieces.push(melange_memcache::Piece { offset, bytes })
+        });
+        let mut sink = MemcacheSink {
+            buf: &mut c.output.buf,
+            limit,
+            overflow: false,
+        };
+        counters.commands += 1;
+        let after = session.execute(
+            &mut state.server.keyspace,
+            &mut state.memcached,
+            &pieces,
+            now_ms,
+            &mut sink,
+        );
+        buffers.memcache_pieces = recycle(pieces);
+        if sink.overflow {
+            counters.output_overflows += 1;
+        }
+        if after == After::Close {
+            c.closing = true;
+        }
+    }
+    session.hold_from()
+}
+
+/// A connection the server closed no longer counts as a client (as in Redis, where the
+/// socket is gone at once), even while its FIN waits for the peer's.
+fn uncount(c: &mut Conn, state: &mut KvState) {
+    if std::mem::take(&mut c.counted) {
+        match c.wire {
+            Wire::Resp { .. } => {
+                state.server.connected_clients = state.server.connected_clients.saturating_sub(1)
+            }
+            Wire::Memcache(_) => {
+                state.memcached.curr_connections =
+                    state.memcached.curr_connections.saturating_sub(1)
+            }
+        }
+    }
+}
+
+fn protocol_error(output: &mut Output, resp: u8, error: &ProtocolError, limit: usize) {
     let mut sink = LimitedSink {
-        buf: &mut c.output.buf,
+        buf: &mut output.buf,
         limit,
     };
-    let _ = ReplyWriter::new(&mut sink, protocol_of(c.client.resp)).protocol_error(error);
-    c.closing = true;
+    let _ = ReplyWriter::new(&mut sink, protocol_of(resp)).protocol_error(error);
+}
+
+impl KvApp {
+    /// Answers one memcached UDP datagram: its requests run as on TCP, and the replies go
+    /// back in datagrams of at most [`udp::DATAGRAM_LEN_MAX`] bytes with the request's ID.
+    fn datagram(
+        &mut self,
+        io: &mut IoContext<'_>,
+        state: &mut KvState,
+        socket: SocketId,
+        data: BufChain,
+        from: SocketAddrV4,
+        now_ms: u64,
+    ) {
+        self.counters.udp_requests += 1;
+        // A datagram in one frame is read where it lies; a larger one is gathered.
+        let (first, rest) = io.chain_pop_front(data);
+        let single = match rest {
+            None => Some(first),
+            Some(rest) => {
+                let gathered = &mut self.buffers.scratch;
+                gathered.clear();
+                gathered.extend_from_slice(io.payload(&first));
+                io.free(first);
+                let mut next = Some(rest);
+                while let Some(chain) = next.take() {
+                    let (buf, more) = io.chain_pop_front(chain);
+                    gathered.extend_from_slice(io.payload(&buf));
+                    io.free(buf);
+                    next = more;
+                }
+                None
+            }
+        };
+        self.udp_out.clear();
+        let request_id = {
+            let bytes: &[u8] = match &single {
+                Some(buf) => io.payload(buf),
+                None => &self.buffers.scratch,
+            };
+            match udp::parse_request(bytes) {
+                Ok((header, payload)) => {
+                    if let Some(session) = self.udp_session.as_mut() {
+                        run_datagram(
+                            session,
+                            state,
+                            payload,
+                            now_ms,
+                            &mut self.udp_out,
+                            &mut self.counters,
+                        );
+                    }
+                    Some(header.request_id)
+                }
+                Err(udp::UdpError::MultiPacket { request_id }) => {
+                    self.udp_out.extend_from_slice(udp::MULTI_PACKET_REPLY);
+                    Some(request_id)
+                }
+                Err(_) => None,
+            }
+        };
+        if let Some(buf) = single {
+            io.free(buf);
+        }
+        let Some(request_id) = request_id else {
+            // No command after the header: memcached drops it silently.
+            self.counters.udp_dropped += 1;
+            return;
+        };
+        let Ok(datagrams) = udp::split(&self.udp_out, request_id, udp::DATAGRAM_LEN_MAX) else {
+            self.counters.udp_dropped += 1;
+            return;
+        };
+        for (header, payload) in datagrams {
+            let Some(mut buf) = io.alloc() else {
+                self.counters.udp_reply_drops += 1;
+                continue;
+            };
+            let len = udp::HEADER_LEN + payload.len();
+            if io.tailroom(&buf) < len || io.set_payload_len(&mut buf, len).is_err() {
+                io.free(buf);
+                self.counters.udp_reply_drops += 1;
+                continue;
+            }
+            let _ = udp::write_datagram(io.payload_mut(&buf), &header, payload);
+            if let Err((_, data)) = io.send_to(socket, from, buf) {
+                io.free_chain(data);
+                self.counters.udp_reply_drops += 1;
+            }
+        }
+        self.counters.bytes_out += self.udp_out.len() as u64;
+        if self.udp_out.capacity() > KV_BUFFER_KEPT_BYTES {
+            self.udp_out = Vec::new();
+        }
+    }
+}
+
+/// Runs the requests of one UDP datagram's payload into `out`. A datagram stands alone: an
+/// unfinished request at its end is dropped, as memcached drops it.
+fn run_datagram(
+    session: &mut Session,
+    state: &mut KvState,
+    payload: &[u8],
+    now_ms: u64,
+    out: &mut Vec<u8>,
+    counters: &mut KvCounters,
+) {
+    session.reset();
+    let pieces = [melange_memcache::Piece {
+        offset: 0,
+        bytes: payload,
+    }];
+    let mut rest = payload;
+    loop {
+        let fed = session.feed(rest);
+        rest = &rest[fed.consumed..];
+        if !fed.ready {
+            return;
+        }
+        let mut sink = MemcacheSink {
+            buf: out,
+            limit: KV_UDP_REPLY_BYTES_MAX,
+            overflow: false,
+        };
+        counters.commands += 1;
+        let after = session.execute(
+            &mut state.server.keyspace,
+            &mut state.memcached,
+            &pieces,
+            now_ms,
+            &mut sink,
+        );
+        if sink.overflow {
+            counters.output_overflows += 1;
+        }
+        if after == After::Close {
+            return;
+        }
+    }
 }
 
 impl App for KvApp {
     fn start(&mut self, io: &mut IoContext<'_>) {
         let wall = (self.config.wall_clock_ms)();
         self.wall_offset_ms = wall.saturating_sub(io.now_ns() / 1_000_000);
-        for &port in &self.config.resp_ports {
+        let memcache =
+            !self.config.memcache_ports.is_empty() || !self.config.memcache_udp_ports.is_empty();
+        if memcache {
+            match Session::new(&self.config.memcache) {
+                Ok(session) => self.udp_session = Some(session),
+                Err(_) => {
+                    // The front end checks the settings first; refuse to serve rather than
+                    // accept connections it could not parse for.
+                    self.counters.listen_errors += 1;
+                    self.listen_error
+                        .get_or_insert(melange_core::CommandError::Bind {
+                            port: self.config.memcache_ports.first().copied().unwrap_or(0),
+                            reason: "memcached's settings are out of range (item size limit)",
+                        });
+                    return;
+                }
+            }
+        }
+        let ports: Vec<(u16, bool)> = self
+            .config
+            .resp_ports
+            .iter()
+            .map(|&p| (p, false))
+            .chain(self.config.memcache_ports.iter().map(|&p| (p, true)))
+            .collect();
+        for (port, memcache) in ports {
             match io.submit(Command::Listen {
                 port,
                 backlog: KV_BACKLOG,
             }) {
-                Ok(Outcome::Listener(listener)) => self.listeners.push(listener),
+                Ok(Outcome::Listener(listener)) => {
+                    self.listeners.push(listener);
+                    if memcache {
+                        self.memcache_listeners.push(listener);
+                    }
+                }
                 Ok(_) => {}
                 Err(refused) => {
                     self.counters.listen_errors += 1;
                     self.listen_error.get_or_insert(refused.error);
+                }
+            }
+        }
+        for &port in &self.config.memcache_udp_ports {
+            match io.bind_udp(port) {
+                Ok(socket) => self.udp_sockets.push(socket),
+                Err(error) => {
+                    self.counters.listen_errors += 1;
+                    self.listen_error.get_or_insert(error);
                 }
             }
         }
@@ -794,38 +1202,44 @@ impl App for KvApp {
             return;
         }
         let now_ms = self.now_ms(io);
-        let server = Arc::clone(&self.server);
-        let mut server = server
+        let shared = Arc::clone(&self.server);
+        let mut state = shared
             .lock()
             .expect("another engine panicked while it held the keyspace");
+        let state = &mut *state;
         while let Some(event) = io.next_event() {
             match event {
-                Event::Accepted { conn, .. } => self.accept(io, &mut server, conn),
+                Event::Accepted { listener, conn, .. } => self.accept(io, state, listener, conn),
                 Event::Recv { conn, data } => {
                     let Some(c) = Self::conn_mut(&mut self.conns, conn) else {
                         io.free_chain(data);
                         continue;
                     };
                     self.counters.bytes_in += c.input.push(io, data);
-                    self.serve(io, &mut server, conn, now_ms);
+                    self.serve(io, state, conn, now_ms);
                 }
                 Event::Sent { conn, data, .. } => {
                     if let Some(data) = data {
                         io.free_chain(data);
                     }
-                    self.flush(io, &mut server, conn);
+                    self.flush(io, state, conn);
                     // Replies drained: serve what waited behind them.
-                    self.serve(io, &mut server, conn, now_ms);
+                    self.serve(io, state, conn, now_ms);
                 }
                 Event::PeerClosed { conn } => {
                     if let Some(c) = Self::conn_mut(&mut self.conns, conn) {
                         c.peer_closed = true;
                     }
-                    self.serve(io, &mut server, conn, now_ms);
+                    self.serve(io, state, conn, now_ms);
                 }
-                Event::Closed { conn, .. } => self.closed(io, &mut server, conn),
+                Event::Closed { conn, .. } => self.closed(io, state, conn),
+                Event::Datagram {
+                    socket, data, from, ..
+                } if self.udp_sockets.contains(&socket) => {
+                    self.datagram(io, state, socket, data, from, now_ms)
+                }
                 Event::Timer { token, .. } if token == CRON_TOKEN => {
-                    server.keyspace.active_expire(now_ms);
+                    state.server.keyspace.active_expire(now_ms);
                     let _ = io.arm_timer(io.now_ns() + KV_CRON_INTERVAL_NS, CRON_TOKEN);
                 }
                 other => {
@@ -838,8 +1252,8 @@ impl App for KvApp {
         if !self.starved.is_empty() {
             let starved = std::mem::take(&mut self.starved);
             for conn in starved {
-                self.flush(io, &mut server, conn);
-                self.serve(io, &mut server, conn, now_ms);
+                self.flush(io, state, conn);
+                self.serve(io, state, conn, now_ms);
             }
         }
     }
@@ -862,11 +1276,18 @@ mod tests {
         KvApp::new(
             KvConfig {
                 resp_ports: vec![6379],
+                memcache_ports: vec![11211],
+                memcache_udp_ports: vec![11211],
+                memcache: memcached::Config::default(),
                 output_limit: KV_OUTPUT_LIMIT_DEFAULT,
                 cron: true,
                 wall_clock_ms: wall,
             },
-            Arc::new(Mutex::new(server)),
+            Arc::new(Mutex::new(KvState::new(
+                server,
+                memcached::Config::default(),
+                1,
+            ))),
         )
     }
 
@@ -996,14 +1417,17 @@ mod tests {
         let mut app = KvApp::new(
             KvConfig {
                 resp_ports: vec![6379],
+                memcache_ports: vec![11211],
+                memcache_udp_ports: Vec::new(),
+                memcache: memcached::Config::default(),
                 output_limit: 4 << 20,
                 cron: false,
                 wall_clock_ms: wall,
             },
-            Arc::new(Mutex::new(Server::new(
-                melange_kv::command::Config::default(),
-                wall(),
-                7,
+            Arc::new(Mutex::new(KvState::new(
+                Server::new(melange_kv::command::Config::default(), wall(), 7),
+                memcached::Config::default(),
+                1,
             ))),
         );
         app.start(&mut IoContext::new(&mut io));
@@ -1107,7 +1531,7 @@ mod tests {
         assert_eq!(io.closing_conns(), 1);
         io.close_all_closing();
         settle(&mut io, &mut app);
-        assert_eq!(app.server.lock().unwrap().connected_clients, 0);
+        assert_eq!(app.server.lock().unwrap().server.connected_clients, 0);
         io.finish(&mut app);
     }
 
@@ -1126,6 +1550,140 @@ mod tests {
         assert!(
             text.ends_with("*0\r\n_\r\n"),
             "RESP3 null after the map: {text}"
+        );
+        io.finish(&mut app);
+    }
+
+    #[test]
+    fn memcached_clients_and_redis_clients_share_one_keyspace() {
+        let mut io = TcpTestIo::new(256);
+        let mut app = app();
+        app.start(&mut IoContext::new(&mut io));
+        assert_eq!(io.listened, vec![6379, 11211]);
+        let mc = io.accept_on(1, PEER);
+        // A request cut at every byte completes as it would whole.
+        io.deliver(
+            mc,
+            b"set k 5 0 3\r\nabc\r\nget k\r\nincr n 1\r\nbogus\r\n",
+            1,
+        );
+        settle(&mut io, &mut app);
+        assert_eq!(
+            io.conns[0].stream,
+            b"STORED\r\nVALUE k 5 3\r\nabc\r\nEND\r\nNOT_FOUND\r\nERROR\r\n"
+        );
+        let redis = io.accept(PEER);
+        io.deliver(redis, &cmd(&[b"GET", b"k"]), 100);
+        io.deliver(redis, &cmd(&[b"SET", b"r", b"from redis"]), 100);
+        settle(&mut io, &mut app);
+        assert_eq!(io.conns[1].stream, b"$3\r\nabc\r\n+OK\r\n");
+        io.conns[0].stream.clear();
+        io.deliver(mc, b"get r\r\nstats\r\n", 1448);
+        settle(&mut io, &mut app);
+        let text = String::from_utf8_lossy(&io.conns[0].stream).into_owned();
+        assert!(
+            text.starts_with("VALUE r 0 10\r\nfrom redis\r\nEND\r\nSTAT pid 1\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("STAT curr_connections 1\r\n"), "{text}");
+        assert!(text.contains("STAT get_hits 2\r\n"), "{text}");
+        assert_eq!(app.server.lock().unwrap().server.connected_clients, 1);
+        // `quit` closes the memcached connection, and it stops counting.
+        io.deliver(mc, b"quit\r\n", 100);
+        settle(&mut io, &mut app);
+        assert_eq!(io.closing_conns(), 1);
+        io.close_all_closing();
+        settle(&mut io, &mut app);
+        assert_eq!(app.server.lock().unwrap().memcached.curr_connections, 0);
+        io.finish(&mut app);
+    }
+
+    #[test]
+    fn a_memcached_value_over_the_item_limit_is_refused_without_being_held() {
+        let mut io = TcpTestIo::new(256);
+        let mut app = app();
+        app.start(&mut IoContext::new(&mut io));
+        let mc = io.accept_on(1, PEER);
+        let value = vec![b'v'; 2 << 20];
+        let mut stream = b"set big 0 0 2097152\r\n".to_vec();
+        stream.extend_from_slice(&value);
+        stream.extend_from_slice(b"\r\nget big\r\n");
+        for part in stream.chunks(60_000) {
+            io.deliver(mc, part, 1448);
+            settle(&mut io, &mut app);
+        }
+        assert_eq!(
+            io.conns[0].stream,
+            b"SERVER_ERROR object too large for cache\r\nEND\r\n"
+        );
+        assert_eq!(
+            app.counters().spilled_bytes,
+            0,
+            "a refused value is skipped"
+        );
+        io.finish(&mut app);
+    }
+
+    #[test]
+    fn memcached_over_udp_answers_in_framed_datagrams_with_the_request_id() {
+        let mut io = TcpTestIo::new(1024);
+        let mut app = app();
+        app.start(&mut IoContext::new(&mut io));
+        let value = vec![b'x'; 5_000];
+        let mut set = b"set k 0 0 5000\r\n".to_vec();
+        set.extend_from_slice(&value);
+        set.extend_from_slice(b"\r\n");
+        let conn = io.accept_on(1, PEER);
+        io.deliver(conn, &set, 1448);
+        settle(&mut io, &mut app);
+        // Request 7, one datagram; the reply takes four (1392 payload bytes each).
+        io.inner
+            .deliver(b"\x00\x07\x00\x00\x00\x01\x00\x00get k\r\n", PEER);
+        settle(&mut io, &mut app);
+        let sent = io.inner.take_sent();
+        let expected: Vec<u8> = [b"VALUE k 0 5000\r\n".as_slice(), &value, b"\r\nEND\r\n"].concat();
+        let total = expected
+            .len()
+            .div_ceil(udp::DATAGRAM_LEN_MAX - udp::HEADER_LEN);
+        assert_eq!(sent.len(), total);
+        let mut reply = Vec::new();
+        for (i, (to, datagram)) in sent.iter().enumerate() {
+            assert_eq!(*to, PEER);
+            assert!(datagram.len() <= udp::DATAGRAM_LEN_MAX);
+            let header = udp::FrameHeader::parse(datagram).unwrap();
+            assert_eq!(
+                (header.request_id, header.sequence, header.total),
+                (7, i as u16, total as u16)
+            );
+            reply.extend_from_slice(&datagram[udp::HEADER_LEN..]);
+        }
+        assert_eq!(reply, expected);
+        // A request over several datagrams is refused as memcached refuses it; a datagram
+        // with nothing after its header is dropped; an unfinished request is not continued
+        // by the next datagram.
+        io.inner
+            .deliver(b"\x00\x08\x00\x00\x00\x02\x00\x00get k\r\n", PEER);
+        io.inner.deliver(b"\x00\x09\x00\x00\x00\x01\x00\x00", PEER);
+        io.inner
+            .deliver(b"\x00\x0a\x00\x00\x00\x01\x00\x00get ", PEER);
+        io.inner
+            .deliver(b"\x00\x0b\x00\x00\x00\x01\x00\x00nokey\r\n", PEER);
+        settle(&mut io, &mut app);
+        let sent = io.inner.take_sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(
+            sent[0].1,
+            [
+                b"\x00\x08\x00\x00\x00\x01\x00\x00".as_slice(),
+                udp::MULTI_PACKET_REPLY
+            ]
+            .concat()
+        );
+        assert_eq!(sent[1].1, b"\x00\x0b\x00\x00\x00\x01\x00\x00ERROR\r\n");
+        let c = app.counters();
+        assert_eq!(
+            (c.udp_requests, c.udp_dropped, c.udp_reply_drops),
+            (5, 1, 0)
         );
         io.finish(&mut app);
     }
@@ -1154,10 +1712,10 @@ mod tests {
         assert_eq!(io.conns[0].stream, b"+PONG\r\n");
         let c = app.counters();
         assert_eq!((c.accepted, c.refused_maxclients), (1, 1));
-        assert_eq!(app.server.lock().unwrap().connected_clients, 1);
+        assert_eq!(app.server.lock().unwrap().server.connected_clients, 1);
         io.end(first, CloseReason::Reset);
         settle(&mut io, &mut app);
-        assert_eq!(app.server.lock().unwrap().connected_clients, 0);
+        assert_eq!(app.server.lock().unwrap().server.connected_clients, 0);
         io.finish(&mut app);
     }
 
@@ -1195,13 +1753,13 @@ mod tests {
         }
         io.deliver(conn, &stream, 1448);
         settle(&mut io, &mut app);
-        assert_eq!(app.server.lock().unwrap().keyspace.db(0).len(), 50);
+        assert_eq!(app.server.lock().unwrap().server.keyspace.db(0).len(), 50);
         io.now_ns += 200_000_000;
         for _ in 0..10 {
             io.fire_token(CRON_TOKEN);
             app.run_io(&mut IoContext::new(&mut io));
         }
-        assert_eq!(app.server.lock().unwrap().keyspace.db(0).len(), 0);
+        assert_eq!(app.server.lock().unwrap().server.keyspace.db(0).len(), 0);
         assert_eq!(io.timers_with_token(CRON_TOKEN), 1, "re-armed");
         io.finish(&mut app);
     }

@@ -133,9 +133,14 @@ impl TcpTestIo {
 
     /// A peer connects to the first listener.
     pub fn accept(&mut self, peer: SocketAddrV4) -> ConnId {
+        self.accept_on(0, peer)
+    }
+
+    /// A peer connects to the app's `listener`-th listener (in the order it listened).
+    pub fn accept_on(&mut self, listener: u32, peer: SocketAddrV4) -> ConnId {
         let conn = self.new_conn(FakeState::Open, 0);
         self.push(Event::Accepted {
-            listener: Handle::from_parts(0, 1),
+            listener: Handle::from_parts(listener, 1),
             conn,
             peer,
         });
@@ -363,7 +368,7 @@ impl Io for TcpTestIo {
         match command {
             Command::Listen { port, .. } => {
                 self.listened.push(port);
-                let listener: ListenerId = Handle::from_parts(0, 1);
+                let listener: ListenerId = Handle::from_parts(self.listened.len() as u32 - 1, 1);
                 Ok(Outcome::Listener(listener))
             }
             Command::Connect { token, .. } => {

@@ -8,7 +8,7 @@
 //! the line number, as Redis refuses them.
 
 use anyhow::{anyhow, bail, Context, Result};
-use melange_apps::kv::{KvApp, KvConfig, SharedServer, KV_OUTPUT_LIMIT_DEFAULT};
+use melange_apps::kv::{KvApp, KvConfig, KvState, SharedServer, KV_OUTPUT_LIMIT_DEFAULT};
 use melange_control::engines as xdp;
 use melange_control::options::{check_batch, check_cpus, check_engines, cpu_for, Backend};
 use melange_control::setups::{server_setup, ServerPlan};
@@ -35,6 +35,18 @@ pub struct KvArgs {
     /// The port Redis clients connect to (Redis' `port`).
     #[arg(long)]
     pub resp_port: Option<u16>,
+    /// Also serve memcached's text and meta protocols on this TCP port (memcached's `-p`;
+    /// its usual port is 11211). Off unless given.
+    #[arg(long)]
+    pub memcache_port: Option<u16>,
+    /// Also serve memcached's protocols over UDP on this port, behind memcached's UDP frame
+    /// header (memcached's `-U`). Off unless given, as in memcached since 1.5.6.
+    #[arg(long)]
+    pub memcache_udp_port: Option<u16>,
+    /// memcached's item size limit (memcached's `-I`), header and key included: `1m` by
+    /// default, between `1k` and `1g`.
+    #[arg(long, value_parser = parse_memory)]
+    pub memcache_max_item_size: Option<u64>,
     /// The memory limit, in Redis' units (`100mb`, `1gb`, `0` for none); past it keys are
     /// evicted by `--maxmemory-policy`.
     #[arg(long, value_parser = parse_memory)]
@@ -100,6 +112,12 @@ pub struct Settings {
     pub timeout_s: u64,
     /// `proto-max-bulk-len`.
     pub proto_max_bulk_len: u64,
+    /// memcached's TCP port, if served.
+    pub memcache_port: Option<u16>,
+    /// memcached's UDP port, if served.
+    pub memcache_udp_port: Option<u16>,
+    /// memcached's item size limit.
+    pub memcache_item_size_max: u32,
 }
 
 impl Default for Settings {
@@ -113,6 +131,9 @@ impl Default for Settings {
             maxclients: 10_000,
             timeout_s: 0,
             proto_max_bulk_len: 512 * 1024 * 1024,
+            memcache_port: None,
+            memcache_udp_port: None,
+            memcache_item_size_max: melange_kv::memcached::ITEM_SIZE_MAX,
         }
     }
 }
@@ -279,6 +300,30 @@ pub fn settings(args: &KvArgs) -> Result<Settings> {
     if let Some(m) = args.maxclients {
         s.maxclients = m;
     }
+    if let Some(port) = args.memcache_port {
+        s.memcache_port = Some(port);
+    }
+    if let Some(port) = args.memcache_udp_port {
+        s.memcache_udp_port = Some(port);
+    }
+    if let Some(size) = args.memcache_max_item_size {
+        let range = melange_kv::memcached::ITEM_SIZE_MIN..=melange_kv::memcached::ITEM_SIZE_LIMIT;
+        s.memcache_item_size_max = u32::try_from(size)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                anyhow!("--memcache-max-item-size {size}: memcached accepts 1k to 1g (its -I)")
+            })?;
+    }
+    if s.memcache_port == Some(0) || s.memcache_udp_port == Some(0) {
+        bail!("--memcache-port 0 / --memcache-udp-port 0: give a fixed port (memcached's is 11211), or leave the flag out");
+    }
+    if s.memcache_port == Some(s.resp_port) {
+        bail!(
+            "--memcache-port {0} is also the Redis port: give memcached its own (11211 is usual)",
+            s.resp_port
+        );
+    }
     if s.resp_port == 0 {
         bail!("--resp-port 0: clients need a fixed port to find; Redis' is 6379");
     }
@@ -350,6 +395,15 @@ fn fit_open_files(maxclients: u64) -> u64 {
     fits
 }
 
+/// memcached's settings from `settings`.
+fn memcache_config(settings: &Settings) -> melange_kv::memcached::Config {
+    melange_kv::memcached::Config {
+        item_size_max: settings.memcache_item_size_max,
+        max_connections: u32::try_from(settings.maxclients).unwrap_or(u32::MAX),
+        tcp_port: settings.memcache_port.unwrap_or(0),
+    }
+}
+
 /// The server every engine shares, set up from `settings`.
 pub fn shared_server(settings: &Settings) -> SharedServer {
     let config = melange_kv::command::Config {
@@ -364,13 +418,33 @@ pub fn shared_server(settings: &Settings) -> SharedServer {
     let mut server = Server::new(config, wall_clock_ms(), seed);
     server.keyspace.maxmemory = usize::try_from(settings.maxmemory).unwrap_or(usize::MAX);
     server.keyspace.policy = settings.policy;
-    Arc::new(Mutex::new(server))
+    Arc::new(Mutex::new(KvState::new(
+        server,
+        memcache_config(settings),
+        std::process::id(),
+    )))
+}
+
+/// What is served where, for logs and errors: `Redis on 127.0.0.1:6379, memcached on
+/// 127.0.0.1:11211 (TCP)`.
+fn served(settings: &Settings, ip: Ipv4Addr) -> String {
+    let mut text = format!("Redis on {}", SocketAddrV4::new(ip, settings.resp_port));
+    if let Some(port) = settings.memcache_port {
+        text += &format!(", memcached on {} (TCP)", SocketAddrV4::new(ip, port));
+    }
+    if let Some(port) = settings.memcache_udp_port {
+        text += &format!(", memcached on {} (UDP)", SocketAddrV4::new(ip, port));
+    }
+    text
 }
 
 /// Runs the service until stopped.
 pub fn run(args: KvArgs) -> Result<()> {
     validate(&args)?;
     let mut settings = settings(&args)?;
+    memcache_config(&settings)
+        .check()
+        .map_err(|e| anyhow!("memcached settings: {e}"))?;
     if args.backend == Backend::Kernel {
         settings.maxclients = fit_open_files(settings.maxclients);
     }
@@ -380,6 +454,9 @@ pub fn run(args: KvArgs) -> Result<()> {
         KvApp::new(
             KvConfig {
                 resp_ports: vec![settings.resp_port],
+                memcache_ports: settings.memcache_port.into_iter().collect(),
+                memcache_udp_ports: settings.memcache_udp_port.into_iter().collect(),
+                memcache: memcache_config(&settings),
                 output_limit: KV_OUTPUT_LIMIT_DEFAULT,
                 cron: engine == 0,
                 wall_clock_ms,
@@ -420,8 +497,8 @@ pub fn run(args: KvArgs) -> Result<()> {
                 )?);
             }
             tracing::info!(
-                "kv: Redis protocol on {} (kernel backend, {} engine(s))",
-                SocketAddrV4::new(ip, settings.resp_port),
+                "kv: {} (kernel backend, {} engine(s))",
+                served(&settings, ip),
                 args.engines
             );
             for (id, handle) in handles.into_iter().enumerate() {
@@ -447,10 +524,17 @@ pub fn run(args: KvArgs) -> Result<()> {
                 mode: args.xdp_mode.into(),
             })?;
             let run = xdp::start(&setup, &stop, |engine, _| app(engine))?;
+            // The setup steers the Redis port; memcached's get filters of their own.
+            let mut more_ports = Vec::new();
+            if let Some(port) = settings.memcache_port {
+                more_ports.push(xdp::steer_port(&run.filters, true, port)?);
+            }
+            if let Some(port) = settings.memcache_udp_port {
+                more_ports.push(xdp::steer_port(&run.filters, false, port)?);
+            }
             tracing::info!(
-                "kv: Redis protocol on {}:{} (af_xdp backend on {interface}, queues {:?})",
-                setup.addr,
-                settings.resp_port,
+                "kv: {} (af_xdp backend on {interface}, queues {:?})",
+                served(&settings, setup.addr),
                 run.queues
             );
             for (id, handle) in run.handles.into_iter().enumerate() {
@@ -463,6 +547,7 @@ pub fn run(args: KvArgs) -> Result<()> {
                 }
                 reports.push((id, outcome.app));
             }
+            drop(more_ports);
             drop(run.filter);
             drop(run.filters);
         }
@@ -472,8 +557,8 @@ pub fn run(args: KvArgs) -> Result<()> {
         if let Some(error) = app.listen_error() {
             stop.stop();
             failure.get_or_insert(format!(
-                "engine {id}: listening on port {}: {error}; stop the other server on that port (a redis-server?) or pick another --resp-port",
-                settings.resp_port
+                "engine {id}: listening on {}: {error}; stop the other server on that port (a redis-server or memcached?) or pick other ports (--resp-port, --memcache-port, --memcache-udp-port)",
+                served(&settings, settings.bind.unwrap_or(Ipv4Addr::LOCALHOST))
             ));
         }
         tracing::info!("engine {id}: {:?}", app.counters());

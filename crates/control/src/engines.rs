@@ -148,6 +148,23 @@ pub struct XdpRun<A> {
     pub neighbors: JoinHandle<()>,
 }
 
+/// Steers one more port of `protocol` (TCP when `tcp`, else UDP) to the engines of a run,
+/// for a server that serves several ports (`melange kv`'s Redis and memcached ports); the
+/// app listens on or binds the port itself. Dropping the handle gives the port back to the
+/// kernel.
+pub fn steer_port(filters: &XdpFilters, tcp: bool, port: u16) -> Result<FilterHandle> {
+    let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+    filters
+        .create_filter(FilterSpec {
+            direction: Direction::Receive,
+            protocol,
+            peers: Vec::new(),
+            ports: PortRange::single(port),
+            slot: 0,
+        })
+        .with_context(|| format!("installing the {protocol:?} filter for port {port}"))
+}
+
 /// Attaches the program, opens the sockets and starts one engine per queue.
 /// `make_app(engine_index, queue)` returns the app (which binds its own ports when it starts;
 /// the filter steers `setup.ports` to the engines).

@@ -471,6 +471,21 @@ impl Session {
         })
     }
 
+    /// Starts over at stream offset 0, dropping any unfinished request (a UDP datagram's
+    /// requests stand alone: memcached drops what a datagram left unfinished). Allocates
+    /// nothing.
+    pub fn reset(&mut self) {
+        self.parser.reset();
+        self.ready = Ready::Nothing;
+        self.swallowing = false;
+        self.unreported_read = 0;
+    }
+
+    /// Whether no request is under way (nothing fed since the last one completed).
+    pub fn is_idle(&self) -> bool {
+        self.parser.is_idle() && !self.swallowing && self.ready == Ready::Nothing
+    }
+
     /// Stream offset of the next byte to feed: the offset of the next piece's first byte.
     pub fn offset(&self) -> u64 {
         self.parser.offset()

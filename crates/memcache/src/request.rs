@@ -632,6 +632,29 @@ impl RequestParser {
     pub fn new(limits: Limits) -> Result<Self, LimitsError> {
         limits.check()?;
         Ok(Self {
+            keys: Vec::with_capacity(limits.get_chunk_keys_max),
+            ..Self::new_unchecked(limits)
+        })
+    }
+
+    /// Starts over at stream offset 0 with no partial request, as a new parser would, keeping
+    /// the limits, `announce_data` and the key list's allocation: for a transport where each
+    /// message stands alone (memcached's UDP, where a datagram's unfinished request is
+    /// dropped, never continued by the next datagram).
+    pub fn reset(&mut self) {
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        let announce_data = self.announce_data;
+        *self = Self {
+            keys,
+            announce_data,
+            ..Self::new_unchecked(self.limits)
+        };
+    }
+
+    /// [`RequestParser::new`] without the check and without the key list.
+    fn new_unchecked(limits: Limits) -> Self {
+        Self {
             limits,
             announce_data: false,
             offset: 0,
@@ -642,7 +665,7 @@ impl RequestParser {
             ntok: 0,
             get_kind: None,
             get_exptime: 0,
-            keys: Vec::with_capacity(limits.get_chunk_keys_max),
+            keys: Vec::new(),
             keys_bad: false,
             keys_handed_out: false,
             args: [Span::default(); TOKENS_MAX],
@@ -650,7 +673,7 @@ impl RequestParser {
             pending: None,
             pending_noreply: false,
             ready: None,
-        })
+        }
     }
 
     /// Makes the parser report [`Outcome::Header`] when a storage command's line is read,
