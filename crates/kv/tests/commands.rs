@@ -659,3 +659,29 @@ fn incrbyfloat_takes_hex_and_prints_exact_integers() {
         err("ERR value is not a valid float")
     );
 }
+
+/// Found by the differential test: SET parses its whole syntax before the time, and
+/// INCRBYFLOAT checks the key before the increment.
+#[test]
+fn set_syntax_before_time_and_incrbyfloat_type_before_increment() {
+    let mut s = Session::new();
+    assert_eq!(s.run("SET k v EXAT XX 4000000000"), err("ERR syntax error"));
+    assert_eq!(
+        s.run("SET k v EX x"),
+        err("ERR value is not an integer or out of range")
+    );
+    assert_eq!(s.run("LPUSH l a"), int(1));
+    assert_eq!(
+        s.run("INCRBYFLOAT l abc"),
+        err("WRONGTYPE Operation against a key holding the wrong kind of value")
+    );
+    assert_eq!(s.run("SET s text"), ok());
+    assert_eq!(
+        s.run("INCRBYFLOAT s abc"),
+        err("ERR value is not a valid float")
+    );
+    assert_eq!(
+        s.run("INCRBYFLOAT n abc"),
+        err("ERR value is not a valid float")
+    );
+}

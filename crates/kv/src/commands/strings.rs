@@ -41,10 +41,13 @@ struct SetOptions {
 /// Parses SET's options (`args[3..]`); `None` after replying the error.
 fn set_options(ctx: &mut Ctx<'_>, args: &[&[u8]]) -> Option<SetOptions> {
     let mut o = SetOptions::default();
+    // As Redis' `parseExtendedStringArgumentsOrReply`: the whole syntax first (`SET k v EXAT
+    // XX 4000000000` is a syntax error, "XX" being EXAT's argument), then the time.
+    let mut expire: Option<(ExpireArg, &[u8])> = None;
     let mut i = 3;
     while i < args.len() {
         let opt = args[i].to_ascii_uppercase();
-        let has_expire = o.expire.is_some() || o.keep_ttl;
+        let has_expire = expire.is_some() || o.keep_ttl;
         match &opt[..] {
             b"NX" if !o.xx => o.nx = true,
             b"XX" if !o.nx => o.xx = true,
@@ -58,14 +61,7 @@ fn set_options(ctx: &mut Ctx<'_>, args: &[&[u8]]) -> Option<SetOptions> {
                     _ => ExpireArg::UnixMillis,
                 };
                 i += 1;
-                let n = ctx.int_arg(args[i])?;
-                match expire_at(kind, n, ctx.now_ms) {
-                    Some(at) => o.expire = Some(at),
-                    None => {
-                        ctx.out.error("ERR invalid expire time in 'set' command");
-                        return None;
-                    }
-                }
+                expire = Some((kind, args[i]));
             }
             _ => {
                 ctx.syntax_error();
@@ -73,6 +69,16 @@ fn set_options(ctx: &mut Ctx<'_>, args: &[&[u8]]) -> Option<SetOptions> {
             }
         }
         i += 1;
+    }
+    if let Some((kind, arg)) = expire {
+        let n = ctx.int_arg(arg)?;
+        match expire_at(kind, n, ctx.now_ms) {
+            Some(at) => o.expire = Some(at),
+            None => {
+                ctx.out.error("ERR invalid expire time in 'set' command");
+                return None;
+            }
+        }
     }
     Some(o)
 }
@@ -371,9 +377,7 @@ pub(crate) fn incrbyfloat_text(value: f64) -> Vec<u8> {
 
 /// `INCRBYFLOAT key increment`.
 pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
-    let Some(by) = ctx.float_arg(args[2]) else {
-        return;
-    };
+    // As Redis' `incrbyfloatCommand`: the key's type, then its value, then the increment.
     let Ok(slot) = string_slot(ctx, args[1]) else {
         return;
     };
@@ -389,6 +393,9 @@ pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[&[u8]]) {
             }
         }
         None => 0.0,
+    };
+    let Some(by) = ctx.float_arg(args[2]) else {
+        return;
     };
     let new = current + by;
     if !new.is_finite() {
