@@ -30,6 +30,13 @@ compared; only where Redis itself leaves the answer unspecified is a reply norma
   melange derives the encoding from the value alone. The two are taken as the same until
   melange records the history (`int` is compared exactly).
 
+Known remaining differences (seeds that reach them fail; the Rust test runs seeds that do not):
+
+- INCRBYFLOAT/HINCRBYFLOAT beyond 2^53: Redis adds in 80-bit long double (64-bit mantissa),
+  melange in f64, so `9223372036854775808 + 10.5` is ...818 in Redis and ...808 in melange
+  (seeds 2 and 8 reach it; so does `42007 + -0.0001`, 42006.99990000000000023 in Redis). Fixing it means carrying long-double arithmetic in melange-kv.
+- OBJECT ENCODING embstr/raw after APPEND/SETRANGE (normalised, see above).
+
 Commands deliberately not sent, and why:
 
 - Blocking commands (BLPOP, BLMOVE, BZPOPMIN, ...): melange does not implement them yet.
@@ -261,15 +268,19 @@ class Gen:
         k, r = self.key(), self.r
         ttl_opt = lambda: self.c([[], [], [b"NX"], [b"XX"], [b"GT"], [b"LT"], [b"NX", b"XX"],
                                   [b"BAD"]])
+        rel_opt = lambda: self.c([[], [], [b"NX"], [b"XX"], [b"NX", b"XX"], [b"GT", b"LT"],
+                                  [b"BAD"]])
         ops = [
             (lambda: [b"DEL"] + self.keys(), "exact"),
             (lambda: [b"UNLINK"] + self.keys(), "exact"),
             (lambda: [b"EXISTS"] + self.keys(), "exact"),
             (lambda: [b"TOUCH"] + self.keys(), "exact"),
             (lambda: [b"TYPE", k], "exact"),
+            # GT and LT only with absolute times: two relative expiries of the same length
+            # compare by how many milliseconds apart they were sent, which timing decides.
             (lambda: [b"EXPIRE", k, self.c([b"10000", b"20000", b"0", b"-5", b"x"])]
-             + ttl_opt(), "exact"),
-            (lambda: [b"PEXPIRE", k, self.c([b"10000000", b"30000000", b"-1"])] + ttl_opt(),
+             + rel_opt(), "exact"),
+            (lambda: [b"PEXPIRE", k, self.c([b"10000000", b"30000000", b"-1"])] + rel_opt(),
              "exact"),
             (lambda: [b"EXPIREAT", k, self.c([b"4000000000", b"4100000000", b"1", b"x"])]
              + ttl_opt(), "exact"),
