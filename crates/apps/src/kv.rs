@@ -444,7 +444,10 @@ fn protocol_of(resp: u8) -> Protocol {
     }
 }
 
-/// The protocol a connection speaks and its per-connection state.
+/// The protocol a connection speaks and its per-connection state. The connection is boxed
+/// whole; RESP, the common case, lives in that one allocation, and memcached's larger
+/// session gets a box of its own so a RESP connection does not pay for it.
+#[allow(clippy::large_enum_variant)]
 enum Wire {
     /// Redis' RESP: the client's state and the request parser.
     Resp {
@@ -452,7 +455,7 @@ enum Wire {
         parser: RequestParser,
     },
     /// memcached's text and meta protocols.
-    Memcache(Session),
+    Memcache(Box<Session>),
 }
 
 impl Wire {
@@ -594,7 +597,7 @@ impl KvApp {
         let memcache = self.memcache_listeners.contains(&listener);
         let wire = if memcache {
             match Session::new(&self.config.memcache) {
-                Ok(session) => Wire::Memcache(session),
+                Ok(session) => Wire::Memcache(Box::new(session)),
                 Err(_) => {
                     // The settings were checked at start (`KvApp::start`); never reached.
                     let _ = io.submit(Command::Abort { conn });
