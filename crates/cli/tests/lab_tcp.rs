@@ -1331,3 +1331,125 @@ fn ten_thousand_connections_against_the_linux_tcp_echo() {
     assert!(!text.contains("could not be opened"), "{text}");
     linux.kill();
 }
+
+/// Reads from `s` until `end` closes what arrived.
+fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = s.read(&mut buf).expect("a reply from melange kv");
+        assert!(n > 0, "melange kv closed the connection; got {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[test]
+fn kv_on_af_xdp_serves_redis_and_memcached_clients_from_the_other_host() {
+    if !root_or_skip() {
+        return;
+    }
+    for tool in ["redis-benchmark", "memcslap"] {
+        if !melange_sys::testenv::tool_or_skip("kv af_xdp lab test", tool) {
+            return;
+        }
+    }
+    let _lock = test_lock();
+    lab_ready();
+    let mut kv = Server::start(
+        "mlg-b",
+        "kv",
+        &[
+            "kv",
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-vb",
+            "--resp-port",
+            "6390",
+            "--memcache-port",
+            "11290",
+            "--memcache-udp-port",
+            "11290",
+            "--queues",
+            "0,1",
+        ],
+    );
+    wait_accepting(&mut kv, 6390);
+    // Redis, then memcached over TCP and UDP, on one keyspace.
+    in_netns("mlg-a", || {
+        let mut redis = TcpStream::connect((SERVER_IP, 6390)).unwrap();
+        redis
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        redis.write_all(b"SET shared from-redis\r\n").unwrap();
+        assert_eq!(read_until(&mut redis, b"\r\n"), b"+OK\r\n");
+        let mut mc = TcpStream::connect((SERVER_IP, 11290)).unwrap();
+        mc.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        mc.write_all(b"get shared\r\nset m 0 0 2\r\nhi\r\n")
+            .unwrap();
+        assert_eq!(
+            read_until(&mut mc, b"STORED\r\n"),
+            b"VALUE shared 0 10\r\nfrom-redis\r\nEND\r\nSTORED\r\n"
+        );
+        redis.write_all(b"GET m\r\n").unwrap();
+        assert_eq!(read_until(&mut redis, b"hi\r\n"), b"$2\r\nhi\r\n");
+        let udp = std::net::UdpSocket::bind((CLIENT_IP, 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        udp.send_to(
+            b"\x00\x2a\x00\x00\x00\x01\x00\x00get m\r\n",
+            (SERVER_IP, 11290),
+        )
+        .unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, _) = udp.recv_from(&mut buf).expect("a UDP reply");
+        assert_eq!(
+            &buf[..n],
+            b"\x00\x2a\x00\x00\x00\x01\x00\x00VALUE m 0 2\r\nhi\r\nEND\r\n"
+        );
+    });
+    // Real load tools from the other host: every reply right, no errors.
+    let bench = netns_exec(
+        "mlg-a",
+        &[
+            "redis-benchmark",
+            "-h",
+            SERVER,
+            "-p",
+            "6390",
+            "-t",
+            "set,get,incr,lpush,lpop",
+            "-n",
+            "20000",
+            "-c",
+            "20",
+            "-P",
+            "16",
+            "-q",
+        ],
+    );
+    let report = output_text(&bench);
+    assert!(bench.status.success(), "redis-benchmark: {report}");
+    assert!(
+        !report.contains("rror"),
+        "redis-benchmark saw errors: {report}"
+    );
+    println!("redis-benchmark over af_xdp:\n{report}");
+    let slap = netns_exec(
+        "mlg-a",
+        &[
+            "memcslap",
+            "--servers=10.77.0.2:11290",
+            "--concurrency=10",
+            "--execute-number=2000",
+        ],
+    );
+    let report = output_text(&slap);
+    assert!(slap.status.success(), "memcslap: {report}");
+    assert!(report.contains("Time to set"), "{report}");
+    println!("memcslap over af_xdp:\n{report}");
+    let (status, log) = kv.stop();
+    assert!(status.success(), "melange kv exited {status}:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(tcp_counter(&log, "recv_queue_overflow"), 0, "{log}");
+}
