@@ -72,6 +72,10 @@ pub struct KernelTcpCounters {
     /// Connections accepted and closed at once: the connection table or the event queue
     /// was full.
     pub accept_refused: u64,
+    /// `accept` failures other than "nothing waiting": out of descriptors (`EMFILE`,
+    /// `ENFILE`; raise `ulimit -n`), out of memory, or a connection that died queued. The
+    /// connection stays queued in the kernel and is retried on a later pass.
+    pub accept_errors: u64,
     /// Reads that found the pool empty (retried next pass).
     pub rx_pool_empty: u64,
     /// Connections paused because their app holds [`RECV_LENT_BYTES_MAX`] bytes.
@@ -287,30 +291,38 @@ impl KernelTcp {
         work
     }
 
-    /// Accepts on the listeners that have connections waiting.
+    /// Accepts on the listeners that have connections waiting; returns the connections
+    /// accepted. A listener that stays readable while `accept` fails (out of descriptors)
+    /// counts as no work, so the engine's idle policy still lets it sleep between retries
+    /// instead of spinning on a report it cannot act on.
     fn accept_ready(&mut self, events: &mut EventQueue) -> usize {
         let (_, listeners) = self.ready.split_at_mut(READY_MAX);
         let n = self.listen_epoll.wait(listeners, Some(0)).unwrap_or(0);
+        let mut accepted = 0;
         for i in 0..n {
             let token = self.ready[READY_MAX + i].token();
-            self.accept(handle_of(token), events);
+            accepted += self.accept(handle_of(token), events);
         }
-        n
+        accepted
     }
 
-    fn accept(&mut self, listener: ListenerId, events: &mut EventQueue) {
+    fn accept(&mut self, listener: ListenerId, events: &mut EventQueue) -> usize {
+        let mut accepted = 0;
         for _ in 0..ACCEPTS_PER_REPORT_MAX {
             if events.room() == 0 {
-                return;
+                return accepted;
             }
             let Ok(socket) = self.listeners.get(listener) else {
-                return;
+                return accepted;
             };
             let (stream, peer) = match socket.accept() {
                 Ok((stream, std::net::SocketAddr::V4(peer))) => (stream, peer),
                 Ok(_) => continue, // an IPv6 peer cannot reach an IPv4 listener
-                // WouldBlock: nothing more; any other error: that connection died queued.
-                Err(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return accepted,
+                Err(_) => {
+                    self.counters.accept_errors += 1;
+                    return accepted;
+                }
             };
             if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
                 self.counters.accept_refused += 1;
@@ -347,12 +359,14 @@ impl KernelTcp {
                 continue;
             }
             self.counters.accepted += 1;
+            accepted += 1;
             let _ = events.push(Event::Accepted {
                 listener,
                 conn: id,
                 peer,
             });
         }
+        accepted
     }
 
     fn serve(
