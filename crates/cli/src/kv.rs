@@ -557,7 +557,7 @@ pub fn run(args: KvArgs) -> Result<()> {
         if let Some(error) = app.listen_error() {
             stop.stop();
             failure.get_or_insert(format!(
-                "engine {id}: listening on {}: {error}; stop the other server on that port (a redis-server or memcached?) or pick other ports (--resp-port, --memcache-port, --memcache-udp-port)",
+                "engine {id}: cannot serve {}: {error}; stop the other server on that port (a redis-server or memcached?) or pick other ports with --resp-port, --memcache-port, --memcache-udp-port",
                 served(&settings, settings.bind.unwrap_or(Ipv4Addr::LOCALHOST))
             ));
         }

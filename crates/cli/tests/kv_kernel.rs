@@ -300,7 +300,8 @@ fn a_bad_configuration_is_refused_with_the_reason() {
         .unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("pick another --resp-port"),
+        text(&out).contains(&format!("cannot serve Redis on 127.0.0.1:{port}"))
+            && text(&out).contains("pick other ports with --resp-port"),
         "{}",
         text(&out)
     );
