@@ -8,11 +8,13 @@
 //! UDP: the echo server and the load generator. TCP: the echo server, the load generator
 //! (request/response, connection churn and bulk modes), and the sink and source pair that
 //! moves a seeded byte stream and checks it end to end by its SHA-256 ([`stream`]).
-//! The key-value service ([`kv`]): Redis clients served from one shared keyspace.
+//! The key-value service ([`kv`]): Redis and memcached clients served from one shared
+//! keyspace; the TCP load generator speaks both protocols too ([`kv_load`]).
 #![forbid(unsafe_code)]
 
 pub mod echo;
 pub mod kv;
+pub mod kv_load;
 pub mod loadgen;
 pub mod stream;
 pub mod tcp_echo;

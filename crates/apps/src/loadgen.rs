@@ -140,6 +140,9 @@ pub struct LoadgenReport {
     /// TCP connections that could not be opened (refused at once, refused by the peer, timed
     /// out); 0 for UDP.
     pub connect_failures: u64,
+    /// Key-value runs (`--protocol resp|memcache`): what the replies were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv: Option<crate::kv_load::KvReplyCounts>,
     #[serde(skip)]
     histogram: Histogram<u64>,
 }
@@ -164,6 +167,7 @@ impl std::fmt::Debug for LoadgenReport {
             .field("bytes_per_sec", &self.bytes_per_sec)
             .field("connects", &self.connects)
             .field("connect_failures", &self.connect_failures)
+            .field("kv", &self.kv)
             .finish_non_exhaustive()
     }
 }
@@ -217,10 +221,17 @@ impl LoadgenReport {
             bytes_per_sec: 0.0,
             connects: counts.connects,
             connect_failures: counts.connect_failures,
+            kv: None,
             histogram,
         };
         report.finish();
         report
+    }
+
+    /// The report with a key-value run's reply counts.
+    pub fn with_kv(mut self, kv: Option<crate::kv_load::KvReplyCounts>) -> Self {
+        self.kv = kv;
+        self
     }
 
     /// Combines the reports of several engines measured over the same window.
@@ -240,6 +251,11 @@ impl LoadgenReport {
             total.bytes_measured += r.bytes_measured;
             total.connects += r.connects;
             total.connect_failures += r.connect_failures;
+            match (&mut total.kv, r.kv) {
+                (Some(t), Some(k)) => t.add(&k),
+                (None, Some(k)) => total.kv = Some(k),
+                _ => {}
+            }
             total
                 .histogram
                 .add(&r.histogram)

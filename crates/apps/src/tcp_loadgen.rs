@@ -37,6 +37,7 @@
 //! end of the window, wait up to `drain_ns` for outstanding replies, close every connection,
 //! and end once all are closed (or, past the drain time, abort what is left).
 
+use crate::kv_load::{KvChooser, KvOp, KvReplyCounts, KvWorkload, Reply, ReplyScanner, SplitMix};
 use crate::loadgen::LoadgenReport;
 use hdrhistogram::Histogram;
 use melange_core::contract::{CloseReason, Command, Outcome};
@@ -82,6 +83,9 @@ pub enum TcpLoadMode {
     Churn,
     /// One-way stream of chunks, client to server.
     Bulk,
+    /// Closed-loop Redis or memcached gets and sets on long-lived connections
+    /// ([`crate::kv_load`]): `inflight` is the pipeline depth, `message_len` unused.
+    Kv(KvWorkload),
 }
 
 /// TCP load generator configuration.
@@ -142,6 +146,16 @@ struct Conn {
     reply_at: usize,
     /// Bytes of built requests the transport has not taken yet.
     pending: Option<BufChain>,
+    /// Key-value mode: the connection's choices and reply reader.
+    kv: Option<Box<KvConn>>,
+}
+
+/// What a key-value connection keeps beside the rest.
+struct KvConn {
+    rng: SplitMix,
+    scanner: ReplyScanner,
+    /// The outstanding requests, in the same ring as `Conn::sent_ns`.
+    ops: [KvOp; TCP_LOADGEN_INFLIGHT_MAX],
 }
 
 impl Conn {
@@ -160,6 +174,7 @@ impl Conn {
             reply_seq: 0,
             reply_at: 0,
             pending: None,
+            kv: None,
         }
     }
 }
@@ -203,6 +218,10 @@ pub struct TcpLoadgenApp {
     retry_armed: bool,
     /// Bulk: what chunks are copied from.
     block: Vec<u8>,
+    /// Key-value mode: the workload's choices, the request being built, and the replies.
+    kv: Option<KvChooser>,
+    scratch: Vec<u8>,
+    kv_counts: KvReplyCounts,
     measuring: bool,
     sending: bool,
     draining_over: bool,
@@ -245,7 +264,9 @@ impl TcpLoadgenApp {
     pub fn new(mut config: TcpLoadgenConfig) -> Self {
         config.connections = config.connections.clamp(1, TCP_LOADGEN_CONNECTIONS_MAX);
         config.inflight = match config.mode {
-            TcpLoadMode::RequestResponse => config.inflight.clamp(1, TCP_LOADGEN_INFLIGHT_MAX),
+            TcpLoadMode::RequestResponse | TcpLoadMode::Kv(_) => {
+                config.inflight.clamp(1, TCP_LOADGEN_INFLIGHT_MAX)
+            }
             TcpLoadMode::Churn | TcpLoadMode::Bulk => 1,
         };
         config.message_len = match config.mode {
@@ -253,14 +274,37 @@ impl TcpLoadgenApp {
             TcpLoadMode::Churn | TcpLoadMode::Bulk => {
                 config.message_len.clamp(1, TCP_LOADGEN_CHUNK_MAX)
             }
+            TcpLoadMode::Kv(_) => 0,
         };
+        let kv = match config.mode {
+            TcpLoadMode::Kv(workload) => Some(KvChooser::new(workload)),
+            _ => None,
+        };
+        if let (Some(chooser), TcpLoadMode::Kv(workload)) = (&kv, &mut config.mode) {
+            *workload = *chooser.workload();
+        }
+        let mut conns: Vec<Conn> = (0..config.connections).map(|_| Conn::new()).collect();
+        if let Some(chooser) = &kv {
+            let workload = chooser.workload();
+            for (i, conn) in conns.iter_mut().enumerate() {
+                conn.kv = Some(Box::new(KvConn {
+                    rng: SplitMix::new(workload.seed, i as u64),
+                    scanner: ReplyScanner::new(workload.protocol),
+                    ops: [KvOp::default(); TCP_LOADGEN_INFLIGHT_MAX],
+                }));
+            }
+        }
+        let scratch = Vec::with_capacity(kv.map_or(0, |c| c.request_len_max()));
         let block = if config.mode == TcpLoadMode::Bulk {
             (0..BULK_BLOCK_LEN).map(|k| pattern(0, 0, k)).collect()
         } else {
             Vec::new()
         };
         Self {
-            conns: (0..config.connections).map(|_| Conn::new()).collect(),
+            conns,
+            kv,
+            scratch,
+            kv_counts: KvReplyCounts::default(),
             by_handle: Vec::new(),
             displaced: Vec::new(),
             queue: (0..config.connections as u32).collect(),
@@ -341,6 +385,12 @@ impl TcpLoadgenApp {
             },
             self.histogram.clone(),
         )
+        .with_kv(self.kv.is_some().then_some(self.kv_counts))
+    }
+
+    /// Key-value mode: what the replies were (whole run).
+    pub fn kv_counts(&self) -> Option<KvReplyCounts> {
+        self.kv.is_some().then_some(self.kv_counts)
     }
 
     fn index_of(&self, conn: ConnId) -> Option<usize> {
@@ -438,6 +488,22 @@ impl TcpLoadgenApp {
 
     /// One request of connection `i` in pool buffers, or `None` if the pool is empty.
     fn build(&mut self, io: &mut IoContext<'_>, i: usize) -> Option<BufChain> {
+        if let Some(chooser) = &self.kv {
+            let conn = &mut self.conns[i];
+            let kv = conn
+                .kv
+                .as_mut()
+                .expect("every connection of kv mode has its state");
+            let op = chooser.next_op(&mut kv.rng);
+            chooser.write_request(op, &mut self.scratch);
+            let scratch = &self.scratch;
+            let chain = build_chain(io, scratch.len(), |offset, out| {
+                out.copy_from_slice(&scratch[offset..offset + out.len()]);
+            })?;
+            // fill() puts this request at the ring's next slot.
+            kv.ops[(conn.head + conn.outstanding) % TCP_LOADGEN_INFLIGHT_MAX] = op;
+            return Some(chain);
+        }
         let seq = self.conns[i].next_seq;
         build_chain(io, self.config.message_len, |offset, out| {
             for (k, byte) in out.iter_mut().enumerate() {
@@ -487,6 +553,9 @@ impl TcpLoadgenApp {
         }
         let now = io.now_ns();
         self.moved(u64::from(bytes));
+        if self.kv.is_some() {
+            return self.receive_kv(io, i, data, bytes, now);
+        }
         let mut rest = Some(data);
         while let Some(chain) = rest.take() {
             let (buf, next) = io.chain_pop_front(chain);
@@ -535,6 +604,85 @@ impl TcpLoadgenApp {
         self.maybe_close(io, i);
     }
 
+    /// Key-value mode: reads replies of connection `i`, each answering its oldest request.
+    fn receive_kv(
+        &mut self,
+        io: &mut IoContext<'_>,
+        i: usize,
+        data: BufChain,
+        bytes: u32,
+        now: u64,
+    ) {
+        let value_len = self.kv.as_ref().map_or(0, |c| c.workload().value_len);
+        let mut lost = false;
+        let mut rest = Some(data);
+        while let Some(chain) = rest.take() {
+            let (buf, next) = io.chain_pop_front(chain);
+            rest = next;
+            let mut completed = 0u32;
+            {
+                let payload = io.payload(&buf);
+                let conn = &mut self.conns[i];
+                let kv = conn
+                    .kv
+                    .as_mut()
+                    .expect("every connection of kv mode has its state");
+                let mut at = 0;
+                while at < payload.len() && !lost {
+                    let head_op = kv.ops[conn.head];
+                    let expect = if conn.outstanding > 0 {
+                        head_op.key
+                    } else {
+                        u64::MAX
+                    };
+                    let (used, reply) = kv.scanner.feed(&payload[at..], expect);
+                    at += used;
+                    let Some(reply) = reply else { continue };
+                    if reply == Reply::Malformed {
+                        lost = true;
+                        break;
+                    }
+                    if conn.outstanding == 0 {
+                        // A reply nobody asked for: the stream is not ours to read on.
+                        self.unexpected += 1;
+                        lost = true;
+                        break;
+                    }
+                    if !self.kv_counts.count(head_op, reply, value_len) {
+                        self.corrupt += 1;
+                    }
+                    let sent = conn.sent_ns[conn.head];
+                    conn.head = (conn.head + 1) % TCP_LOADGEN_INFLIGHT_MAX;
+                    conn.outstanding -= 1;
+                    completed += 1;
+                    if self.measuring {
+                        let _ = self.histogram.record(now.saturating_sub(sent).max(1));
+                    }
+                }
+            }
+            io.free(buf);
+            self.received += u64::from(completed);
+            if self.measuring {
+                self.measured += u64::from(completed);
+            }
+        }
+        let Some(conn) = self.conns[i].id else {
+            return;
+        };
+        if lost {
+            // Bytes that are no reply (or no reply of ours): the connection is dropped, the
+            // run goes on with the others.
+            self.corrupt += 1;
+            self.kv_counts.wrong += 1;
+            self.conns[i].state = State::Closing;
+            let _ = io.submit(Command::Abort { conn });
+            return;
+        }
+        let _ = io.submit(Command::RecvDone { conn, bytes });
+        self.fill(io, i);
+        self.maybe_close(io, i);
+    }
+
     /// Closes connection `i` when it is done: after the window once nothing is outstanding
     /// (or the drain is over), and in churn once its one reply is in.
     fn maybe_close(&mut self, io: &mut IoContext<'_>, i: usize) {
@@ -568,6 +716,9 @@ impl TcpLoadgenApp {
         conn.state = State::Done;
         conn.outstanding = 0;
         conn.reply_at = 0;
+        if let Some(kv) = conn.kv.as_mut() {
+            kv.scanner.reset();
+        }
         conn.reply_seq = conn.next_seq;
         if let Some(pending) = conn.pending.take() {
             io.free_chain(pending);
@@ -1116,6 +1267,178 @@ mod tests {
         app.run_io(&mut IoContext::new(&mut io));
         assert!(app.report().bytes > 0);
         assert_eq!(app.report().send_failures, 0);
+        io.finish(&mut app);
+    }
+
+    /// A key-value server for the tests: reads the requests each connection sent since
+    /// `done[i]` (the load generator's own fixed formats) and answers them from `store`,
+    /// in pieces of `piece` bytes; `mangle` may rewrite each reply.
+    fn serve_kv(
+        io: &mut TcpTestIo,
+        protocol: crate::kv_load::KvProtocol,
+        store: &mut std::collections::HashMap<Vec<u8>, Vec<u8>>,
+        done: &mut Vec<usize>,
+        mangle: &mut dyn FnMut(Vec<u8>) -> Vec<u8>,
+    ) {
+        use crate::kv_load::KvProtocol;
+        fn line(s: &[u8], at: &mut usize) -> Vec<u8> {
+            let end = *at + s[*at..].windows(2).position(|w| w == b"\r\n").unwrap();
+            let out = s[*at..end].to_vec();
+            *at = end + 2;
+            out
+        }
+        done.resize(io.conns.len(), 0);
+        for i in 0..io.conns.len() {
+            let stream = io.conns[i].stream.clone();
+            let mut at = done[i];
+            let mut replies = Vec::new();
+            while at < stream.len() {
+                let reply = match protocol {
+                    KvProtocol::Resp => {
+                        let header = line(&stream, &mut at);
+                        let set = header == b"*3";
+                        line(&stream, &mut at);
+                        line(&stream, &mut at);
+                        line(&stream, &mut at);
+                        let key = line(&stream, &mut at);
+                        if set {
+                            line(&stream, &mut at);
+                            store.insert(key, line(&stream, &mut at));
+                            b"+OK\r\n".to_vec()
+                        } else {
+                            match store.get(&key) {
+                                Some(v) => {
+                                    let mut r = format!("${}\r\n", v.len()).into_bytes();
+                                    r.extend_from_slice(v);
+                                    r.extend_from_slice(b"\r\n");
+                                    r
+                                }
+                                None => b"$-1\r\n".to_vec(),
+                            }
+                        }
+                    }
+                    KvProtocol::Memcache => {
+                        let header = line(&stream, &mut at);
+                        let words: Vec<&[u8]> = header.split(|&b| b == b' ').collect();
+                        let key = words[1].to_vec();
+                        if words[0] == b"set" {
+                            store.insert(key, line(&stream, &mut at));
+                            b"STORED\r\n".to_vec()
+                        } else {
+                            match store.get(&key) {
+                                Some(v) => {
+                                    let mut r = b"VALUE ".to_vec();
+                                    r.extend_from_slice(&key);
+                                    r.extend_from_slice(format!(" 0 {}\r\n", v.len()).as_bytes());
+                                    r.extend_from_slice(v);
+                                    r.extend_from_slice(b"\r\nEND\r\n");
+                                    r
+                                }
+                                None => b"END\r\n".to_vec(),
+                            }
+                        }
+                    }
+                };
+                replies.extend(mangle(reply));
+            }
+            done[i] = at;
+            if !replies.is_empty() && io.conns[i].state == crate::test_tcp::FakeState::Open {
+                let id = io.conns[i].id;
+                io.deliver(id, &replies, 3);
+            }
+        }
+        io.ack_all();
+    }
+
+    fn kv_config(protocol: crate::kv_load::KvProtocol, connections: usize) -> TcpLoadgenConfig {
+        use crate::kv_load::{KeyDistribution, KvWorkload};
+        TcpLoadgenConfig {
+            inflight: 8,
+            ..config(
+                TcpLoadMode::Kv(KvWorkload {
+                    protocol,
+                    keys: 50,
+                    get_per_million: 500_000,
+                    value_len: 40,
+                    distribution: KeyDistribution::Uniform,
+                    seed: 3,
+                }),
+                connections,
+                0,
+            )
+        }
+    }
+
+    #[test]
+    fn kv_mode_pipelines_gets_and_sets_and_checks_every_value() {
+        use crate::kv_load::KvProtocol;
+        for protocol in [KvProtocol::Resp, KvProtocol::Memcache] {
+            let mut io = TcpTestIo::new(512);
+            let mut app = TcpLoadgenApp::new(kv_config(protocol, 2));
+            app.start(&mut IoContext::new(&mut io));
+            io.establish_all();
+            app.run_io(&mut IoContext::new(&mut io));
+            let (mut store, mut done) = (Default::default(), Vec::new());
+            for _ in 0..20 {
+                serve_kv(&mut io, protocol, &mut store, &mut done, &mut |r| r);
+                app.run_io(&mut IoContext::new(&mut io));
+            }
+            let report = app.report();
+            let kv = report.kv.expect("a kv run reports its replies");
+            assert_eq!(
+                (report.corrupt, report.unexpected, kv.wrong),
+                (0, 0, 0),
+                "{report:?}"
+            );
+            assert_eq!(kv.hits + kv.misses + kv.stored, report.received, "{kv:?}");
+            assert!(
+                report.received >= 2 * 8 * 19,
+                "pipelines stay full: {report:?}"
+            );
+            assert!(kv.hits > 0 && kv.misses > 0 && kv.stored > 0, "{kv:?}");
+            io.finish(&mut app);
+        }
+    }
+
+    #[test]
+    fn kv_mode_counts_a_wrong_value_and_drops_a_connection_that_sends_garbage() {
+        use crate::kv_load::KvProtocol;
+        let mut io = TcpTestIo::new(512);
+        let mut app = TcpLoadgenApp::new(kv_config(KvProtocol::Resp, 1));
+        app.start(&mut IoContext::new(&mut io));
+        io.establish_all();
+        app.run_io(&mut IoContext::new(&mut io));
+        let (mut store, mut done) = (Default::default(), Vec::new());
+        // A server that hands back another key's value: every hit is wrong.
+        let mut swap = |r: Vec<u8>| {
+            if r.starts_with(b"$40") {
+                let mut r = r;
+                r[10] = if r[10] == b'a' { b'b' } else { b'a' };
+                r
+            } else {
+                r
+            }
+        };
+        for _ in 0..10 {
+            serve_kv(&mut io, KvProtocol::Resp, &mut store, &mut done, &mut swap);
+            app.run_io(&mut IoContext::new(&mut io));
+        }
+        let kv = app.kv_counts().unwrap();
+        assert!(kv.wrong > 0 && kv.hits == 0, "{kv:?}");
+        assert_eq!(app.report().corrupt, kv.wrong);
+        // Then garbage: the connection is aborted, and the run still ends.
+        let mut garbage = |_: Vec<u8>| b"*7\r\n".to_vec();
+        serve_kv(
+            &mut io,
+            KvProtocol::Resp,
+            &mut store,
+            &mut done,
+            &mut garbage,
+        );
+        app.run_io(&mut IoContext::new(&mut io));
+        let before = app.report().corrupt;
+        assert!(before > kv.wrong, "the garbage was counted");
+        assert_eq!(io.open_conns(), 0, "the connection was aborted");
         io.finish(&mut app);
     }
 

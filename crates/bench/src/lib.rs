@@ -325,6 +325,7 @@ fn measure(
     let cpu_before = melange_sys::cpu::process_cpu_time_of(process.pid())?;
     let loadgen_args = LoadgenArgs {
         protocol: crate::loadgen::LoadProtocol::Udp,
+        kv: Default::default(),
         mode: crate::loadgen::LoadMode::Rr,
         connections: 1,
         backend: Backend::Kernel,
@@ -491,6 +492,7 @@ fn memory(args: &MemoryArgs) -> Result<()> {
 fn loadgen_args_for(args: &MemoryArgs) -> LoadgenArgs {
     LoadgenArgs {
         protocol: crate::loadgen::LoadProtocol::Udp,
+        kv: Default::default(),
         mode: crate::loadgen::LoadMode::Rr,
         connections: 1,
         backend: Backend::Kernel,

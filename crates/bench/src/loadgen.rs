@@ -18,6 +18,9 @@
 
 use crate::table::us;
 use anyhow::{anyhow, Context, Result};
+use melange_apps::kv_load::{
+    KeyDistribution, KvProtocol, KvWorkload, KV_LOAD_KEYS_MAX, KV_LOAD_VALUE_MAX, PER_MILLION,
+};
 use melange_apps::loadgen::{HEADER_LEN, PAYLOAD_MAX, WINDOW_MAX};
 use melange_apps::tcp_loadgen::{
     TCP_LOADGEN_CHUNK_MAX, TCP_LOADGEN_CONNECTIONS_MAX, TCP_LOADGEN_INFLIGHT_MAX,
@@ -64,9 +67,15 @@ pub struct LoadgenArgs {
     /// kernel built an sk_buff; works everywhere, slower).
     #[arg(long, value_enum, default_value_t = melange_control::options::XdpAttach::Native)]
     pub xdp_mode: melange_control::options::XdpAttach,
-    /// The protocol: `udp` datagrams, or `tcp` connections carrying fixed-size requests.
+    /// The protocol: `udp` datagrams; `tcp` connections carrying fixed-size requests; `resp`
+    /// or `memcache`, gets and sets to a Redis or memcached server on TCP connections (see
+    /// `--keys`, `--get-ratio`, `--distribution`; `--payload` is the value size, `--inflight`
+    /// the pipeline depth).
     #[arg(long, value_enum, default_value_t = LoadProtocol::Udp)]
     pub protocol: LoadProtocol,
+    /// The key-value workload of `--protocol resp|memcache`.
+    #[command(flatten)]
+    pub kv: KvLoadArgs,
     /// TCP: what each connection does: `rr` keeps `--inflight` requests outstanding; `churn`
     /// loops connect, one request, its reply, close; `bulk` streams `--payload`-byte chunks
     /// one way (to `melange sink`).
@@ -76,12 +85,14 @@ pub struct LoadgenArgs {
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// Request payload bytes (UDP: at least 24, for the request header; TCP: at least 1; churn
-    /// and bulk: at most 65535, one buffer chain, bulk's chunk size).
-    #[arg(long, default_value_t = 64)]
+    /// and bulk: at most 65535, one buffer chain, bulk's chunk size). resp and memcache: the
+    /// value size of a set (and so of a get's hit).
+    #[arg(long, visible_alias = "value-size", default_value_t = 64)]
     pub payload: usize,
-    /// UDP: requests in flight, in all (closed loop), or the most allowed (open loop). TCP rr:
-    /// requests in flight on each connection (churn and bulk: unused).
-    #[arg(long, default_value_t = 32)]
+    /// UDP: requests in flight, in all (closed loop), or the most allowed (open loop). TCP rr,
+    /// resp and memcache: requests in flight on each connection, the pipeline depth (churn
+    /// and bulk: unused).
+    #[arg(long, visible_alias = "pipeline", default_value_t = 32)]
     pub inflight: usize,
     /// Open loop: requests per second, in all. Without it the loop is closed.
     #[arg(long)]
@@ -122,6 +133,63 @@ pub enum LoadProtocol {
     Udp,
     /// TCP connections.
     Tcp,
+    /// Redis' RESP on TCP: GET and SET.
+    Resp,
+    /// memcached's text protocol on TCP: get and set.
+    Memcache,
+}
+
+impl LoadProtocol {
+    /// Whether it runs on TCP connections.
+    pub fn is_tcp(self) -> bool {
+        self != LoadProtocol::Udp
+    }
+    /// The key-value protocol, if it is one.
+    pub fn kv(self) -> Option<KvProtocol> {
+        match self {
+            LoadProtocol::Resp => Some(KvProtocol::Resp),
+            LoadProtocol::Memcache => Some(KvProtocol::Memcache),
+            LoadProtocol::Udp | LoadProtocol::Tcp => None,
+        }
+    }
+}
+
+/// How `--protocol resp|memcache` chooses keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyChoice {
+    /// Every key alike.
+    Uniform,
+    /// A Zipf law, θ = 0.99 (YCSB's): a few keys take most requests.
+    Zipf,
+}
+
+/// The key-value workload's flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KvLoadArgs {
+    /// resp and memcache: keys in the key space (`mlg:000000000000` up).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// resp and memcache: the share of gets, 0 to 1 (the rest are sets); memcached's ETC
+    /// workload is about 0.9-0.97, `0` fills the key space.
+    #[arg(long, default_value_t = 0.9)]
+    pub get_ratio: f64,
+    /// resp and memcache: how keys are chosen.
+    #[arg(long, value_enum, default_value_t = KeyChoice::Uniform)]
+    pub distribution: KeyChoice,
+    /// resp and memcache: seed of the key and get/set choices (runs repeat given a seed).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for KvLoadArgs {
+    fn default() -> Self {
+        Self {
+            keys: 100_000,
+            get_ratio: 0.9,
+            distribution: KeyChoice::Uniform,
+            seed: 1,
+        }
+    }
 }
 
 /// What each TCP connection of `melange loadgen --protocol tcp` does.
@@ -162,7 +230,7 @@ pub const TIME_WAIT_MAX: Duration = Duration::from_secs(240);
 pub struct LoadgenOutput<'a> {
     /// Target.
     pub target: String,
-    /// `udp`, or the TCP mode: `rr`, `churn` or `bulk`.
+    /// `udp`, the TCP mode (`rr`, `churn` or `bulk`), or `resp` or `memcache`.
     pub mode: &'static str,
     /// TCP connections (churn: open at once).
     pub connections: usize,
@@ -186,6 +254,8 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
             mode: match args.protocol {
                 LoadProtocol::Udp => "udp",
                 LoadProtocol::Tcp => args.mode.name(),
+                LoadProtocol::Resp => "resp",
+                LoadProtocol::Memcache => "memcache",
             },
             connections: args.connections,
             payload: args.payload,
@@ -223,6 +293,50 @@ pub fn main(args: LoadgenArgs) -> Result<()> {
 pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
     if args.protocol == LoadProtocol::Tcp && args.mode != LoadMode::Rr {
         return print_tcp_mode_report(args, r);
+    }
+    if let Some(kv) = &r.kv {
+        let gets = kv.hits + kv.misses;
+        println!(
+            "loadgen -> {} {}: {} connections x {} pipelined, {} keys ({}), {:.0}% gets, {} B values, {:.1}s measured",
+            args.target,
+            if args.protocol == LoadProtocol::Resp { "resp" } else { "memcache" },
+            args.connections,
+            args.inflight,
+            args.kv.keys,
+            match args.kv.distribution {
+                KeyChoice::Uniform => "uniform",
+                KeyChoice::Zipf => "zipf 0.99",
+            },
+            args.kv.get_ratio * 100.0,
+            args.payload,
+            r.window_ns as f64 / 1e9
+        );
+        println!("  requests/s   {:.0}", r.requests_per_s);
+        println!(
+            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            us(r.latency.p50_ns),
+            us(r.latency.p90_ns),
+            us(r.latency.p99_ns),
+            us(r.latency.p999_ns),
+            us(r.latency.max_ns)
+        );
+        println!(
+            "  gets {gets} (hits {}, {:.1}%)  sets {}  errors {}  wrong replies {}",
+            kv.hits,
+            if gets == 0 {
+                0.0
+            } else {
+                kv.hits as f64 * 100.0 / gets as f64
+            },
+            kv.stored,
+            kv.errors,
+            kv.wrong
+        );
+        println!(
+            "  connects {}  connect failures {}  sent {}  received {}  send failures {}",
+            r.connects, r.connect_failures, r.sent, r.received, r.send_failures
+        );
+        return;
     }
     println!(
         "loadgen -> {} payload {} B, {} in flight{}, {:.1}s measured",
@@ -314,7 +428,7 @@ pub fn validate(args: &LoadgenArgs) -> Result<()> {
     check_engines(args.engines)?;
     check_cpus(&args.cpus)?;
     check_batch(64)?;
-    if args.protocol == LoadProtocol::Tcp {
+    if args.protocol.is_tcp() {
         return validate_tcp(args);
     }
     if args.connections != 1 {
@@ -422,7 +536,18 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
         1..=TCP_LOADGEN_INFLIGHT_MAX,
         "requests in flight on each TCP connection",
     )?;
+    if args.protocol.kv().is_some() {
+        validate_kv(args)?;
+    } else if args.kv.keys != KvLoadArgs::default().keys
+        || args.kv.get_ratio != KvLoadArgs::default().get_ratio
+        || args.kv.distribution != KvLoadArgs::default().distribution
+    {
+        return Err(anyhow!(
+            "--keys, --get-ratio and --distribution are for --protocol resp or memcache (a key-value workload)"
+        ));
+    }
     match args.mode {
+        LoadMode::Rr if args.protocol.kv().is_some() => {}
         LoadMode::Rr => check_range(
             "payload",
             args.payload,
@@ -461,14 +586,43 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
     Ok(())
 }
 
+/// The key-value part of [`validate_tcp`].
+fn validate_kv(args: &LoadgenArgs) -> Result<()> {
+    if args.mode != LoadMode::Rr {
+        return Err(anyhow!(
+            "--mode {} is for --protocol tcp; resp and memcache keep long-lived connections with --inflight requests pipelined (leave --mode out)",
+            args.mode.name()
+        ));
+    }
+    check_range(
+        "payload",
+        args.payload,
+        1..=KV_LOAD_VALUE_MAX,
+        "bytes per value (`--value-size`; a set must fit one 64 KiB buffer chain)",
+    )?;
+    check_range(
+        "keys",
+        args.kv.keys,
+        1..=KV_LOAD_KEYS_MAX,
+        "keys in the key space",
+    )?;
+    let ratio = args.kv.get_ratio;
+    if !ratio.is_finite() || !(0.0..=1.0).contains(&ratio) {
+        return Err(anyhow!(
+            "--get-ratio {ratio}: the share of gets is between 0 (sets only, to fill the key space) and 1 (gets only), e.g. 0.9"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the load generator and returns the merged report.
 pub fn run(args: &LoadgenArgs) -> Result<LoadgenReport> {
     validate(args)?;
-    match (args.protocol, args.backend) {
-        (LoadProtocol::Tcp, Backend::Kernel) => run_kernel_tcp(args),
-        (LoadProtocol::Tcp, Backend::AfXdp) => run_af_xdp_tcp(args),
-        (LoadProtocol::Udp, Backend::Kernel) => run_kernel(args),
-        (LoadProtocol::Udp, Backend::AfXdp) => run_af_xdp(args),
+    match (args.protocol.is_tcp(), args.backend) {
+        (true, Backend::Kernel) => run_kernel_tcp(args),
+        (true, Backend::AfXdp) => run_af_xdp_tcp(args),
+        (false, Backend::Kernel) => run_kernel(args),
+        (false, Backend::AfXdp) => run_af_xdp(args),
     }
 }
 
@@ -515,8 +669,28 @@ fn tcp_engine_config(args: &LoadgenArgs, id: usize) -> TcpLoadgenConfig {
         warmup_ns: args.warmup.as_nanos() as u64,
         duration_ns: args.duration.as_nanos() as u64,
         drain_ns: args.timeout.as_nanos() as u64,
-        mode: args.mode.app_mode(),
+        mode: match kv_workload(args, id) {
+            Some(workload) => TcpLoadMode::Kv(workload),
+            None => args.mode.app_mode(),
+        },
     }
+}
+
+/// The key-value workload of engine `id`, if the protocol is resp or memcache: every engine
+/// draws from the one key space, with a seed of its own.
+fn kv_workload(args: &LoadgenArgs, id: usize) -> Option<KvWorkload> {
+    let protocol = args.protocol.kv()?;
+    Some(KvWorkload {
+        protocol,
+        keys: args.kv.keys,
+        get_per_million: (args.kv.get_ratio * f64::from(PER_MILLION)).round() as u32,
+        value_len: args.payload,
+        distribution: match args.kv.distribution {
+            KeyChoice::Uniform => KeyDistribution::Uniform,
+            KeyChoice::Zipf => KeyDistribution::Zipf,
+        },
+        seed: args.kv.seed.wrapping_add((id as u64) << 32),
+    })
 }
 
 /// Waits for the TCP load generator engines and merges their reports.
