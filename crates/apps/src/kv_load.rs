@@ -317,6 +317,12 @@ pub struct ReplyScanner {
     state: ScanState,
     line: [u8; REPLY_LINE_MAX],
     line_len: usize,
+    /// The line being read is longer than [`REPLY_LINE_MAX`]: only its start is kept.
+    line_truncated: bool,
+    /// The last byte of the line read so far (to find its `\r\n` across pieces).
+    line_last: u8,
+    /// Length of the text of the last error reply, at the start of `line`.
+    error_len: usize,
     value_len: usize,
     value_at: usize,
     value_matches: bool,
@@ -330,6 +336,9 @@ impl ReplyScanner {
             state: ScanState::Line,
             line: [0; REPLY_LINE_MAX],
             line_len: 0,
+            line_truncated: false,
+            line_last: 0,
+            error_len: 0,
             value_len: 0,
             value_at: 0,
             value_matches: true,
@@ -340,6 +349,16 @@ impl ReplyScanner {
     pub fn reset(&mut self) {
         self.state = ScanState::Line;
         self.line_len = 0;
+        self.line_truncated = false;
+        self.line_last = 0;
+        self.error_len = 0;
+    }
+
+    /// The text of the error reply [`ReplyScanner::feed`] returned last (at most
+    /// [`REPLY_LINE_MAX`] bytes of it), valid until the next call: what a server said when
+    /// it refused a request (`-DENIED Redis is running in protected mode ...`).
+    pub fn error_text(&self) -> &[u8] {
+        &self.line[..self.error_len]
     }
 
     /// Whether the stream was lost to a malformed reply.
@@ -361,23 +380,48 @@ impl ReplyScanner {
                         Some(nl) => (nl + 1, true),
                         None => (rest.len(), false),
                     };
-                    if self.line_len + take > REPLY_LINE_MAX {
-                        self.state = ScanState::Lost;
-                        return (bytes.len(), Some(Reply::Malformed));
+                    // A longer line keeps its first REPLY_LINE_MAX bytes: enough to tell an
+                    // error (whose text may be long) from anything else.
+                    let keep = take.min(REPLY_LINE_MAX - self.line_len);
+                    self.line[self.line_len..self.line_len + keep].copy_from_slice(&rest[..keep]);
+                    self.line_len += keep;
+                    self.line_truncated |= keep < take;
+                    let before_newline = if take >= 2 {
+                        rest[take - 2]
+                    } else {
+                        self.line_last
+                    };
+                    if take > 0 {
+                        self.line_last = rest[take - 1];
                     }
-                    self.line[self.line_len..self.line_len + take].copy_from_slice(&rest[..take]);
-                    self.line_len += take;
                     at += take;
                     if !complete {
                         return (at, None);
                     }
-                    let len = self.line_len;
-                    self.line_len = 0;
-                    if len < 2 || self.line[len - 2] != b'\r' {
+                    let truncated = std::mem::take(&mut self.line_truncated);
+                    let len = std::mem::take(&mut self.line_len);
+                    self.line_last = 0;
+                    if before_newline != b'\r' || (!truncated && len < 2) {
                         self.state = ScanState::Lost;
                         return (bytes.len(), Some(Reply::Malformed));
                     }
-                    let line = &self.line[..len - 2];
+                    let content = if truncated { len } else { len - 2 };
+                    let line = &self.line[..content];
+                    if truncated {
+                        let error = match self.protocol {
+                            KvProtocol::Resp => line.starts_with(b"-"),
+                            KvProtocol::Memcache => {
+                                line.starts_with(b"CLIENT_ERROR")
+                                    || line.starts_with(b"SERVER_ERROR")
+                            }
+                        };
+                        if !error {
+                            self.state = ScanState::Lost;
+                            return (bytes.len(), Some(Reply::Malformed));
+                        }
+                        self.error_len = content;
+                        return (at, Some(Reply::Error));
+                    }
                     if self.state == ScanState::End {
                         if line == b"END" {
                             self.state = ScanState::Line;
@@ -402,6 +446,9 @@ impl ReplyScanner {
                             if reply == Reply::Malformed {
                                 self.state = ScanState::Lost;
                                 return (bytes.len(), Some(reply));
+                            }
+                            if reply == Reply::Error {
+                                self.error_len = content;
                             }
                             return (at, Some(reply));
                         }
@@ -721,8 +768,33 @@ mod tests {
                 String::from_utf8_lossy(bytes)
             );
         }
-        let long = vec![b'+'; REPLY_LINE_MAX + 1];
+        let mut long = vec![b'+'; REPLY_LINE_MAX + 1];
+        long.extend_from_slice(b"\r\n");
         assert_eq!(scan(KvProtocol::Resp, &long, 0, 100), [Reply::Malformed]);
+    }
+
+    #[test]
+    fn a_long_error_is_an_error_and_its_text_is_kept() {
+        let mut text = b"-DENIED Redis is running in protected mode".to_vec();
+        text.extend(std::iter::repeat_n(b'.', 2 * REPLY_LINE_MAX));
+        let mut bytes = text.clone();
+        bytes.extend_from_slice(b"\r\n+OK\r\n");
+        for step in [1, 2, 100, bytes.len()] {
+            assert_eq!(
+                scan(KvProtocol::Resp, &bytes, 0, step),
+                [Reply::Error, Reply::Stored],
+                "step {step}"
+            );
+        }
+        let mut s = ReplyScanner::new(KvProtocol::Resp);
+        assert_eq!(s.feed(&bytes, 0).1, Some(Reply::Error));
+        assert_eq!(s.error_text(), &text[..REPLY_LINE_MAX]);
+        let mut s = ReplyScanner::new(KvProtocol::Memcache);
+        assert_eq!(
+            s.feed(b"SERVER_ERROR out of memory\r\n", 0),
+            (28, Some(Reply::Error))
+        );
+        assert_eq!(s.error_text(), b"SERVER_ERROR out of memory");
     }
 
     #[test]

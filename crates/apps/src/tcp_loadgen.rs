@@ -222,6 +222,8 @@ pub struct TcpLoadgenApp {
     kv: Option<KvChooser>,
     scratch: Vec<u8>,
     kv_counts: KvReplyCounts,
+    /// The first error a server answered with (its text, cut at `REPLY_LINE_MAX`).
+    first_error: Option<String>,
     measuring: bool,
     sending: bool,
     draining_over: bool,
@@ -305,6 +307,7 @@ impl TcpLoadgenApp {
             kv,
             scratch,
             kv_counts: KvReplyCounts::default(),
+            first_error: None,
             by_handle: Vec::new(),
             displaced: Vec::new(),
             queue: (0..config.connections as u32).collect(),
@@ -386,6 +389,11 @@ impl TcpLoadgenApp {
             self.histogram.clone(),
         )
         .with_kv(self.kv.is_some().then_some(self.kv_counts))
+    }
+
+    /// Key-value mode: the first error reply's text, if a server refused a request.
+    pub fn first_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
     }
 
     /// Key-value mode: what the replies were (whole run).
@@ -650,6 +658,11 @@ impl TcpLoadgenApp {
                     }
                     if !self.kv_counts.count(head_op, reply, value_len) {
                         self.corrupt += 1;
+                    }
+                    if reply == Reply::Error && self.first_error.is_none() {
+                        // Once per run: what the server said, for the person reading the report.
+                        self.first_error =
+                            Some(String::from_utf8_lossy(kv.scanner.error_text()).into_owned());
                     }
                     let sent = conn.sent_ns[conn.head];
                     conn.head = (conn.head + 1) % TCP_LOADGEN_INFLIGHT_MAX;

@@ -727,6 +727,9 @@ fn join_tcp_reports<T: Transport>(
             "load generator engine {id}: tcp {}",
             tcp_summary(&outcome.transport)
         );
+        if let Some(error) = outcome.app.first_error() {
+            tracing::warn!("the server refused requests; the first refusal said: {error}");
+        }
         reports.push(outcome.app.report());
     }
     if connects == 0 && connect_failures > 0 {
