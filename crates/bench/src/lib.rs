@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod kv;
+pub mod kv_memory;
 pub mod lab_echo;
 pub mod lab_tcp;
 pub mod loadgen;
@@ -46,6 +47,8 @@ pub enum BenchCommand {
     Memory(MemoryArgs),
     /// `melange kv` against redis-server with redis-benchmark, kernel backend on 127.0.0.1.
     Kv(kv::KvBenchArgs),
+    /// Bytes per key for 1M small keys: `melange kv` against redis-server and memcached.
+    KvMemory(kv_memory::KvMemoryArgs),
 }
 
 /// Runs a benchmark.
@@ -57,6 +60,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Stack(args) => stack::run(&args),
         BenchCommand::Memory(args) => memory(&args),
         BenchCommand::Kv(args) => kv::run(&args).map(|_| ()),
+        BenchCommand::KvMemory(args) => kv_memory::run(&args).map(|_| ()),
     }
 }
 
