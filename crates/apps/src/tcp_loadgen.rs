@@ -1301,9 +1301,9 @@ mod tests {
             out
         }
         done.resize(io.conns.len(), 0);
-        for i in 0..io.conns.len() {
+        for (i, done) in done.iter_mut().enumerate() {
             let stream = io.conns[i].stream.clone();
-            let mut at = done[i];
+            let mut at = *done;
             let mut replies = Vec::new();
             while at < stream.len() {
                 let reply = match protocol {
@@ -1354,7 +1354,7 @@ mod tests {
                 };
                 replies.extend(mangle(reply));
             }
-            done[i] = at;
+            *done = at;
             if !replies.is_empty() && io.conns[i].state == crate::test_tcp::FakeState::Open {
                 let id = io.conns[i].id;
                 io.deliver(id, &replies, 3);
