@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     /// UDP echo server on Melange engines.
     Echo(echo::EchoArgs),
-    /// The key-value service for Redis clients (redis-cli, redis-benchmark, redis-py).
+    /// The key-value service for Redis and memcached clients (redis-cli, redis-benchmark,
+    /// redis-py; memcached's text and meta protocols over TCP and UDP), on one keyspace.
     Kv(kv::KvArgs),
     /// Load generator: UDP closed or open loop; TCP request/response, connection churn or
     /// bulk (`--protocol tcp --mode rr|churn|bulk`).
@@ -44,7 +45,8 @@ enum Command {
     /// Benchmarks that run Melange and its baseline side by side and report ratios.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// The main job: echo on Melange against the Linux baseline, with a result table.
+    /// The main job: melange kv against redis-server and memcached, the same redis-benchmark
+    /// and memcslap load at each, with a result table (`--echo`: the UDP echo demo).
     Demo(demo::DemoArgs),
     /// The namespace lab: two network namespaces joined by a veth pair.
     #[command(subcommand)]
