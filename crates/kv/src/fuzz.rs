@@ -258,7 +258,7 @@ pub fn memcached(data: &[u8]) {
     }
     let mut hash = crate::value::HashValue::default();
     hash.insert(b"f", b"v");
-    ks.store(memcached::DB, b"h", Value::Hash(hash), false, now);
+    ks.store(memcached::DB, b"h", Value::Hash(Box::new(hash)), false, now);
     let mut stats = memcached::Stats::new(config, 1, now);
     let Ok(mut session) = memcached::Session::new(&config) else {
         panic!("the default settings are valid");

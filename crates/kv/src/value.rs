@@ -83,13 +83,18 @@ pub enum Value {
     /// A string.
     Str(Vec<u8>),
     /// A hash.
-    Hash(HashValue),
+    Hash(Box<HashValue>),
     /// A list.
-    List(ListValue),
+    List(Box<ListValue>),
     /// A set.
-    Set(SetValue),
+    Set(Box<SetValue>),
     /// A sorted set.
-    ZSet(ZSetValue),
+    ZSet(Box<ZSetValue>),
+}
+
+/// Bytes of the heap block a boxed `T` takes.
+fn boxed<T>() -> usize {
+    std::mem::size_of::<T>() + ALLOCATION_OVERHEAD
 }
 
 impl Value {
@@ -109,10 +114,12 @@ impl Value {
         match self {
             Value::Str(s) if s.capacity() == 0 => 0,
             Value::Str(s) => s.capacity() + ALLOCATION_OVERHEAD,
-            Value::Hash(h) => h.map.bytes(),
-            Value::List(l) => l.bytes(),
-            Value::Set(s) => s.members.bytes(),
-            Value::ZSet(z) => z.bytes(),
+            // A collection lives in a box of its own (so that a string's entry does not carry
+            // the largest collection's size): the box is held too.
+            Value::Hash(h) => h.map.bytes() + boxed::<HashValue>(),
+            Value::List(l) => l.bytes() + boxed::<ListValue>(),
+            Value::Set(s) => s.members.bytes() + boxed::<SetValue>(),
+            Value::ZSet(z) => z.bytes() + boxed::<ZSetValue>(),
         }
     }
 
@@ -555,24 +562,40 @@ mod tests {
         let mut s = SetValue::default();
         s.insert(b"1");
         s.insert(b"2");
-        assert_eq!(Value::Set(s.clone()).encoding(), "intset");
+        assert_eq!(Value::Set(Box::new(s.clone())).encoding(), "intset");
         s.insert(b"a");
-        assert_eq!(Value::Set(s).encoding(), "listpack");
+        assert_eq!(Value::Set(Box::new(s)).encoding(), "listpack");
         let mut h = HashValue::default();
         h.insert(b"f", &[b'v'; 65]);
-        assert_eq!(Value::Hash(h).encoding(), "hashtable");
+        assert_eq!(Value::Hash(Box::new(h)).encoding(), "hashtable");
         // A list is a listpack up to 8 KiB, and one again under half that.
         let mut l = ListValue::default();
         for _ in 0..100 {
             l.will_grow(100);
             l.push_back(&[b'x'; 100]);
         }
-        assert_eq!(Value::List(l.clone()).encoding(), "quicklist");
+        assert_eq!(Value::List(Box::new(l.clone())).encoding(), "quicklist");
         l.retain_range(0, 40);
         l.shrunk();
-        assert_eq!(Value::List(l.clone()).encoding(), "quicklist");
+        assert_eq!(Value::List(Box::new(l.clone())).encoding(), "quicklist");
         l.retain_range(0, 30);
         l.shrunk();
-        assert_eq!(Value::List(l).encoding(), "listpack");
+        assert_eq!(Value::List(Box::new(l)).encoding(), "listpack");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Every key carries one `Value`: a string's must not pay for the largest collection's
+    /// inline state (the collections are boxed), or a small key costs twice what Redis spends.
+    #[test]
+    fn a_value_is_no_larger_than_a_string() {
+        assert_eq!(
+            std::mem::size_of::<Value>(),
+            std::mem::size_of::<Vec<u8>>(),
+            "Value grew past a Vec<u8>: box the variant that made it grow"
+        );
     }
 }

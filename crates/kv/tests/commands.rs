@@ -146,9 +146,13 @@ fn wrong_types_are_refused_and_nothing_changes() {
     let mut h = melange_kv::value::HashValue::default();
     h.insert(b"f", b"v");
     let now = s.now_ms;
-    s.server
-        .keyspace
-        .store(0, b"h", melange_kv::value::Value::Hash(h), false, now);
+    s.server.keyspace.store(
+        0,
+        b"h",
+        melange_kv::value::Value::Hash(Box::new(h)),
+        false,
+        now,
+    );
     let wrongtype = err("WRONGTYPE Operation against a key holding the wrong kind of value");
     for cmd in [
         "GET h",

@@ -53,7 +53,8 @@ fn change_hash<R>(
             let mut h = HashValue::default();
             let result = change(&mut h);
             if !h.is_empty() {
-                ctx.ks().store(db, key, Value::Hash(h), false, now);
+                ctx.ks()
+                    .store(db, key, Value::Hash(Box::new(h)), false, now);
             }
             result
         }

@@ -107,7 +107,8 @@ fn push_generic(ctx: &mut Ctx<'_>, args: &[&[u8]], end: End, existing_only: bool
         None => {
             let mut l = ListValue::default();
             let len = fill(&mut l);
-            ctx.ks().store(db, args[1], Value::List(l), false, now);
+            ctx.ks()
+                .store(db, args[1], Value::List(Box::new(l)), false, now);
             len
         }
     };
@@ -474,7 +475,8 @@ fn move_generic(ctx: &mut Ctx<'_>, source: &[u8], destination: &[u8], from: End,
                 None => {
                     let mut l = ListValue::default();
                     fill(&mut l);
-                    ctx.ks().store(db, destination, Value::List(l), false, now);
+                    ctx.ks()
+                        .store(db, destination, Value::List(Box::new(l)), false, now);
                 }
             }
         }

@@ -52,7 +52,7 @@ fn change_set<R>(
             let mut s = SetValue::default();
             let result = change(&mut s);
             if !s.is_empty() {
-                ctx.ks().store(db, key, Value::Set(s), false, now);
+                ctx.ks().store(db, key, Value::Set(Box::new(s)), false, now);
             }
             result
         }
@@ -392,7 +392,8 @@ fn algebra_store(ctx: &mut Ctx<'_>, args: &[&[u8]], op: SetOp) {
     if result.is_empty() {
         ctx.ks().remove(db, dst, now);
     } else {
-        ctx.ks().store(db, dst, Value::Set(result), false, now);
+        ctx.ks()
+            .store(db, dst, Value::Set(Box::new(result)), false, now);
     }
     ctx.out.integer(len as i64);
 }

@@ -344,7 +344,8 @@ fn zadd_generic(ctx: &mut Ctx<'_>, args: &[&[u8]], incr: bool) {
             z.hint_batch(pairs.len());
             let tally = run_pairs(&mut z, &pairs, &f);
             if !z.is_empty() {
-                ctx.ks().store(db, args[1], Value::ZSet(z), false, now);
+                ctx.ks()
+                    .store(db, args[1], Value::ZSet(Box::new(z)), false, now);
             }
             tally
         }
@@ -662,7 +663,8 @@ fn range_generic(
             ctx.out.integer(0);
         } else {
             let len = stored.len();
-            ctx.ks().store(db, args[1], Value::ZSet(stored), false, now);
+            ctx.ks()
+                .store(db, args[1], Value::ZSet(Box::new(stored)), false, now);
             ctx.out.integer(len as i64);
         }
         return;
