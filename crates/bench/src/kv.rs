@@ -245,13 +245,17 @@ impl KvProcess {
             .with_context(|| {
                 format!("starting {} (scripts/setup.sh installs it)", server.label())
             })?;
-        register(child.id());
+        let registered = register(child.id());
         let mut process = Self {
             server,
             child,
             log,
             exited: false,
         };
+        if !registered {
+            process.stop();
+            bail!("stopping: {} not started", server.label());
+        }
         let served = match server {
             KvServer::Redis => [ports.resp, None],
             KvServer::Memcached => [ports.memcache, None],
@@ -332,28 +336,56 @@ impl KvProcess {
     }
 }
 
-/// The pids of the [`KvProcess`]es running now (started and not yet reaped), for
-/// [`terminate_all`].
-static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+/// The [`KvProcess`]es running now (started and not yet reaped), for [`terminate_all`], and
+/// whether it has been called: after that no server may start, so that a demo or benchmark
+/// that is being stopped does not go on to its next server.
+struct Running {
+    pids: Vec<u32>,
+    stopping: bool,
+}
 
-fn register(pid: u32) {
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+static RUNNING: std::sync::Mutex<Running> = std::sync::Mutex::new(Running {
+    pids: Vec::new(),
+    stopping: false,
+});
+
+fn running() -> std::sync::MutexGuard<'static, Running> {
+    // A panic while holding the lock leaves the list whole (push and retain), so a poisoned
+    // lock is used as it is.
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a started server; `false` once [`terminate_all`] has been called (the caller then
+/// stops it). Checked under the lock that `terminate_all` takes, so no server can start
+/// between its sweep and the flag.
+fn register(pid: u32) -> bool {
+    let mut running = running();
+    if running.stopping {
+        return false;
+    }
+    running.pids.push(pid);
+    true
 }
 
 fn unregister(pid: u32) {
-    RUNNING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|&p| p != pid);
+    running().pids.retain(|&p| p != pid);
 }
 
-/// Sends SIGTERM to every [`KvProcess`] running now: for a SIGINT or SIGTERM handler, which
-/// cannot reach the guards on the main thread's stack. The clients then fail, the main thread
-/// unwinds through its guards (which reap the servers) and anything else it holds (the lab).
+/// Sends SIGTERM to every [`KvProcess`] running now and refuses to start any more: for a
+/// SIGINT or SIGTERM handler, which cannot reach the guards on the main thread's stack. The
+/// client running now then fails, the main thread unwinds through its guards (which reap the
+/// servers) and anything else it holds (the lab).
 pub fn terminate_all() {
-    for &pid in RUNNING.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    let mut running = running();
+    running.stopping = true;
+    for &pid in &running.pids {
         let _ = melange_sys::process::terminate(pid);
     }
+}
+
+/// Whether [`terminate_all`] has been called.
+pub fn stopping() -> bool {
+    running().stopping
 }
 
 impl Drop for KvProcess {
@@ -407,6 +439,9 @@ pub fn measure_redis(
     port: u16,
     load: &RedisLoad,
 ) -> Result<Vec<KvRun>> {
+    if stopping() {
+        bail!("stopping: no more runs");
+    }
     let server = process.server();
     let before = process.cpu_ns()?;
     let output = site
@@ -538,6 +573,9 @@ pub fn measure_memcslap(
     port: u16,
     load: &MemcslapLoad,
 ) -> Result<MemcslapRun> {
+    if stopping() {
+        bail!("stopping: no more runs");
+    }
     let server = process.server();
     let before = process.cpu_ns()?;
     let output = site
