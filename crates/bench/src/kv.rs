@@ -220,11 +220,15 @@ impl KvProcess {
                 }
                 match site {
                     Site::Loopback => c.args(["--backend", "kernel", "--addr", &addr]),
-                    // Every queue of mlg-vb: the kernel client spreads its flows over both.
+                    // One engine on queue 0, on its one core: the caller steers every flow
+                    // there with XPS on both veth ends ([`crate::lab_echo::SingleQueue`]).
+                    // An engine per queue on the one core would time-share it, and an
+                    // engine that sleeps or waits for its turn stalls its flows for a
+                    // scheduler slice (milliseconds of p99).
                     Site::Lab => c.args(["--backend", "af_xdp", "--interface"]).args([
                         LAB_SERVER_INTERFACE,
                         "--queues",
-                        "0,1",
+                        "0",
                     ]),
                 };
                 c

@@ -388,8 +388,9 @@ pub struct LabEchoResults {
     pub curve: Vec<CurvePoint>,
 }
 
-/// Steers the kernel's transmissions on both veth ends to queue 0 (XPS) while it lives.
-pub(crate) struct SingleQueue {
+/// Steers the kernel's transmissions on both veth ends to queue 0 (XPS) while it lives, so
+/// that one engine on queue 0 sees every flow of the lab.
+pub struct SingleQueue {
     saved: Vec<(&'static str, &'static str, usize, String)>,
 }
 
@@ -411,7 +412,8 @@ impl SingleQueue {
         Ok(())
     }
 
-    pub(crate) fn new() -> Result<Self> {
+    /// Steers both ends to queue 0, remembering the maps to restore when dropped.
+    pub fn new() -> Result<Self> {
         let mut saved = Vec::new();
         let all_cpus = format!("{:x}", (1u64 << melange_sys::cpu::online_cpus()) - 1);
         for (ns, dev) in Self::ENDS {

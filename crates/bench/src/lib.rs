@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 pub mod kv;
 pub mod kv_memory;
 pub mod lab_echo;
+pub mod lab_kv;
 pub mod lab_tcp;
 pub mod loadgen;
 pub mod stack;
@@ -47,6 +48,9 @@ pub enum BenchCommand {
     Memory(MemoryArgs),
     /// `melange kv` against redis-server with redis-benchmark, kernel backend on 127.0.0.1.
     Kv(kv::KvBenchArgs),
+    /// `melange kv` on AF_XDP against redis-server and memcached in the lab, with Melange's
+    /// RESP and memcached load generator and with redis-benchmark.
+    KvLab(lab_kv::LabKvArgs),
     /// Bytes per key for 1M small keys: `melange kv` against redis-server and memcached.
     KvMemory(kv_memory::KvMemoryArgs),
 }
@@ -60,6 +64,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Stack(args) => stack::run(&args),
         BenchCommand::Memory(args) => memory(&args),
         BenchCommand::Kv(args) => kv::run(&args).map(|_| ()),
+        BenchCommand::KvLab(args) => lab_kv::run(&args).map(|_| ()),
         BenchCommand::KvMemory(args) => kv_memory::run(&args).map(|_| ()),
     }
 }

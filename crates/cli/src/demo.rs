@@ -333,6 +333,11 @@ fn compare(args: &DemoArgs, plan: &Plan) -> Result<()> {
     } else {
         Site::Loopback
     };
+    // In the lab melange kv runs one engine on queue 0: every flow is steered there.
+    let _single_queue = match site {
+        Site::Lab => Some(bench::lab_echo::SingleQueue::new()?),
+        Site::Loopback => None,
+    };
     let peers = match (plan.redis, plan.memcached) {
         (true, true) => "redis-server and memcached",
         (true, false) => "redis-server",
