@@ -173,7 +173,9 @@ pub fn commands(data: &[u8]) {
                     .db(db)
                     .entries()
                     .map(|e| {
-                        crate::keyspace::ENTRY_OVERHEAD + e.key().len() + e.value().heap_bytes()
+                        crate::keyspace::ENTRY_OVERHEAD
+                            + crate::keyspace::Key::new(e.key()).heap_bytes()
+                            + e.value().heap_bytes()
                     })
                     .sum::<usize>()
             })
@@ -212,7 +214,11 @@ fn check_accounting(ks: &Keyspace, context: &dyn std::fmt::Debug) {
         .map(|db| {
             ks.db(db)
                 .entries()
-                .map(|e| crate::keyspace::ENTRY_OVERHEAD + e.key().len() + e.value().heap_bytes())
+                .map(|e| {
+                    crate::keyspace::ENTRY_OVERHEAD
+                        + crate::keyspace::Key::new(e.key()).heap_bytes()
+                        + e.value().heap_bytes()
+                })
                 .sum::<usize>()
         })
         .sum();

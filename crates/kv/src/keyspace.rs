@@ -29,9 +29,81 @@ use std::hash::{BuildHasher, RandomState};
 
 /// Databases in a keyspace (Redis' default `databases 16`).
 pub const DATABASES: usize = 16;
-/// Bytes an entry costs besides its key and value: the slab slot, the key's allocation
-/// overhead, the table's index and control byte, and the `volatile` position.
-pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Option<Entry>>() + ALLOCATION_OVERHEAD + 5;
+/// Bytes an entry costs besides what its key and value hold on the heap: the slab slot, and
+/// the table's index and control byte.
+pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<Option<Entry>>() + 5;
+/// Longest key kept inside its entry: most keys (`user:1000`, `key:000000000042`) are short,
+/// and one held inline costs neither an allocation (32 bytes of glibc's heap for a 14-byte
+/// key) nor, on every lookup, a cache miss more to compare it.
+pub const KEY_INLINE_MAX: usize = 22;
+
+/// A key: inline up to [`KEY_INLINE_MAX`] bytes, else in a heap block of its own. Reads as
+/// the bytes it holds.
+#[derive(Clone)]
+pub enum Key {
+    /// A short key, in place.
+    Inline {
+        /// Its length.
+        len: u8,
+        /// Its bytes (the first `len`).
+        bytes: [u8; KEY_INLINE_MAX],
+    },
+    /// A longer key.
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    /// The key `bytes`.
+    pub fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= KEY_INLINE_MAX {
+            let mut inline = [0; KEY_INLINE_MAX];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Key::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            Key::Heap(bytes.into())
+        }
+    }
+
+    /// Bytes it holds on the heap (none when inline).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Key::Inline { .. } => 0,
+            Key::Heap(bytes) => bytes.len() + ALLOCATION_OVERHEAD,
+        }
+    }
+
+    /// The key in a box of its own.
+    pub fn into_boxed(self) -> Box<[u8]> {
+        match self {
+            Key::Inline { .. } => Box::from(&*self),
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
+
+/// What an entry of `key` and `value` costs, all told.
+pub fn entry_bytes(key: &Key, value: &Value) -> usize {
+    ENTRY_OVERHEAD + key.heap_bytes() + value.heap_bytes()
+}
 /// Random probes of the slab before a sample falls back to a linear walk (a slab that is
 /// mostly holes after a mass delete).
 const RANDOM_PROBES_MAX: usize = 64;
@@ -45,7 +117,7 @@ const NOT_VOLATILE: u32 = u32::MAX;
 /// One key and what it holds.
 #[derive(Debug)]
 pub struct Entry {
-    key: Box<[u8]>,
+    key: Key,
     value: Value,
     /// Unix ms at which the key expires; 0 for never.
     expire_at_ms: u64,
@@ -199,7 +271,7 @@ impl Db {
     fn insert_new(&mut self, key: &[u8], value: Value, version: u64, now_ms: u64) -> Slot {
         debug_assert!(self.find(key).is_none(), "insert_new of an existing key");
         let mut entry = Entry {
-            key: key.into(),
+            key: Key::new(key),
             value,
             expire_at_ms: 0,
             volatile_at: NOT_VOLATILE,
@@ -209,7 +281,7 @@ impl Db {
             mc_bits: 0,
             bytes: 0,
         };
-        entry.bytes = ENTRY_OVERHEAD + entry.key.len() + entry.value.heap_bytes();
+        entry.bytes = entry_bytes(&entry.key, &entry.value);
         self.bytes += entry.bytes;
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -275,7 +347,7 @@ impl Db {
 
     fn reaccount(&mut self, slot: Slot) {
         let entry = self.entry_mut(slot);
-        let now = ENTRY_OVERHEAD + entry.key.len() + entry.value.heap_bytes();
+        let now = entry_bytes(&entry.key, &entry.value);
         let before = std::mem::replace(&mut entry.bytes, now);
         self.bytes = self.bytes - before + now;
     }
@@ -585,7 +657,7 @@ impl Keyspace {
     pub fn remove_slot(&mut self, db: usize, slot: Slot) -> (Box<[u8]>, Value, u64) {
         self.version += 1;
         let entry = self.dbs[db].remove_slot(slot);
-        (entry.key, entry.value, entry.expire_at_ms)
+        (entry.key.into_boxed(), entry.value, entry.expire_at_ms)
     }
 
     /// Sets (or with 0 clears) the expiry of the key in `slot`.
@@ -665,7 +737,7 @@ impl Keyspace {
                 self.stats.expired_keys += 1;
                 continue;
             }
-            return Some(entry.key.clone());
+            return Some(Box::from(&*entry.key));
         }
         None
     }
@@ -770,6 +842,21 @@ pub struct WrongType;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_keys_live_in_their_entry_and_long_ones_on_the_heap() {
+        for len in [0, 1, 14, KEY_INLINE_MAX, KEY_INLINE_MAX + 1, 300] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let key = Key::new(&bytes);
+            assert_eq!(&*key, &bytes[..]);
+            assert_eq!(&*key.clone().into_boxed(), &bytes[..]);
+            let inline = len <= KEY_INLINE_MAX;
+            assert_eq!(key.heap_bytes() == 0, inline, "length {len}");
+        }
+        // A key costs no more room in its entry than a boxed slice and its length byte.
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert!(std::mem::size_of::<Option<Entry>>() <= 88);
+    }
 
     fn s(v: &str) -> Value {
         Value::Str(v.as_bytes().to_vec())
