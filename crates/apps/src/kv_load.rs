@@ -190,13 +190,19 @@ impl KvChooser {
     /// Longest request of the workload (a set).
     pub fn request_len_max(&self) -> usize {
         let mut scratch = Vec::new();
-        write_request(&self.workload, KvOp { key: 0, get: false }, &mut scratch);
+        append_request(&self.workload, KvOp { key: 0, get: false }, &mut scratch);
         scratch.len()
     }
 
     /// Writes request `op` to `out` (cleared first).
     pub fn write_request(&self, op: KvOp, out: &mut Vec<u8>) {
-        write_request(&self.workload, op, out);
+        out.clear();
+        append_request(&self.workload, op, out);
+    }
+
+    /// Appends request `op` to `out`: pipelined requests go out in one send.
+    pub fn append_request(&self, op: KvOp, out: &mut Vec<u8>) {
+        append_request(&self.workload, op, out);
     }
 }
 
@@ -232,8 +238,7 @@ fn push_value(out: &mut Vec<u8>, key: u64, len: usize) {
     out.extend((0..len).map(|k| value_byte(key, k)));
 }
 
-fn write_request(workload: &KvWorkload, op: KvOp, out: &mut Vec<u8>) {
-    out.clear();
+fn append_request(workload: &KvWorkload, op: KvOp, out: &mut Vec<u8>) {
     let len = workload.value_len;
     match (workload.protocol, op.get) {
         (KvProtocol::Resp, true) => {

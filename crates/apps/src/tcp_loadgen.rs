@@ -296,7 +296,9 @@ impl TcpLoadgenApp {
                 }));
             }
         }
-        let scratch = Vec::with_capacity(kv.map_or(0, |c| c.request_len_max()));
+        let scratch = Vec::with_capacity(kv.map_or(0, |c| {
+            (c.request_len_max() * config.inflight).min(BufChain::LEN_MAX)
+        }));
         let block = if config.mode == TcpLoadMode::Bulk {
             (0..BULK_BLOCK_LEN).map(|k| pattern(0, 0, k)).collect()
         } else {
@@ -445,6 +447,10 @@ impl TcpLoadgenApp {
             self.fill_bulk(io, i);
             return;
         }
+        if self.kv.is_some() {
+            self.fill_kv(io, i);
+            return;
+        }
         while self.sending
             && self.conns[i].state == State::Open
             && self.conns[i].pending.is_none()
@@ -494,24 +500,54 @@ impl TcpLoadgenApp {
         }
     }
 
+    /// Key-value mode: tops connection `i`'s pipeline up to `inflight` requests, all of them
+    /// in one send (as a Redis or memcached client library writes a pipeline), so that a
+    /// deep pipeline costs one segment, not one per request.
+    fn fill_kv(&mut self, io: &mut IoContext<'_>, i: usize) {
+        let Some(chooser) = &self.kv else {
+            return;
+        };
+        let conn = &mut self.conns[i];
+        if !self.sending || conn.state != State::Open || conn.pending.is_some() {
+            return;
+        }
+        // As many as fit one buffer chain (a set is at most KV_LOAD_VALUE_MAX + framing).
+        let per_chain = (BufChain::LEN_MAX / chooser.request_len_max()).max(1);
+        let room = (self.config.inflight - conn.outstanding).min(per_chain);
+        if room == 0 {
+            return;
+        }
+        let kv = conn
+            .kv
+            .as_mut()
+            .expect("every connection of kv mode has its state");
+        let now = io.now_ns();
+        self.scratch.clear();
+        for k in 0..room {
+            let op = chooser.next_op(&mut kv.rng);
+            chooser.append_request(op, &mut self.scratch);
+            let slot = (conn.head + conn.outstanding + k) % TCP_LOADGEN_INFLIGHT_MAX;
+            kv.ops[slot] = op;
+            conn.sent_ns[slot] = now;
+        }
+        let scratch = &self.scratch;
+        let Some(chain) = build_chain(io, scratch.len(), |offset, out| {
+            out.copy_from_slice(&scratch[offset..offset + out.len()]);
+        }) else {
+            // The pool is empty: its buffers come back with `Sent` or a reply, and the
+            // connection fills again then.
+            self.send_failures += 1;
+            return;
+        };
+        conn.outstanding += room;
+        conn.next_seq += room as u64;
+        conn.pending = Some(chain);
+        self.sent += room as u64;
+        self.flush(io, i);
+    }
+
     /// One request of connection `i` in pool buffers, or `None` if the pool is empty.
     fn build(&mut self, io: &mut IoContext<'_>, i: usize) -> Option<BufChain> {
-        if let Some(chooser) = &self.kv {
-            let conn = &mut self.conns[i];
-            let kv = conn
-                .kv
-                .as_mut()
-                .expect("every connection of kv mode has its state");
-            let op = chooser.next_op(&mut kv.rng);
-            chooser.write_request(op, &mut self.scratch);
-            let scratch = &self.scratch;
-            let chain = build_chain(io, scratch.len(), |offset, out| {
-                out.copy_from_slice(&scratch[offset..offset + out.len()]);
-            })?;
-            // fill() puts this request at the ring's next slot.
-            kv.ops[(conn.head + conn.outstanding) % TCP_LOADGEN_INFLIGHT_MAX] = op;
-            return Some(chain);
-        }
         let seq = self.conns[i].next_seq;
         build_chain(io, self.config.message_len, |offset, out| {
             for (k, byte) in out.iter_mut().enumerate() {
@@ -1391,6 +1427,10 @@ mod tests {
             app.start(&mut IoContext::new(&mut io));
             io.establish_all();
             app.run_io(&mut IoContext::new(&mut io));
+            assert!(
+                io.conns.iter().all(|c| c.unacked.len() == 1),
+                "a pipeline of 8 goes out in one send"
+            );
             let (mut store, mut done) = (Default::default(), Vec::new());
             for _ in 0..20 {
                 serve_kv(&mut io, protocol, &mut store, &mut done, &mut |r| r);

@@ -14,6 +14,9 @@
 //!   show what the server does.
 //! - `memcache`: the same load generator speaking memcached's protocol, an ETC-like mix
 //!   (`--get-ratio`, 90% gets by default), against memcached and melange kv's memcached port.
+//! - `scale`: GETs at one in flight on 10 to 10,000 connections (`--scale`), melange kv
+//!   against redis-server: whether throughput holds as connections grow (closed loop, so
+//!   the offered load is the connections' own).
 //! - `redis-benchmark`: the real client (`redis-benchmark -t set,get`), from mlg-a on kernel
 //!   sockets, against redis-server and melange kv: what an operator's own tool sees, and
 //!   where the kernel client is the limit.
@@ -77,6 +80,9 @@ pub struct LabKvArgs {
         default_value = "resp,memcache,redis-benchmark"
     )]
     pub suites: Vec<KvSuite>,
+    /// The scale suite's connection counts (at most 10,000, the servers' `maxclients`).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+    pub scale: Vec<usize>,
     /// redis-benchmark: requests per test (`-n`).
     #[arg(long, default_value_t = 200_000)]
     pub requests: u64,
@@ -100,6 +106,9 @@ pub enum KvSuite {
     Memcache,
     /// redis-benchmark from mlg-a (kernel sockets): melange kv against redis-server.
     RedisBenchmark,
+    /// GETs at one in flight on `--scale` connections (10 to 10,000): how throughput holds
+    /// as connections grow, melange kv against redis-server.
+    Scale,
 }
 
 /// One measured load on one server.
@@ -158,6 +167,8 @@ struct GenLoad {
     protocol: &'static str,
     pipeline: usize,
     get_ratio: f64,
+    /// Connections, if not `--connections`.
+    connections: Option<usize>,
 }
 
 impl GenLoad {
@@ -170,7 +181,10 @@ impl GenLoad {
         } else {
             format!("{:.0}% get", self.get_ratio * 100.0)
         };
-        format!("{kind} -P {}", self.pipeline)
+        match self.connections {
+            Some(c) => format!("{kind} -P {} x{c} conns", self.pipeline),
+            None => format!("{kind} -P {}", self.pipeline),
+        }
     }
 }
 
@@ -188,7 +202,10 @@ fn loadgen_run(
     command
         .args(["--log", "error", "--protocol", load.protocol])
         .args(["--target", &format!("{SERVER_ADDR}:{port}")])
-        .args(["--connections", &args.connections.to_string()])
+        .args([
+            "--connections",
+            &load.connections.unwrap_or(args.connections).to_string(),
+        ])
         .args(["--inflight", &load.pipeline.to_string()])
         .args(["--payload", &args.value_size.to_string()])
         .args(["--keys", &args.keys.to_string()])
@@ -246,6 +263,7 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
                         protocol: "resp",
                         pipeline,
                         get_ratio,
+                        connections: None,
                     });
                 }
             }
@@ -253,8 +271,19 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
                 protocol: "memcache",
                 pipeline,
                 get_ratio: args.get_ratio,
+                connections: None,
             }),
-            KvSuite::RedisBenchmark => {}
+            KvSuite::RedisBenchmark | KvSuite::Scale => {}
+        }
+    }
+    if suite == KvSuite::Scale {
+        for &connections in &args.scale {
+            loads.push(GenLoad {
+                protocol: "resp",
+                pipeline: 1,
+                get_ratio: 1.0,
+                connections: Some(connections),
+            });
         }
     }
     loads
@@ -264,7 +293,7 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
 fn peer_of(suite: KvSuite) -> KvServer {
     match suite {
         KvSuite::Memcache => KvServer::Memcached,
-        KvSuite::Resp | KvSuite::RedisBenchmark => KvServer::Redis,
+        KvSuite::Resp | KvSuite::RedisBenchmark | KvSuite::Scale => KvServer::Redis,
     }
 }
 
@@ -315,16 +344,17 @@ fn suite_on(
                 }
             }
         }
-        KvSuite::Resp | KvSuite::Memcache => {
-            let protocol = if suite == KvSuite::Resp {
-                "resp"
-            } else {
+        KvSuite::Resp | KvSuite::Memcache | KvSuite::Scale => {
+            let protocol = if suite == KvSuite::Memcache {
                 "memcache"
+            } else {
+                "resp"
             };
             let fill = GenLoad {
                 protocol,
                 pipeline: 16,
                 get_ratio: 0.0,
+                connections: None,
             };
             loadgen_run(args, &process, *port, fill, FILL_TIME, Duration::ZERO)
                 .context("filling the key space")?;
@@ -351,7 +381,10 @@ fn check(args: &LabKvArgs) -> Result<()> {
         bail!("--pipeline: depths between 1 and 64, e.g. 1,16");
     }
     if args.suites.is_empty() {
-        bail!("--suites: name at least one of resp, memcache, redis-benchmark");
+        bail!("--suites: name at least one of resp, memcache, redis-benchmark, scale");
+    }
+    if args.scale.iter().any(|&c| c == 0 || c > 10_000) {
+        bail!("--scale: connection counts between 1 and 10000 (the servers' maxclients), e.g. 10,100,1000,10000");
     }
     if !(0.0..=1.0).contains(&args.get_ratio) {
         bail!("--get-ratio {}: a share between 0 and 1", args.get_ratio);
@@ -588,6 +621,7 @@ mod tests {
             keys: 1000,
             get_ratio: 0.9,
             suites: vec![KvSuite::Resp],
+            scale: vec![10, 10_000],
             requests: 1000,
             server_cpu: 0,
             client_cpu: 1,
@@ -603,5 +637,10 @@ mod tests {
             .map(GenLoad::label)
             .collect();
         assert_eq!(labels, ["90% get -P 1", "90% get -P 16"]);
+        let labels: Vec<String> = gen_loads(&args, KvSuite::Scale)
+            .iter()
+            .map(GenLoad::label)
+            .collect();
+        assert_eq!(labels, ["GET -P 1 x10 conns", "GET -P 1 x10000 conns"]);
     }
 }
