@@ -1448,6 +1448,51 @@ fn kv_on_af_xdp_serves_redis_and_memcached_clients_from_the_other_host() {
     assert!(slap.status.success(), "memcslap: {report}");
     assert!(report.contains("Time to set"), "{report}");
     println!("memcslap over af_xdp:\n{report}");
+    // Melange's own key-value load generator, on AF_XDP on both sides: every get of a filled
+    // key space hits with its key's value, over both protocols.
+    for (protocol, port) in [("resp", "6390"), ("memcache", "11290")] {
+        let target = format!("{SERVER}:{port}");
+        let common = [
+            "--protocol",
+            protocol,
+            "--backend",
+            "af_xdp",
+            "--interface",
+            "mlg-va",
+            "--target",
+            &target,
+            "--connections",
+            "20",
+            "--pipeline",
+            "8",
+            "--keys",
+            "1000",
+            "--warmup",
+            "0s",
+            "--timeout",
+            "2s",
+        ];
+        let (fill, text) =
+            loadgen(&[&common[..], &["--get-ratio", "0", "--duration", "1s"]].concat());
+        assert!(
+            fill["kv"]["stored"].as_u64().unwrap_or(0) > 20_000,
+            "{text}"
+        );
+        let (mix, text) =
+            loadgen(&[&common[..], &["--get-ratio", "0.9", "--duration", "1s"]].concat());
+        let kv_counts = &mix["kv"];
+        assert_eq!(kv_counts["wrong"], 0, "{protocol}: {text}");
+        assert_eq!(kv_counts["errors"], 0, "{protocol}: {text}");
+        assert_eq!(
+            kv_counts["misses"], 0,
+            "{protocol}: every key was filled: {text}"
+        );
+        assert!(
+            kv_counts["hits"].as_u64().unwrap_or(0) > 1000,
+            "{protocol}: {text}"
+        );
+        println!("melange loadgen --protocol {protocol} over af_xdp:\n{text}");
+    }
     let (status, log) = kv.stop();
     assert!(status.success(), "melange kv exited {status}:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
