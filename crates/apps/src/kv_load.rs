@@ -72,6 +72,10 @@ pub struct KvWorkload {
     pub distribution: KeyDistribution,
     /// Seed of the key and operation choices.
     pub seed: u64,
+    /// Open loop: requests per second over all connections, sent on schedule whatever the
+    /// replies do (so latency at a fixed offered load is measured, not the server's pace);
+    /// `None` keeps every pipeline full (closed loop).
+    pub rate_per_s: Option<u64>,
 }
 
 /// One request: a get or a set of a key.
@@ -642,6 +646,7 @@ mod tests {
             value_len: 5,
             distribution: KeyDistribution::Uniform,
             seed: 7,
+            rate_per_s: None,
         }
     }
 

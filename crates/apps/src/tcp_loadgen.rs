@@ -72,6 +72,9 @@ const TOKEN_MEASURE_END: u64 = 2;
 const TOKEN_DRAIN_END: u64 = 3;
 const TOKEN_GIVE_UP: u64 = 4;
 const TOKEN_RETRY: u64 = 5;
+const TOKEN_PACE: u64 = 6;
+/// Longest wait between two looks at an open loop's schedule.
+const PACE_NS_MAX: u64 = 1_000_000;
 
 /// What each connection of a [`TcpLoadgenApp`] does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -224,6 +227,11 @@ pub struct TcpLoadgenApp {
     kv_counts: KvReplyCounts,
     /// The first error a server answered with (its text, cut at `REPLY_LINE_MAX`).
     first_error: Option<String>,
+    /// Open loop: when the schedule started, requests it has issued (sent or counted
+    /// missed), and the connection to offer the next one to.
+    pace_start_ns: u64,
+    paced: u64,
+    pace_cursor: usize,
     measuring: bool,
     sending: bool,
     draining_over: bool,
@@ -310,6 +318,9 @@ impl TcpLoadgenApp {
             scratch,
             kv_counts: KvReplyCounts::default(),
             first_error: None,
+            pace_start_ns: 0,
+            paced: 0,
+            pace_cursor: 0,
             by_handle: Vec::new(),
             displaced: Vec::new(),
             queue: (0..config.connections as u32).collect(),
@@ -504,18 +515,94 @@ impl TcpLoadgenApp {
     /// in one send (as a Redis or memcached client library writes a pipeline), so that a
     /// deep pipeline costs one segment, not one per request.
     fn fill_kv(&mut self, io: &mut IoContext<'_>, i: usize) {
-        let Some(chooser) = &self.kv else {
+        if self.rate_per_s().is_some() {
+            // Open loop: requests go out on schedule (pace), not as replies come back.
             return;
+        }
+        let room = self
+            .config
+            .inflight
+            .saturating_sub(self.conns[i].outstanding);
+        self.send_kv(io, i, room);
+    }
+
+    /// Open loop: the rate, if the workload has one.
+    fn rate_per_s(&self) -> Option<u64> {
+        match self.config.mode {
+            TcpLoadMode::Kv(workload) => workload.rate_per_s.filter(|&r| r > 0),
+            _ => None,
+        }
+    }
+
+    /// Whether connection `i` can take another request now.
+    fn can_take(&self, i: usize) -> bool {
+        let conn = &self.conns[i];
+        conn.state == State::Open
+            && conn.pending.is_none()
+            && conn.outstanding < self.config.inflight
+    }
+
+    /// How long until the open loop looks at its schedule again: a request's interval,
+    /// between 1 µs and [`PACE_NS_MAX`].
+    fn pace_ns(rate: u64) -> u64 {
+        (1_000_000_000 / rate.max(1)).clamp(1_000, PACE_NS_MAX)
+    }
+
+    /// Open loop: issues every request due by now, each to the next connection (round robin)
+    /// that can take one. A request no connection can take (every pipeline full, or none open
+    /// yet) is counted as a send failure, never sent late: an open loop must not slow down
+    /// to the server's pace without saying so.
+    fn pace(&mut self, io: &mut IoContext<'_>) {
+        let Some(rate) = self.rate_per_s() else {
+            return;
+        };
+        let now = io.now_ns();
+        let due_total = (u128::from(now.saturating_sub(self.pace_start_ns)) * u128::from(rate)
+            / 1_000_000_000) as u64;
+        let mut due = due_total.saturating_sub(self.paced);
+        if !self.sending {
+            self.paced = due_total;
+            return;
+        }
+        let n = self.conns.len();
+        let mut refused = 0;
+        while due > 0 && refused < n {
+            let i = self.pace_cursor;
+            self.pace_cursor = (self.pace_cursor + 1) % n;
+            if !self.can_take(i) {
+                refused += 1;
+                continue;
+            }
+            refused = 0;
+            if !self.send_kv(io, i, 1) {
+                break;
+            }
+            due -= 1;
+            self.paced += 1;
+        }
+        if due > 0 {
+            self.send_failures += due;
+            self.paced += due;
+        }
+    }
+
+    /// Key-value mode: sends `count` requests on connection `i` in one chain (as many of
+    /// them as fit one). Whether it sent any.
+    fn send_kv(&mut self, io: &mut IoContext<'_>, i: usize, count: usize) -> bool {
+        let Some(chooser) = &self.kv else {
+            return false;
         };
         let conn = &mut self.conns[i];
         if !self.sending || conn.state != State::Open || conn.pending.is_some() {
-            return;
+            return false;
         }
         // As many as fit one buffer chain (a set is at most KV_LOAD_VALUE_MAX + framing).
         let per_chain = (BufChain::LEN_MAX / chooser.request_len_max()).max(1);
-        let room = (self.config.inflight - conn.outstanding).min(per_chain);
+        let room = count
+            .min(self.config.inflight.saturating_sub(conn.outstanding))
+            .min(per_chain);
         if room == 0 {
-            return;
+            return false;
         }
         let kv = conn
             .kv
@@ -537,13 +624,14 @@ impl TcpLoadgenApp {
             // The pool is empty: its buffers come back with `Sent` or a reply, and the
             // connection fills again then.
             self.send_failures += 1;
-            return;
+            return false;
         };
         conn.outstanding += room;
         conn.next_seq += room as u64;
         conn.pending = Some(chain);
         self.sent += room as u64;
         self.flush(io, i);
+        true
     }
 
     /// One request of connection `i` in pool buffers, or `None` if the pool is empty.
@@ -901,6 +989,14 @@ impl TcpLoadgenApp {
                 }
             }
             TOKEN_GIVE_UP => self.abort_all(io),
+            TOKEN_PACE => {
+                self.pace(io);
+                if let Some(rate) = self.rate_per_s() {
+                    if self.sending {
+                        let _ = io.arm_timer(io.now_ns() + Self::pace_ns(rate), TOKEN_PACE);
+                    }
+                }
+            }
             TOKEN_RETRY => {
                 self.retry_armed = false;
                 self.open_more(io);
@@ -981,6 +1077,10 @@ impl App for TcpLoadgenApp {
                 }
                 self.queue.clear();
             }
+        }
+        if let Some(rate) = self.rate_per_s() {
+            self.pace_start_ns = now;
+            let _ = io.arm_timer(now + Self::pace_ns(rate), TOKEN_PACE);
         }
         self.open_more(io);
     }
@@ -1411,6 +1511,7 @@ mod tests {
                     value_len: 40,
                     distribution: KeyDistribution::Uniform,
                     seed: 3,
+                    rate_per_s: None,
                 }),
                 connections,
                 0,
@@ -1451,6 +1552,54 @@ mod tests {
             assert!(kv.hits > 0 && kv.misses > 0 && kv.stored > 0, "{kv:?}");
             io.finish(&mut app);
         }
+    }
+
+    #[test]
+    fn kv_open_loop_sends_on_schedule_and_counts_what_no_pipeline_could_take() {
+        use crate::kv_load::KvProtocol;
+        let mut config = kv_config(KvProtocol::Resp, 2);
+        config.inflight = 4;
+        if let TcpLoadMode::Kv(workload) = &mut config.mode {
+            workload.rate_per_s = Some(1000);
+        }
+        let mut io = TcpTestIo::new(512);
+        let mut app = TcpLoadgenApp::new(config);
+        app.start(&mut IoContext::new(&mut io));
+        io.establish_all();
+        app.run_io(&mut IoContext::new(&mut io));
+        assert_eq!(
+            app.report().sent,
+            0,
+            "nothing is due at the start, whatever the room"
+        );
+        // 5 ms at 1000/s: five requests due, taken round robin.
+        io.now_ns = 5 * MS;
+        io.fire_token(TOKEN_PACE);
+        app.run_io(&mut IoContext::new(&mut io));
+        let report = app.report();
+        assert_eq!((report.sent, report.send_failures), (5, 0), "{report:?}");
+        assert_eq!(
+            io.conns.iter().map(|c| c.unacked.len()).collect::<Vec<_>>(),
+            [3, 2]
+        );
+        // 15 more due by 20 ms with no reply: room for 3 more (8 in flight at most), the
+        // other 12 are counted, not sent late.
+        io.now_ns = 20 * MS;
+        io.fire_token(TOKEN_PACE);
+        app.run_io(&mut IoContext::new(&mut io));
+        let report = app.report();
+        assert_eq!((report.sent, report.send_failures), (8, 12), "{report:?}");
+        // Replies free the pipelines, but only the schedule sends.
+        let (mut store, mut done) = (Default::default(), Vec::new());
+        serve_kv(&mut io, KvProtocol::Resp, &mut store, &mut done, &mut |r| r);
+        app.run_io(&mut IoContext::new(&mut io));
+        assert_eq!(app.report().received, 8);
+        assert_eq!(
+            app.report().sent,
+            8,
+            "a reply does not trigger a send in the open loop"
+        );
+        io.finish(&mut app);
     }
 
     #[test]

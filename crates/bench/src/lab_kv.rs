@@ -17,6 +17,9 @@
 //! - `scale`: GETs at one in flight on 10 to 10,000 connections (`--scale`), melange kv
 //!   against redis-server: whether throughput holds as connections grow (closed loop, so
 //!   the offered load is the connections' own).
+//! - `latency`: an open loop of GETs at each `--rates` (50,000/s by default), the same
+//!   schedule against redis-server and melange kv: p50 and p99 at a fixed offered load, and
+//!   the requests a server fell behind on (due when every pipeline was full).
 //! - `redis-benchmark`: the real client (`redis-benchmark -t set,get`), from mlg-a on kernel
 //!   sockets, against redis-server and melange kv: what an operator's own tool sees, and
 //!   where the kernel client is the limit.
@@ -77,9 +80,12 @@ pub struct LabKvArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "resp,memcache,redis-benchmark"
+        default_value = "resp,memcache,redis-benchmark,scale,latency"
     )]
     pub suites: Vec<KvSuite>,
+    /// The latency suite's offered loads, requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "50000")]
+    pub rates: Vec<u64>,
     /// The scale suite's connection counts (at most 10,000, the servers' `maxclients`).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     pub scale: Vec<usize>,
@@ -109,6 +115,9 @@ pub enum KvSuite {
     /// GETs at one in flight on `--scale` connections (10 to 10,000): how throughput holds
     /// as connections grow, melange kv against redis-server.
     Scale,
+    /// Latency at a fixed offered load: an open loop of GETs at each `--rates`, the same
+    /// schedule for redis-server and melange kv.
+    Latency,
 }
 
 /// One measured load on one server.
@@ -128,6 +137,8 @@ pub struct KvLabRun {
     pub server_cpu_ns_per_request: f64,
     /// Gets that hit, of all gets (load generator runs; `None` for redis-benchmark).
     pub hit_ratio: Option<f64>,
+    /// Open loop: requests due when every pipeline was full (the server fell behind).
+    pub missed: u64,
 }
 
 /// One row of the summary: a load, melange kv against its peer.
@@ -151,6 +162,12 @@ pub struct KvLabRow {
     pub melange_cpu_ns: f64,
     /// Median and worst of the per-repetition peer/melange CPU per request.
     pub cpu_ratio: (f64, f64),
+    /// Medians: p50 latency, µs, peer and melange.
+    pub peer_p50_us: f64,
+    /// See `peer_p50_us`.
+    pub melange_p50_us: f64,
+    /// Most requests a server fell behind on in one repetition (open loop), peer and melange.
+    pub missed: (u64, u64),
     /// Medians: p99 latency, µs, peer and melange.
     pub peer_p99_us: f64,
     /// See `peer_p99_us`.
@@ -169,6 +186,8 @@ struct GenLoad {
     get_ratio: f64,
     /// Connections, if not `--connections`.
     connections: Option<usize>,
+    /// Open loop: the offered load.
+    rate: Option<u64>,
 }
 
 impl GenLoad {
@@ -181,9 +200,10 @@ impl GenLoad {
         } else {
             format!("{:.0}% get", self.get_ratio * 100.0)
         };
-        match self.connections {
-            Some(c) => format!("{kind} -P {} x{c} conns", self.pipeline),
-            None => format!("{kind} -P {}", self.pipeline),
+        match (self.connections, self.rate) {
+            (_, Some(rate)) => format!("{kind} at {rate}/s (open loop)"),
+            (Some(c), None) => format!("{kind} -P {} x{c} conns", self.pipeline),
+            (None, None) => format!("{kind} -P {}", self.pipeline),
         }
     }
 }
@@ -209,7 +229,11 @@ fn loadgen_run(
         .args(["--inflight", &load.pipeline.to_string()])
         .args(["--payload", &args.value_size.to_string()])
         .args(["--keys", &args.keys.to_string()])
-        .args(["--get-ratio", &load.get_ratio.to_string()])
+        .args(["--get-ratio", &load.get_ratio.to_string()]);
+    if let Some(rate) = load.rate {
+        command.args(["--rate", &rate.to_string()]);
+    }
+    command
         .args(["--cpus", &args.client_cpu.to_string()])
         .args(["--duration", &format!("{}s", duration.as_secs_f64())])
         .args(["--warmup", &format!("{}s", warmup.as_secs_f64())]);
@@ -249,6 +273,11 @@ fn loadgen_run(
         p99_us: number(&json["latency"]["p99_ns"]) / 1e3,
         server_cpu_ns_per_request: (after.saturating_sub(before)) as f64 / received.max(1.0),
         hit_ratio: (gets > 0.0).then(|| number(&kv["hits"]) / gets),
+        missed: if load.rate.is_some() {
+            json["send_failures"].as_u64().unwrap_or(0)
+        } else {
+            0
+        },
     })
 }
 
@@ -264,6 +293,7 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
                         pipeline,
                         get_ratio,
                         connections: None,
+                        rate: None,
                     });
                 }
             }
@@ -272,8 +302,20 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
                 pipeline,
                 get_ratio: args.get_ratio,
                 connections: None,
+                rate: None,
             }),
-            KvSuite::RedisBenchmark | KvSuite::Scale => {}
+            KvSuite::RedisBenchmark | KvSuite::Scale | KvSuite::Latency => {}
+        }
+    }
+    if suite == KvSuite::Latency {
+        for &rate in &args.rates {
+            loads.push(GenLoad {
+                protocol: "resp",
+                pipeline: 16,
+                get_ratio: 1.0,
+                connections: None,
+                rate: Some(rate),
+            });
         }
     }
     if suite == KvSuite::Scale {
@@ -283,6 +325,7 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
                 pipeline: 1,
                 get_ratio: 1.0,
                 connections: Some(connections),
+                rate: None,
             });
         }
     }
@@ -293,7 +336,9 @@ fn gen_loads(args: &LabKvArgs, suite: KvSuite) -> Vec<GenLoad> {
 fn peer_of(suite: KvSuite) -> KvServer {
     match suite {
         KvSuite::Memcache => KvServer::Memcached,
-        KvSuite::Resp | KvSuite::RedisBenchmark | KvSuite::Scale => KvServer::Redis,
+        KvSuite::Resp | KvSuite::RedisBenchmark | KvSuite::Scale | KvSuite::Latency => {
+            KvServer::Redis
+        }
     }
 }
 
@@ -340,11 +385,12 @@ fn suite_on(
                         p99_us: run.p99_ms * 1e3,
                         server_cpu_ns_per_request: run.server_cpu_ns_per_request,
                         hit_ratio: None,
+                        missed: 0,
                     });
                 }
             }
         }
-        KvSuite::Resp | KvSuite::Memcache | KvSuite::Scale => {
+        KvSuite::Resp | KvSuite::Memcache | KvSuite::Scale | KvSuite::Latency => {
             let protocol = if suite == KvSuite::Memcache {
                 "memcache"
             } else {
@@ -355,6 +401,7 @@ fn suite_on(
                 pipeline: 16,
                 get_ratio: 0.0,
                 connections: None,
+                rate: None,
             };
             loadgen_run(args, &process, *port, fill, FILL_TIME, Duration::ZERO)
                 .context("filling the key space")?;
@@ -381,7 +428,7 @@ fn check(args: &LabKvArgs) -> Result<()> {
         bail!("--pipeline: depths between 1 and 64, e.g. 1,16");
     }
     if args.suites.is_empty() {
-        bail!("--suites: name at least one of resp, memcache, redis-benchmark, scale");
+        bail!("--suites: name at least one of resp, memcache, redis-benchmark, scale, latency");
     }
     if args.scale.iter().any(|&c| c == 0 || c > 10_000) {
         bail!("--scale: connection counts between 1 and 10000 (the servers' maxclients), e.g. 10,100,1000,10000");
@@ -438,13 +485,19 @@ pub fn run(args: &LabKvArgs) -> Result<Vec<KvLabRow>> {
                     .with_context(|| format!("{suite:?} on {}", server.label()))?;
                 for run in &runs {
                     eprintln!(
-                        "  rep {} {:<12} {:<28} {:>10.0} req/s  p99 {:>8.1} us  {:>6.0} CPU-ns/req",
+                        "  rep {} {:<12} {:<28} {:>10.0} req/s  p50 {:>8.1} us  p99 {:>8.1} us  {:>6.0} CPU-ns/req{}",
                         rep + 1,
                         server.label(),
                         run.load,
                         run.requests_per_s,
+                        run.p50_us,
                         run.p99_us,
-                        run.server_cpu_ns_per_request
+                        run.server_cpu_ns_per_request,
+                        if run.missed > 0 {
+                            format!("  (fell behind on {} requests)", run.missed)
+                        } else {
+                            String::new()
+                        }
                     );
                 }
                 got[usize::from(server == KvServer::Melange)] = runs;
@@ -502,6 +555,12 @@ fn summarise(
             peer_cpu_ns: med(&|p| p[0].server_cpu_ns_per_request),
             melange_cpu_ns: med(&|p| p[1].server_cpu_ns_per_request),
             cpu_ratio: (med(&cpu), worst(&cpu)),
+            peer_p50_us: med(&|p| p[0].p50_us),
+            melange_p50_us: med(&|p| p[1].p50_us),
+            missed: (
+                pairs.iter().map(|p| p[0].missed).max().unwrap_or(0),
+                pairs.iter().map(|p| p[1].missed).max().unwrap_or(0),
+            ),
             peer_p99_us: med(&|p| p[0].p99_us),
             melange_p99_us: med(&|p| p[1].p99_us),
             hit_ratio: hit.then(|| {
@@ -535,6 +594,7 @@ fn print_rows(args: &LabKvArgs, rows: &[KvLabRow]) {
                 ),
                 format!("{:.2} / {:.2}", r.peer_cpu_ns / 1e3, r.melange_cpu_ns / 1e3),
                 format!("x{:.2} (x{:.2})", r.cpu_ratio.0, r.cpu_ratio.1),
+                format!("{:.0} / {:.0}", r.peer_p50_us, r.melange_p50_us),
                 format!("{:.0} / {:.0}", r.peer_p99_us, r.melange_p99_us),
                 r.hit_ratio
                     .map(|(p, m)| format!("{:.0}% / {:.0}%", p * 100.0, m * 100.0))
@@ -551,6 +611,7 @@ fn print_rows(args: &LabKvArgs, rows: &[KvLabRow]) {
             "melange/peer",
             "CPU-us/req peer / melange",
             "peer/melange CPU",
+            "p50 us peer / melange",
             "p99 us peer / melange",
             "hits peer / melange",
         ],
@@ -571,6 +632,7 @@ mod tests {
             p99_us: 20.0,
             server_cpu_ns_per_request: cpu,
             hit_ratio: Some(1.0),
+            missed: 0,
         }
     }
 
@@ -622,6 +684,7 @@ mod tests {
             get_ratio: 0.9,
             suites: vec![KvSuite::Resp],
             scale: vec![10, 10_000],
+            rates: vec![50_000],
             requests: 1000,
             server_cpu: 0,
             client_cpu: 1,
@@ -642,5 +705,10 @@ mod tests {
             .map(GenLoad::label)
             .collect();
         assert_eq!(labels, ["GET -P 1 x10 conns", "GET -P 1 x10000 conns"]);
+        let labels: Vec<String> = gen_loads(&args, KvSuite::Latency)
+            .iter()
+            .map(GenLoad::label)
+            .collect();
+        assert_eq!(labels, ["GET at 50000/s (open loop)"]);
     }
 }

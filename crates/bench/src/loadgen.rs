@@ -94,7 +94,8 @@ pub struct LoadgenArgs {
     /// and bulk: unused).
     #[arg(long, visible_alias = "pipeline", default_value_t = 32)]
     pub inflight: usize,
-    /// Open loop: requests per second, in all. Without it the loop is closed.
+    /// Open loop: requests per second, in all (UDP, resp and memcache). Without it the loop
+    /// is closed.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Measured time.
@@ -297,11 +298,14 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
     if let Some(kv) = &r.kv {
         let gets = kv.hits + kv.misses;
         println!(
-            "loadgen -> {} {}: {} connections x {} pipelined, {} keys ({}), {:.0}% gets, {} B values, {:.1}s measured",
+            "loadgen -> {} {}: {} connections x {} pipelined{}, {} keys ({}), {:.0}% gets, {} B values, {:.1}s measured",
             args.target,
             if args.protocol == LoadProtocol::Resp { "resp" } else { "memcache" },
             args.connections,
             args.inflight,
+            args.rate
+                .map(|r| format!(" at most, open loop {r:.0}/s"))
+                .unwrap_or_default(),
             args.kv.keys,
             match args.kv.distribution {
                 KeyChoice::Uniform => "uniform",
@@ -333,8 +337,17 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
             kv.wrong
         );
         println!(
-            "  connects {}  connect failures {}  sent {}  received {}  send failures {}",
-            r.connects, r.connect_failures, r.sent, r.received, r.send_failures
+            "  connects {}  connect failures {}  sent {}  received {}  send failures {}{}",
+            r.connects,
+            r.connect_failures,
+            r.sent,
+            r.received,
+            r.send_failures,
+            if args.rate.is_some() && r.send_failures > 0 {
+                " (requests due when every pipeline was full: the server did not keep up with the rate)"
+            } else {
+                ""
+            }
         );
         return;
     }
@@ -513,10 +526,17 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
             "--backend af_xdp needs --interface (the lab's client side is mlg-va in namespace mlg-a)"
         ));
     }
-    if args.rate.is_some() {
-        return Err(anyhow!(
-            "--rate: the TCP load generator runs closed loop only for now; leave --rate out"
-        ));
+    if let Some(rate) = args.rate {
+        if args.protocol.kv().is_none() {
+            return Err(anyhow!(
+                "--rate: --protocol tcp runs closed loop only; an open loop is for --protocol resp or memcache (leave --rate out)"
+            ));
+        }
+        if !rate.is_finite() || rate < 1.0 || rate > 1e8 {
+            return Err(anyhow!(
+                "--rate {rate}: an open-loop rate is requests per second over all connections, from 1 to 1e8; leave it out for a closed loop"
+            ));
+        }
     }
     if args.target.port() == 0 || args.target.ip().is_unspecified() {
         return Err(anyhow!(
@@ -690,6 +710,9 @@ fn kv_workload(args: &LoadgenArgs, id: usize) -> Option<KvWorkload> {
             KeyChoice::Zipf => KeyDistribution::Zipf,
         },
         seed: args.kv.seed.wrapping_add((id as u64) << 32),
+        rate_per_s: args
+            .rate
+            .map(|rate| (rate / args.engines as f64).round().max(1.0) as u64),
     })
 }
 
