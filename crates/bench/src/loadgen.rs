@@ -532,7 +532,7 @@ fn validate_tcp(args: &LoadgenArgs) -> Result<()> {
                 "--rate: --protocol tcp runs closed loop only; an open loop is for --protocol resp or memcache (leave --rate out)"
             ));
         }
-        if !rate.is_finite() || rate < 1.0 || rate > 1e8 {
+        if !rate.is_finite() || !(1.0..=1e8).contains(&rate) {
             return Err(anyhow!(
                 "--rate {rate}: an open-loop rate is requests per second over all connections, from 1 to 1e8; leave it out for a closed loop"
             ));
