@@ -281,3 +281,33 @@ fn out_of_range_workloads_are_refused_with_the_flag_named() {
     ]);
     assert!(!ok && stderr.contains("--keys"), "{stderr}");
 }
+
+#[test]
+fn the_open_loop_sends_at_the_rate_asked() {
+    let kv = Kv::start(&[]);
+    let target = format!("127.0.0.1:{}", kv.port);
+    let (ok, json, stderr) = loadgen(&[
+        "--protocol",
+        "resp",
+        "--target",
+        &target,
+        "--connections",
+        "10",
+        "--rate",
+        "2000",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+    ]);
+    assert!(ok, "{stderr}");
+    let rate = json["requests_per_s"].as_f64().unwrap();
+    // A schedule, not the server's pace: a loopback server answers far faster than this.
+    assert!(
+        (1700.0..=2300.0).contains(&rate),
+        "asked 2000/s, measured {rate}: {json:#}"
+    );
+    assert_eq!(count(&json, &["kv", "wrong"]), 0, "{json:#}");
+    let (ok, _, stderr) = loadgen(&["--protocol", "tcp", "--target", &target, "--rate", "100"]);
+    assert!(!ok && stderr.contains("--rate"), "{stderr}");
+}
