@@ -483,6 +483,8 @@ struct Conn {
     /// Counted in the server's `connected_clients` (a connection refused for `maxclients`
     /// is not).
     counted: bool,
+    /// In `KvApp::dirty`: its replies go out at the end of the batch.
+    dirty: bool,
 }
 
 /// Reuses a vector's allocation for elements of another type (here: the same borrow of
@@ -523,6 +525,10 @@ pub struct KvApp {
     conns: Vec<Option<Box<Conn>>>,
     /// Connections whose replies wait for frames from the pool.
     starved: Vec<ConnId>,
+    /// Connections served in this batch, flushed once at its end: the replies to every
+    /// segment a connection sent in one batch leave in one send (Redis writes a client's
+    /// replies once per event-loop turn for the same reason), not a segment per segment.
+    dirty: Vec<ConnId>,
     /// Unix ms minus engine ms, fixed at start.
     wall_offset_ms: u64,
     counters: KvCounters,
@@ -552,6 +558,7 @@ impl KvApp {
             listen_error: None,
             conns: Vec::new(),
             starved: Vec::new(),
+            dirty: Vec::new(),
             wall_offset_ms: 0,
             counters: KvCounters::default(),
             buffers: Buffers::default(),
@@ -623,6 +630,7 @@ impl KvApp {
             peer_closed: false,
             close_sent: false,
             counted: false,
+            dirty: false,
         });
         // One limit for both protocols: every client holds the same resources.
         let open = state.server.connected_clients + state.memcached.curr_connections;
@@ -697,7 +705,23 @@ impl KvApp {
             // Everything the peer sent is answered: close after the replies.
             c.closing = true;
         }
-        self.flush(io, state, conn);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(conn);
+        }
+    }
+
+    /// Flushes every connection served in this batch, once.
+    fn flush_dirty(&mut self, io: &mut IoContext<'_>, state: &mut KvState) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for conn in dirty.drain(..) {
+            if let Some(c) = Self::conn_mut(&mut self.conns, conn) {
+                c.dirty = false;
+            }
+            self.flush(io, state, conn);
+        }
+        // The vector keeps its room for the next batch.
+        self.dirty = dirty;
     }
 
     /// Moves `conn`'s replies into frames and offers them to the transport.
@@ -1252,12 +1276,14 @@ impl App for KvApp {
                 }
             }
         }
+        self.flush_dirty(io, state);
         if !self.starved.is_empty() {
             let starved = std::mem::take(&mut self.starved);
             for conn in starved {
                 self.flush(io, state, conn);
                 self.serve(io, state, conn, now_ms);
             }
+            self.flush_dirty(io, state);
         }
     }
 }
