@@ -17,7 +17,7 @@
 //! hostile or broken server therefore costs a counter, never a panic or unbounded memory
 //! (the scanner has a fuzz target).
 //!
-//! Requests are written by [`KvWorkload::write_request`] into a caller's buffer; the load
+//! Requests are written by [`KvChooser::write_request`] into a caller's buffer; the load
 //! generator copies them into pool buffers, so nothing is allocated per request.
 
 /// Longest reply header line the scanner keeps (memcached's `VALUE <key> <flags> <bytes>

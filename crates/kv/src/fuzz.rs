@@ -1,4 +1,4 @@
-//! The fuzz bodies of the keyspace: [`commands`] and [`memcached`].
+//! The fuzz bodies of the keyspace: [`commands`] and [`memcached()`].
 //!
 //! [`commands`]: any sequence of commands, with names from the table (and
 //! junk) and arguments drawn from a small alphabet of keys, numbers at the edges of `i64`,

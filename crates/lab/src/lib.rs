@@ -22,7 +22,7 @@
 //! "File exists", so that `status --json` gives benchmarks a typed record, and so that the tests can
 //! drive the same binary a person runs. It shells out to `ip`, `nft` and `ethtool` rather than
 //! speaking rtnetlink itself: this crate forbids `unsafe`, and these tools are the reference users
-//! of those kernel interfaces. Every command takes an exclusive lock on [`LOCK_PATH`], so two
+//! of those kernel interfaces. Every command takes an exclusive lock on `LOCK_PATH`, so two
 //! benchmarks that both run `lab up` cannot interleave their repairs.
 //!
 //! # Impairment, and why the nftables rule sits where it does

@@ -4,7 +4,7 @@
 //! The sockets, the events, the errors and the transmit queue are the kernel transport's; this
 //! module only moves datagrams through a [`UringUdp`]. Receive: every bound socket has a
 //! multishot `recvmsg` armed on one ring, the kernel puts datagrams into a shared ring of
-//! provided buffers, and [`UringIo::receive`] reaps the completions, without a system call
+//! provided buffers, and `UringIo::receive` reaps the completions, without a system call
 //! when they are already posted, copying each datagram into pool frames (a chain when it is
 //! longer than one frame). Transmit: all of a pass's datagrams, from any socket, leave in one
 //! submission of `sendmsg` requests with one iovec per frame, no copy; the submission also

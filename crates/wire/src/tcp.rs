@@ -11,7 +11,7 @@
 //! Options are read by [`TcpOptions`], an iterator that yields each option *or a typed error*
 //! and stops after the first error. RFC 9293 §3.2 (MUST-7) requires a receiver to be ready
 //! for an illegal option length such as zero; we go further and never guess: a malformed
-//! options region gives an [`Error`], and the connection layer drops the segment and counts
+//! options region gives an [`enum@Error`], and the connection layer drops the segment and counts
 //! it (a segment whose option lengths are wrong cannot be trusted in anything else). RFC 9293
 //! suggests resetting the connection instead; that is the connection layer's choice to make,
 //! and dropping is the safer default, since a reset sent for a forged segment would let an
@@ -700,7 +700,7 @@ mod layout {
 impl Repr {
     /// Parses a checked segment from `src` to `dst`. The checksum is classified and judged
     /// by `policy`; then the options are read, and any malformed option is an error (see
-    /// [`Error`]). Unknown options are skipped; when a known option appears twice, the last
+    /// [`enum@Error`]). Unknown options are skipped; when a known option appears twice, the last
     /// one counts, as in Linux.
     pub fn parse<T: AsRef<[u8]>>(
         packet: &Packet<T>,
