@@ -388,6 +388,27 @@ pub struct LabEchoResults {
     pub curve: Vec<CurvePoint>,
 }
 
+/// Brings the lab up (`melange lab up`) with each host's receive work on its core, or says
+/// why it could not (the lab needs root).
+pub(crate) fn lab_up(
+    napi: melange_lab::NapiMode,
+    server_cpu: usize,
+    client_cpu: usize,
+) -> Result<()> {
+    let up = Command::new(std::env::current_exe()?)
+        .args(["lab", "up", "--napi", napi.name()])
+        .args(["--server-cpu", &server_cpu.to_string()])
+        .args(["--client-cpu", &client_cpu.to_string()])
+        .output()?;
+    if !up.status.success() {
+        bail!(
+            "`melange lab up` failed (the lab needs root):\n{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Steers the kernel's transmissions on both veth ends to queue 0 (XPS) while it lives, so
 /// that one engine on queue 0 sees every flow of the lab.
 pub struct SingleQueue {
@@ -452,18 +473,7 @@ impl Drop for SingleQueue {
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &LabEchoArgs) -> Result<LabEchoResults> {
     let _lock = crate::lab_lock()?;
-    let exe = std::env::current_exe()?;
-    let up = Command::new(&exe)
-        .args(["lab", "up", "--napi", args.napi.name()])
-        .args(["--server-cpu", &args.run.server_cpu.to_string()])
-        .args(["--client-cpu", &args.run.client_cpu.to_string()])
-        .output()?;
-    if !up.status.success() {
-        bail!(
-            "`melange lab up` failed (the lab needs root):\n{}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-    }
+    lab_up(args.napi, args.run.server_cpu, args.run.client_cpu)?;
     let _single_queue = SingleQueue::new()?;
     let mut port = 20_000u16;
     let mut rows = Vec::new();

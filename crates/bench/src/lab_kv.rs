@@ -40,7 +40,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use melange_control::options::parse_duration;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 /// The lab's server address, as the clients reach it.
@@ -454,18 +453,11 @@ fn check(args: &LabKvArgs) -> Result<()> {
 pub fn run(args: &LabKvArgs) -> Result<Vec<KvLabRow>> {
     check(args)?;
     let _lock = crate::lab_lock()?;
-    let exe = std::env::current_exe()?;
-    let up = Command::new(&exe)
-        .args(["lab", "up", "--napi", "threaded"])
-        .args(["--server-cpu", &args.server_cpu.to_string()])
-        .args(["--client-cpu", &args.client_cpu.to_string()])
-        .output()?;
-    if !up.status.success() {
-        bail!(
-            "`melange lab up` failed (the lab needs root):\n{}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-    }
+    crate::lab_echo::lab_up(
+        melange_lab::NapiMode::Threaded,
+        args.server_cpu,
+        args.client_cpu,
+    )?;
     let _single_queue = SingleQueue::new()?;
     let mut port = 21_000u16;
     let mut rows = Vec::new();

@@ -545,18 +545,7 @@ fn median_run(server_runs: &[TcpRun]) -> TcpRun {
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &LabTcpArgs) -> Result<LabTcpResults> {
     let _lock = crate::lab_lock()?;
-    let exe = std::env::current_exe()?;
-    let up = Command::new(&exe)
-        .args(["lab", "up", "--napi", args.napi.name()])
-        .args(["--server-cpu", &args.server_cpu.to_string()])
-        .args(["--client-cpu", &args.client_cpu.to_string()])
-        .output()?;
-    if !up.status.success() {
-        bail!(
-            "`melange lab up` failed (the lab needs root):\n{}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-    }
+    crate::lab_echo::lab_up(args.napi, args.server_cpu, args.client_cpu)?;
     let _single_queue = SingleQueue::new()?;
     let mut port = 23_000u16;
     let mut results = LabTcpResults {

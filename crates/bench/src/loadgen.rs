@@ -316,14 +316,7 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
             r.window_ns as f64 / 1e9
         );
         println!("  requests/s   {:.0}", r.requests_per_s);
-        println!(
-            "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            us(r.latency.p50_ns),
-            us(r.latency.p90_ns),
-            us(r.latency.p99_ns),
-            us(r.latency.p999_ns),
-            us(r.latency.max_ns)
-        );
+        print_latency("latency us", &r.latency);
         println!(
             "  gets {gets} (hits {}, {:.1}%)  sets {}  errors {}  wrong replies {}",
             kv.hits,
@@ -362,17 +355,22 @@ pub fn print_report(args: &LoadgenArgs, r: &LoadgenReport) {
         r.window_ns as f64 / 1e9
     );
     println!("  requests/s   {:.0}", r.requests_per_s);
-    println!(
-        "  latency us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        us(r.latency.p50_ns),
-        us(r.latency.p90_ns),
-        us(r.latency.p99_ns),
-        us(r.latency.p999_ns),
-        us(r.latency.max_ns)
-    );
+    print_latency("latency us", &r.latency);
     println!(
         "  sent {}  received {}  timeouts {}  corrupt {}  unexpected {}  send failures {}",
         r.sent, r.received, r.timeouts, r.corrupt, r.unexpected, r.send_failures
+    );
+}
+
+/// Prints a latency summary line: `label` and the percentiles, in µs.
+fn print_latency(label: &str, l: &melange_apps::LatencySummary) {
+    println!(
+        "  {label}   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        us(l.p50_ns),
+        us(l.p90_ns),
+        us(l.p99_ns),
+        us(l.p999_ns),
+        us(l.max_ns)
     );
 }
 
@@ -386,14 +384,7 @@ fn print_tcp_mode_report(args: &LoadgenArgs, r: &LoadgenReport) {
                 args.target, args.connections, args.payload
             );
             println!("  connections/s  {:.0}", r.requests_per_s);
-            println!(
-                "  connect to reply us   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-                us(r.latency.p50_ns),
-                us(r.latency.p90_ns),
-                us(r.latency.p99_ns),
-                us(r.latency.p999_ns),
-                us(r.latency.max_ns)
-            );
+            print_latency("connect to reply us", &r.latency);
         }
         _ => {
             println!(
